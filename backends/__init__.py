@@ -1,0 +1,75 @@
+"""Backends, registered by name and looked up in lower case as flanneld does.
+
+A backend sets up its device, tells what to publish in our lease, programs each peer on lease
+events and undoes it on close. Modules load lazily so `alloc` needs no datapath imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Protocol
+
+from switch.config import NetworkConfig
+from switch.iface import ExternalInterface
+from switch.lease import Lease, LeaseAttrs
+from switch.registry import LeaseEvents
+
+# name -> module holding `create(config, iface, options) -> Backend`
+REGISTRY = {
+    "alloc": "backends.alloc",
+    "vxlan": "backends.vxlan",
+    "udp": "backends.udp",
+    "host-gw": "backends.hostgw",
+}
+# Types flannel knows that weft does not carry: a clear message rather than "unknown".
+FLANNEL_ONLY = {"ipip", "ipsec", "wireguard", "gce", "aws-vpc", "ali-vpc", "tencent-vpc",
+                "extension"}
+
+
+class BackendError(RuntimeError):
+    pass
+
+
+class Backend(Protocol):
+    mtu: int  # the overlay MTU written to subnet.env
+
+    def lease_attrs(self) -> LeaseAttrs:
+        """What to publish for this host (after any device whose MAC goes in it exists)."""
+        ...
+
+    def start(self, lease: Lease) -> None:
+        """Set up the local side once our subnet is known."""
+        ...
+
+    def handle(self, events: LeaseEvents) -> None:
+        """Program added/changed peers and remove removed ones; one bad peer never stops it."""
+        ...
+
+    def status(self) -> dict:
+        """Counters and state for `weft status` and /metrics."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def check_type(backend_type: str) -> None:
+    """Raise BackendError unless weft carries this backend type."""
+    if backend_type in REGISTRY:
+        return
+    if backend_type in FLANNEL_ONLY:
+        raise BackendError(f"backend type {backend_type!r} is a flannel backend weft does not "
+                           f"implement; use one of: {', '.join(sorted(REGISTRY))}")
+    raise BackendError(f"unknown backend type: {backend_type}")
+
+
+def create(config: NetworkConfig, iface: ExternalInterface, options: dict) -> Backend:
+    check_type(config.backend_type)
+    try:
+        module = importlib.import_module(REGISTRY[config.backend_type])
+    except ModuleNotFoundError as exc:
+        if exc.name != REGISTRY[config.backend_type]:
+            raise
+        raise BackendError(
+            f"backend type {config.backend_type!r} is not implemented yet in this weft"
+        ) from None
+    return module.create(config, iface, options)

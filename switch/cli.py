@@ -1,0 +1,221 @@
+"""The `weft` command line. Flags are named like flanneld's; each also reads `WEFT_<FLAG>`."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import backends
+
+from . import subnet_env
+from .config import ConfigError, parse_config
+from .registry import DEFAULT_PREFIX, RegistryError
+
+EXIT_USAGE = 2  # invalid input (config, flags): fix it and run again
+EXIT_FAILURE = 1
+
+
+def env_name(flag: str) -> str:
+    return "WEFT_" + flag.lstrip("-").upper().replace("-", "_")
+
+
+def _flag(parser: argparse.ArgumentParser, flag: str, **kwargs) -> None:
+    """Add a flag whose default comes from WEFT_<FLAG> when that is set."""
+    env = os.environ.get(env_name(flag))
+    if env is not None:
+        if kwargs.get("action") == "store_true":
+            kwargs["default"] = env.lower() in ("1", "true", "yes", "on")
+        else:
+            kwargs["default"] = kwargs.get("type", str)(env)
+    kwargs["help"] = (kwargs.get("help") or "") + f" [env {env_name(flag)}]"
+    parser.add_argument(flag, **kwargs)
+
+
+def _etcd_flags(parser: argparse.ArgumentParser) -> None:
+    _flag(parser, "--etcd-endpoints", default="http://127.0.0.1:2379",
+          help="comma-separated list of etcd endpoints")
+    _flag(parser, "--etcd-prefix", default=DEFAULT_PREFIX, help="etcd prefix")
+    _flag(parser, "--etcd-cafile", help="TLS CA file for etcd")
+    _flag(parser, "--etcd-certfile", help="TLS client certificate for etcd")
+    _flag(parser, "--etcd-keyfile", help="TLS client key for etcd")
+    _flag(parser, "--etcd-username", help="etcd user")
+    _flag(parser, "--etcd-password", help="etcd password")
+
+
+def _renew_margin(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1439:
+        raise argparse.ArgumentTypeError(
+            "--subnet-lease-renew-margin must be between 1 and 1439 minutes")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="weft", description="Userspace overlay-network switch, a drop-in peer of flannel.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser = functools.partial(sub.add_parser, parents=[common])  # type: ignore
+
+    run = sub.add_parser("run", help="take a subnet lease and carry this host's pod traffic")
+    _etcd_flags(run)
+    _flag(run, "--iface", help="interface (name or IPv4 address) for inter-host traffic")
+    _flag(run, "--public-ip", type=IPv4Address, help="IP other hosts reach us at")
+    _flag(run, "--subnet-file", default=subnet_env.DEFAULT_PATH, help="subnet file to write")
+    _flag(run, "--subnet-lease-renew-margin", type=_renew_margin, default=60,
+          help="minutes before expiry to renew the lease (1-1439)")
+    _flag(run, "--ip-masq", action="store_true", help="written to subnet.env as FLANNEL_IPMASQ")
+    _flag(run, "--lease-ttl", type=int, default=24 * 3600,
+          help="etcd lease TTL in seconds (flannel: 24 h; shorten for tests)")
+    run.set_defaults(func=cmd_run)
+
+    config = sub.add_parser("config", help="write or show the network config")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    config_sub.add_parser = functools.partial(config_sub.add_parser,  # type: ignore
+                                              parents=[common])
+    put = config_sub.add_parser("put", help="validate and write <prefix>/config")
+    _etcd_flags(put)
+    put.add_argument("source", help="config JSON, a file holding it, or - for stdin")
+    put.set_defaults(func=cmd_config_put)
+    show = config_sub.add_parser("show", help="print <prefix>/config with defaults filled in")
+    _etcd_flags(show)
+    show.set_defaults(func=cmd_config_show)
+
+    leases = sub.add_parser("leases", help="list subnet leases")
+    _etcd_flags(leases)
+    leases.add_argument("--json", action="store_true",
+                        help="print a snapshot for offline tools (--leases FILE)")
+    leases.set_defaults(func=cmd_leases)
+    return parser
+
+
+def _registry(args):
+    from .etcd_registry import EtcdOptions, EtcdRegistry
+
+    return EtcdRegistry(EtcdOptions(
+        endpoints=args.etcd_endpoints, prefix=args.etcd_prefix, cafile=args.etcd_cafile,
+        certfile=args.etcd_certfile, keyfile=args.etcd_keyfile, username=args.etcd_username,
+        password=args.etcd_password,
+    ))
+
+
+def cmd_config_put(args) -> int:
+    source = args.source
+    if source == "-":
+        text = sys.stdin.read()
+    elif source.lstrip().startswith("{"):
+        text = source
+    else:
+        try:
+            text = Path(source).read_text()
+        except OSError as exc:
+            print(f"weft: cannot read config file {source}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        config = parse_config(text)
+        backends.check_type(config.backend_type)
+    except (ConfigError, backends.BackendError) as exc:
+        print(f"weft: invalid network config: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    _registry(args).put_network_config(text)
+    print(f"wrote {args.etcd_prefix.rstrip('/')}/config: network {config.network}, "
+          f"/{config.subnet_len} subnets {config.subnet_min}..{config.subnet_max}, "
+          f"backend {config.backend_type}")
+    return 0
+
+
+def cmd_config_show(args) -> int:
+    config = _registry(args).get_network_config()
+    print(json.dumps(config.to_json(), indent=2))
+    return 0
+
+
+def cmd_leases(args) -> int:
+    from .registry import Snapshot
+
+    registry = _registry(args)
+    config = registry.get_network_config()
+    leases, revision = registry.list_leases()
+    leases.sort(key=lambda lease: lease.subnet)
+    if args.json:
+        print(json.dumps(Snapshot(config, revision, leases).to_json(), indent=2))
+        return 0
+    rows = [("SUBNET", "PUBLIC-IP", "BACKEND", "VTEP-MAC", "EXPIRES-IN")]
+    now = time.time()
+    for lease in leases:
+        left = "-" if lease.expiration is None else _duration(lease.expiration - now)
+        rows.append((str(lease.subnet), str(lease.attrs.public_ip),
+                     lease.attrs.effective_backend, lease.attrs.vtep_mac or "-", left))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
+    print(f"{len(leases)} lease(s) at revision {revision}")
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(int(seconds), 0)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s"
+
+
+def cmd_run(args) -> int:
+    from .daemon import Daemon, RunOptions
+    from .lease_manager import LeaseTiming
+
+    if args.lease_ttl < 2:
+        print("weft: --lease-ttl must be at least 2 seconds", file=sys.stderr)
+        return EXIT_USAGE
+    timing = LeaseTiming(ttl=args.lease_ttl, renew_margin=args.subnet_lease_renew_margin * 60.0,
+                         retry=min(60.0, args.lease_ttl / 4))
+    options = RunOptions(iface=args.iface, public_ip=args.public_ip,
+                         subnet_file=args.subnet_file, ip_masq=args.ip_masq, timing=timing)
+    daemon = Daemon(_registry(args), options)
+
+    def on_signal(signum, _frame):
+        logging.getLogger("weft").info("received %s, shutting down",
+                                       signal.Signals(signum).name)
+        daemon.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return daemon.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.verbose:  # our own debug lines only: pyroute2 and grpc would drown them
+        for name in ("weft", "switch", "backends", "tools"):
+            logging.getLogger(name).setLevel(logging.DEBUG)
+    from .allocator import OutOfSubnets
+    from .iface import InterfaceError
+    from .lease_manager import AcquireError
+
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"weft: invalid network config: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (RegistryError, OutOfSubnets, AcquireError, InterfaceError,
+            backends.BackendError) as exc:
+        print(f"weft: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""flannel's network config (`<prefix>/config`): parsing, defaults and validation.
+
+Mirrors flannel's pkg/subnet/config.go: the same defaults, the same error texts (so operators can
+search them), JSON keys matched case-insensitively as Go's encoding/json does, unknown keys ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """The network config is invalid; the message is flannel's where flannel has one."""
+
+
+_FIELDS = {
+    name.lower(): name
+    for name in (
+        "Network", "SubnetLen", "SubnetMin", "SubnetMax", "EnableIPv4", "EnableIPv6",
+        "IPv6Network", "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax", "Backend",
+    )
+}
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    network: IPv4Network | None
+    subnet_len: int
+    subnet_min: IPv4Address | None
+    subnet_max: IPv4Address | None
+    enable_ipv4: bool = True
+    enable_ipv6: bool = False
+    ipv6_network: IPv6Network | None = None
+    ipv6_subnet_len: int = 0
+    ipv6_subnet_min: IPv6Address | None = None
+    ipv6_subnet_max: IPv6Address | None = None
+    backend_type: str = "udp"
+    backend: dict[str, Any] = field(default_factory=dict)  # the Backend object, options included
+
+    def backend_option(self, name: str, default: Any = None) -> Any:
+        """A Backend option by case-insensitive name (flannel decodes them with encoding/json)."""
+        for key, value in self.backend.items():
+            if key.lower() == name.lower():
+                return value
+        return default
+
+    def to_json(self) -> dict[str, Any]:
+        """The config with flannel's defaults filled in, in flannel's field names."""
+        out: dict[str, Any] = {}
+        if self.network is not None:
+            out["Network"] = str(self.network)
+            out["SubnetLen"] = self.subnet_len
+            out["SubnetMin"] = str(self.subnet_min)
+            out["SubnetMax"] = str(self.subnet_max)
+        out["EnableIPv4"] = self.enable_ipv4
+        out["EnableIPv6"] = self.enable_ipv6
+        if self.ipv6_network is not None:
+            out["IPv6Network"] = str(self.ipv6_network)
+            out["IPv6SubnetLen"] = self.ipv6_subnet_len
+            out["IPv6SubnetMin"] = str(self.ipv6_subnet_min)
+            out["IPv6SubnetMax"] = str(self.ipv6_subnet_max)
+        out["Backend"] = self.backend or {"Type": self.backend_type}
+        return out
+
+    def subnets(self) -> range:
+        """Subnet numbers (offsets from the network, in subnets) from SubnetMin to SubnetMax."""
+        assert self.network is not None and self.subnet_min and self.subnet_max
+        base = int(self.network.network_address)
+        shift = 32 - self.subnet_len
+        first = (int(self.subnet_min) - base) >> shift
+        return range(first, ((int(self.subnet_max) - base) >> shift) + 1)
+
+    def subnet_at(self, number: int) -> IPv4Network:
+        assert self.network is not None
+        base = int(self.network.network_address) + (number << (32 - self.subnet_len))
+        return IPv4Network((base, self.subnet_len))
+
+
+def parse_config(text: str | bytes) -> NetworkConfig:
+    """Parse and validate a flannel network config; raise ConfigError with flannel's message."""
+    try:
+        raw = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"invalid JSON in network config: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("network config must be a JSON object")
+    fields: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = _FIELDS.get(str(key).lower())
+        if name is not None:  # Go keeps the last of several case variants; so do we
+            fields[name] = value
+
+    enable_ipv4 = _bool(fields, "EnableIPv4", True)
+    enable_ipv6 = _bool(fields, "EnableIPv6", False)
+    network = subnet_min = subnet_max = None
+    subnet_len = 0
+    if enable_ipv4:
+        network = _v4_network(fields.get("Network"))
+        subnet_len, subnet_min, subnet_max = _v4_subnets(network, fields)
+    ipv6_network = ipv6_min = ipv6_max = None
+    ipv6_len = 0
+    if enable_ipv6:
+        ipv6_network = _v6_network(fields.get("IPv6Network"))
+        ipv6_len, ipv6_min, ipv6_max = _v6_subnets(ipv6_network, fields)
+    backend_type, backend = _backend(fields.get("Backend"))
+    return NetworkConfig(
+        network=network, subnet_len=subnet_len, subnet_min=subnet_min, subnet_max=subnet_max,
+        enable_ipv4=enable_ipv4, enable_ipv6=enable_ipv6, ipv6_network=ipv6_network,
+        ipv6_subnet_len=ipv6_len, ipv6_subnet_min=ipv6_min, ipv6_subnet_max=ipv6_max,
+        backend_type=backend_type, backend=backend,
+    )
+
+
+def _bool(fields: dict[str, Any], name: str, default: bool) -> bool:
+    value = fields.get(name, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, not {json.dumps(value)}")
+    return value
+
+
+def _int(fields: dict[str, Any], name: str) -> int:
+    value = fields.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name} must be a non-negative integer, not {json.dumps(value)}")
+    return value
+
+
+def _v4_network(value: Any) -> IPv4Network:
+    if value in (None, ""):
+        raise ConfigError("please define a correct Network parameter in the flannel config")
+    try:
+        return IPv4Network(str(value), strict=False)
+    except ValueError:
+        raise ConfigError(
+            f"invalid Network {json.dumps(value)}: expected an IPv4 CIDR such as 10.1.0.0/16"
+        ) from None
+
+
+def _v6_network(value: Any) -> IPv6Network:
+    if value in (None, ""):
+        raise ConfigError("please define a correct IPv6Network parameter in the flannel config")
+    try:
+        return IPv6Network(str(value), strict=False)
+    except ValueError:
+        raise ConfigError(
+            f"invalid IPv6Network {json.dumps(value)}: expected an IPv6 CIDR such as fd00::/48"
+        ) from None
+
+
+def _address(fields: dict[str, Any], name: str, kind: type) -> Any:
+    value = fields.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return kind(str(value))
+    except ValueError:
+        raise ConfigError(f"invalid {name} {json.dumps(value)}: expected an address") from None
+
+
+def _v4_subnets(network: IPv4Network, fields: dict[str, Any]):
+    subnet_len = _int(fields, "SubnetLen")
+    if subnet_len > 0:
+        # Each host needs room for a tunnel and a bridge address.
+        if subnet_len > 30:
+            raise ConfigError("SubnetLen must be less than /31")
+        # The first subnet is never handed out, so the network must split into four or more.
+        if subnet_len < network.prefixlen + 2:
+            raise ConfigError("network must be able to accommodate at least four subnets")
+    elif network.prefixlen > 28:
+        raise ConfigError("network is too small. Minimum useful network prefix is /28")
+    elif network.prefixlen <= 22:
+        subnet_len = 24
+    else:
+        subnet_len = network.prefixlen + 2
+    size = 1 << (32 - subnet_len)
+    subnet_min = _address(fields, "SubnetMin", IPv4Address)
+    subnet_max = _address(fields, "SubnetMax", IPv4Address)
+    subnet_min, subnet_max = _range(network, size, subnet_min, subnet_max, "Subnet")
+    return subnet_len, subnet_min, subnet_max
+
+
+def _v6_subnets(network: IPv6Network, fields: dict[str, Any]):
+    subnet_len = _int(fields, "IPv6SubnetLen")
+    if subnet_len > 0:
+        if subnet_len > 126:
+            raise ConfigError("SubnetLen must be less than /127")
+        if subnet_len < network.prefixlen + 2:
+            raise ConfigError("network must be able to accommodate at least four subnets")
+    elif network.prefixlen > 124:
+        raise ConfigError("IPv6Network is too small. Minimum useful network prefix is /124")
+    elif network.prefixlen <= 62:
+        subnet_len = 64
+    else:
+        subnet_len = network.prefixlen + 2
+    size = 1 << (128 - subnet_len)
+    low = _address(fields, "IPv6SubnetMin", IPv6Address)
+    high = _address(fields, "IPv6SubnetMax", IPv6Address)
+    low, high = _range(network, size, low, high, "IPv6Subnet")
+    return subnet_len, low, high
+
+
+def _range(network, size: int, low, high, label: str):
+    """Default and check SubnetMin/SubnetMax as flannel does (first subnet skipped)."""
+    kind = type(network.network_address)
+    if low is None:
+        low = kind(int(network.network_address) + size)
+    elif low not in network:
+        raise ConfigError(f"{label}Min is not in the range of the Network")
+    if high is None:
+        high = kind(int(network.broadcast_address) + 1 - size)
+    elif high not in network:
+        raise ConfigError(f"{label}Max is not in the range of the Network")
+    if int(low) % size:
+        raise ConfigError(f"{label}Min is not on a SubnetLen boundary: {low}")
+    if int(high) % size:
+        raise ConfigError(f"{label}Max is not on a SubnetLen boundary: {high}")
+    return low, high
+
+
+def _backend(value: Any) -> tuple[str, dict[str, Any]]:
+    if value is None:
+        return "udp", {}  # flannel's code default, whatever its docs say
+    if not isinstance(value, dict):
+        raise ConfigError(f"error decoding Backend property of config: {json.dumps(value)}")
+    backend_type = ""
+    for key, item in value.items():
+        if key.lower() == "type":
+            backend_type = item
+    if not isinstance(backend_type, str):
+        raise ConfigError(f"unknown backend type: {backend_type}")
+    return backend_type.lower(), value

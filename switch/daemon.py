@@ -1,0 +1,155 @@
+"""`weft run`: wires the lease registry, the lease lifecycle and a backend together.
+
+The loop is flanneld's: wait for the network config, set up the backend, acquire a lease, write
+subnet.env, program the current peers, then apply watch batches and renew before expiry until a
+signal (keep the lease, as flanneld does) or the loss of our own lease (exit 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Any
+
+import backends
+
+from . import subnet_env
+from .config import NetworkConfig
+from .etcd_registry import ConfigNotFound
+from .iface import find_external_interface
+from .lease import Lease
+from .lease_manager import LeaseTiming, acquire_lease, renew_lease
+from .registry import LeaseEvents, LeaseRegistry, RegistryError
+
+log = logging.getLogger("weft")
+
+REVOKED = "Lease has been revoked. Shutting down daemon."
+
+
+@dataclass
+class RunOptions:
+    iface: str | None = None
+    public_ip: IPv4Address | None = None
+    subnet_file: str = subnet_env.DEFAULT_PATH
+    ip_masq: bool = False
+    timing: LeaseTiming = field(default_factory=LeaseTiming)
+    backend_options: dict[str, Any] = field(default_factory=dict)
+
+
+class Daemon:
+    def __init__(self, registry: LeaseRegistry, options: RunOptions) -> None:
+        self.registry = registry
+        self.options = options
+        self.stopping = threading.Event()
+        self.events: queue.Queue[LeaseEvents] = queue.Queue()
+        self.config: NetworkConfig | None = None
+        self.lease: Lease | None = None
+        self.backend: backends.Backend | None = None
+        self.ready = threading.Event()  # lease held, subnet.env written, peers synced
+        self.rng = random.Random()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> int:
+        """Run until stopped; 0 on a requested stop, 1 when our lease is lost."""
+        self.config = self._wait_for_config()
+        if self.config is None:
+            return 0
+        backends.check_type(self.config.backend_type)
+        iface = find_external_interface(self.options.iface, self.options.public_ip)
+        log.info("using interface %s (index %d), PublicIP %s", iface.name, iface.index,
+                 iface.public_ip)
+        self.backend = backends.create(self.config, iface, self.options.backend_options)
+        try:
+            return self._serve(self.backend)
+        finally:
+            self.backend.close()
+
+    def _serve(self, backend: backends.Backend) -> int:
+        assert self.config is not None
+        timing = self.options.timing
+        previous = subnet_env.read_previous_subnet(self.options.subnet_file)
+        self.lease = acquire_lease(self.registry, self.config, backend.lease_attrs(), previous,
+                                   timing, self.rng)
+        backend.start(self.lease)
+        subnet_env.write(self.options.subnet_file,
+                         subnet_env.render(self.config, self.lease, backend.mtu,
+                                           self.options.ip_masq))
+        log.info("wrote %s for subnet %s (MTU %d)", self.options.subnet_file, self.lease.subnet,
+                 backend.mtu)
+        leases, revision = self.registry.list_leases()
+        backend.handle(self._peers_only(LeaseEvents(tuple(leases), reset=True,
+                                                    revision=revision)))
+        stop_watch = self.registry.watch_leases(revision, self.events.put)
+        self.ready.set()
+        try:
+            return self._loop(backend, timing)
+        finally:
+            self.ready.clear()
+            stop_watch()
+
+    def _loop(self, backend: backends.Backend, timing: LeaseTiming) -> int:
+        assert self.lease is not None
+        renew_at = timing.renew_at(self.lease.expiration or time.time() + timing.ttl)
+        while not self.stopping.is_set():
+            wait = min(max(renew_at - time.time(), 0.0), 0.5)
+            try:
+                batch = self.events.get(timeout=wait)
+            except queue.Empty:
+                batch = None
+            if batch is not None:
+                if self._own_lease_lost(batch):
+                    log.error(REVOKED)
+                    return 1
+                peers = self._peers_only(batch)
+                if peers.added or peers.removed or peers.reset:
+                    backend.handle(peers)
+            if time.time() >= renew_at and not self.stopping.is_set():
+                try:
+                    self.lease = renew_lease(self.registry, self.lease, timing)
+                    renew_at = timing.renew_at(self.lease.expiration or time.time() + timing.ttl)
+                except RegistryError as exc:
+                    log.error("renewing lease %s failed: %s; retrying in %.0fs",
+                              self.lease.subnet, exc, timing.retry)
+                    renew_at = time.time() + timing.retry
+        log.info("stopping; keeping lease %s", self.lease.subnet)
+        return 0
+
+    def _own_lease_lost(self, batch: LeaseEvents) -> bool:
+        assert self.lease is not None
+        subnet = self.lease.subnet
+        if batch.reset:
+            return not any(lease.subnet == subnet for lease in batch.added)
+        removed = any(lease.subnet == subnet for lease in batch.removed)
+        return removed and not any(lease.subnet == subnet for lease in batch.added)
+
+    def _peers_only(self, batch: LeaseEvents) -> LeaseEvents:
+        """Drop events about our own subnet: we do not route to ourselves."""
+        assert self.lease is not None
+        own = self.lease.subnet
+        return LeaseEvents(
+            tuple(lease for lease in batch.added if lease.subnet != own),
+            tuple(lease for lease in batch.removed if lease.subnet != own),
+            batch.reset, batch.revision,
+        )
+
+    def _wait_for_config(self) -> NetworkConfig | None:
+        """flanneld retries every second until the operator writes the config."""
+        logged = False
+        while not self.stopping.is_set():
+            try:
+                return self.registry.get_network_config()
+            except ConfigNotFound as exc:
+                if not logged:
+                    log.warning("%s (retrying every second)", exc)
+                    logged = True
+            except RegistryError as exc:
+                log.warning("%s (retrying)", exc)
+            self.stopping.wait(1.0)
+        return None
