@@ -27,6 +27,7 @@ from switch.table import (
     CFG_PORT,
     CFG_SUBNET_SHIFT,
     CFG_VNI,
+    PeerTable,
 )
 
 HEADROOM = 64  # bytes before every packet, room for the outer headers
@@ -533,3 +534,78 @@ def udp_ingress(bufs, lens, src_ip, n, out_off, out_len, verdict, reason, dst_ip
         _record(counters, PATH_UDP_INGRESS, i, v, r, off, olen, 0, ln,
                 out_off, out_len, verdict, reason, dst_ip)
     return forwarded
+
+
+# ---- Python-side conveniences (not on the per-packet path) ----------------------------------
+
+
+class Batch:
+    """Preallocated buffers and per-packet outputs for one batch; reuse it for every call."""
+
+    def __init__(self, size: int = 64, bufsize: int = BUFSIZE) -> None:
+        if bufsize <= HEADROOM:
+            raise ValueError(f"bufsize must exceed the {HEADROOM}-byte headroom")
+        self.bufs = np.zeros((size, bufsize), dtype=np.uint8)
+        self.lens = np.zeros(size, dtype=np.int32)
+        self.src_ip = np.zeros(size, dtype=np.uint32)  # ingress: outer sender, host order
+        self.out_off = np.zeros(size, dtype=np.int32)
+        self.out_len = np.zeros(size, dtype=np.int32)
+        self.verdict = np.zeros(size, dtype=np.uint8)
+        self.reason = np.zeros(size, dtype=np.uint8)
+        self.dst_ip = np.zeros(size, dtype=np.uint32)  # egress FORWARD: peer PublicIP
+
+    @property
+    def size(self) -> int:
+        return self.bufs.shape[0]
+
+    @property
+    def capacity(self) -> int:
+        """Largest packet a row holds."""
+        return self.bufs.shape[1] - HEADROOM
+
+    def load(self, i: int, data: bytes, src_ip: int = 0) -> None:
+        """Copy one packet into row i (tests, replay and the slow path; IO reads in place)."""
+        if len(data) > self.capacity:
+            raise ValueError(f"packet of {len(data)} bytes exceeds row capacity {self.capacity}")
+        self.bufs[i, HEADROOM : HEADROOM + len(data)] = np.frombuffer(data, dtype=np.uint8)
+        self.lens[i] = len(data)
+        self.src_ip[i] = src_ip
+
+    def output(self, i: int) -> bytes:
+        """The output bytes of row i after a kernel ran (input bytes unless FORWARD)."""
+        off = int(self.out_off[i])
+        return self.bufs[i, off : off + int(self.out_len[i])].tobytes()
+
+
+def run_vxlan_egress(
+    batch: Batch, n: int, cfg: np.ndarray, table: PeerTable, counters: np.ndarray
+) -> int:
+    """vxlan_egress over the first n rows of `batch`; returns how many are FORWARD."""
+    b = batch
+    return vxlan_egress(b.bufs, b.lens, n, b.out_off, b.out_len, b.verdict, b.reason, b.dst_ip,
+                        cfg, table.present, table.public_ip, table.vtep_mac, counters)
+
+
+def run_vxlan_ingress(
+    batch: Batch, n: int, cfg: np.ndarray, table: PeerTable, counters: np.ndarray
+) -> int:
+    b = batch
+    return vxlan_ingress(b.bufs, b.lens, b.src_ip, n, b.out_off, b.out_len, b.verdict, b.reason,
+                         b.dst_ip, cfg, table.present, table.public_ip, table.sender_keys,
+                         counters)
+
+
+def run_udp_egress(
+    batch: Batch, n: int, cfg: np.ndarray, table: PeerTable, counters: np.ndarray
+) -> int:
+    b = batch
+    return udp_egress(b.bufs, b.lens, n, b.out_off, b.out_len, b.verdict, b.reason, b.dst_ip,
+                      cfg, table.present, table.public_ip, counters)
+
+
+def run_udp_ingress(
+    batch: Batch, n: int, cfg: np.ndarray, table: PeerTable, counters: np.ndarray
+) -> int:
+    b = batch
+    return udp_ingress(b.bufs, b.lens, b.src_ip, n, b.out_off, b.out_len, b.verdict, b.reason,
+                       b.dst_ip, cfg, table.present, table.public_ip, table.sender_keys, counters)
