@@ -20,7 +20,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
@@ -36,8 +35,10 @@ DEFAULT_PREFIX = "weft-"
 # Owner markers let cleanup_stale tell a crashed lab from one that another test run still uses.
 MARKER_DIR = "/run/weft-labs"
 
-_live: weakref.WeakSet[Lab] = weakref.WeakSet()
+# Strong references: a lab dropped without teardown must still be cleaned up at exit.
+_live: set[Lab] = set()
 _prev_handlers: dict[int, Any] = {}
+_installed = False
 
 
 def etcd_bin_dir() -> str:
@@ -61,20 +62,39 @@ def _mark(lab_prefix: str) -> None:
         f.write(str(os.getpid()))
 
 
-def _owner_alive(lab_prefix: str) -> bool:
+def _owner(lab_prefix: str) -> int | None:
+    """Pid recorded for a lab prefix, None when there is no (readable) marker."""
     try:
         with open(os.path.join(MARKER_DIR, lab_prefix)) as f:
-            pid = int(f.read().strip())
+            return int(f.read().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
         os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, ProcessLookupError):
+    except ProcessLookupError:
         return False
     return True
 
 
-def _lab_prefix_of(ns: str, prefix: str) -> str:
-    """'weft-1a2b3c-h0' -> 'weft-1a2b3c-' (the part up to the first '-' after `prefix`)."""
-    rest = ns[len(prefix):]
-    return prefix + rest.split("-", 1)[0] + "-" if "-" in rest else ns
+def _is_stale(lab_prefix: str | None, include_unmarked: bool) -> bool:
+    pid = None if lab_prefix is None else _owner(lab_prefix)
+    if pid is None:
+        # No marker: not made by a Lab, or by one whose marker is gone; only on request.
+        return include_unmarked
+    return not _pid_alive(pid)
+
+
+def _markers() -> list[str]:
+    return os.listdir(MARKER_DIR) if os.path.isdir(MARKER_DIR) else []
+
+
+def _lab_prefix_of(ns: str, markers: list[str]) -> str | None:
+    """The lab prefix (marker name) that namespace `ns` belongs to, if any."""
+    owners = [m for m in markers if ns.startswith(m)]
+    return max(owners, key=len) if owners else None
 
 
 class Lab:
@@ -262,18 +282,22 @@ class Lab:
         self.teardown()
 
     @staticmethod
-    def cleanup_stale(prefix: str = DEFAULT_PREFIX) -> list[str]:
-        """Remove namespaces left by crashed labs (owner process gone); returns their names."""
+    def cleanup_stale(prefix: str = DEFAULT_PREFIX, include_unmarked: bool = False) -> list[str]:
+        """Remove namespaces of crashed labs (their owner process is gone); returns the names.
+
+        Labs of other live processes are left alone, and so are namespaces without an owner
+        marker unless include_unmarked is set.
+        """
+        markers = _markers()
         stale = [n for n in netns.list_prefixed(prefix)
-                 if not _owner_alive(_lab_prefix_of(n, prefix))]
+                 if _is_stale(_lab_prefix_of(n, markers), include_unmarked)]
         if stale:
             netns.kill_pids(netns.pids_in(stale))
             for n in stale:
                 netns.remove(n)
-        if os.path.isdir(MARKER_DIR):
-            for marker in os.listdir(MARKER_DIR):
-                if marker.startswith(prefix) and not _owner_alive(marker):
-                    os.unlink(os.path.join(MARKER_DIR, marker))
+        for marker in markers:
+            if marker.startswith(prefix) and _is_stale(marker, False):
+                os.unlink(os.path.join(MARKER_DIR, marker))
         return stale
 
 
@@ -317,17 +341,21 @@ def _on_signal(signum: int, frame: Any) -> None:
     prev = _prev_handlers.get(signum)
     if callable(prev):
         prev(signum, frame)
-    elif prev != signal.SIG_IGN:
+    else:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
 
 def _install_handlers() -> None:
-    if _prev_handlers:
+    global _installed
+    if _installed:
         return
+    _installed = True
     atexit.register(_teardown_all)
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
-            _prev_handlers[sig] = signal.signal(sig, _on_signal)
+            # A signal our parent told us to ignore (nohup, `cmd &`) stays ignored.
+            if signal.getsignal(sig) != signal.SIG_IGN:
+                _prev_handlers[sig] = signal.signal(sig, _on_signal)
         except ValueError:  # not the main thread: atexit and __exit__ still cover us
-            _prev_handlers[sig] = None
+            pass
