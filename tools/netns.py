@@ -120,8 +120,8 @@ def _child(ns: str, fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping
         # The parent's teardown handlers must not run in the child on Ctrl-C / SIGTERM.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        enter(ns)
         try:
+            enter(ns)
             payload = (True, fn(*args, **kwargs))
         except BaseException as exc:  # noqa: BLE001 - shipped to the parent
             exc.__notes__ = [*getattr(exc, "__notes__", []), traceback.format_exc()]
