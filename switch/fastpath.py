@@ -183,10 +183,10 @@ def _sender_known(keys, ip):
     slot = ((((ip ^ (ip >> 16)) * 0x45D9F3B) & _MASK32) >> 8) & mask
     for _ in range(keys.shape[0]):
         key = np.int64(keys[slot])
+        if key == 0:  # empty slot ends the probe; also keeps 0.0.0.0 from matching it
+            return False
         if key == ip:
             return True
-        if key == 0:
-            return False
         slot = (slot + 1) & mask
     return False
 
