@@ -156,17 +156,23 @@ class PeerTable:
         if count > 1:
             self._senders[ip] = count - 1
             return
-        # Linear probing cannot simply blank a slot; removals are rare, so rebuild the set.
-        self.sender_keys[:] = 0
+        # Linear probing cannot simply blank a slot; removals are rare, so rebuild the set aside
+        # and copy it in at once, keeping the window a concurrent kernel could see short.
+        keys = np.zeros_like(self.sender_keys)
         for key in self._senders:
-            self._insert_key(key)
+            _insert_key(keys, key)
+        self.sender_keys[:] = keys
 
     def _insert_key(self, ip: int) -> None:
-        mask = len(self.sender_keys) - 1
-        slot = sender_hash(ip, mask)
-        while self.sender_keys[slot] != 0:
-            slot = (slot + 1) & mask
-        self.sender_keys[slot] = ip
+        _insert_key(self.sender_keys, ip)
+
+
+def _insert_key(keys: np.ndarray, ip: int) -> None:
+    mask = len(keys) - 1
+    slot = sender_hash(ip, mask)
+    while keys[slot] != 0:
+        slot = (slot + 1) & mask
+    keys[slot] = ip
 
 
 class DatapathConfig:
