@@ -50,6 +50,13 @@ def _etcd_flags(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "--etcd-password", help="etcd password")
 
 
+def _control_flag(parser: argparse.ArgumentParser) -> None:
+    from .control import DEFAULT_CONTROL_SOCKET
+
+    _flag(parser, "--control-socket", default=DEFAULT_CONTROL_SOCKET,
+          help="the daemon's control socket (mode 0600)")
+
+
 def _renew_margin(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 1439:
@@ -76,7 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(run, "--ip-masq", action="store_true", help="written to subnet.env as FLANNEL_IPMASQ")
     _flag(run, "--lease-ttl", type=int, default=24 * 3600,
           help="etcd lease TTL in seconds (flannel: 24 h; shorten for tests)")
+    _flag(run, "--healthz-ip", default="0.0.0.0", help="address for /healthz, /readyz, /metrics")
+    _flag(run, "--healthz-port", type=int, default=0, help="port for /healthz (0 = off)")
+    _control_flag(run)
     run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="our lease, peers and counters from a running daemon")
+    _control_flag(status)
+    status.add_argument("--json", action="store_true", help="raw status JSON")
+    status.set_defaults(func=cmd_status)
 
     config = sub.add_parser("config", help="write or show the network config")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -163,6 +178,19 @@ def cmd_leases(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    from .control import ControlError, control_request
+    from .status_text import format_status
+
+    try:
+        status = control_request(args.control_socket, "status")
+    except ControlError as exc:
+        print(f"weft: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
 def _duration(seconds: float) -> str:
     seconds = max(int(seconds), 0)
     hours, rest = divmod(seconds, 3600)
@@ -179,7 +207,9 @@ def cmd_run(args) -> int:
     timing = LeaseTiming(ttl=args.lease_ttl, renew_margin=args.subnet_lease_renew_margin * 60.0,
                          retry=min(60.0, args.lease_ttl / 4))
     options = RunOptions(iface=args.iface, public_ip=args.public_ip,
-                         subnet_file=args.subnet_file, ip_masq=args.ip_masq, timing=timing)
+                         subnet_file=args.subnet_file, ip_masq=args.ip_masq, timing=timing,
+                         healthz_ip=args.healthz_ip, healthz_port=args.healthz_port,
+                         control_socket=args.control_socket or None)
     daemon = Daemon(_registry(args), options)
 
     def on_signal(signum, _frame):

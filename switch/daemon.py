@@ -39,6 +39,9 @@ class RunOptions:
     ip_masq: bool = False
     timing: LeaseTiming = field(default_factory=LeaseTiming)
     backend_options: dict[str, Any] = field(default_factory=dict)
+    healthz_ip: str = "0.0.0.0"
+    healthz_port: int = 0  # 0 = off, as flanneld
+    control_socket: str | None = None
 
 
 class Daemon:
@@ -56,8 +59,48 @@ class Daemon:
     def stop(self) -> None:
         self.stopping.set()
 
+    def status(self) -> dict:
+        """The snapshot /readyz, /metrics and `weft status` are made from."""
+        status: dict[str, Any] = {"ready": self.ready.is_set(), "lease": None}
+        if self.lease is not None:
+            expires = self.lease.expiration
+            status["lease"] = {
+                "subnet": str(self.lease.subnet),
+                "public_ip": str(self.lease.attrs.public_ip),
+                "backend": self.config.backend_type if self.config else None,
+                "expires_in": None if expires is None else max(expires - time.time(), 0.0),
+            }
+        if self.backend is not None:
+            status.update(self.backend.status())
+        return status
+
     def run(self) -> int:
         """Run until stopped; 0 on a requested stop, 1 when our lease is lost."""
+        servers = self._start_servers()
+        try:
+            return self._run()
+        finally:
+            for server in servers:
+                server.stop()
+
+    def _start_servers(self) -> list:
+        from .control import ControlServer
+        from .observe import HealthServer
+
+        servers: list = []
+        if self.options.healthz_port:
+            servers.append(HealthServer(self.options.healthz_ip, self.options.healthz_port,
+                                        self.status))
+        if self.options.control_socket:
+            servers.append(ControlServer(self.options.control_socket, self.control_handlers()))
+        for server in servers:
+            server.start()
+        return servers
+
+    def control_handlers(self) -> dict:
+        return {"status": lambda _args: self.status()}
+
+    def _run(self) -> int:
         self.config = self._wait_for_config()
         if self.config is None:
             return 0

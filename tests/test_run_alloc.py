@@ -20,6 +20,7 @@ def weft_env(etcd_server, prefix: str) -> dict[str, str]:
     env = dict(os.environ)
     env["WEFT_ETCD_ENDPOINTS"] = etcd_server.endpoint
     env["WEFT_ETCD_PREFIX"] = prefix
+    env["WEFT_CONTROL_SOCKET"] = ""  # many daemons at once: none may take the default socket
     return env
 
 

@@ -1,0 +1,64 @@
+"""host-gw: plain routes to each peer's subnet via its PublicIP; no data path of our own."""
+
+from __future__ import annotations
+
+import logging
+
+from switch.config import NetworkConfig
+from switch.iface import ExternalInterface
+from switch.lease import Lease, LeaseAttrs
+from switch.registry import LeaseEvents
+
+from . import BackendError, netlink
+from .peers import PeerPrograms
+
+log = logging.getLogger(__name__)
+
+NAT_ERROR = ("your PublicIP differs from interface IP, meaning that probably you're on a NAT, "
+             "which is not supported by host-gw backend")
+
+
+class HostGwBackend:
+    def __init__(self, config: NetworkConfig, iface: ExternalInterface) -> None:
+        if iface.address != iface.public_ip:
+            raise BackendError(NAT_ERROR)
+        self.iface = iface
+        self.mtu = iface.mtu
+        self.peers = PeerPrograms("host-gw", self._program, self._unprogram)
+
+    def lease_attrs(self) -> LeaseAttrs:
+        return LeaseAttrs(self.iface.public_ip, backend_type="host-gw")
+
+    def start(self, lease: Lease) -> None:
+        pass
+
+    def handle(self, events: LeaseEvents) -> None:
+        self.peers.handle(events)
+
+    def _program(self, lease: Lease) -> None:
+        segments = netlink.connected_networks(self.iface.index)
+        if not any(lease.attrs.public_ip in net for net in segments):
+            raise ValueError(
+                f"PublicIP {lease.attrs.public_ip} is not on our L2 segment "
+                f"({', '.join(map(str, segments)) or 'none'} on {self.iface.name}); host-gw "
+                f"needs every host on one segment, use vxlan otherwise")
+        netlink.route_replace(lease.subnet, oif=self.iface.index, gateway=lease.attrs.public_ip)
+
+    def _unprogram(self, lease: Lease) -> None:
+        netlink.route_delete(lease.subnet, oif=self.iface.index)
+
+    def status(self) -> dict:
+        return {
+            "backend": "host-gw",
+            "peers": [{"subnet": str(s), "public_ip": str(lease.attrs.public_ip)}
+                      for s, lease in sorted(self.peers.programmed.items())],
+            "unprogrammed": {str(k): v for k, v in self.peers.failed.items()},
+            "datapath": {"mode": "kernel routes"},
+        }
+
+    def close(self) -> None:
+        pass  # routes stay, as flannel leaves them; a restart replaces them
+
+
+def create(config: NetworkConfig, iface: ExternalInterface, options: dict) -> HostGwBackend:
+    return HostGwBackend(config, iface)

@@ -1,0 +1,96 @@
+"""Kernel programming for the backends through netlink (pyroute2), with replace semantics.
+
+Every call opens a short-lived IPRoute in the current network namespace: the daemon runs inside
+the host's namespace, and programming happens on lease events only, never per packet.
+"""
+
+from __future__ import annotations
+
+import errno
+from ipaddress import IPv4Address, IPv4Network
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+RTNH_F_ONLINK = 4
+NUD_PERMANENT = 0x80
+
+
+def link_index(name: str) -> int | None:
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def link_mac(index: int) -> str:
+    with IPRoute() as ipr:
+        return ipr.get_links(index)[0].get_attr("IFLA_ADDRESS")
+
+
+def configure_link(index: int, *, mtu: int, address: IPv4Address | None = None,
+                   mac: str | None = None) -> None:
+    """Set MTU (and MAC), put exactly `address`/32 on the link, bring it up."""
+    with IPRoute() as ipr:
+        changes = {"mtu": mtu}
+        if mac:
+            changes["address"] = mac
+        ipr.link("set", index=index, **changes)
+        if address is not None:
+            for addr in ipr.get_addr(family=2, index=index):
+                if addr.get_attr("IFA_ADDRESS") != str(address) or addr["prefixlen"] != 32:
+                    ipr.addr("del", index=index, address=addr.get_attr("IFA_ADDRESS"),
+                             prefixlen=addr["prefixlen"])
+            _ignore_exists(ipr.addr, "add", index=index, address=str(address), prefixlen=32)
+        ipr.link("set", index=index, state="up")
+
+
+def route_replace(dst: IPv4Network, *, oif: int, gateway: IPv4Address | None = None,
+                  onlink: bool = False) -> None:
+    with IPRoute() as ipr:
+        kwargs = {"dst": str(dst), "oif": oif}
+        if gateway is not None:
+            kwargs["gateway"] = str(gateway)
+        if onlink:
+            kwargs["flags"] = RTNH_F_ONLINK
+        ipr.route("replace", **kwargs)
+
+
+def route_delete(dst: IPv4Network, *, oif: int | None = None) -> None:
+    with IPRoute() as ipr:
+        kwargs = {"dst": str(dst)}
+        if oif is not None:
+            kwargs["oif"] = oif
+        _ignore_missing(ipr.route, "del", **kwargs)
+
+
+def neigh_replace(ip: IPv4Address, mac: str, *, ifindex: int) -> None:
+    with IPRoute() as ipr:
+        ipr.neigh("replace", dst=str(ip), lladdr=mac, ifindex=ifindex, state=NUD_PERMANENT)
+
+
+def neigh_delete(ip: IPv4Address, *, ifindex: int) -> None:
+    with IPRoute() as ipr:
+        _ignore_missing(ipr.neigh, "del", dst=str(ip), ifindex=ifindex)
+
+
+def connected_networks(index: int) -> list[IPv4Network]:
+    """The IPv4 networks directly attached to a link: who is on our L2 segment."""
+    with IPRoute() as ipr:
+        return [IPv4Network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False)
+                for a in ipr.get_addr(family=2, index=index)]
+
+
+def _ignore_exists(fn, *args, **kwargs) -> None:
+    try:
+        fn(*args, **kwargs)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
+
+
+def _ignore_missing(fn, *args, **kwargs) -> None:
+    try:
+        fn(*args, **kwargs)
+    except NetlinkError as exc:
+        if exc.code not in (errno.ESRCH, errno.ENOENT, errno.ENODEV, errno.EADDRNOTAVAIL):
+            raise

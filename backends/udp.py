@@ -1,0 +1,33 @@
+"""udp: flannel's userspace backend. A TUN `weft0`; each inner IPv4 packet travels bare as one
+UDP datagram from port to port (default 8285), TTL decremented on send and receive."""
+
+from __future__ import annotations
+
+from switch.config import NetworkConfig
+from switch.iface import ExternalInterface
+from switch.lease import Lease, LeaseAttrs
+
+from .overlay import OverlayBackend
+
+DEFAULT_PORT = 8285
+OVERHEAD = 28  # outer IPv4 20 + UDP 8
+
+
+class UdpBackend(OverlayBackend):
+    kind = "udp"
+    lease_backend_type = "udp"
+
+    def __init__(self, config: NetworkConfig, iface: ExternalInterface) -> None:
+        port = int(config.backend_option("Port") or DEFAULT_PORT)
+        mtu = int(config.backend_option("MTU") or iface.mtu - OVERHEAD)
+        super().__init__(config, iface, device_name="weft0", tap=False, mtu=mtu, port=port)
+
+    def lease_attrs(self) -> LeaseAttrs:
+        return LeaseAttrs(self.iface.public_ip)  # flannel's udp writes no BackendType
+
+    def _program(self, lease: Lease) -> None:
+        self.pipeline.table.set_peer(lease.subnet, lease.attrs.public_ip, None)
+
+
+def create(config: NetworkConfig, iface: ExternalInterface, options: dict) -> UdpBackend:
+    return UdpBackend(config, iface)

@@ -1,0 +1,64 @@
+"""vxlan: a TAP `weft.<VNI>` that looks to the kernel exactly like flannel's `flannel.<VNI>`.
+
+The TAP's MAC is our VtepMAC; each peer gets a permanent neighbour entry (its subnet's network
+address -> its VtepMAC) and an onlink route via that address, as flanneld programs. Where
+flanneld adds an FDB entry (VtepMAC -> PublicIP), weft fills the peer table the fast path reads.
+"""
+
+from __future__ import annotations
+
+from switch.config import NetworkConfig
+from switch.iface import ExternalInterface
+from switch.lease import Lease, LeaseAttrs
+from switch.table import parse_mac
+
+from . import netlink
+from .overlay import OverlayBackend
+from .tuntap import random_mac
+
+DEFAULT_PORT = 8472  # the kernel's default, and flannel's
+OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+
+
+class VxlanBackend(OverlayBackend):
+    kind = "vxlan"
+    lease_backend_type = "vxlan"
+
+    def __init__(self, config: NetworkConfig, iface: ExternalInterface) -> None:
+        vni = int(config.backend_option("VNI") or 1)
+        port = int(config.backend_option("Port") or DEFAULT_PORT)
+        mtu = int(config.backend_option("MTU") or iface.mtu - OVERHEAD)
+        super().__init__(config, iface, device_name=f"weft.{vni}", tap=True, mtu=mtu,
+                         port=port, vni=vni)
+        if self.reused:
+            self.mac = netlink.link_mac(self.index)  # keep the VtepMAC peers already know
+        else:
+            self.mac = random_mac()
+            netlink.configure_link(self.index, mtu=mtu, mac=self.mac)
+
+    def lease_attrs(self) -> LeaseAttrs:
+        return LeaseAttrs(self.iface.public_ip, backend_type="vxlan",
+                          backend_data={"VNI": self.vni, "VtepMAC": self.mac})
+
+    def local_mac(self) -> bytes:
+        return parse_mac(self.mac)
+
+    def _program(self, lease: Lease) -> None:
+        mac = lease.attrs.vtep_mac
+        if not mac:
+            raise ValueError("vxlan lease has no VtepMAC")
+        if lease.attrs.vni not in (None, self.vni):  # flannel <= 0.13 leases carry no VNI
+            raise ValueError(f"peer VNI {lease.attrs.vni} differs from ours ({self.vni})")
+        gateway = lease.subnet.network_address
+        netlink.neigh_replace(gateway, mac, ifindex=self.index)
+        netlink.route_replace(lease.subnet, oif=self.index, gateway=gateway, onlink=True)
+        self.pipeline.table.set_peer(lease.subnet, lease.attrs.public_ip, parse_mac(mac))
+
+    def _unprogram(self, lease: Lease) -> None:
+        super()._unprogram(lease)
+        netlink.route_delete(lease.subnet, oif=self.index)
+        netlink.neigh_delete(lease.subnet.network_address, ifindex=self.index)
+
+
+def create(config: NetworkConfig, iface: ExternalInterface, options: dict) -> VxlanBackend:
+    return VxlanBackend(config, iface)
