@@ -43,6 +43,7 @@ class Reason(IntEnum):
     ND_REPLIED = 25
     SLOW_PATH_DROP = 26  # reached the slow path and nothing answers it
     PEER_LOOKUP_MISS = 27  # inner destination MAC/peer mismatch on egress
+    ICMP_SUPPRESSED = 28  # an ICMP error was due but RFC 1122/1812 forbid sending it
 
 
 def reason_name(code: int) -> str:
