@@ -1,0 +1,110 @@
+"""What `weft status` prints: a status snapshot (the control socket's reply) as plain text.
+
+Pure, so the layout is tested without a daemon; every section tolerates missing keys because
+the daemon reports what it has (no lease while waiting for etcd, no datapath before start).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from ipaddress import ip_network
+from typing import Any
+
+
+def format_duration(seconds: float) -> str:
+    """86000 -> '23h53m20s'; negative means already expired."""
+    if seconds < 0:
+        return "expired " + format_duration(-seconds) + " ago"
+    total = int(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    while len(parts) > 1 and parts[0][0] == 0:
+        parts.pop(0)  # drop leading zero units, keep the rest for a fixed-looking shape
+    return "".join(f"{value}{unit}" for value, unit in parts)
+
+
+def _mapping(value: Any) -> Mapping:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _table(headers: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return indent + "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+    return [line(headers)] + [line(r) for r in rows]
+
+
+def _lease_lines(status: Mapping) -> list[str]:
+    lease = _mapping(status.get("lease"))
+    state = "ready" if status.get("ready") else "not ready"
+    if not lease:
+        return [f"state:     {state}", "lease:     none"]
+    expires = lease.get("expires_in")
+    left = format_duration(float(expires)) if isinstance(expires, int | float) else "unknown"
+    return [
+        f"state:     {state}",
+        f"subnet:    {lease.get('subnet', '?')}",
+        f"public IP: {lease.get('public_ip', '?')}",
+        f"backend:   {lease.get('backend', '?')}",
+        f"expires:   in {left}" if not left.startswith("expired") else f"expires:   {left}",
+    ]
+
+
+def _peer_lines(status: Mapping) -> list[str]:
+    peers = [p for p in status.get("peers") or [] if isinstance(p, Mapping)]
+    lines = [f"peers ({len(peers)}):"]
+    if not peers:
+        return lines + ["  none"]
+    rows = [[str(p.get("subnet", "?")), str(p.get("public_ip", "?")),
+             str(p.get("vtep_mac") or "-")] for p in peers]
+    rows.sort(key=_subnet_order)
+    return lines + _table(["SUBNET", "PUBLIC IP", "VTEP MAC"], rows)
+
+
+def _subnet_order(row: list[str]) -> tuple:
+    # Numeric order (10.1.2.0 before 10.1.16.0); unparsable subnets go last, as text.
+    try:
+        net = ip_network(row[0], strict=False)
+    except ValueError:
+        return (1, 0, row[0])
+    return (0, int(net.network_address), row[0])
+
+
+def _by_reason(title: str, counts: Mapping) -> list[str]:
+    items = sorted((str(k), v) for k, v in counts.items() if v)
+    if not items:
+        return [f"{title}: none"]
+    width = max(len(name) for name, _ in items)
+    return [f"{title}:"] + [f"  {name.ljust(width)}  {value}" for name, value in items]
+
+
+def _counter_lines(status: Mapping) -> list[str]:
+    counters = _mapping(status.get("counters"))
+    rows = []
+    for direction in ("egress", "ingress"):
+        per_dir = _mapping(counters.get(direction))
+        rows.append([direction, str(per_dir.get("packets", 0)), str(per_dir.get("bytes", 0))])
+    lines = ["traffic:"] + _table(["DIRECTION", "PACKETS", "BYTES"], rows)
+    lines += _by_reason("drops", _mapping(counters.get("drops")))
+    lines += _by_reason("slow path", _mapping(counters.get("slow_path")))
+    return lines
+
+
+def _datapath_lines(status: Mapping) -> list[str]:
+    datapath = _mapping(status.get("datapath"))
+    if not datapath:
+        return ["datapath:  not started"]
+    extra = ", ".join(f"{k}={v}" for k, v in sorted(datapath.items()) if k != "mode")
+    mode = str(datapath.get("mode", "?"))
+    return [f"datapath:  {mode}" + (f" ({extra})" if extra else "")]
+
+
+def format_status(status: dict) -> str:
+    """The `weft status` report: lease, datapath, peers, counters."""
+    sections = [_lease_lines(status), _datapath_lines(status), _peer_lines(status),
+                _counter_lines(status)]
+    return "\n".join(line for section in sections for line in section) + "\n"
