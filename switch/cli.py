@@ -105,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     _etcd_flags(show)
     show.set_defaults(func=cmd_config_show)
 
+    demo = sub.add_parser("demo", help="build hosts and pods in namespaces and show weft "
+                                       "carrying traffic between them (root)")
+    demo.add_argument("--hosts", type=int, default=3)
+    demo.add_argument("--pods", type=int, default=2, help="pods per host")
+    demo.add_argument("--backend", choices=("vxlan", "udp", "host-gw"), default="vxlan")
+    demo.set_defaults(func=cmd_demo)
+
     leases = sub.add_parser("leases", help="list subnet leases")
     _etcd_flags(leases)
     leases.add_argument("--json", action="store_true",
@@ -189,6 +196,18 @@ def cmd_status(args) -> int:
         return EXIT_FAILURE
     print(json.dumps(status, indent=2) if args.json else format_status(status))
     return 0
+
+
+def cmd_demo(args) -> int:
+    if os.geteuid() != 0:
+        print("weft: demo builds network namespaces and needs root", file=sys.stderr)
+        return EXIT_FAILURE
+    if not 2 <= args.hosts <= 50 or not 1 <= args.pods <= 50:
+        print("weft: --hosts must be 2..50 and --pods 1..50", file=sys.stderr)
+        return EXIT_USAGE
+    from tools.demo import run_demo
+
+    return run_demo(hosts=args.hosts, pods=args.pods, backend=args.backend)
 
 
 def _duration(seconds: float) -> str:
