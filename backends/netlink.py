@@ -94,3 +94,9 @@ def _ignore_missing(fn, *args, **kwargs) -> None:
     except NetlinkError as exc:
         if exc.code not in (errno.ESRCH, errno.ENOENT, errno.ENODEV, errno.EADDRNOTAVAIL):
             raise
+
+
+def set_ipv4_conf(ifname: str, key: str, value: int) -> None:
+    """net.ipv4.conf.<ifname>.<key> (in /proc the device name keeps its dots)."""
+    with open(f"/proc/sys/net/ipv4/conf/{ifname}/{key}", "w") as f:
+        f.write(str(value))

@@ -58,6 +58,9 @@ class OverlayBackend:
         self.lease = lease
         netlink.configure_link(self.index, mtu=self.mtu, address=lease.subnet.network_address)
         netlink.route_replace(self.config.network, oif=self.index)
+        # The slow path writes ICMP errors from our tunnel address into the device; without
+        # accept_local the kernel drops them as martians (a local source arriving from outside).
+        netlink.set_ipv4_conf(self.device_name, "accept_local", 1)
         self.pipeline.set_local(lease.subnet, self.iface.public_ip, self.local_mac())
         self.transport = Transport(self.kind, self.port)
         self.datapath = Datapath(self.pipeline, self.device.fileno(), self.transport)

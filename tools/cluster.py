@@ -59,7 +59,7 @@ class Cluster:
             raise RuntimeError(f"weft config put failed: {result.stderr}")
 
     def weft_cli(self, host: int, *args: str):
-        return self.lab.call(self.hosts[host].ns, [*WEFT, *args], env=self.env, timeout=60)
+        return self.lab.call(self.host(host).ns, [*WEFT, *args], env=self.env, timeout=60)
 
     def socket_path(self, host: int) -> str:
         return str(self.dir / f"h{host}.sock")
@@ -68,7 +68,7 @@ class Cluster:
         return self.dir / f"h{host}.env"
 
     def start_weft(self, host: int, *extra: str) -> None:
-        h = self.hosts[host]
+        h = self.host(host)
         h.kind = "weft"
         log = open(self.dir / f"h{host}.log", "ab")
         h.proc = self.lab.run(h.ns, [*WEFT, "run", "--iface", "eth0", "--subnet-file",
@@ -77,7 +77,7 @@ class Cluster:
                               env=self.env, stdout=log, stderr=log)
 
     def stop_weft(self, host: int, timeout: float = 10) -> int:
-        proc = self.hosts[host].proc
+        proc = self.host(host).proc
         proc.terminate()
         return proc.wait(timeout=timeout)
 
@@ -125,13 +125,23 @@ class Cluster:
         except ControlError:
             return None
 
+    def host(self, index: int) -> Host:
+        return next(h for h in self.hosts if h.index == index)
+
     def add_pods(self, pods_per_host: int) -> None:
         for h in self.hosts:
             h.pods = self.lab.add_pods(h.index, h.subnet, count=pods_per_host, mtu=h.mtu)
 
-    def start(self, pods_per_host: int = 2, flannel_hosts: tuple[int, ...] = ()) -> None:
-        """etcd, config, flannel hosts, weft on the rest, pods; returns when all is synced."""
+    def start(self, pods_per_host: int = 2, flannel_hosts: tuple[int, ...] = (),
+              idle_hosts: tuple[int, ...] = ()) -> None:
+        """etcd, config, flannel hosts, weft on the rest, pods; returns when all is synced.
+
+        Idle hosts run nothing and hold no lease (a bystander or a rogue on the fabric).
+        """
         self.start_etcd()
+        for index in idle_hosts:
+            self.hosts[index].kind = "idle"
+        self.hosts = [h for h in self.hosts if h.kind != "idle"]
         for index in flannel_hosts:
             self.start_flannel_host(index, IPv4Network(f"10.1.{200 + index}.0/24"))
         for h in self.hosts:
@@ -146,7 +156,7 @@ class Cluster:
     # -- a flannel host: the kernel's VXLAN device, programmed as flanneld does ---------------
     def start_flannel_host(self, host: int, subnet: IPv4Network, vni: int = 1,
                            port: int = 8472) -> None:
-        h = self.hosts[host]
+        h = self.host(host)
         h.kind, h.subnet, h.mtu = "flannel", subnet, 1450
         h.vtep_mac = kernel_vxlan.random_mac()
         kernel_vxlan.setup_device(h.ns, vni, port, h.public_ip, subnet, h.mtu, h.vtep_mac)
@@ -157,7 +167,7 @@ class Cluster:
 
     def program_flannel_peers(self, host: int, vni: int = 1) -> None:
         """What flanneld would do on the lease events for every other host."""
-        h = self.hosts[host]
+        h = self.host(host)
         for other in self.hosts:
             if other is h:
                 continue
