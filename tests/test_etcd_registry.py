@@ -67,7 +67,9 @@ def test_watch_delivers_adds_and_removes_and_skips_garbage(registry):
         registry.client.put(registry.subnets_prefix + "garbage", "x")
         registry.create_lease(SUBNET, ATTRS, ttl=60)
         registry.delete_lease(SUBNET)
-        batches = _collect(events, 2)
+        batches = _collect(events, 1)
+        if not any(b.removed for b in batches):  # create and delete may share one batch
+            batches += _collect(events, 1)
     finally:
         stop()
     assert [b.added[0].subnet for b in batches if b.added] == [SUBNET]
