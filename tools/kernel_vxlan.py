@@ -13,12 +13,13 @@ This is the reference peer weft must interoperate with (see shared/FLANNEL-COMPA
 from __future__ import annotations
 
 import ipaddress
-import os
 from ipaddress import IPv4Network
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
+
+from backends.tuntap import random_mac  # noqa: F401 - re-exported for callers
 
 RTNH_F_ONLINK = 4
 _GONE = (2, 3, 19)  # ENOENT, ESRCH, ENODEV: already absent is fine when removing
@@ -26,13 +27,6 @@ _GONE = (2, 3, 19)  # ENOENT, ESRCH, ENODEV: already absent is fine when removin
 
 def device_name(vni: int) -> str:
     return f"flannel.{vni}"
-
-
-def random_mac() -> str:
-    """A random unicast, locally administered MAC, as flannel picks for its VTEP."""
-    b = bytearray(os.urandom(6))
-    b[0] = (b[0] & 0xFC) | 0x02
-    return ":".join(f"{x:02x}" for x in b)
 
 
 def setup_device(ns: str, vni: int, port: int, public_ip: str, subnet: IPv4Network | str,
