@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--backend", choices=("vxlan", "udp", "host-gw"), default="vxlan")
     demo.set_defaults(func=cmd_demo)
 
+    bench = sub.add_parser("bench", help="pod-to-pod RTT, TCP and UDP for weft's backends beside "
+                                         "the kernel's VXLAN, in one run (root)")
+    bench.add_argument("--seconds", type=float, default=5.0, help="per TCP/UDP measurement")
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=cmd_bench)
+
     leases = sub.add_parser("leases", help="list subnet leases")
     _etcd_flags(leases)
     leases.add_argument("--json", action="store_true",
@@ -208,6 +214,16 @@ def cmd_demo(args) -> int:
     from tools.demo import run_demo
 
     return run_demo(hosts=args.hosts, pods=args.pods, backend=args.backend)
+
+
+def cmd_bench(args) -> int:
+    if os.geteuid() != 0:
+        print("weft: bench builds network namespaces and needs root", file=sys.stderr)
+        return EXIT_FAILURE
+    from tools.bench import run_bench
+
+    return run_bench(seconds=args.seconds, as_json=args.json,
+                     log=lambda line: print(line, file=sys.stderr))
 
 
 def _duration(seconds: float) -> str:

@@ -1,0 +1,107 @@
+"""`weft bench`: pod-to-pod figures for weft's backends beside the kernel's VXLAN, in one run.
+
+Each path gets a fresh two-host lab with one pod per host: the kernel's VXLAN programmed exactly
+as flanneld programs it (the reference), weft vxlan, weft udp and host-gw. Measured per path:
+ICMP echo RTT (median of many), a TCP stream and a UDP flood. TCP and UDP use iperf3 when the
+system has it; otherwise Python probes, which top out near 10 Gbit/s on this kind of machine
+(so ratios above that are compressed): the table says which tool measured.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+from collections.abc import Callable
+
+from tools import probe
+from tools.cluster import Cluster
+from tools.lab import Lab
+
+PATHS = ("kernel-vxlan", "weft-vxlan", "weft-udp", "host-gw")
+
+
+def _cluster(lab: Lab, path: str) -> Cluster:
+    if path == "kernel-vxlan":
+        cluster = Cluster(lab, backend="vxlan")
+        cluster.start(pods_per_host=1, flannel_hosts=(0, 1))
+        return cluster
+    backend = {"weft-vxlan": "vxlan", "weft-udp": "udp", "host-gw": "host-gw"}[path]
+    cluster = Cluster(lab, backend=backend)
+    cluster.start(pods_per_host=1)
+    return cluster
+
+
+def _iperf3(lab: Lab, src, dst, seconds: float, udp: bool) -> dict:
+    server = lab.run(dst.ns, ["iperf3", "-s", "-1", "-B", str(dst.ip)],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        probe.wait_reachable(src.ns, str(dst.ip), timeout=5)
+        argv = ["iperf3", "-c", str(dst.ip), "-t", str(seconds), "-J"]
+        if udp:
+            argv += ["-u", "-b", "0", "-l", "64"]
+        out = lab.call(src.ns, argv, timeout=seconds + 30)
+        report = json.loads(out.stdout)["end"]
+    finally:
+        server.kill()
+    if udp:
+        s = report["sum"]
+        return {"pps": s["packets"] * (1 - s["lost_percent"] / 100) / s["seconds"],
+                "loss": s["lost_percent"] / 100}
+    return {"gbit_s": report["sum_received"]["bits_per_second"] / 1e9}
+
+
+def measure(path: str, seconds: float, log: Callable[[str], None]) -> dict:
+    with Lab(hosts=2) as lab:
+        cluster = _cluster(lab, path)
+        src, dst = cluster.host(0).pods[0], cluster.host(1).pods[0]
+        probe.wait_reachable(src.ns, str(dst.ip), timeout=10)
+        rtts = [r for r in probe.ping(src.ns, str(dst.ip), count=50, timeout=1.0) if r]
+        result = {"path": path, "rtt_us": statistics.median(rtts) * 1e6 if rtts else None}
+        if shutil.which("iperf3"):
+            result["tool"] = "iperf3"
+            result["tcp_gbit_s"] = _iperf3(lab, src, dst, seconds, udp=False)["gbit_s"]
+            udp = _iperf3(lab, src, dst, seconds, udp=True)
+        else:
+            result["tool"] = "python"
+            nbytes = int(min(seconds, 5) * 200 * 2**20)
+            tcp = probe.tcp_transfer(src.ns, dst.ns, str(dst.ip), nbytes=nbytes, timeout=60)
+            result["tcp_gbit_s"] = tcp["gbit_s"] if tcp["sha256_match"] else 0.0
+            udp = probe.udp_flood(src.ns, dst.ns, str(dst.ip), size=64, seconds=min(seconds, 2))
+        result["udp64_pps"], result["udp64_loss"] = udp["pps"], udp["loss"]
+        log(f"  {path}: rtt {result['rtt_us']:.0f}us, tcp {result['tcp_gbit_s']:.2f} Gbit/s, "
+            f"udp64 {result['udp64_pps'] / 1e3:.0f} kpps")
+        return result
+
+
+def format_table(results: list[dict]) -> str:
+    ref = next((r for r in results if r["path"] == "kernel-vxlan"), None)
+
+    def ratio(r: dict, key: str, inverse: bool = False) -> str:
+        if not ref or not ref.get(key) or not r.get(key):
+            return "-"
+        value = ref[key] / r[key] if inverse else r[key] / ref[key]
+        return f"{value:.2f}x"
+
+    rows = [("path", "RTT us", "x ref", "TCP Gbit/s", "x ref", "UDP64 kpps", "x ref", "loss")]
+    for r in results:
+        rows.append((r["path"], f"{r['rtt_us']:.0f}", ratio(r, "rtt_us", inverse=True),
+                     f"{r['tcp_gbit_s']:.2f}", ratio(r, "tcp_gbit_s"),
+                     f"{r['udp64_pps'] / 1e3:.0f}", ratio(r, "udp64_pps"),
+                     f"{r['udp64_loss'] * 100:.1f}%"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines.append(f"(x ref: ratio to the kernel's VXLAN; RTT ratio is ref/path; "
+                 f"TCP/UDP measured with {results[0]['tool']})")
+    return "\n".join(lines)
+
+
+def run_bench(seconds: float = 5.0, as_json: bool = False, paths=PATHS,
+              log: Callable[[str], None] = print) -> int:
+    results = []
+    for path in paths:
+        log(f"[bench] {path} ...")
+        results.append(measure(path, seconds, log))
+    print(json.dumps(results, indent=2) if as_json else format_table(results))
+    return 0
