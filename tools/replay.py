@@ -1,0 +1,470 @@
+"""`weft replay`: run the daemon's pipeline over a capture, as the host holding one subnet.
+
+Every record is classified, then handed to the same `Pipeline` the daemon runs (fast path in
+batches, SLOW verdicts to the scapy slow path); nothing here decides a packet's fate except
+what the daemon's own IO would have decided before the pipeline sees it (a truncated record,
+a link type the device cannot produce, a UDP datagram the kernel would not deliver).
+
+Classification: an IPv4/UDP datagram to our PublicIP on the backend port is ingress (its UDP
+payload goes in, with the outer source as sender). Anything else is egress: for vxlan the
+Ethernet frame as the TAP delivers it; for udp the IPv4 packet as the TUN delivers it (an
+Ethernet capture has its Ethernet header stripped first). A raw-IP record can never be a TAP
+frame, so in a vxlan replay it is UNSUPPORTED_LINKTYPE unless it is ingress.
+
+Outputs go to two files, since the two sides of a host have different link types:
+OUT is the wire side (egress FORWARD, complete outer IPv4 packets, LINKTYPE_RAW); OUT's
+`.device` twin (out.pcap -> out.device.pcap) is what is written into the TAP/TUN (ingress
+FORWARD and slow-path answers: Ethernet for vxlan, raw IPv4 for udp). The udp backend's
+pipeline emits the datagram payload only; the wire file wraps it as the kernel would send it
+from flannel's socket: IPv4 (id 0, DF clear, TTL 64) and UDP from our PublicIP:port to the
+peer's PublicIP:port, both checksums filled in. Timestamps are copied from the input records.
+
+`--decap-only` ignores the lease snapshot and removes exactly one VXLAN (or, with --udp-raw,
+flannel-UDP) layer from each record: see `decap`. RFC 7348 policy there and in the daemon:
+only the I flag is checked on receipt; the other flag bits and the reserved fields are ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network
+from pathlib import Path
+
+from switch.fastpath import BUFSIZE, HEADROOM, Batch
+from switch.offline import DEFAULT_PORTS, OfflineError, OfflineHost, host_from_snapshot
+from switch.reasons import Reason, Verdict, reason_name, verdict_name
+from switch.registry import RegistryError, load_snapshot
+from switch.slowpath import describe, inet_checksum
+from switch.table import CFG_PORT
+from tools.pcapio import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_RAW,
+    RAW_IP_LINKTYPES,
+    Capture,
+    CaptureError,
+    PcapOut,
+    Record,
+)
+
+EXIT_OK, EXIT_USAGE = 0, 2
+BATCH = 64
+ETH_HLEN = 14
+VXLAN_HDR = 8
+VXLAN_FLAG_I = 0x08
+WIRE_TTL = 64
+EGRESS, INGRESS, DECAP = "egress", "ingress", "decap"
+
+
+@dataclass
+class Outcome:
+    """What became of one input record; `outputs` are (side, bytes), side "wire"/"device"."""
+
+    index: int
+    in_len: int
+    direction: str | None = None
+    verdict: int = int(Verdict.DROP)
+    reason: int = int(Reason.OK)
+    peer: dict | None = None
+    out_len: int = 0
+    slow: str | None = None
+    vni: int | None = None
+    ts: tuple[int, int] = (0, 0)  # the input record's (sec, usec or nsec), copied to outputs
+    outputs: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        record = {"index": self.index, "direction": self.direction,
+                  "verdict": verdict_name(self.verdict), "reason": reason_name(self.reason),
+                  "peer": self.peer, "in_len": self.in_len, "out_len": self.out_len,
+                  "slow": self.slow}
+        if self.direction == DECAP:
+            record["vni"] = self.vni
+        return record
+
+
+def _drop(outcome: Outcome, reason: Reason) -> Outcome:
+    outcome.verdict, outcome.reason = int(Verdict.DROP), int(reason)
+    return outcome
+
+
+# ---- outer headers: what the host's kernel does before the pipeline -------------------------
+
+
+@dataclass(frozen=True)
+class Datagram:
+    """An IPv4/UDP datagram found in a record: addresses, ports and the UDP payload."""
+
+    src: int
+    dst: int
+    dport: int
+    payload: bytes | None  # None when the UDP header or length is broken
+    error: Reason = Reason.OK
+
+
+def ip_offset(data: bytes, linktype: int) -> int | None:
+    """Offset of the IPv4 header in a record, None when the record carries no IPv4."""
+    if linktype == LINKTYPE_ETHERNET:
+        if len(data) >= ETH_HLEN and data[12:14] == b"\x08\x00":
+            return ETH_HLEN
+        return None
+    if linktype in RAW_IP_LINKTYPES and data and data[0] >> 4 == 4:
+        return 0
+    return None
+
+
+def find_datagram(data: bytes, off: int) -> Datagram | None:
+    """The UDP datagram in the IPv4 packet at `off`; None when it is not IPv4/UDP at all.
+
+    The IP total length bounds the packet (Ethernet padding is not payload) and the UDP length
+    bounds the payload, as the kernel's socket delivers it.
+    """
+    ip = data[off:]
+    if len(ip) < 20 or ip[0] >> 4 != 4:
+        return None
+    ihl = (ip[0] & 0x0F) * 4
+    total = struct.unpack_from("!H", ip, 2)[0]
+    src, dst = struct.unpack_from("!II", ip, 12)
+    if ihl < 20 or total < ihl:  # the protocol field of a broken header means nothing
+        return Datagram(src, dst, -1, None, Reason.BAD_IP_HEADER)
+    if ip[9] != 17:
+        return None
+    if len(ip) < ihl + 4:
+        return Datagram(src, dst, -1, None, Reason.TRUNCATED)
+    dport = struct.unpack_from("!H", ip, ihl + 2)[0]
+    if total < ihl + 8:
+        return Datagram(src, dst, dport, None, Reason.BAD_UDP)
+    if total > len(ip):
+        return Datagram(src, dst, dport, None, Reason.TRUNCATED)
+    if struct.unpack_from("!H", ip, 6)[0] & 0x3FFF:  # a fragment: the kernel would reassemble
+        return Datagram(src, dst, dport, None, Reason.BAD_UDP)
+    udp_len = struct.unpack_from("!H", ip, ihl + 4)[0]
+    if udp_len < 8 or ihl + udp_len > total:
+        return Datagram(src, dst, dport, None, Reason.BAD_UDP)
+    return Datagram(src, dst, dport, bytes(ip[ihl + 8 : ihl + udp_len]))
+
+
+def wrap_udp(payload: bytes, src: int, dst: int, port: int) -> bytes:
+    """The IPv4/UDP packet flannel's udp socket sends `payload` in (deterministic fields)."""
+    udp_len = 8 + len(payload)
+    pseudo = struct.pack("!IIBBH", src, dst, 0, 17, udp_len)
+    udp = struct.pack("!HHHH", port, port, udp_len, 0) + payload
+    csum = inet_checksum(pseudo + udp) or 0xFFFF
+    udp = udp[:6] + struct.pack("!H", csum) + udp[8:]
+    ip = struct.pack("!BBHHHBBHII", 0x45, 0, 20 + udp_len, 0, 0, WIRE_TTL, 17, 0, src, dst)
+    ip = ip[:10] + struct.pack("!H", inet_checksum(ip)) + ip[12:]
+    return ip + udp
+
+
+# ---- the replay engine ------------------------------------------------------------------------
+
+
+class Replayer:
+    """Feeds records to one host's pipeline, in order, batching runs of one direction."""
+
+    def __init__(self, host: OfflineHost) -> None:
+        self.host = host
+        self.pipeline = host.pipeline
+        self.kind = host.kind
+        self.public_ip = int(host.lease.attrs.public_ip)
+        self.port = int(self.pipeline.dpcfg.cfg[CFG_PORT])
+        self.pre_drops: Counter[str] = Counter()  # decided before the pipeline
+        self._by_public_ip = {int(ip): (subnet, ip)
+                              for subnet, ip, _ in self.pipeline.table.peers()}
+
+    def run(self, records: Iterable[Record]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        pending: list[tuple[Outcome, bytes, int]] = []
+        for record in records:
+            outcome, data, sender = self.classify(record)
+            if data is None:
+                self.pre_drops[reason_name(outcome.reason)] += 1
+                outcomes.append(outcome)
+                continue
+            if pending and (pending[0][0].direction != outcome.direction or len(pending) == BATCH):
+                self._flush(pending)
+                pending = []
+            pending.append((outcome, data, sender))
+            outcomes.append(outcome)
+        if pending:
+            self._flush(pending)
+        return outcomes
+
+    def classify(self, record: Record) -> tuple[Outcome, bytes | None, int]:
+        """(outcome so far, bytes for the pipeline or None if already decided, sender)."""
+        outcome = Outcome(record.index, len(record.data))
+        data, linktype = record.data, record.linktype
+        if linktype != LINKTYPE_ETHERNET and linktype not in RAW_IP_LINKTYPES:
+            return _drop(outcome, Reason.UNSUPPORTED_LINKTYPE), None, 0
+        off = ip_offset(data, linktype)
+        dgram = find_datagram(data, off) if off is not None else None
+        if dgram is not None and dgram.dst == self.public_ip and dgram.dport == self.port:
+            outcome.direction = INGRESS
+            outcome.peer = self._peer_by_public_ip(dgram.src)
+            if record.truncated:
+                return _drop(outcome, Reason.TRUNCATED), None, 0
+            if dgram.payload is None:
+                return _drop(outcome, dgram.error), None, 0
+            return outcome, dgram.payload, dgram.src
+        outcome.direction = EGRESS
+        if record.truncated:  # the device never hands over part of a packet
+            return _drop(outcome, Reason.TRUNCATED), None, 0
+        if self.kind == "vxlan":
+            if linktype != LINKTYPE_ETHERNET:
+                return _drop(outcome, Reason.UNSUPPORTED_LINKTYPE), None, 0
+            return outcome, data, 0
+        if linktype == LINKTYPE_ETHERNET:  # what the TUN would carry: the L3 packet
+            if len(data) < ETH_HLEN:
+                return _drop(outcome, Reason.TRUNCATED), None, 0
+            if data[12:14] not in (b"\x08\x00", b"\x86\xdd"):
+                return _drop(outcome, Reason.UNKNOWN_ETHERTYPE), None, 0
+            data = data[ETH_HLEN:]
+        return outcome, data, 0
+
+    def _flush(self, pending: list[tuple[Outcome, bytes, int]]) -> None:
+        longest = max(len(data) for _, data, _ in pending)
+        batch = Batch(len(pending), max(BUFSIZE, HEADROOM + longest))
+        for i, (_, data, sender) in enumerate(pending):
+            batch.load(i, data, sender)
+        n = len(pending)
+        egress = pending[0][0].direction == EGRESS
+        if egress:
+            self.pipeline.egress(batch, n)
+        else:
+            self.pipeline.ingress(batch, n)
+        for i, (outcome, data, _) in enumerate(pending):
+            outcome.verdict, outcome.reason = int(batch.verdict[i]), int(batch.reason[i])
+            if outcome.verdict == Verdict.FORWARD:
+                out = batch.output(i)
+                outcome.out_len = len(out)
+                if egress:
+                    outcome.peer = self._peer_by_public_ip(int(batch.dst_ip[i]), data)
+                    if self.kind == "udp":
+                        out = wrap_udp(out, self.public_ip, int(batch.dst_ip[i]), self.port)
+                outcome.outputs.append(("wire" if egress else "device", out))
+            elif outcome.verdict == Verdict.SLOW:
+                result = self.pipeline.slow(data, outcome.reason)
+                outcome.reason, outcome.slow = int(result.reason), result.summary
+                outcome.outputs.extend(("device", w) for w in result.writes)
+                outcome.out_len = sum(len(w) for w in result.writes)
+
+    def _peer_by_public_ip(self, ip: int, inner: bytes | None = None) -> dict | None:
+        if inner is not None:  # egress: the lease covering the inner destination
+            subnet = self._inner_dst_subnet(inner)
+            if subnet is not None:
+                entry = self.pipeline.table.peer(subnet)
+                if entry is not None:
+                    return {"subnet": str(subnet), "public_ip": str(entry[0])}
+        found = self._by_public_ip.get(ip)
+        if found is None:
+            return None
+        return {"subnet": str(found[0]), "public_ip": str(found[1])}
+
+    def _inner_dst_subnet(self, inner: bytes) -> IPv4Network | None:
+        off = ETH_HLEN if self.kind == "vxlan" else 0
+        if len(inner) < off + 20:
+            return None
+        idx = self.pipeline.table.index_of(struct.unpack_from("!I", inner, off + 16)[0])
+        return self.pipeline.table.subnet_at(idx) if idx >= 0 else None
+
+
+# ---- decap-only: remove exactly one layer -----------------------------------------------------
+
+
+def decap(record: Record, port: int, udp_raw: bool = False) -> Outcome:
+    """Strip one VXLAN (or flannel-UDP) layer, UDP dst `port`; no peer table, no VNI check.
+
+    RFC 7348 section 5: the I flag must be set; every other flag bit and the reserved fields
+    are ignored on receipt. The VNI is reported in the outcome.
+    """
+    outcome = Outcome(record.index, len(record.data), DECAP)
+    linktype = record.linktype
+    if linktype != LINKTYPE_ETHERNET and linktype not in RAW_IP_LINKTYPES:
+        return _drop(outcome, Reason.UNSUPPORTED_LINKTYPE)
+    off = ip_offset(record.data, linktype)
+    if off is None:
+        short = linktype == LINKTYPE_ETHERNET and len(record.data) < ETH_HLEN
+        return _drop(outcome, Reason.TRUNCATED if short or not record.data else Reason.NOT_IPV4)
+    dgram = find_datagram(record.data, off)
+    if dgram is None:
+        return _drop(outcome, Reason.TRUNCATED if record.truncated else Reason.WRONG_PORT)
+    if dgram.dport >= 0 and dgram.dport != port:
+        return _drop(outcome, Reason.WRONG_PORT)
+    if record.truncated:
+        return _drop(outcome, Reason.TRUNCATED)
+    if dgram.payload is None:
+        return _drop(outcome, dgram.error)
+    payload = dgram.payload
+    if udp_raw:
+        if not payload:
+            return _drop(outcome, Reason.TRUNCATED)
+        if payload[0] >> 4 != 4:
+            return _drop(outcome, Reason.NOT_IPV4)
+        inner = payload
+    else:
+        if len(payload) < VXLAN_HDR + ETH_HLEN:
+            return _drop(outcome, Reason.TRUNCATED)
+        if not payload[0] & VXLAN_FLAG_I:
+            return _drop(outcome, Reason.BAD_VXLAN_FLAGS)
+        outcome.vni = struct.unpack_from("!I", payload, 4)[0] >> 8
+        inner = payload[VXLAN_HDR:]
+    outcome.verdict, outcome.out_len = int(Verdict.FORWARD), len(inner)
+    outcome.outputs.append(("device", inner))
+    return outcome
+
+
+# ---- the command ------------------------------------------------------------------------------
+
+
+def device_path(out: str | Path) -> Path:
+    """out.pcap -> out.device.pcap: the file for what is written into the TAP/TUN."""
+    path = Path(out)
+    return path.with_name(f"{path.stem}.device{path.suffix}") if path.suffix else \
+        path.with_name(f"{path.name}.device")
+
+
+def replay_capture(path: str | Path, host: OfflineHost) -> tuple[Capture, list[Outcome], dict]:
+    """Replay a whole capture; returns the (closed) capture, outcomes and counter summary."""
+    replayer = Replayer(host)
+    with Capture(path) as capture:
+        records = list(capture)
+    outcomes = replayer.run(records)
+    summary = host.pipeline.counter_summary()
+    if replayer.pre_drops:
+        summary["before_pipeline"] = dict(replayer.pre_drops)
+    _timestamps(outcomes, records)
+    return capture, outcomes, summary
+
+
+def decap_capture(path: str | Path, port: int, udp_raw: bool = False
+                  ) -> tuple[Capture, list[Outcome]]:
+    with Capture(path) as capture:
+        records = list(capture)
+    outcomes = [decap(record, port, udp_raw) for record in records]
+    _timestamps(outcomes, records)
+    return capture, outcomes
+
+
+def _timestamps(outcomes: list[Outcome], records: list[Record]) -> None:
+    for outcome, record in zip(outcomes, records, strict=True):
+        outcome.ts = (record.sec, record.frac)
+
+
+def write_outputs(outcomes: list[Outcome], out: str | Path, nano: bool, wire_linktype: int,
+                  device_linktype: int | None) -> None:
+    """Write the wire side to `out` and, if `device_linktype`, the device side beside it.
+
+    With no device file (decap-only) every output goes to `out`.
+    """
+    wire = PcapOut(out, wire_linktype, nano)
+    device = PcapOut(device_path(out), device_linktype, nano) if device_linktype else None
+    with wire:
+        for outcome in outcomes:
+            sec, frac = outcome.ts
+            for side, data in outcome.outputs:
+                target = device if side == "device" and device is not None else wire
+                target.write(data, sec, frac)
+    if device is not None:
+        device.close()
+
+
+def add_replay_parser(subparsers, parents: list[argparse.ArgumentParser] | None = None
+                      ) -> argparse.ArgumentParser:
+    """Add `replay` to a subparsers object (as in switch/cli.py); sets func=cmd_replay."""
+    p = subparsers.add_parser(
+        "replay", parents=list(parents or []),
+        help="run the pipeline over a capture as the host holding a subnet",
+        description=__doc__.split("\n\n")[0])
+    p.add_argument("capture", metavar="IN.pcap", help="pcap or pcapng to replay")
+    p.add_argument("--leases", metavar="SNAPSHOT.json", help="`weft leases --json` snapshot")
+    p.add_argument("--as", dest="as_subnet", metavar="SUBNET",
+                   help="replay as the host holding this subnet lease")
+    p.add_argument("--out", metavar="OUT.pcap",
+                   help="wire-side output (raw IPv4); the device side goes to OUT.device.pcap")
+    p.add_argument("--json", action="store_true", help="one JSON record per input packet")
+    p.add_argument("--decap-only", action="store_true",
+                   help="ignore leases; remove exactly one VXLAN layer (inner Ethernet frames)")
+    p.add_argument("--udp-raw", action="store_true",
+                   help="with --decap-only: remove one flannel-UDP layer (raw IPv4 out)")
+    p.add_argument("--port", type=int, help="with --decap-only: UDP destination port "
+                                            "(default 8472, or 8285 with --udp-raw)")
+    p.set_defaults(func=cmd_replay)
+    return p
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """The `weft replay` command; returns the exit code (2: bad input or arguments)."""
+    try:
+        if args.decap_only:
+            return _cmd_decap(args)
+        if args.port is not None or args.udp_raw:
+            raise _Usage("--port and --udp-raw go with --decap-only")
+        if not args.leases or not args.as_subnet:
+            raise _Usage("--leases and --as are required (or use --decap-only)")
+        host = host_from_snapshot(load_snapshot(args.leases), _subnet(args.as_subnet))
+        capture, outcomes, summary = replay_capture(args.capture, host)
+    except (_Usage, CaptureError, RegistryError, OfflineError) as exc:
+        print(f"weft replay: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.out:
+        device = LINKTYPE_ETHERNET if host.kind == "vxlan" else LINKTYPE_RAW
+        write_outputs(outcomes, args.out, capture.nano, LINKTYPE_RAW, device)
+    _print(args, outcomes, capture, summary, host.kind)
+    return EXIT_OK
+
+
+def _cmd_decap(args: argparse.Namespace) -> int:
+    port = args.port if args.port is not None else DEFAULT_PORTS["udp" if args.udp_raw
+                                                                  else "vxlan"]
+    if not 0 < port < 65536:
+        raise _Usage(f"--port {port} is not a UDP port")
+    capture, outcomes = decap_capture(args.capture, port, args.udp_raw)
+    if args.out:
+        inner = LINKTYPE_RAW if args.udp_raw else LINKTYPE_ETHERNET
+        write_outputs(outcomes, args.out, capture.nano, inner, None)
+    _print(args, outcomes, capture, None, "udp" if args.udp_raw else "vxlan")
+    return EXIT_OK
+
+
+def _print(args, outcomes: list[Outcome], capture: Capture, summary: dict | None,
+           kind: str) -> None:
+    if args.json:
+        for outcome in outcomes:
+            print(json.dumps(outcome.to_json(), sort_keys=False))
+    else:
+        for outcome in outcomes:
+            print(_line(outcome, kind))
+        if summary is not None:
+            print(json.dumps(summary, indent=2))
+    if capture.error:
+        print(f"weft replay: reading stopped early: {capture.error}", file=sys.stderr)
+
+
+def _line(outcome: Outcome, kind: str) -> str:
+    peer = outcome.peer
+    via = f" peer {peer['subnet']} at {peer['public_ip']}" if peer else ""
+    vni = f" vni {outcome.vni}" if outcome.vni is not None else ""
+    text = (f"{outcome.index:5d} {outcome.direction or '-':8s} "
+            f"{verdict_name(outcome.verdict):9s} {reason_name(outcome.reason)}{via}{vni} "
+            f"{outcome.in_len}->{outcome.out_len} B")
+    if outcome.slow:
+        text += f" | {outcome.slow}"
+    for side, data in outcome.outputs[:1]:
+        ether = side == "device" and kind == "vxlan"
+        text += f" | {describe(data, 'ether' if ether else 'ip')}"
+    return text
+
+
+class _Usage(ValueError):
+    pass
+
+
+def _subnet(text: str) -> IPv4Network:
+    try:
+        return IPv4Network(text)
+    except ValueError as exc:
+        raise _Usage(f"--as {text!r}: {exc}") from None
