@@ -43,7 +43,9 @@ FLOW_SEED = 0x5EED_F1A7
 
 # counters[path, slot]: rows per kernel, slots 0..REASON_SLOTS-1 count packets by reason (every
 # input counted exactly once there), the rest are totals. SLOT_IP_ID is state, not a count: the
-# next outer IPv4 identification of vxlan_egress.
+# next outer IPv4 identification of vxlan_egress. SLOT_CSUM_COMPLETED counts FORWARD packets
+# whose inner TCP/UDP checksum was completed from the CHECKSUM_PARTIAL form (vxlan_ingress only;
+# see _complete_partial_l4_csum). New slots go at the end so existing indices stay stable.
 PATH_VXLAN_EGRESS = 0
 PATH_VXLAN_INGRESS = 1
 PATH_UDP_EGRESS = 2
@@ -56,7 +58,8 @@ SLOT_TX_PACKETS = 66  # FORWARD outputs
 SLOT_TX_BYTES = 67  # bytes of FORWARD outputs
 SLOT_VERDICT = 68  # + Verdict: 68 forward, 69 drop, 70 slow
 SLOT_IP_ID = 71
-N_SLOTS = 72
+SLOT_CSUM_COMPLETED = 72
+N_SLOTS = 73
 
 assert HEADROOM >= VXLAN_ENCAP
 assert max(Reason) < REASON_SLOTS
@@ -133,6 +136,26 @@ def _csum(b, o, n):
     s = (s & 0xFFFF) + (s >> 16)
     s = (s & 0xFFFF) + (s >> 16)
     return ~s & 0xFFFF
+
+
+@njit(cache=True, nogil=True)
+def _sum16(b, o, n):
+    """Unfolded one's-complement sum of b[o:o+n]; an odd last byte is zero-padded (RFC 1071)."""
+    s = np.int64(0)
+    end = o + (n & ~1)
+    for k in range(o, end, 2):
+        s += _u16(b, k)
+    if n & 1:
+        s += _u8(b, end) << 8
+    return s
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _fold16(s):
+    # End-around carry until 16 bits remain; a nonzero sum never folds to 0 (it gives 0xFFFF).
+    while s > 0xFFFF:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
 
 
 @njit(cache=True, nogil=True)
@@ -412,9 +435,65 @@ def _vxlan_ingress_one(b, ln, cap, sender, cfg, present, public_ip, sender_keys)
 
 
 @njit(cache=True, nogil=True)
+def _complete_partial_l4_csum(b, ip):
+    """Finish an inner TCP/UDP checksum the sender's kernel left for a NIC; True if written.
+
+    A kernel VXLAN device with tx-checksum offload (as flannel leaves flannel.1) hands the inner
+    segment on as CHECKSUM_PARTIAL: __tcp_v4_send_check()/udp4_hwcsum() pre-fill the field with
+    ~csum_tcpudp_magic(src, dst, len, proto, 0), the folded NON-complemented pseudo-header sum,
+    expecting hardware to sum from the L4 header on. Over veth/bridges nothing ever does, and a
+    userspace socket gets no csum metadata, so the pod's kernel would drop the frame as corrupt.
+    We do what the NIC (or skb_checksum_help) would: only for a packet that does not verify and
+    whose field holds exactly that pseudo sum. Anything else that fails stays as it is, so real
+    corruption is still dropped by the receiver. Only this one form is accepted: it is the only
+    value Linux pre-fills for CHECKSUM_PARTIAL, so any other mismatch is treated as corruption.
+    `ip` is the offset of an inner IPv4 header _ipv4_check accepted (whole packet present).
+    """
+    if (_u16(b, ip + 6) & 0x3FFF) != 0:  # a fragment: the segment is not all here
+        return False
+    ihl = (_u8(b, ip) & 0x0F) * 4
+    room = _u16(b, ip + 2) - ihl
+    proto = _u8(b, ip + 9)
+    l4 = ip + ihl
+    if proto == 6:
+        if room < 20:
+            return False
+        l4len = room
+        field = l4 + 16
+    elif proto == 17:
+        if room < 8:
+            return False
+        l4len = _u16(b, l4 + 4)  # the pseudo-header and the sum use UDP's own length
+        if l4len < 8 or l4len > room:
+            return False
+        field = l4 + 6
+        if _u16(b, field) == 0:  # no checksum sent (RFC 768): nothing to complete
+            return False
+    else:
+        return False
+    pseudo = _fold16(_u16(b, ip + 12) + _u16(b, ip + 14) + _u16(b, ip + 16)
+                     + _u16(b, ip + 18) + proto + l4len)
+    seg = _sum16(b, l4, l4len)
+    if _fold16(pseudo + seg) == 0xFFFF:  # verifies already
+        return False
+    if _u16(b, field) != pseudo:
+        return False
+    # The field already holds the pseudo sum, so the segment sum is the whole sum, exactly as the
+    # NIC computes it from csum_start; 0 is sent as 0xFFFF like skb_checksum_help (for UDP 0
+    # would mean "no checksum"; for TCP both encodings verify).
+    csum = ~_fold16(seg) & 0xFFFF
+    _w16(b, field, csum if csum != 0 else 0xFFFF)
+    return True
+
+
+@njit(cache=True, nogil=True)
 def vxlan_ingress(bufs, lens, src_ip, n, out_off, out_len, verdict, reason, dst_ip,
                   cfg, present, public_ip, sender_keys, counters):
-    """Check and decapsulate n VXLAN payloads sent by src_ip[i]; returns how many are FORWARD."""
+    """Check and decapsulate n VXLAN payloads sent by src_ip[i]; returns how many are FORWARD.
+
+    FORWARD frames whose inner TCP/UDP checksum arrived in the CHECKSUM_PARTIAL form get it
+    completed in place, counted in SLOT_CSUM_COMPLETED.
+    """
     n = _batch_size(n, bufs, lens, out_off, out_len, verdict, reason, dst_ip)
     n = min(n, src_ip.shape[0])
     cap = bufs.shape[1] - HEADROOM
@@ -426,6 +505,8 @@ def vxlan_ingress(bufs, lens, src_ip, n, out_off, out_len, verdict, reason, dst_
         )
         if v == _FORWARD:
             forwarded += 1
+            if _complete_partial_l4_csum(bufs[i], off + 14):
+                counters[PATH_VXLAN_INGRESS, SLOT_CSUM_COMPLETED] += np.uint64(1)
         _record(counters, PATH_VXLAN_INGRESS, i, v, r, off, olen, 0, ln,
                 out_off, out_len, verdict, reason, dst_ip)
     return forwarded

@@ -80,6 +80,59 @@ def ipv4_checksum(header: bytes) -> int:
     return ~total & 0xFFFF
 
 
+def _fold16(total: int) -> int:
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def _sum16(data: bytes) -> int:
+    """Unfolded one's-complement sum; an odd last byte is padded with zero (RFC 1071)."""
+    padded = bytes(data) + b"\0" * (len(data) & 1)
+    return sum(struct.unpack(f"!{len(padded) // 2}H", padded))
+
+
+def complete_partial_l4_checksum(ip: bytearray) -> int | None:
+    """Finish a TCP/UDP checksum left in CHECKSUM_PARTIAL form; the value written, or None.
+
+    A kernel VXLAN device with tx-checksum offload (flannel.1 as flannel leaves it) sends the
+    inner segment CHECKSUM_PARTIAL: __tcp_v4_send_check()/udp4_hwcsum() pre-fill the checksum
+    field with ~csum_tcpudp_magic(src, dst, len, proto, 0), the folded, NOT complemented
+    pseudo-header sum, for a NIC to finish. Over veth and bridges nothing does, and a userspace
+    socket receives no checksum metadata, so the pod's kernel would drop the frame as corrupt.
+    We finish it as the NIC (or skb_checksum_help) would, but only when the checksum does not
+    verify AND the field holds exactly that pseudo sum, the only form Linux pre-fills; any other
+    bad checksum stays, so real corruption is still dropped by the receiver. `ip` is a whole,
+    header-checked IPv4 packet; it is modified in place.
+    """
+    if int.from_bytes(ip[6:8], "big") & 0x3FFF:  # a fragment: the segment is not all here
+        return None
+    ihl = (ip[0] & 0x0F) * 4
+    room = int.from_bytes(ip[2:4], "big") - ihl
+    proto = ip[9]
+    if proto == 6 and room >= 20:
+        l4len, field = room, ihl + 16
+    elif proto == 17 and room >= 8:
+        l4len, field = int.from_bytes(ip[ihl + 4 : ihl + 6], "big"), ihl + 6
+        if not 8 <= l4len <= room:  # the pseudo-header and the sum use UDP's own length
+            return None
+        if ip[field : field + 2] == b"\0\0":  # no checksum sent (RFC 768)
+            return None
+    else:
+        return None
+    pseudo = _fold16(_sum16(ip[12:20]) + proto + l4len)
+    seg = _sum16(ip[ihl : ihl + l4len])
+    if _fold16(pseudo + seg) == 0xFFFF:  # verifies already
+        return None
+    if int.from_bytes(ip[field : field + 2], "big") != pseudo:
+        return None
+    # The field holds the pseudo sum, so the segment sum is the whole sum, as the NIC computes it
+    # from csum_start; 0 goes out as 0xFFFF like skb_checksum_help (0 means "none" for UDP).
+    csum = ~_fold16(seg) & 0xFFFF or 0xFFFF
+    ip[field : field + 2] = csum.to_bytes(2, "big")
+    return csum
+
+
 def ttl_decrement_checksum(csum: int, ttl: int, proto: int) -> int:
     """New header checksum after TTL -> TTL-1, by RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m').
 
@@ -249,7 +302,11 @@ def vxlan_egress(frame: bytes, cfg: np.ndarray, table: PeerTable, ip_id: int = 0
 
 
 def vxlan_ingress(payload: bytes, src_ip: int, cfg: np.ndarray, table: PeerTable) -> StepResult:
-    """Twin of fastpath.vxlan_ingress: VXLAN payload from `src_ip` -> inner Ethernet frame."""
+    """Twin of fastpath.vxlan_ingress: VXLAN payload from `src_ip` -> inner Ethernet frame.
+
+    A FORWARD frame whose inner TCP/UDP checksum came in CHECKSUM_PARTIAL form is completed
+    (see complete_partial_l4_checksum) and the value written appears in `fields`.
+    """
     if len(payload) < VXLAN_HDR + 14 + 20:
         return _drop(Reason.TRUNCATED, payload)
     # RFC 7348: only the I bit matters; other flag and reserved bits are ignored on receipt.
@@ -274,7 +331,14 @@ def vxlan_ingress(payload: bytes, src_ip: int, cfg: np.ndarray, table: PeerTable
     local_mac = int(cfg[CFG_LOCAL_VTEP_MAC]).to_bytes(6, "big")
     if frame[:6] not in (local_mac, BROADCAST_MAC):
         return _drop(Reason.WRONG_INNER_MAC, payload)
-    return StepResult(Verdict.FORWARD, Reason.OK, bytes(frame), peer, 0)
+    out = bytearray(frame)
+    ip_out = out[14:]
+    csum = complete_partial_l4_checksum(ip_out)
+    if csum is None:
+        return StepResult(Verdict.FORWARD, Reason.OK, bytes(frame), peer, 0)
+    out[14:] = ip_out
+    field = "inner.tcp.csum" if ip_out[9] == 6 else "inner.udp.csum"
+    return StepResult(Verdict.FORWARD, Reason.OK, bytes(out), peer, 0, ((field, csum),))
 
 
 # ---- udp backend ----------------------------------------------------------------------------

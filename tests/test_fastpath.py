@@ -19,6 +19,7 @@ from switch.fastpath import (
     PATH_VXLAN_EGRESS,
     PATH_VXLAN_INGRESS,
     REASON_SLOTS,
+    SLOT_CSUM_COMPLETED,
     SLOT_IP_ID,
     SLOT_RX_BYTES,
     SLOT_RX_PACKETS,
@@ -353,3 +354,137 @@ def test_all_captures_agree(name: str) -> None:
     if payloads:
         agree("vxlan_ingress", payloads, cfg, table)
         agree("udp_ingress", payloads, cfg, table)
+
+
+# ---- inner checksums left CHECKSUM_PARTIAL by a kernel VXLAN sender -------------------------
+
+
+def _fold(total: int) -> int:
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def _pseudo(inner: IP, l4len: int) -> int:
+    """What Linux pre-fills for CHECKSUM_PARTIAL: ~csum_tcpudp_magic(..., 0), i.e. the folded,
+    not complemented pseudo-header sum (independent of the code under test)."""
+    words = struct.unpack("!4H", IPv4Address(inner.src).packed + IPv4Address(inner.dst).packed)
+    return _fold(sum(words) + inner.proto + l4len)
+
+
+def _csum_at(inner: bytes) -> tuple[int, int]:
+    """(offset of the L4 checksum field in an IPv4 packet, its value)."""
+    ihl = (inner[0] & 15) * 4
+    off = ihl + (16 if inner[9] == 6 else 6)
+    return off, int.from_bytes(inner[off:off + 2], "big")
+
+
+def _with_csum(inner: bytes, value: int) -> bytes:
+    off, _ = _csum_at(inner)
+    return inner[:off] + value.to_bytes(2, "big") + inner[off + 2:]
+
+
+def _partial(inner: bytes) -> bytes:
+    """The same packet as flannel.1 would hand it over: checksum field = pseudo-header sum."""
+    pkt = IP(inner)
+    ihl = pkt.ihl * 4
+    l4len = (int.from_bytes(inner[ihl + 4:ihl + 6], "big") if pkt.proto == 17
+             else pkt.len - ihl)
+    return _with_csum(inner, _pseudo(pkt, l4len))
+
+
+def _l4_verifies(frame: bytes) -> bool:
+    """scapy recomputes the L4 checksum from scratch and compares with what is on the wire."""
+    raw = bytearray(frame[14:])
+    if raw[9] == 17:
+        # Linux trims to the UDP length before checking (pskb_trim_rcsum in __udp4_lib_rcv);
+        # scapy would take the pseudo-header length from the IP header instead.
+        keep = (raw[0] & 15) * 4 + int.from_bytes(raw[(raw[0] & 15) * 4 + 4:][:2], "big")
+        raw = raw[:keep]
+        raw[2:4] = keep.to_bytes(2, "big")
+    pkt = IP(bytes(raw))
+    layer = TCP if TCP in pkt else UDP
+    sent = pkt[layer].chksum
+    fresh = pkt.copy()
+    del fresh[layer].chksum
+    want = IP(bytes(fresh))[layer].chksum
+    # 0x0000 and 0xFFFF are the same one's-complement number; UDP must never send 0 for it.
+    return sent == want or (layer is TCP and {sent, want} == {0, 0xFFFF})
+
+
+def _vx_inner(inner: bytes) -> bytes:
+    eth = bytes(Ether(src=PEER_MAC, dst=LOCAL_MAC, type=0x0800))
+    return struct.pack("!B3xI", 8, 1 << 8) + eth + inner
+
+
+def _zero_sum_udp() -> bytes:
+    """A UDP datagram whose correct checksum computes to 0 (so it must go out as 0xFFFF)."""
+    base = IP(src="10.1.16.3", dst="10.1.15.2") / UDP(sport=7, dport=9) / b"\0\0abc"
+    raw = bytearray(bytes(base))
+    raw[26:28] = b"\0\0"
+    seg = _fold(sum(struct.unpack("!7H", bytes(raw[20:]) + b"\0"))  # 13 bytes, zero-padded
+                + _pseudo(base, len(raw) - 20))
+    raw[28:30] = (0xFFFF - seg if seg != 0xFFFF else 0).to_bytes(2, "big")
+    return bytes(raw)
+
+
+def partial_cases() -> list[tuple[str, bytes, str]]:
+    """(name, inner IPv4 packet as received, expectation: completed/same)."""
+    src, dst = "10.1.16.3", "10.1.15.2"
+    syn = bytes(IP(src=src, dst=dst) / TCP(sport=40000, dport=5201, flags="S",
+                                           options=[("MSS", 1410), ("SAckOK", b"")]))
+    data_odd = bytes(IP(src=src, dst=dst, flags="DF") / TCP(sport=40000, dport=5201, flags="PA")
+                     / b"odd-length payload!")
+    opts = bytes(IP(src=src, dst=dst, options=b"\x01\x01\x01\x01") / TCP(flags="A") / b"xy")
+    udp = bytes(IP(src=src, dst=dst) / UDP(sport=33333, dport=9999) / b"hello-udp-payload")
+    # UDP length 12 inside a 38-byte IP packet: the checksum covers UDP's 12 bytes only.
+    trailing = bytes(IP(src=src, dst=dst) / UDP(sport=1, dport=2, len=12) / b"abcdjunk!!")
+    frag = bytes(IP(src=src, dst=dst, flags="MF") / UDP(sport=1, dport=2) / b"first part")
+    corrupt = _with_csum(syn, _csum_at(syn)[1] ^ 0x1234)
+    return [
+        ("tcp syn", _partial(syn), "completed"),
+        ("tcp odd payload", _partial(data_odd), "completed"),
+        ("tcp with ip options", _partial(opts), "completed"),
+        ("udp", _partial(udp), "completed"),
+        ("udp shorter than ip", _partial(trailing), "completed"),
+        ("udp sum 0 sent as 0xffff", _partial(_zero_sum_udp()), "completed"),
+        ("tcp valid", syn, "same"),
+        ("udp valid", udp, "same"),
+        ("tcp corrupt", corrupt, "same"),
+        ("udp corrupt", _with_csum(udp, _csum_at(udp)[1] ^ 1), "same"),
+        ("udp no checksum", _with_csum(udp, 0), "same"),
+        ("fragment", _partial(frag), "same"),
+        ("icmp", bytes(IP(src=src, dst=dst) / ICMP() / b"ping"), "same"),
+    ]
+
+
+def test_partial_inner_checksums_are_completed_and_nothing_else() -> None:
+    cfg, table = make_world()
+    cases = partial_cases()
+    items = [(_vx_inner(inner), ip(B)) for _, inner, _ in cases]
+    batch, counters, results = agree("vxlan_ingress", items, cfg, table)  # kernel == twin
+    completed = 0
+    for (name, inner, want), res in zip(cases, results, strict=True):
+        assert res.verdict == Verdict.FORWARD, name
+        frame = res.out
+        if want == "same":
+            assert frame[14:] == inner and res.fields == (), name
+            continue
+        completed += 1
+        assert frame[14:] != inner and _l4_verifies(frame), name
+        off, value = _csum_at(frame[14:])
+        assert frame[14:14 + off] == inner[:off] and frame[16 + off:] == inner[off + 2:], name
+        assert value != 0 and dict(res.fields) in ({"inner.tcp.csum": value},
+                                                   {"inner.udp.csum": value}), name
+    assert dict(results[5].fields) == {"inner.udp.csum": 0xFFFF}
+    assert counters[PATH_VXLAN_INGRESS, SLOT_CSUM_COMPLETED] == completed == 6
+    assert counters[:, SLOT_CSUM_COMPLETED].sum() == completed  # other rows untouched
+
+
+def test_partial_checksum_left_for_udp_backend() -> None:
+    """flannel's udp backend reads complete packets from a TUN: nothing is completed there."""
+    cfg, table = make_world()
+    inner = _partial(bytes(IP(src="10.1.16.3", dst="10.1.15.2") / UDP() / b"x"))
+    batch, counters, results = agree("udp_ingress", [(inner, ip(B))], cfg, table)
+    assert _csum_at(results[0].out)[1] == _csum_at(inner)[1]
+    assert counters[:, SLOT_CSUM_COMPLETED].sum() == 0
