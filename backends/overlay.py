@@ -12,6 +12,7 @@ from switch.iface import ExternalInterface
 from switch.lease import Lease, LeaseAttrs
 from switch.pipeline import Pipeline
 from switch.registry import LeaseEvents
+from switch.tracehub import TraceHub
 
 from . import netlink
 from .peers import PeerPrograms
@@ -44,6 +45,7 @@ class OverlayBackend:
         self.transport: Transport | None = None
         self.datapath: Datapath | None = None
         self.lease: Lease | None = None
+        self.tracehub = TraceHub(self.kind)  # live trace; attached to the Datapath in start()
         log.info("%s device %s (index %d), MTU %d, port %d", "reusing" if self.reused else
                  "created", device_name, self.index, mtu, port)
 
@@ -64,6 +66,9 @@ class OverlayBackend:
         self.pipeline.set_local(lease.subnet, self.iface.public_ip, self.local_mac())
         self.transport = Transport(self.kind, self.port)
         self.datapath = Datapath(self.pipeline, self.device.fileno(), self.transport)
+        self.tracehub.bind(self.datapath, {
+            "device": self.device_name, "subnet": str(lease.subnet),
+            "public_ip": str(self.iface.public_ip), "port": self.port, "vni": self.vni})
         self.datapath.start()
 
     def handle(self, events: LeaseEvents) -> None:
@@ -89,6 +94,7 @@ class OverlayBackend:
             "counters": self.pipeline.counter_summary(),
             "datapath": {"mode": "plain", "batch": 64, "io": "readv/recvfrom, sendto",
                          "errors": dict(errors)},
+            "trace": self.tracehub.stats(),
         }
 
     def close(self) -> None:

@@ -98,7 +98,14 @@ class Daemon:
         return servers
 
     def control_handlers(self) -> dict:
-        return {"status": lambda _args: self.status()}
+        def trace(args: dict):  # `weft trace --live`: stream events from the backend's hub
+            hub = getattr(self.backend, "tracehub", None)
+            if hub is None:
+                raise RuntimeError("no userspace data path to trace (backend not started yet, "
+                                   "or host-gw, which is kernel routing)")
+            return hub.stream(args)
+
+        return {"status": lambda _args: self.status(), "trace": trace}
 
     def _run(self) -> int:
         self.config = self._wait_for_config()

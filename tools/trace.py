@@ -1,0 +1,745 @@
+"""`weft trace`: follow one packet through the pipeline (offline), or watch a daemon's (live).
+
+Offline, in the manner of `ovs-appctl ofproto/trace`: the host holding `--as SUBNET` in a lease
+snapshot is rebuilt (switch.offline), the packet is parsed into a flow key, classified, looked up
+in the peer table, and every header field the step writes is listed from the pure-Python twin
+(switch.packet). The real numba kernel runs on the same bytes through the Pipeline; a mismatch
+is printed as a loud warning (it is a bug). SLOW verdicts go through the scapy slow path.
+
+Live, in the manner of `cilium monitor`: one line per packet event streamed from the daemon's
+TraceHub over the control socket (filter syntax in switch/tracehub.py).
+
+`--write FILE.pcap` writes LINKTYPE_ETHERNET (1), readable by tcpdump, tshark and scapy. Each
+event gives its input packet, then its output if it was forwarded, so inner and outer views sit
+side by side. What has no Ethernet header on the wire side (TUN packets, the outer IPv4 the
+kernel adds) gets a zero-MAC one; outer IPv4/UDP headers the socket layer adds or strips
+(ingress payloads, udp-backend datagrams) are rebuilt from the peer and our PublicIP:port.
+tshark decodes VXLAN on 8472 with `-d udp.port==8472,vxlan`, tcpdump with `-T vxlan`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Any
+
+from switch import packet as twins
+from switch.control import DEFAULT_CONTROL_SOCKET, ControlError, control_stream
+from switch.fastpath import SLOT_IP_ID, Batch
+from switch.lease import subnet_key
+from switch.offline import OfflineError, OfflineHost, host_from_snapshot
+from switch.reasons import Reason, Verdict, reason_name
+from switch.registry import DEFAULT_PREFIX, RegistryError, load_snapshot
+from switch.slowpath import describe
+from switch.tracehub import FilterError, event_frames, parse_filter
+
+EXIT_FAILURE, EXIT_USAGE = 1, 2
+
+WHY = {  # what each reason means to somebody reading a trace
+    Reason.OK: "handled by the fast path",
+    Reason.TRUNCATED: "shorter than the headers it claims",
+    Reason.NOT_IPV4: "not IPv4 where IPv4 is expected",
+    Reason.BAD_IP_HEADER: "IPv4 version/IHL/total length inconsistent",
+    Reason.BAD_VXLAN_FLAGS: "VXLAN I flag (0x08) not set",
+    Reason.WRONG_VNI: "VXLAN VNI is not ours",
+    Reason.UNKNOWN_SENDER: "outer source is no peer's PublicIP",
+    Reason.SPOOFED_INNER_SRC: "inner source is outside the sending peer's subnets",
+    Reason.NOT_FOR_US: "inner destination is outside our subnet",
+    Reason.NO_ROUTE: "destination in the network but no lease covers it",
+    Reason.OUTSIDE_NETWORK: "destination outside the cluster network",
+    Reason.TTL_EXCEEDED: "TTL would reach 0",
+    Reason.FRAG_NEEDED: "DF set and larger than the overlay MTU",
+    Reason.ARP: "ARP from the host kernel, answered by the slow path",
+    Reason.IPV6: "IPv6 (neighbour solicitations answered, the rest dropped)",
+    Reason.BROADCAST: "broadcast frame, nothing to unicast to",
+    Reason.MULTICAST: "multicast frame, nothing to unicast to",
+    Reason.WRONG_INNER_MAC: "inner destination MAC is not our VtepMAC",
+    Reason.LOCAL_DST: "addressed to our own subnet",
+    Reason.UNKNOWN_ETHERTYPE: "ethertype the overlay does not carry",
+    Reason.PEER_LOOKUP_MISS: "the peer's lease has no VtepMAC",
+}
+
+
+# ---- the packet to trace ----------------------------------------------------------------------
+
+
+class TraceInputError(ValueError):
+    """The packet argument cannot be used (bad expression, bad hex, no such pcap record)."""
+
+
+@dataclass
+class TraceInput:
+    data: bytes  # exactly what the pipeline step receives: TAP frame, TUN packet, UDP payload
+    direction: str
+    src_ip: int = 0  # ingress: the outer sender
+    origin: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+_NAMESPACE: dict[str, type] = {}
+
+
+def scapy_namespace() -> dict[str, type]:
+    """Every scapy layer class (Ether, IP, ICMP, VXLAN, ...) and nothing else."""
+    if not _NAMESPACE:
+        from scapy.layers import inet, inet6, l2, vxlan
+        from scapy.packet import Packet, Padding, Raw
+
+        for module in (l2, inet, inet6, vxlan):
+            for name, value in vars(module).items():
+                if isinstance(value, type) and issubclass(value, Packet) and name[0] != "_":
+                    _NAMESPACE[name] = value
+        _NAMESPACE.update(Raw=Raw, Padding=Padding)
+    return _NAMESPACE
+
+
+_ALLOWED = (ast.Expression, ast.BinOp, ast.Div, ast.Mult, ast.Call, ast.keyword, ast.Constant,
+            ast.Name, ast.Load, ast.List, ast.Tuple, ast.UnaryOp, ast.USub)
+
+
+def eval_scapy(text: str):
+    """Build a packet from a scapy expression: layer calls with literal arguments, `/` and
+    `literal * count`. No attributes, no other names, no builtins: nothing else can run."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise TraceInputError(f"packet expression does not parse: {exc.msg}") from None
+    names = scapy_namespace()
+    for node in ast.walk(tree):
+        if not isinstance(node, _ALLOWED):
+            raise TraceInputError(f"packet expression: {type(node).__name__} is not allowed "
+                                  f"(only scapy layers, literals, '/' and '*')")
+        if isinstance(node, ast.Name) and node.id not in names:
+            raise TraceInputError(f"packet expression: {node.id!r} is not a scapy layer")
+        if isinstance(node, ast.Call) and not isinstance(node.func, ast.Name):
+            raise TraceInputError("packet expression: only scapy layers can be called")
+        if isinstance(node, ast.keyword) and (node.arg is None or node.arg.startswith("_")):
+            raise TraceInputError("packet expression: only plain field=value arguments")
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+            left, right = node.left, node.right
+            if not (isinstance(left, ast.Constant) and isinstance(right, ast.Constant)
+                    and isinstance(left.value, str | bytes) and isinstance(right.value, int)
+                    and 0 <= len(left.value) * right.value <= 65535):
+                raise TraceInputError("packet expression: '*' only as 'literal' * count, "
+                                      "at most 65535 bytes")
+    try:
+        pkt = eval(compile(tree, "<packet>", "eval"), {"__builtins__": {}}, dict(names))  # noqa: S307 - checked above
+    except Exception as exc:  # a scapy error building the layers
+        raise TraceInputError(f"packet expression failed: {type(exc).__name__}: {exc}") from None
+    from scapy.packet import Packet
+
+    if not isinstance(pkt, Packet):
+        raise TraceInputError("packet expression must evaluate to a scapy packet")
+    return pkt
+
+
+def _peer_mac_for(host: OfflineHost, ip: str | None) -> str | None:
+    if ip is None:
+        return None
+    table = host.pipeline.table
+    idx = table.index_of(int(IPv4Address(ip)))
+    if idx < 0 or not table.present[idx] or not any(table.vtep_mac[idx]):
+        return None
+    return bytes(table.vtep_mac[idx]).hex(":")
+
+
+def _sender_of(host: OfflineHost, inner_src: str | None) -> str | None:
+    """PublicIP of the peer leasing inner_src: the natural outer source of an ingress packet."""
+    if inner_src is None:
+        return None
+    table = host.pipeline.table
+    idx = table.index_of(int(IPv4Address(inner_src)))
+    return str(IPv4Address(int(table.public_ip[idx]))) if idx >= 0 and table.present[idx] else None
+
+
+def fill_defaults(pkt, host: OfflineHost, src_ip: str | None, notes: list[str]) -> None:
+    """Set what scapy would otherwise resolve on this machine (MACs by ARP, routes), as the
+    traced host would see it: the kernel's neighbour entries give the MACs."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.layers.vxlan import VXLAN
+
+    pl, local_mac = host.pipeline, host.lease.attrs.vtep_mac or "00:00:00:00:00:00"
+    layers = []
+    layer = pkt
+    while layer:
+        layers.append(layer)
+        layer = layer.payload
+    vx = next((i for i, x in enumerate(layers) if isinstance(x, VXLAN)), None)
+
+    def inner_ip(start: int):
+        return next((x for x in layers[start:] if isinstance(x, IP)), None)
+
+    def setdefault(layer, name: str, value, why: str) -> None:
+        if name not in layer.fields and value is not None:
+            setattr(layer, name, value)
+            notes.append(f"{layer.name}.{name} = {value} ({why})")
+
+    if vx is not None:  # an ingress VXLAN packet, outer headers optional
+        ip = inner_ip(vx)
+        if vx and isinstance(layers[vx - 1], UDP):
+            setdefault(layers[vx - 1], "dport", int(pl.cfg[6]), "our port")
+            setdefault(layers[vx - 1], "sport", int(pl.cfg[6]), "unset")
+        outer = next((x for x in layers[:vx] if isinstance(x, IP)), None)
+        if outer is not None:
+            setdefault(outer, "dst", str(host.lease.attrs.public_ip), "our PublicIP")
+            sender = src_ip or _sender_of(host, ip.src if ip is not None else None)
+            setdefault(outer, "src", sender, "the peer leasing the inner source")
+        for x in layers[:vx]:  # stripped before the pipeline sees it: any MAC will do
+            if isinstance(x, Ether):
+                for name in ("dst", "src"):
+                    if name not in x.fields:
+                        setattr(x, name, "00:00:00:00:00:00")
+        for x in layers[vx:]:
+            if isinstance(x, Ether):
+                setdefault(x, "dst", local_mac, "our VtepMAC")
+                peer_mac = _peer_mac_for(host, ip.src if ip is not None else None)
+                setdefault(x, "src", peer_mac or "00:00:00:00:00:00", "the sender's VtepMAC")
+                break
+        return
+    for i, x in enumerate(layers):
+        if isinstance(x, Ether):
+            ip = inner_ip(i)
+            peer_mac = _peer_mac_for(host, ip.dst if ip is not None else None)
+            setdefault(x, "dst", peer_mac or local_mac, "neighbour entry of the destination")
+            setdefault(x, "src", local_mac, "our VtepMAC (the TAP)")
+
+
+def _outer_udp(raw: bytes, port: int) -> tuple[int, bytes] | None:
+    """(outer source, UDP payload) if raw is IPv4/UDP to `port`, else None."""
+    if len(raw) < 28 or raw[0] >> 4 != 4 or raw[9] != 17:
+        return None
+    ihl = (raw[0] & 15) * 4
+    if len(raw) < ihl + 8 or int.from_bytes(raw[ihl + 2:ihl + 4], "big") != port:
+        return None
+    end = min(len(raw), int.from_bytes(raw[2:4], "big"))
+    return int.from_bytes(raw[12:16], "big"), raw[ihl + 8:end]
+
+
+def normalise(raw: bytes, link: str, host: OfflineHost, direction: str | None,
+              src_ip: str | None, notes: list[str]) -> tuple[bytes, str, int]:
+    """Turn what the user gave into (step input, direction, outer source).
+
+    link is "ether", "ip" or "payload" (a bare VXLAN/udp payload). A packet that is IPv4/UDP to
+    our port, with or without an Ethernet header, is ingress: the outer headers are stripped
+    as the kernel's UDP socket would.
+    """
+    pl = host.pipeline
+    port = int(pl.cfg[6])
+    sender = int(IPv4Address(src_ip)) if src_ip else 0
+    ip_part = raw[14:] if link == "ether" and raw[12:14] == b"\x08\x00" else raw
+    outer = _outer_udp(ip_part, port) if link != "payload" else None
+    if direction != "egress" and outer is not None:
+        if link == "ether":
+            notes.append("outer Ethernet stripped")
+        notes.append(f"outer IPv4/UDP to port {port} stripped (the UDP socket receives only the "
+                     f"payload)")
+        if ip_part[16:20] != host.lease.attrs.public_ip.packed:
+            notes.append(f"outer destination {IPv4Address(ip_part[16:20])} is not our PublicIP")
+        return outer[1], "ingress", sender or outer[0]
+    if direction == "ingress" or link == "payload":
+        if not sender:
+            raise TraceInputError("an ingress payload without outer headers needs --src-ip")
+        return raw, "ingress", sender
+    if pl.kind == "vxlan" and link == "ip":
+        from scapy.layers.l2 import Ether
+
+        frame = Ether(dst=_peer_mac_for(host, str(IPv4Address(raw[16:20]))) or "00:00:00:00:00:00",
+                      src=host.lease.attrs.vtep_mac or "00:00:00:00:00:00", type=0x0800)
+        notes.append("Ethernet header added (the TAP carries frames)")
+        return bytes(frame) + raw, "egress", 0
+    if pl.kind == "udp" and link == "ether":
+        if raw[12:14] != b"\x08\x00":
+            raise TraceInputError("the udp backend's TUN carries only IP packets")
+        notes.append("Ethernet header removed (the TUN carries bare IP packets)")
+        return raw[14:], "egress", 0
+    return raw, "egress", 0
+
+
+def _from_pcap(path: str, index: int) -> tuple[bytes, str]:
+    from scapy.utils import RawPcapReader
+
+    try:
+        with RawPcapReader(path) as reader:
+            linktype = getattr(reader, "linktype", 1)
+            for n, (data, _meta) in enumerate(reader):
+                if n == index:
+                    if linktype == 1:
+                        return bytes(data), "ether"
+                    if linktype in (101, 228):  # LINKTYPE_RAW, LINKTYPE_IPV4
+                        return bytes(data), "ip"
+                    raise TraceInputError(f"{path}: link type {linktype} is not supported")
+    except (OSError, EOFError) as exc:
+        raise TraceInputError(f"cannot read {path}: {exc}") from None
+    except Exception as exc:  # scapy raises Scapy_Exception for non-pcap files
+        if isinstance(exc, TraceInputError):
+            raise
+        raise TraceInputError(f"cannot read {path}: {exc}") from None
+    raise TraceInputError(f"{path} has no packet number {index} (counting from 0)")
+
+
+def read_input(host: OfflineHost, packet: str | None, *, direction: str | None = None,
+               src_ip: str | None = None, pcap: str | None = None, index: int = 0) -> TraceInput:
+    notes: list[str] = []
+    if pcap:
+        raw, link = _from_pcap(pcap, index)
+        origin = f"{pcap} #{index}"
+    elif packet and _HEX.fullmatch(packet) and len(packet.replace(":", "").split()) >= 1:
+        digits = "".join(packet.replace(":", "").split())
+        try:
+            raw = bytes.fromhex(digits)
+        except ValueError as exc:
+            raise TraceInputError(f"bad hex packet: {exc}") from None
+        link = "ip" if raw and raw[0] >> 4 == 4 else "ether"
+        origin = "hex"
+    elif packet:
+        from scapy.layers.inet import IP
+        from scapy.layers.vxlan import VXLAN
+
+        pkt = eval_scapy(packet)
+        fill_defaults(pkt, host, src_ip, notes)
+        link = "payload" if isinstance(pkt, VXLAN) else "ip" if isinstance(pkt, IP) else "ether"
+        if link == "payload" and not src_ip:
+            ip = pkt.getlayer(IP)
+            src_ip = _sender_of(host, ip.src if ip is not None else None)
+            if src_ip:
+                notes.append(f"outer source {src_ip} (the peer leasing the inner source)")
+        raw = bytes(pkt)
+        origin = "scapy"
+    else:
+        raise TraceInputError("no packet given")
+    data, way, sender = normalise(raw, link, host, direction, src_ip, notes)
+    return TraceInput(data, way, sender, origin, notes)
+
+
+_HEX = re.compile(r"[0-9a-fA-F:\s]+")
+
+
+# ---- offline ----------------------------------------------------------------------------------
+
+
+def device_of(host: OfflineHost) -> str:
+    pl = host.pipeline
+    return f"TAP weft.{int(pl.dpcfg.cfg[5])}" if pl.kind == "vxlan" else "TUN weft0"
+
+
+def host_info(host: OfflineHost) -> dict:
+    pl, lease = host.pipeline, host.lease
+    return {"subnet": str(lease.subnet), "public_ip": str(lease.attrs.public_ip),
+            "vtep_mac": lease.attrs.vtep_mac, "backend": pl.kind, "network": str(pl.network),
+            "vni": int(pl.cfg[5]) if pl.kind == "vxlan" else None, "port": int(pl.cfg[6]),
+            "mtu": pl.mtu, "device": device_of(host), "revision": host.snapshot.revision}
+
+
+def flow_key(data: bytes, inp: TraceInput, host: OfflineHost) -> dict[str, Any]:
+    """The parsed flow, with OVS field names (tun_*, dl_*, nw_*, tp_*)."""
+    kind = host.pipeline.kind
+    key: dict[str, Any] = {}
+    if inp.direction == "ingress":
+        key["in_port"] = f"udp socket :{int(host.pipeline.cfg[6])} (ingress)"
+        key["tun_src"] = str(IPv4Address(inp.src_ip))
+        key["tun_dst"] = str(host.lease.attrs.public_ip)
+        if kind == "vxlan" and len(data) >= 8:
+            key["tun_flags"] = f"0x{data[0]:02x}"
+            key["tun_id"] = int.from_bytes(data[4:7], "big")
+            data = data[8:]
+    else:
+        key["in_port"] = f"{device_of(host)} (egress)"
+    ethertype = 0x0800
+    if kind == "vxlan":
+        if len(data) < 14:
+            return {**key, "truncated": len(data)}
+        ethertype = int.from_bytes(data[12:14], "big")
+        key.update(dl_src=data[6:12].hex(":"), dl_dst=data[0:6].hex(":"),
+                   dl_type=f"0x{ethertype:04x}")
+        data = data[14:]
+    if ethertype == 0x0806 and len(data) >= 28:
+        key.update(arp_op=int.from_bytes(data[6:8], "big"),
+                   arp_spa=str(IPv4Address(data[14:18])), arp_tpa=str(IPv4Address(data[24:28])))
+    elif ethertype == 0x0800 and len(data) >= 20 and data[0] >> 4 == 4:
+        proto = data[9]
+        key.update(nw_src=str(IPv4Address(data[12:16])), nw_dst=str(IPv4Address(data[16:20])),
+                   nw_proto=proto, nw_tos=data[1], nw_ttl=data[8],
+                   nw_frag="no" if not int.from_bytes(data[6:8], "big") & 0x3FFF else "yes",
+                   ip_len=int.from_bytes(data[2:4], "big"), ip_df="yes" if data[6] & 0x40 else "no")
+        l4 = data[(data[0] & 15) * 4:]
+        if proto in (6, 17) and len(l4) >= 4:
+            key.update(tp_src=int.from_bytes(l4[0:2], "big"), tp_dst=int.from_bytes(l4[2:4], "big"))
+        elif proto == 1 and len(l4) >= 2:
+            key.update(icmp_type=l4[0], icmp_code=l4[1])
+    return key
+
+
+def _lease_view(host: OfflineHost, idx: int) -> dict:
+    table = host.pipeline.table
+    subnet = table.subnet_at(idx)
+    view: dict[str, Any] = {"subnet_index": idx, "subnet": str(subnet)}
+    if idx == int(host.pipeline.cfg[3]):
+        return {**view, "result": "local subnet (our own lease)"}
+    lease = host.snapshot.lease_for(subnet)
+    if lease is not None:
+        view.update(lease=f"{DEFAULT_PREFIX}/subnets/{subnet_key(subnet)}",
+                    public_ip=str(lease.attrs.public_ip), vtep_mac=lease.attrs.vtep_mac,
+                    backend=lease.attrs.effective_backend)
+    if table.present[idx]:
+        view["result"] = "peer"
+    elif lease is not None:
+        view["result"] = f"lease of backend {lease.attrs.effective_backend}: not in our table"
+    else:
+        view["result"] = "no lease"
+    return view
+
+
+def lookups(flow: dict, inp: TraceInput, host: OfflineHost) -> list[dict]:
+    pl = host.pipeline
+    out: list[dict] = []
+
+    def by_address(what: str, field: str) -> None:
+        ip = int(IPv4Address(flow[field]))
+        idx = twins.subnet_index(ip, pl.cfg, pl.table)
+        entry = {"table": what, "match": f"{field}={flow[field]}"}
+        out.append({**entry, **(_lease_view(host, idx) if idx >= 0 else
+                                {"result": f"outside the network {pl.network}"})})
+
+    if inp.direction == "ingress":
+        held = [str(s) for s, ip, _ in pl.table.peers() if int(ip) == inp.src_ip]
+        out.append({"table": "senders", "match": f"tun_src={flow['tun_src']}",
+                    "result": "known peer" if pl.table.has_sender(inp.src_ip) else "unknown",
+                    "subnets": held})
+        if "nw_src" in flow:
+            by_address("inner source", "nw_src")
+            by_address("inner destination", "nw_dst")
+    elif "nw_dst" in flow:
+        by_address("peers", "nw_dst")
+    return out
+
+
+def _run_twin(pl, data: bytes, inp: TraceInput) -> twins.StepResult:
+    if inp.direction == "egress":
+        if pl.kind == "vxlan":
+            ip_id = int(pl.counters[pl.path_egress, SLOT_IP_ID])
+            return twins.vxlan_egress(data, pl.cfg, pl.table, ip_id)
+        return twins.udp_egress(data, pl.cfg, pl.table)
+    step = twins.vxlan_ingress if pl.kind == "vxlan" else twins.udp_ingress
+    return step(data, inp.src_ip, pl.cfg, pl.table)
+
+
+def _run_kernel(pl, data: bytes, inp: TraceInput) -> tuple[int, int, bytes, int]:
+    batch = Batch(1)
+    batch.load(0, data, inp.src_ip)
+    (pl.egress if inp.direction == "egress" else pl.ingress)(batch, 1)
+    return int(batch.verdict[0]), int(batch.reason[0]), batch.output(0), int(batch.dst_ip[0])
+
+
+def _compare(twin: twins.StepResult, kernel: tuple[int, int, bytes, int]) -> dict:
+    verdict, reason, out, dst = kernel
+    diffs = []
+    if verdict != twin.verdict or reason != twin.reason:
+        diffs.append(f"verdict/reason: twin {twin.verdict.name.lower()}/{twin.reason.name.lower()}"
+                     f", kernel {Verdict(verdict).name.lower()}/{reason_name(reason)}")
+    if out != twin.out:
+        first = next((i for i, (a, b) in enumerate(zip(out, twin.out, strict=False)) if a != b),
+                     min(len(out), len(twin.out)))
+        diffs.append(f"output bytes: twin {len(twin.out)}, kernel {len(out)}, first difference "
+                     f"at byte {first}")
+    if twin.verdict == Verdict.FORWARD and twin.dst_ip and dst != twin.dst_ip:
+        diffs.append(f"peer: twin {IPv4Address(twin.dst_ip)}, kernel {IPv4Address(dst)}")
+    return {"agree": not diffs, "differences": diffs,
+            "kernel": {"verdict": Verdict(verdict).name.lower(), "reason": reason_name(reason),
+                       "out_len": len(out)}}
+
+
+def _actions(pl, direction: str, step: twins.StepResult) -> list[dict]:
+    if step.verdict != Verdict.FORWARD:
+        return []
+    if pl.kind == "vxlan":
+        head = ("encap: push outer IPv4 + UDP + VXLAN (36 bytes, into the headroom)"
+                if direction == "egress" else "decap: pop VXLAN, inner frame to the TAP")
+    else:
+        head = ("ttl: decrement; the packet is the payload of one UDP datagram"
+                if direction == "egress" else "ttl: decrement, as flannel's udp does on receive")
+    sets = [{"action": "set_field", "field": f, "value": v} for f, v in step.fields]
+    return [{"action": head}, *sets]
+
+
+def _output(host: OfflineHost, inp: TraceInput, step: twins.StepResult) -> dict:
+    pl = host.pipeline
+    if step.verdict == Verdict.DROP:
+        return {"action": "drop", "reason": step.reason.name.lower(),
+                "why": WHY.get(step.reason, "")}
+    if step.verdict == Verdict.SLOW:
+        return {"action": "slow path", "reason": step.reason.name.lower(),
+                "why": WHY.get(step.reason, "")}
+    if inp.direction == "ingress":
+        return {"action": f"output: write to {device_of(host)}"}
+    peer = IPv4Address(step.dst_ip)
+    if pl.kind == "vxlan":
+        return {"action": f"output: raw socket -> {peer}", "peer": str(peer)}
+    return {"action": f"output: udp socket :{int(pl.cfg[6])} -> {peer}:{int(pl.cfg[6])}",
+            "peer": str(peer)}
+
+
+def trace_input(host: OfflineHost, inp: TraceInput) -> dict:
+    """Everything `weft trace` reports about one packet, as a JSON-able document."""
+    pl = host.pipeline
+    data = inp.data
+    flow = flow_key(data, inp, host)
+    step = _run_twin(pl, data, inp)
+    check = _compare(step, _run_kernel(pl, data, inp))
+    linktype = "ether" if pl.kind == "vxlan" else "ip"
+    inner = data[8:] if pl.kind == "vxlan" and inp.direction == "ingress" else data
+    kernel_name = f"{pl.kind}_{inp.direction}"
+    path = "slow" if step.verdict == Verdict.SLOW else "fast"
+    doc: dict[str, Any] = {
+        "input": {"origin": inp.origin, "direction": inp.direction, "bytes": len(data),
+                  "notes": inp.notes, "summary": describe(inner, linktype)},
+        "host": host_info(host),
+        "flow": flow,
+        "classification": {"kernel": kernel_name, "path": path,
+                           "why": f"{step.reason.name.lower()}: {WHY.get(step.reason, '')}"},
+        "lookup": lookups(flow, inp, host),
+        "actions": _actions(pl, inp.direction, step),
+        "verdict": step.verdict.name.lower(),
+        "reason": step.reason.name.lower(),
+        "output": _output(host, inp, step),
+        "final_flow": None,
+        "slow_path": None,
+        "check": check,
+    }
+    if step.verdict == Verdict.FORWARD:
+        doc["final_flow"] = {"bytes": len(step.out), "summary": _final(pl, inp, step),
+                             "hex": step.out.hex()}
+    elif step.verdict == Verdict.SLOW:
+        result = pl.slow(data, int(step.reason))
+        doc["slow_path"] = {"reason": reason_name(result.reason), "summary": result.summary,
+                            "writes": [{"to": device_of(host), "bytes": len(w),
+                                        "summary": describe(w, linktype)}
+                                       for w in result.writes]}
+    return doc
+
+
+def _final(pl, inp: TraceInput, step: twins.StepResult) -> str:
+    out = step.out
+    if inp.direction == "ingress":
+        return describe(out, "ether" if pl.kind == "vxlan" else "ip")
+    if pl.kind == "udp":
+        return (f"udp :{int(pl.cfg[6])} -> {IPv4Address(step.dst_ip)}:{int(pl.cfg[6])} carrying "
+                + describe(out, "ip"))
+    outer = (f"IPv4 {IPv4Address(out[12:16])} > {IPv4Address(out[16:20])} ttl {out[8]} / UDP "
+             f"{int.from_bytes(out[20:22], 'big')} > {int.from_bytes(out[22:24], 'big')} / VXLAN "
+             f"vni {int.from_bytes(out[32:35], 'big')}")
+    return f"{outer} / {describe(out[36:], 'ether')}"
+
+
+def _value(name: str, value: Any) -> str:
+    if isinstance(value, int) and ("csum" in name or "flags" in name):
+        return f"0x{value:0{2 if value < 256 and 'flags' in name else 4}x}"
+    return str(value)
+
+
+def format_trace(doc: dict) -> str:
+    """The text form of a trace document (the same facts as --json)."""
+    h, flow = doc["host"], doc["flow"]
+    proto = {1: "icmp", 6: "tcp", 17: "udp"}.get(flow.get("nw_proto"), "ip")
+    first = "arp" if "arp_op" in flow else proto if "nw_src" in flow else "packet"
+    lines = [f"Flow: {first}," + ",".join(f"{k}={v}" for k, v in flow.items())]
+    lines += [f"      {doc['input']['summary']}  [{doc['input']['origin']}]"]
+    lines += [f"      note: {note}" for note in doc["input"]["notes"]]
+    vni = f" vni {h['vni']}" if h["vni"] is not None else ""
+    lines += ["", f"host {h['subnet']} (PublicIP {h['public_ip']}, VtepMAC {h['vtep_mac'] or '-'})"
+              f" {h['backend']}{vni} port {h['port']} mtu {h['mtu']}, snapshot revision "
+              f"{h['revision']}", "-" * 72]
+    c = doc["classification"]
+    lines.append(f" 0. classify: {c['kernel']} kernel -> {c['path']} path, {doc['verdict']} "
+                 f"({c['why']})")
+    for n, entry in enumerate(doc["lookup"], 1):
+        lines.append(f" {n}. lookup {entry['table']}: {entry['match']} -> {entry['result']}")
+        if "subnet" in entry:
+            lines.append(f"        subnet #{entry['subnet_index']} {entry['subnet']}")
+        if entry.get("lease"):
+            lines.append(f"        lease {entry['lease']} (snapshot revision {h['revision']})")
+            lines.append(f"        PublicIP {entry['public_ip']}, VtepMAC "
+                         f"{entry['vtep_mac'] or '-'}, backend {entry['backend']}")
+        if entry.get("subnets"):
+            lines.append("        holds " + ", ".join(entry["subnets"]))
+    step = len(doc["lookup"]) + 1
+    for action in doc["actions"]:
+        if action["action"] == "set_field":
+            lines.append(f"        set_field: {action['field']} = "
+                         f"{_value(action['field'], action['value'])}")
+        else:
+            lines.append(f" {step}. {action['action']}")
+    out = doc["output"]
+    lines += ["", f"Final flow: {doc['final_flow']['summary']} ({doc['final_flow']['bytes']} "
+                  f"bytes)" if doc["final_flow"] else "Final flow: unchanged"]
+    if out["action"] in ("drop", "slow path"):
+        lines.append(f"Datapath actions: {out['action']} ({out['reason']}: {out['why']})")
+    else:
+        lines.append(f"Datapath actions: {out['action']}")
+    if doc["slow_path"]:
+        sp = doc["slow_path"]
+        lines.append(f"Slow path: {sp['summary']} -> {sp['reason']}")
+        lines += [f"    write to {w['to']}: {w['summary']} ({w['bytes']} bytes)"
+                  for w in sp["writes"]] or ["    writes nothing back"]
+    lines.append(f"Verdict: {doc['verdict'].upper()} ({doc['reason']})")
+    check = doc["check"]
+    if check["agree"]:
+        lines.append("twin and kernel agree (verdict, reason, output bytes)")
+    else:
+        lines += ["", "!" * 72, "!!! WARNING: the numba kernel and its twin DISAGREE (a bug):"]
+        lines += [f"!!!   {d}" for d in check["differences"]] + ["!" * 72]
+    return "\n".join(lines)
+
+
+def offline_trace(leases: str, as_subnet: str, packet: str | None = None, *,
+                  direction: str | None = None, src_ip: str | None = None,
+                  pcap: str | None = None, index: int = 0) -> dict:
+    """Load the snapshot, build the host, read the packet and trace it."""
+    from switch.lease import parse_subnet_cidr
+
+    host = host_from_snapshot(load_snapshot(leases), parse_subnet_cidr(as_subnet))
+    inp = read_input(host, packet, direction=direction, src_ip=src_ip, pcap=pcap, index=index)
+    return trace_input(host, inp)
+
+
+# ---- live -------------------------------------------------------------------------------------
+
+
+def format_event(event: dict) -> str:
+    stamp = event["t"]
+    when = time.strftime("%H:%M:%S", time.localtime(stamp)) + f".{int(stamp % 1 * 1e6):06d}"
+    proto = event["proto"]
+    if proto in ("tcp", "udp"):
+        flow = f"{event['src']}:{event['sport']} -> {event['dst']}:{event['dport']}"
+    elif proto == "icmp":
+        flow = f"{event['src']} -> {event['dst']} type {event['sport']} code {event['dport']}"
+    else:
+        flow = f"{event['src']} -> {event['dst']}"
+    verdict = event["verdict"] + ("" if event["reason"] == "ok" else f" ({event['reason']})")
+    return (f"{when} {event['dir']:<7} {proto:<5} {flow:<48} peer {event['peer'] or '-':<15} "
+            f"{verdict}")
+
+
+def live_trace(socket_path: str, filter_text: str | None = None, count: int = 0,
+               write: str | None = None, out=sys.stdout, err=sys.stderr) -> int:
+    """Stream events from a daemon; returns an exit code."""
+    try:
+        parse_filter(filter_text)  # fail here, with the same message the daemon would give
+    except FilterError as exc:
+        print(f"weft trace: {exc}", file=err)
+        return EXIT_USAGE
+    pcap = None
+    try:
+        stream = control_stream(socket_path, "trace", filter=filter_text or "", count=count,
+                                bytes=bool(write))
+        try:
+            for record in stream:
+                kind = record.get("type")
+                if kind == "hello":
+                    print(f"tracing {record.get('device', '?')} ({record.get('backend')}, "
+                          f"{record.get('subnet', '?')}); filter: {filter_text or 'all'}",
+                          file=err)
+                    if write:
+                        pcap = EventPcap(write, record)
+                elif kind == "event":
+                    print(format_event(record), file=out, flush=True)
+                    if pcap is not None:
+                        pcap.write(record)
+                elif kind == "stats":
+                    print(f"# {record['dropped']} events dropped so far (reader too slow)",
+                          file=err)
+                elif kind == "end":
+                    print(f"# {record['events']} events, {record['dropped']} dropped", file=err)
+                    break
+        finally:
+            stream.close()
+    except KeyboardInterrupt:
+        pass
+    except ControlError as exc:
+        print(f"weft trace: {exc}", file=err)
+        return EXIT_USAGE if "filter" in str(exc) else EXIT_FAILURE
+    finally:
+        if pcap is not None:
+            pcap.close()
+    return 0
+
+
+class EventPcap:
+    """Writes each event's input and output as Ethernet frames (see the module docstring)."""
+
+    def __init__(self, path: str, info: dict) -> None:
+        from scapy.utils import RawPcapWriter
+
+        self.info = info
+        self.writer = RawPcapWriter(path, linktype=1, sync=True)
+
+    def write(self, event: dict) -> None:
+        sec, usec = int(event["t"]), int(event["t"] % 1 * 1e6)
+        for frame in event_frames(event, self.info):
+            self.writer.write_packet(frame, sec=sec, usec=usec)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+
+def add_trace_parser(subparsers, parents=()) -> argparse.ArgumentParser:
+    """Add `weft trace` to an argparse subparsers object; args.func(args) returns an exit code."""
+    p = subparsers.add_parser(
+        "trace", parents=list(parents), help="trace a packet through the pipeline (offline) or "
+        "watch a running daemon's packets (--live)",
+        description="Offline: weft trace --leases SNAPSHOT --as SUBNET PACKET. "
+                    "Live: weft trace --live [--filter EXPR].")
+    p.add_argument("packet", nargs="?", help="scapy expression (Ether()/IP(...)/ICMP()) or hex")
+    p.add_argument("--leases", help="lease snapshot (weft leases --json)")
+    p.add_argument("--as", dest="as_subnet", metavar="SUBNET", help="trace as the host of SUBNET")
+    p.add_argument("--direction", choices=("egress", "ingress"), help="default: inferred")
+    p.add_argument("--src-ip", help="outer source (the sending peer) of an ingress packet")
+    p.add_argument("--pcap", help="take the packet from this pcap")
+    p.add_argument("--index", type=int, default=0, help="packet number in --pcap, from 0")
+    p.add_argument("--json", action="store_true", help="the trace as a JSON document")
+    p.add_argument("--live", action="store_true", help="stream events from a running daemon")
+    p.add_argument("--socket", default=os.environ.get("WEFT_CONTROL_SOCKET",
+                                                      DEFAULT_CONTROL_SOCKET),
+                   help="the daemon's control socket [env WEFT_CONTROL_SOCKET]")
+    p.add_argument("--filter", help="e.g. 'host 10.1.16.2 and proto icmp and verdict drop'")
+    p.add_argument("--count", type=int, default=0, help="stop after N events (0: never)")
+    p.add_argument("--write", metavar="FILE.pcap", help="save traced packets (inner and outer)")
+    p.set_defaults(func=cmd_trace)
+    return p
+
+
+def cmd_trace(args) -> int:
+    if args.live:
+        if args.leases or args.packet or args.pcap:
+            print("weft trace: --live takes no packet, --leases or --pcap", file=sys.stderr)
+            return EXIT_USAGE
+        return live_trace(args.socket, args.filter, max(args.count, 0), args.write)
+    if args.filter or args.write or args.count:
+        print("weft trace: --filter, --count and --write need --live", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.leases or not args.as_subnet or not (args.packet or args.pcap):
+        print("weft trace: offline tracing needs --leases, --as and a PACKET (or --pcap)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        doc = offline_trace(args.leases, args.as_subnet, args.packet, direction=args.direction,
+                            src_ip=args.src_ip, pcap=args.pcap, index=args.index)
+    except (TraceInputError, OfflineError, RegistryError, ValueError) as exc:
+        print(f"weft trace: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        import json
+
+        print(json.dumps(doc, indent=2))
+    else:
+        print(format_trace(doc))
+    return 0 if doc["check"]["agree"] else EXIT_FAILURE
