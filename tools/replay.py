@@ -16,7 +16,7 @@ OUT is the wire side (egress FORWARD, complete outer IPv4 packets, LINKTYPE_RAW)
 `.device` twin (out.pcap -> out.device.pcap) is what is written into the TAP/TUN (ingress
 FORWARD and slow-path answers: Ethernet for vxlan, raw IPv4 for udp). The udp backend's
 pipeline emits the datagram payload only; the wire file wraps it as the kernel would send it
-from flannel's socket: IPv4 (id 0, DF clear, TTL 64) and UDP from our PublicIP:port to the
+from flannel's socket: IPv4 (id 0, DF set, TTL 64) and UDP from our PublicIP:port to the
 peer's PublicIP:port, both checksums filled in. Timestamps are copied from the input records.
 
 `--decap-only` ignores the lease snapshot and removes exactly one VXLAN (or, with --udp-raw,
@@ -58,6 +58,7 @@ ETH_HLEN = 14
 VXLAN_HDR = 8
 VXLAN_FLAG_I = 0x08
 WIRE_TTL = 64
+IP_DF = 0x4000  # Linux sets DF on UDP sockets (path MTU discovery, ip_no_pmtu_disc=0)
 EGRESS, INGRESS, DECAP = "egress", "ingress", "decap"
 
 
@@ -155,7 +156,7 @@ def wrap_udp(payload: bytes, src: int, dst: int, port: int) -> bytes:
     udp = struct.pack("!HHHH", port, port, udp_len, 0) + payload
     csum = inet_checksum(pseudo + udp) or 0xFFFF
     udp = udp[:6] + struct.pack("!H", csum) + udp[8:]
-    ip = struct.pack("!BBHHHBBHII", 0x45, 0, 20 + udp_len, 0, 0, WIRE_TTL, 17, 0, src, dst)
+    ip = struct.pack("!BBHHHBBHII", 0x45, 0, 20 + udp_len, 0, IP_DF, WIRE_TTL, 17, 0, src, dst)
     ip = ip[:10] + struct.pack("!H", inet_checksum(ip)) + ip[12:]
     return ip + udp
 
