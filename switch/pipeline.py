@@ -119,6 +119,8 @@ class Pipeline:
                 "forwarded_bytes": int(c[path, fastpath.SLOT_TX_BYTES]),
                 "slow": int(c[path, fastpath.SLOT_VERDICT + int(Verdict.SLOW)]),
                 "dropped": int(c[path, fastpath.SLOT_VERDICT + int(Verdict.DROP)]),
+                # inner TCP/UDP checksums a sender left for offload, completed on ingress
+                "checksums_completed": int(c[path, fastpath.SLOT_CSUM_COMPLETED]),
             }
             for code in np.flatnonzero(self.drops[direction]):
                 drops[reason_name(int(code))] += int(self.drops[direction][code])

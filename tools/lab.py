@@ -151,6 +151,10 @@ class Lab:
             ipr.addr("add", index=eth0, address=str(self.host_ips[i]),
                      prefixlen=FABRIC_NET.prefixlen)
             ipr.link("set", index=eth0, state="up")
+        # eth0 stands for the host's NIC on a real wire: segments and checksums are finished
+        # before they cross (the kernel's VXLAN would otherwise hand 64 KiB GSO packets with
+        # partial checksums to the peer namespace, as no wire does).
+        netns.call_in(host, netns.disable_tx_offloads, "eth0")
 
     def host(self, ref: int | str) -> str:
         """Host namespace name from an index or a name."""

@@ -244,3 +244,28 @@ def remove_by_prefix(prefix: str, kill: bool = True) -> list[str]:
     for n in names:
         remove(n)
     return names
+
+
+# -- a veth that behaves like a wire ---------------------------------------------------------
+
+_SIOCETHTOOL = 0x8946
+_ETHTOOL_STXCSUM = 0x17  # legacy "set TX checksumming"; TSO/GSO offloads depend on it
+
+
+def disable_tx_offloads(ifname: str) -> None:
+    """Make the kernel finish checksums and segmentation before a packet enters this device.
+
+    veth hands partially checksummed 64 KiB TSO/GSO packets straight to its peer namespace,
+    which no physical wire ever carries: a NIC segments and checksums them. Call inside the
+    namespace (e.g. via call_in). Uses the ethtool ioctl, so no ethtool binary is needed.
+    """
+    import array
+    import fcntl
+    import socket
+    import struct
+
+    value = array.array("I", [_ETHTOOL_STXCSUM, 0])  # struct ethtool_value {cmd; data}
+    address, _ = value.buffer_info()
+    ifreq = struct.pack("16sP", ifname.encode(), address)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        fcntl.ioctl(sock.fileno(), _SIOCETHTOOL, ifreq)
