@@ -194,3 +194,21 @@ def test_host_gw_refuses_a_public_ip_that_is_not_the_interface_address():
         assert code == 1
         assert "your PublicIP differs from interface IP, meaning that probably you're on a NAT" \
             in cluster.host_log(0)
+
+
+def test_host_gw_reports_a_peer_off_our_l2_segment():
+    with Lab(hosts=2) as lab:
+        cluster = Cluster(lab, backend="host-gw")
+        cluster.start(pods_per_host=1)
+        far = '{"PublicIP":"198.51.100.9","PublicIPv6":null,"BackendType":"host-gw"}'
+        lab.etcdctl("put", "/coreos.com/network/subnets/10.1.250.0-24", far)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            unprogrammed = cluster.status(0).get("unprogrammed", {})
+            if "10.1.250.0/24" in unprogrammed:
+                break
+            time.sleep(0.1)
+        assert "is not on our L2 segment" in unprogrammed["10.1.250.0/24"]
+        assert "10.1.250.0/24" not in {p["subnet"] for p in cluster.status(0)["peers"]}
+        src, dst = cluster.host(0).pods[0], cluster.host(1).pods[0]
+        assert any(probe.ping(src.ns, str(dst.ip), count=2))  # the others still work
