@@ -39,7 +39,7 @@ from pathlib import Path
 from switch.fastpath import BUFSIZE, HEADROOM, Batch
 from switch.offline import DEFAULT_PORTS, OfflineError, OfflineHost, host_from_snapshot
 from switch.reasons import Reason, Verdict, reason_name, verdict_name
-from switch.registry import RegistryError, load_snapshot
+from switch.registry import RegistryError, Snapshot, load_snapshot
 from switch.slowpath import describe, inet_checksum
 from switch.table import CFG_PORT
 from tools.pcapio import (
@@ -406,7 +406,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             raise _Usage("--port and --udp-raw go with --decap-only")
         if not args.leases or not args.as_subnet:
             raise _Usage("--leases and --as are required (or use --decap-only)")
-        host = host_from_snapshot(load_snapshot(args.leases), _subnet(args.as_subnet))
+        host = host_from_snapshot(_snapshot(args.leases), _subnet(args.as_subnet))
         capture, outcomes, summary = replay_capture(args.capture, host)
     except (_Usage, CaptureError, RegistryError, OfflineError) as exc:
         print(f"weft replay: {exc}", file=sys.stderr)
@@ -462,6 +462,13 @@ def _line(outcome: Outcome, kind: str) -> str:
 
 class _Usage(ValueError):
     pass
+
+
+def _snapshot(path: str) -> Snapshot:
+    try:
+        return load_snapshot(path)
+    except (ValueError, OSError) as exc:  # a binary file, a bad config inside it, ...
+        raise _Usage(f"cannot read lease snapshot {path}: {exc}") from None
 
 
 def _subnet(text: str) -> IPv4Network:
