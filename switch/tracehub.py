@@ -288,6 +288,8 @@ class TraceHub:
 
     def unsubscribe(self, sub: Subscription) -> None:
         with self._lock:
+            if sub not in self._subs:
+                return
             self._subs = tuple(s for s in self._subs if s is not sub)
             self.dropped_total += sub.dropped
             if self._target is not None and not self._subs:
@@ -355,6 +357,7 @@ class TraceHub:
                 if sub.dropped != reported and now - last >= STATS_EVERY:
                     reported, last = sub.dropped, now
                     yield {"type": "stats", "events": sub.delivered, "dropped": sub.dropped}
+            self.unsubscribe(sub)  # detach before the last record: the client may stop here
             yield {"type": "end", "events": sub.delivered, "dropped": sub.dropped}
         finally:
             self.unsubscribe(sub)
