@@ -23,6 +23,7 @@ import argparse
 import ast
 import os
 import re
+import struct
 import sys
 import time
 from dataclasses import dataclass, field
@@ -671,21 +672,25 @@ def live_trace(socket_path: str, filter_text: str | None = None, count: int = 0,
 
 
 class EventPcap:
-    """Writes each event's input and output as Ethernet frames (see the module docstring)."""
+    """Writes each event's input and output as Ethernet frames (see the module docstring).
+
+    The classic pcap format is 24 + 16 bytes of header; written here so each record keeps its
+    event's timestamp (scapy's raw writer adds its header only through write(), which has none).
+    """
 
     def __init__(self, path: str, info: dict) -> None:
-        from scapy.utils import RawPcapWriter
-
         self.info = info
-        self.writer = RawPcapWriter(path, linktype=1, sync=True)
+        self.file = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self.file.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
 
     def write(self, event: dict) -> None:
         sec, usec = int(event["t"]), int(event["t"] % 1 * 1e6)
         for frame in event_frames(event, self.info):
-            self.writer.write_packet(frame, sec=sec, usec=usec)
+            self.file.write(struct.pack("<IIII", sec, usec, len(frame), len(frame)) + frame)
+        self.file.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        self.file.close()
 
 
 # ---- command line -----------------------------------------------------------------------------
