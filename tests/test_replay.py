@@ -209,3 +209,13 @@ def test_python_c_entry_point():
         [sys.executable, "-c", code, "replay", str(PCAPS / "bad" / "not-a-pcap.pcap"),
          "--decap-only"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "not a pcap" in result.stderr
+
+
+def test_host_gw_has_nothing_to_replay(tmp_path, capsys):
+    snapshot = json.loads((PCAPS / "vxlan" / "leases.json").read_text())
+    snapshot["config"]["Backend"] = {"Type": "host-gw"}
+    path = tmp_path / "leases.json"
+    path.write_text(json.dumps(snapshot))
+    code, _ = replay(str(PCAPS / "vxlan" / "egress.pcap"), "--leases", str(path),
+                     "--as", manifest("vxlan")["as"])
+    assert code == 2 and "host-gw" in capsys.readouterr().err
