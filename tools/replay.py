@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import struct
 import sys
 from collections import Counter
@@ -414,8 +415,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.out:
         device = LINKTYPE_ETHERNET if host.kind == "vxlan" else LINKTYPE_RAW
         write_outputs(outcomes, args.out, capture.nano, LINKTYPE_RAW, device)
-    _print(args, outcomes, capture, summary, host.kind)
-    return EXIT_OK
+    return _print(args, outcomes, capture, summary, host.kind)
 
 
 def _cmd_decap(args: argparse.Namespace) -> int:
@@ -427,12 +427,22 @@ def _cmd_decap(args: argparse.Namespace) -> int:
     if args.out:
         inner = LINKTYPE_RAW if args.udp_raw else LINKTYPE_ETHERNET
         write_outputs(outcomes, args.out, capture.nano, inner, None)
-    _print(args, outcomes, capture, None, "udp" if args.udp_raw else "vxlan")
-    return EXIT_OK
+    return _print(args, outcomes, capture, None, "udp" if args.udp_raw else "vxlan")
 
 
 def _print(args, outcomes: list[Outcome], capture: Capture, summary: dict | None,
-           kind: str) -> None:
+           kind: str) -> int:
+    try:
+        _emit(args, outcomes, summary, kind)
+    except BrokenPipeError:  # `weft replay ... | head`: the reader has seen enough
+        # Python's documented recipe: point stdout at devnull so the exit-time flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if capture.error:
+        print(f"weft replay: reading stopped early: {capture.error}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _emit(args, outcomes: list[Outcome], summary: dict | None, kind: str) -> None:
     if args.json:
         for outcome in outcomes:
             print(json.dumps(outcome.to_json(), sort_keys=False))
@@ -441,8 +451,6 @@ def _print(args, outcomes: list[Outcome], capture: Capture, summary: dict | None
             print(_line(outcome, kind))
         if summary is not None:
             print(json.dumps(summary, indent=2))
-    if capture.error:
-        print(f"weft replay: reading stopped early: {capture.error}", file=sys.stderr)
 
 
 def _line(outcome: Outcome, kind: str) -> str:
