@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=cmd_bench)
 
+    from tools.replay import add_replay_parser
+    from tools.trace import add_trace_parser
+
+    add_replay_parser(sub, parents=[common])
+    add_trace_parser(sub, [common])
+
     leases = sub.add_parser("leases", help="list subnet leases")
     _etcd_flags(leases)
     leases.add_argument("--json", action="store_true",
