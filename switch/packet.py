@@ -72,12 +72,19 @@ def _slow(reason: Reason, data: bytes) -> StepResult:
 # ---- checksums and hashes -------------------------------------------------------------------
 
 
-def ipv4_checksum(header: bytes) -> int:
-    """Internet checksum over an IPv4 header whose checksum field holds 0 (or is verified)."""
-    total = sum(struct.unpack(f"!{len(header) // 2}H", header[: len(header) // 2 * 2]))
+def inet_checksum(data: bytes) -> int:
+    """RFC 1071 Internet checksum; 0 when verifying data that includes a correct checksum."""
+    if len(data) % 2:
+        data = bytes(data) + b"\x00"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
+
+
+def ipv4_checksum(header: bytes) -> int:
+    """Checksum of an IPv4 header whose checksum field holds 0 (or 0 when verifying one)."""
+    return inet_checksum(header)
 
 
 def _fold16(total: int) -> int:

@@ -30,6 +30,7 @@ from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
+from .packet import inet_checksum
 from .reasons import Reason, reason_name
 
 BACKENDS = ("vxlan", "udp")
@@ -266,16 +267,6 @@ def _icmp_error(quote: bytes, icmp_type: int, code: int, ctx: SlowPathContext) -
     pkt = IP(src=str(ctx.tunnel_address), dst=str(IPv4Address(quote[12:16])), ttl=ICMP_TTL,
              tos=tos, id=0, flags=0, proto=1) / icmp / Raw(quote)
     return bytes(pkt)
-
-
-def inet_checksum(data: bytes) -> int:
-    """RFC 1071 checksum; 0 when verifying data that includes a correct checksum."""
-    if len(data) % 2:
-        data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 # ---- ARP -----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import struct
 import time
 from dataclasses import dataclass
 
+from switch.packet import inet_checksum as checksum
 from tools import netns
 
 ICMP_ECHO_REPLY, ICMP_UNREACH, ICMP_ECHO, ICMP_TIME_EXCEEDED, ICMP_PARAM = 0, 3, 8, 11, 12
@@ -42,16 +43,6 @@ class Probe:
         if self.icmp_type in _ICMP_ERRORS:
             return (self.icmp_type, self.icmp_code or 0)
         return None
-
-
-def checksum(data: bytes) -> int:
-    """RFC 1071 Internet checksum."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def _echo(ident: int, seq: int, payload: bytes) -> bytes:
