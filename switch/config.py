@@ -99,12 +99,12 @@ def parse_config(text: str | bytes) -> NetworkConfig:
     subnet_len = 0
     if enable_ipv4:
         network = _v4_network(fields.get("Network"))
-        subnet_len, subnet_min, subnet_max = _v4_subnets(network, fields)
+        subnet_len, subnet_min, subnet_max = _subnets(network, fields, _V4)
     ipv6_network = ipv6_min = ipv6_max = None
     ipv6_len = 0
     if enable_ipv6:
         ipv6_network = _v6_network(fields.get("IPv6Network"))
-        ipv6_len, ipv6_min, ipv6_max = _v6_subnets(ipv6_network, fields)
+        ipv6_len, ipv6_min, ipv6_max = _subnets(ipv6_network, fields, _V6)
     backend_type, backend = _backend(fields.get("Backend"))
     return NetworkConfig(
         network=network, subnet_len=subnet_len, subnet_min=subnet_min, subnet_max=subnet_max,
@@ -160,45 +160,41 @@ def _address(fields: dict[str, Any], name: str, kind: type) -> Any:
         raise ConfigError(f"invalid {name} {json.dumps(value)}: expected an address") from None
 
 
-def _v4_subnets(network: IPv4Network, fields: dict[str, Any]):
-    subnet_len = _int(fields, "SubnetLen")
+@dataclass(frozen=True)
+class _Family:
+    """flannel's per-family subnet rules: same logic, different widths and words."""
+
+    prefix: str  # "" or "IPv6": field names are <prefix>SubnetLen, <prefix>SubnetMin, ...
+    bits: int  # 32 or 128
+    default_len: int  # the subnet each host gets when the network is big enough
+    too_small: str  # flannel's message when the network is too small to split
+
+
+_V4 = _Family("", 32, 24, "network is too small. Minimum useful network prefix is /28")
+_V6 = _Family("IPv6", 128, 64, "IPv6Network is too small. Minimum useful network prefix is /124")
+
+
+def _subnets(network, fields: dict[str, Any], family: _Family):
+    """SubnetLen/SubnetMin/SubnetMax (or the IPv6 ones) with flannel's defaults and checks."""
+    subnet_len = _int(fields, f"{family.prefix}SubnetLen")
     if subnet_len > 0:
         # Each host needs room for a tunnel and a bridge address.
-        if subnet_len > 30:
-            raise ConfigError("SubnetLen must be less than /31")
+        if subnet_len > family.bits - 2:
+            raise ConfigError(f"SubnetLen must be less than /{family.bits - 1}")
         # The first subnet is never handed out, so the network must split into four or more.
         if subnet_len < network.prefixlen + 2:
             raise ConfigError("network must be able to accommodate at least four subnets")
-    elif network.prefixlen > 28:
-        raise ConfigError("network is too small. Minimum useful network prefix is /28")
-    elif network.prefixlen <= 22:
-        subnet_len = 24
+    elif network.prefixlen > family.bits - 4:
+        raise ConfigError(family.too_small)
+    elif network.prefixlen <= family.default_len - 2:
+        subnet_len = family.default_len
     else:
         subnet_len = network.prefixlen + 2
-    size = 1 << (32 - subnet_len)
-    subnet_min = _address(fields, "SubnetMin", IPv4Address)
-    subnet_max = _address(fields, "SubnetMax", IPv4Address)
-    subnet_min, subnet_max = _range(network, size, subnet_min, subnet_max, "Subnet")
-    return subnet_len, subnet_min, subnet_max
-
-
-def _v6_subnets(network: IPv6Network, fields: dict[str, Any]):
-    subnet_len = _int(fields, "IPv6SubnetLen")
-    if subnet_len > 0:
-        if subnet_len > 126:
-            raise ConfigError("SubnetLen must be less than /127")
-        if subnet_len < network.prefixlen + 2:
-            raise ConfigError("network must be able to accommodate at least four subnets")
-    elif network.prefixlen > 124:
-        raise ConfigError("IPv6Network is too small. Minimum useful network prefix is /124")
-    elif network.prefixlen <= 62:
-        subnet_len = 64
-    else:
-        subnet_len = network.prefixlen + 2
-    size = 1 << (128 - subnet_len)
-    low = _address(fields, "IPv6SubnetMin", IPv6Address)
-    high = _address(fields, "IPv6SubnetMax", IPv6Address)
-    low, high = _range(network, size, low, high, "IPv6Subnet")
+    size = 1 << (family.bits - subnet_len)
+    kind = type(network.network_address)
+    low = _address(fields, f"{family.prefix}SubnetMin", kind)
+    high = _address(fields, f"{family.prefix}SubnetMax", kind)
+    low, high = _range(network, size, low, high, f"{family.prefix}Subnet")
     return subnet_len, low, high
 
 
