@@ -109,7 +109,7 @@ _DEPENDS = [os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
             for name in ("hotloop.py", "fastpath.py", "table.py", "reasons.py")]
 
 
-class _DependentLocator(caching.InTreeCacheLocator):
+class _DependentStamp:
     def get_source_stamp(self):
         return tuple((os.stat(path).st_mtime, os.stat(path).st_size) for path in _DEPENDS)
 
@@ -120,8 +120,17 @@ class _DependentLocator(caching.InTreeCacheLocator):
         return super().from_function(py_func, py_file)
 
 
-if _DependentLocator not in caching.CacheImpl._locator_classes:
-    caching.CacheImpl._locator_classes.insert(0, _DependentLocator)
+class _DependentUserLocator(_DependentStamp, caching.UserProvidedCacheLocator):
+    """NUMBA_CACHE_DIR set: cache there, as numba would."""
+
+
+class _DependentInTreeLocator(_DependentStamp, caching.InTreeCacheLocator):
+    """Otherwise next to the source, in __pycache__."""
+
+
+for _locator in (_DependentInTreeLocator, _DependentUserLocator):  # user dir ends up first
+    if _locator not in caching.CacheImpl._locator_classes:
+        caching.CacheImpl._locator_classes.insert(0, _locator)
 
 
 # ---- libc through intrinsics ------------------------------------------------------------------

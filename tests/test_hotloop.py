@@ -39,7 +39,11 @@ from switch.pipeline import EGRESS, INGRESS, Pipeline  # noqa: E402
 from switch.reasons import Reason, Verdict  # noqa: E402
 from tools import netns, probe  # noqa: E402
 
-pytestmark = pytest.mark.netns
+pytestmark = [
+    pytest.mark.netns,
+    # The loops call libc through numba intrinsics, which exist only in compiled code.
+    pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="needs numba JIT"),
+]
 
 NETWORK = IPv4Network("10.1.0.0/16")
 SUBNETS = (IPv4Network("10.1.1.0/24"), IPv4Network("10.1.2.0/24"))
