@@ -21,13 +21,20 @@ from .tuntap import open_device
 log = logging.getLogger(__name__)
 
 
+_IO = {"fast": "compiled loop: poll/read + sendmmsg, recvmmsg + write (no GIL)",
+       "plain": "Python loop: select/readv + sendto, recvfrom + write", "": "not started"}
+
+
 class OverlayBackend:
     kind = ""  # "vxlan" or "udp": which pipeline kernels
     lease_backend_type = ""  # what peers' leases must say (effective type)
 
     def __init__(self, config: NetworkConfig, iface: ExternalInterface, *, device_name: str,
-                 tap: bool, mtu: int, port: int, vni: int = 0) -> None:
+                 tap: bool, mtu: int, port: int, vni: int = 0,
+                 options: dict | None = None) -> None:
         assert config.network is not None
+        self.options = options or {}
+        self.datapath_mode = ""  # "fast" (compiled loop) or "plain" (Python loop), once started
         self.config = config
         self.iface = iface
         self.mtu = mtu
@@ -65,11 +72,32 @@ class OverlayBackend:
         netlink.set_ipv4_conf(self.device_name, "accept_local", 1)
         self.pipeline.set_local(lease.subnet, self.iface.public_ip, self.local_mac())
         self.transport = Transport(self.kind, self.port)
-        self.datapath = Datapath(self.pipeline, self.device.fileno(), self.transport)
+        self.datapath = self._start_datapath(self.transport)
         self.tracehub.bind(self.datapath, {
             "device": self.device_name, "subnet": str(lease.subnet),
             "public_ip": str(self.iface.public_ip), "port": self.port, "vni": self.vni})
-        self.datapath.start()
+
+    def _start_datapath(self, transport: Transport):
+        """The compiled loop when it loads, else the Python loop (`--datapath` can force one)."""
+        wanted = self.options.get("datapath") or "auto"
+        if wanted in ("auto", "fast"):
+            try:
+                from switch.hotloop import HotLoop
+
+                loop = HotLoop(self.pipeline, self.device.fileno(), transport.rx.fileno(),
+                               transport.tx.fileno(), self.port)
+                loop.start()
+                self.datapath_mode = "fast"
+                return loop
+            except Exception as exc:  # noqa: BLE001 - numba/libc trouble: fall back, loudly
+                if wanted == "fast":
+                    raise
+                log.warning("compiled datapath unavailable (%s); using the plain Python loop",
+                            exc)
+        datapath = Datapath(self.pipeline, self.device.fileno(), transport)
+        datapath.start()
+        self.datapath_mode = "plain"
+        return datapath
 
     def handle(self, events: LeaseEvents) -> None:
         self.peers.handle(events)
@@ -86,14 +114,15 @@ class OverlayBackend:
             peers.append({"subnet": str(subnet), "public_ip": str(public_ip),
                           "vtep_mac": mac.hex(":") if mac else None})
         errors = self.datapath.errors if self.datapath else {}
+        loop = self.datapath.stats() if hasattr(self.datapath, "stats") else None
         return {
             "backend": self.kind,
             "device": self.device_name,
             "peers": peers,
             "unprogrammed": {str(k): v for k, v in self.peers.failed.items()},
             "counters": self.pipeline.counter_summary(),
-            "datapath": {"mode": "plain", "batch": 64, "io": "readv/recvfrom, sendto",
-                         "errors": dict(errors)},
+            "datapath": {"mode": self.datapath_mode, "batch": 64, "io": _IO[self.datapath_mode],
+                         "errors": dict(errors), **({"loop": loop} if loop else {})},
             "trace": self.tracehub.stats(),
         }
 

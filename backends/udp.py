@@ -17,10 +17,12 @@ class UdpBackend(OverlayBackend):
     kind = "udp"
     lease_backend_type = "udp"
 
-    def __init__(self, config: NetworkConfig, iface: ExternalInterface) -> None:
+    def __init__(self, config: NetworkConfig, iface: ExternalInterface,
+                 options: dict | None = None) -> None:
         port = int(config.backend_option("Port") or DEFAULT_PORT)
         mtu = int(config.backend_option("MTU") or iface.mtu - OVERHEAD)
-        super().__init__(config, iface, device_name="weft0", tap=False, mtu=mtu, port=port)
+        super().__init__(config, iface, device_name="weft0", tap=False, mtu=mtu, port=port,
+                         options=options)
 
     def lease_attrs(self) -> LeaseAttrs:
         return LeaseAttrs(self.iface.public_ip)  # flannel's udp writes no BackendType
@@ -30,4 +32,4 @@ class UdpBackend(OverlayBackend):
 
 
 def create(config: NetworkConfig, iface: ExternalInterface, options: dict) -> UdpBackend:
-    return UdpBackend(config, iface)
+    return UdpBackend(config, iface, options)

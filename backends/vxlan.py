@@ -24,12 +24,14 @@ class VxlanBackend(OverlayBackend):
     kind = "vxlan"
     lease_backend_type = "vxlan"
 
-    def __init__(self, config: NetworkConfig, iface: ExternalInterface) -> None:
+    def __init__(self, config: NetworkConfig, iface: ExternalInterface,
+                 options: dict | None = None) -> None:
         vni = int(config.backend_option("VNI") or 1)
         port = int(config.backend_option("Port") or DEFAULT_PORT)
         mtu = int(config.backend_option("MTU") or iface.mtu - OVERHEAD)
         super().__init__(config, iface, device_name=f"weft.{vni}", tap=True, mtu=mtu,
-                         port=port, vni=vni)
+                         port=port, vni=vni,
+                         options=options)
         if self.reused:
             self.mac = netlink.link_mac(self.index)  # keep the VtepMAC peers already know
         else:
@@ -61,4 +63,4 @@ class VxlanBackend(OverlayBackend):
 
 
 def create(config: NetworkConfig, iface: ExternalInterface, options: dict) -> VxlanBackend:
-    return VxlanBackend(config, iface)
+    return VxlanBackend(config, iface, options)

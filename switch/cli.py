@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
           help="etcd lease TTL in seconds (flannel: 24 h; shorten for tests)")
     _flag(run, "--healthz-ip", default="0.0.0.0", help="address for /healthz, /readyz, /metrics")
     _flag(run, "--healthz-port", type=int, default=0, help="port for /healthz (0 = off)")
+    _flag(run, "--datapath", choices=("auto", "fast", "plain"), default="auto",
+          help="packet loop: compiled (fast), Python (plain), or fast with plain as fallback")
     _control_flag(run)
     run.set_defaults(func=cmd_run)
 
@@ -250,7 +252,8 @@ def cmd_run(args) -> int:
     options = RunOptions(iface=args.iface, public_ip=args.public_ip,
                          subnet_file=args.subnet_file, ip_masq=args.ip_masq, timing=timing,
                          healthz_ip=args.healthz_ip, healthz_port=args.healthz_port,
-                         control_socket=args.control_socket or None)
+                         control_socket=args.control_socket or None,
+                         backend_options={"datapath": args.datapath})
     daemon = Daemon(_registry(args), options)
 
     def on_signal(signum, _frame):

@@ -299,15 +299,6 @@ def _ipv4_packet(src: str, dst: str, payload: bytes = b"x" * 8) -> bytes:
     return hdr + udp + payload
 
 
-@pytest.mark.slow
-def test_hot_loop_beats_the_plain_datapath_on_rtt(udp_fabric: Fabric) -> None:
-    figures = _rtts(udp_fabric, count=50)
-    assert figures["hot"] < figures["plain"]
-
-
-# ---- measurement ----------------------------------------------------------------------------
-
-
 def _rtts(fab: Fabric, count: int = 50) -> dict[str, float]:
     """Median ping RTT in microseconds through each driver."""
     out = {}

@@ -72,12 +72,26 @@ def test_status_and_counters(cluster):
     assert all(probe.ping(src.ns, str(dst.ip), count=3))
     status = cluster.status(0)
     assert status["ready"] and status["lease"]["subnet"] == str(cluster.hosts[0].subnet)
+    if cluster.backend != "host-gw":
+        assert status["datapath"]["mode"] == "fast"  # the compiled loop is the default
     assert {p["subnet"] for p in status["peers"]} == {str(h.subnet) for h in cluster.hosts[1:]}
     if cluster.backend != "host-gw":
         assert status["counters"]["egress"]["forwarded"] >= 3
         assert status["counters"]["ingress"]["forwarded"] >= 3
     text = cluster.weft_cli(0, "status", "--control-socket", cluster.socket_path(0))
     assert text.returncode == 0 and str(cluster.hosts[0].subnet) in text.stdout
+
+
+@pytest.mark.parametrize("backend", ["vxlan", "udp"])
+def test_plain_python_datapath_still_carries_traffic(backend):
+    with Lab(hosts=2) as lab:
+        cluster = Cluster(lab, backend=backend, datapath="plain")
+        cluster.start(pods_per_host=1)
+        assert cluster.status(0)["datapath"]["mode"] == "plain"
+        src, dst = cluster.host(0).pods[0], cluster.host(1).pods[0]
+        assert any(probe.ping(src.ns, str(dst.ip), count=2))
+        result = probe.tcp_transfer(src.ns, dst.ns, str(dst.ip), nbytes=4 * 2**20)
+        assert result["sha256_match"]
 
 
 # -- interop with the kernel's VXLAN, programmed exactly as flanneld programs it ---------------

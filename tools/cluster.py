@@ -40,7 +40,7 @@ class Host:
 
 class Cluster:
     def __init__(self, lab: Lab, backend: str = "vxlan", network: str = "10.1.0.0/16",
-                 extra_config: dict | None = None, log=print) -> None:
+                 extra_config: dict | None = None, log=print, datapath: str = "auto") -> None:
         self.lab = lab
         self.backend = backend
         self.network = IPv4Network(network)
@@ -49,6 +49,7 @@ class Cluster:
         self.dir = Path(lab.tmpdir)
         self.hosts = [Host(i, ns, str(lab.host_ips[i]), "weft") for i, ns in enumerate(lab.hosts)]
         self.env: dict[str, str] = {}
+        self.datapath = datapath  # weft run --datapath for every host
 
     # -- set-up -------------------------------------------------------------------------------
     def start_etcd(self) -> None:
@@ -73,7 +74,8 @@ class Cluster:
         log = open(self.dir / f"h{host}.log", "ab")
         h.proc = self.lab.run(h.ns, [*WEFT, "run", "--iface", "eth0", "--subnet-file",
                                      str(self.subnet_file(host)), "--control-socket",
-                                     self.socket_path(host), *extra],
+                                     self.socket_path(host), "--datapath", self.datapath,
+                                     *extra],
                               env=self.env, stdout=log, stderr=log)
 
     def stop_weft(self, host: int, timeout: float = 10) -> int:
