@@ -388,6 +388,7 @@ def coalesce(bufs, out_off, out_len, verdict, n, l3_off, out, out_lens):
     everything else is written as is behind an all-zero header. Units are in order of their
     first packet, so each flow keeps its order. ERR_MALFORMED for l3_off < 0; ERR_NO_ROOM
     (nothing written) unless `out` has a row per FORWARD packet, each wide enough for it.
+    `bufs` is only read; bytes of out[m] past out_lens[m] are scratch.
     """
     l3_off = np.int64(l3_off)
     n = max(0, min(np.int64(n), bufs.shape[0], out_off.shape[0], out_len.shape[0],
@@ -417,7 +418,8 @@ def coalesce(bufs, out_off, out_len, verdict, n, l3_off, out, out_lens):
     u_nseg = np.zeros(need, dtype=np.int64)
     u_gso = np.zeros(need, dtype=np.int64)
     u_seq = np.zeros(need, dtype=np.int64)
-    u_addr = np.zeros(need, dtype=np.int64)  # src << 32 | dst
+    u_src = np.zeros(need, dtype=np.int64)
+    u_dst = np.zeros(need, dtype=np.int64)
     u_ports = np.zeros(need, dtype=np.int64)
     units = 0
     for i in range(n):
@@ -427,20 +429,22 @@ def coalesce(bufs, out_off, out_len, verdict, n, l3_off, out, out_lens):
             continue
         b = bufs[i]
         cls, ip, ihl, doff, tot = _classify(b, o, ln, l3_off)
-        addr = 0
+        src = 0
+        dst = 0
         ports = 0
         if cls != _OTHER:
-            addr = (_u32(b, ip + 12) << 32) | _u32(b, ip + 16)
+            src = _u32(b, ip + 12)
+            dst = _u32(b, ip + 16)
         if cls == _TCP_ALONE or cls == _TCP_MERGE:
             ports = _u32(b, ip + ihl)
         if cls == _TCP_NOPORTS:
             for m in range(units):
-                if u_open[m] and u_addr[m] == addr:
+                if u_open[m] and u_src[m] == src and u_dst[m] == dst:
                     u_open[m] = False
         found = -1
         if cls == _TCP_ALONE or cls == _TCP_MERGE:
             for m in range(units):
-                if u_open[m] and u_addr[m] == addr and u_ports[m] == ports:
+                if u_open[m] and u_src[m] == src and u_dst[m] == dst and u_ports[m] == ports:
                     found = m
                     break
         if cls == _TCP_MERGE and found >= 0:
@@ -476,7 +480,8 @@ def coalesce(bufs, out_off, out_len, verdict, n, l3_off, out, out_lens):
         u_len[m] = VNET_HDR_LEN + ln
         u_raw[m] = VNET_HDR_LEN + ln
         u_nseg[m] = 1
-        u_addr[m] = addr
+        u_src[m] = src
+        u_dst[m] = dst
         u_ports[m] = ports
         if cls == _TCP_MERGE:
             payload = tot - ihl - doff
