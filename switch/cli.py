@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
           help="etcd lease TTL in seconds (flannel: 24 h; shorten for tests)")
     _flag(run, "--healthz-ip", default="0.0.0.0", help="address for /healthz, /readyz, /metrics")
     _flag(run, "--healthz-port", type=int, default=0, help="port for /healthz (0 = off)")
-    _flag(run, "--datapath", choices=("auto", "fast", "plain"), default="auto",
-          help="packet loop: compiled (fast), Python (plain), or fast with plain as fallback")
+    _flag(run, "--datapath", choices=("auto", "offload", "fast", "plain"), default="auto",
+          help="packet loop: compiled with TUN/TAP offloads (offload), compiled (fast), "
+               "Python (plain); auto takes the best that works")
     _control_flag(run)
     run.set_defaults(func=cmd_run)
 
