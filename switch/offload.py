@@ -25,6 +25,10 @@ import numpy as np
 from numba import njit
 
 from switch.fastpath import HEADROOM
+from switch.wirebytes import u16 as _u16
+from switch.wirebytes import u32 as _u32
+from switch.wirebytes import w16 as _w16
+from switch.wirebytes import w32 as _w32
 
 VNET_HDR_LEN = 10
 VNET_F_NEEDS_CSUM = 1
@@ -67,28 +71,6 @@ def new_units(m: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---- byte and checksum helpers -------------------------------------------------------------
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _u16(b, o):
-    return (np.int64(b[o]) << 8) | np.int64(b[o + 1])
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _u32(b, o):
-    return (_u16(b, o) << 16) | _u16(b, o + 2)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _w16(b, o, v):
-    b[o] = (v >> 8) & 0xFF
-    b[o + 1] = v & 0xFF
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _w32(b, o, v):
-    _w16(b, o, (v >> 16) & 0xFFFF)
-    _w16(b, o + 2, v & 0xFFFF)
 
 
 @njit(cache=True, nogil=True, inline="always")
