@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "the kernel's VXLAN, in one run (root)")
     bench.add_argument("--seconds", type=float, default=5.0, help="per TCP/UDP measurement")
     bench.add_argument("--json", action="store_true")
+    bench.add_argument("--veth-offloads", action="store_true",
+                       help="keep veth's GSO/checksum offloads on the hosts' links (not wire-like)")
     bench.set_defaults(func=cmd_bench)
 
     from tools.replay import add_replay_parser
@@ -232,7 +234,8 @@ def cmd_bench(args) -> int:
     from tools.bench import run_bench
 
     return run_bench(seconds=args.seconds, as_json=args.json,
-                     log=lambda line: print(line, file=sys.stderr))
+                     log=lambda line: print(line, file=sys.stderr),
+                     wire_like=not args.veth_offloads)
 
 
 def _duration(seconds: float) -> str:

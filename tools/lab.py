@@ -100,7 +100,11 @@ def _lab_prefix_of(ns: str, markers: list[str]) -> str | None:
 class Lab:
     """Hosts on a shared fabric; use as a context manager (teardown also on atexit/signals)."""
 
-    def __init__(self, hosts: int = 3, name_prefix: str | None = None) -> None:
+    def __init__(self, hosts: int = 3, name_prefix: str | None = None,
+                 wire_like: bool = True) -> None:
+        # wire_like: host eth0s finish checksums and segmentation like a NIC on a real wire;
+        # False keeps veth's defaults (64 KiB GSO packets cross to the peer namespace whole).
+        self.wire_like = wire_like
         self.prefix = name_prefix or f"{DEFAULT_PREFIX}{os.urandom(3).hex()}-"
         self.fabric = self.prefix + "fab"
         self.hosts = [f"{self.prefix}h{i}" for i in range(hosts)]
@@ -154,7 +158,8 @@ class Lab:
         # eth0 stands for the host's NIC on a real wire: segments and checksums are finished
         # before they cross (the kernel's VXLAN would otherwise hand 64 KiB GSO packets with
         # partial checksums to the peer namespace, as no wire does).
-        netns.call_in(host, netns.disable_tx_offloads, "eth0")
+        if self.wire_like:
+            netns.call_in(host, netns.disable_tx_offloads, "eth0")
 
     def host(self, ref: int | str) -> str:
         """Host namespace name from an index or a name."""
