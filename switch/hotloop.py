@@ -15,6 +15,13 @@ the machine code from __pycache__ instead of compiling for a minute.
 Counters stay where `weft status` reads them: the kernels update pipeline.counters, and the loops
 add fast-path DROP reasons straight into pipeline.drops[direction], so Pipeline.count_drops is
 not called (and must not be, or drops would count twice).
+
+Offload mode (a device opened by switch.tundev with IFF_VNET_HDR + TUNSETOFFLOAD): every device
+read and write carries a 10-byte virtio_net_hdr. Egress reads each frame (up to a 64 KiB TSO
+super-frame) into one buffer and switch.offload.split_super cuts it into ordinary packets in the
+batch rows; ingress runs switch.offload.coalesce over the FORWARD rows and writes each resulting
+unit, so one write carries up to 64 segments of a TCP flow. Everything between (kernels, slow
+path, observer) still sees one ordinary packet per row.
 """
 
 from __future__ import annotations
@@ -37,12 +44,25 @@ from numba.extending import intrinsic
 
 from . import fastpath
 from .fastpath import HEADROOM, Batch
+from .offload import (
+    ERR_MALFORMED,
+    ERR_NO_ROOM,
+    GSO_TCPV4,
+    UNIT_ROW,
+    VNET_HDR_LEN,
+    coalesce,
+    new_units,
+    split_super,
+)
 from .pipeline import EGRESS, INGRESS, Pipeline
 from .reasons import Verdict
 
 log = logging.getLogger(__name__)
 
 BATCH = 64
+# Offload mode: a 64 KiB TSO super-frame splits into ~45 MSS-sized rows, so a batch of 64 would
+# hold one frame; 128 holds two or three and gives coalesce more segments to merge.
+OFFLOAD_BATCH = 128
 POLL_MS = 100  # how long a loop sleeps in poll() before it looks at the stop flag again
 
 KIND_VXLAN = 0
@@ -73,7 +93,12 @@ ST_ERR_MSGSIZE = 8
 ST_ERR_OTHER = 9
 ST_LAST_ERRNO = 10  # errno of the most recent counted send/write error
 ST_RETURNS = 11  # returns to Python (slow rows, observer, errors)
-ST_SIZE = 16
+ST_DEVICE_IO = 12  # egress: device reads; ingress: device writes (a super-frame counts once)
+ST_SPLIT_MALFORMED = 13  # offload egress: reads split_super refused, dropped (by its ERR_* code)
+ST_SPLIT_NO_ROOM = 14
+ST_SPLIT_UNSUPPORTED = 15
+ST_COALESCE_FAILED = 16  # offload ingress: FORWARD rows dropped because coalesce refused them
+ST_SIZE = 20
 _ERROR_SLOTS = (ST_ERR_AGAIN, ST_ERR_NOBUFS, ST_ERR_UNREACH, ST_ERR_MSGSIZE, ST_ERR_OTHER)
 
 # Errnos after which retrying cannot help: the thread ends (the others back off and resume).
@@ -106,7 +131,7 @@ _SLOW = int(Verdict.SLOW)
 # only for functions defined in this file, stamps the cache with all of those files.
 
 _DEPENDS = [os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-            for name in ("hotloop.py", "fastpath.py", "table.py", "reasons.py")]
+            for name in ("hotloop.py", "fastpath.py", "table.py", "reasons.py", "offload.py")]
 
 
 class _DependentStamp:
@@ -296,22 +321,41 @@ def _tally(n, verdict, reason, drops):
 
 
 @njit(cache=True, nogil=True)
+def _count_split(stats, code):
+    if code == ERR_MALFORMED:
+        stats[ST_SPLIT_MALFORMED] += _ONE
+    elif code == ERR_NO_ROOM:
+        stats[ST_SPLIT_NO_ROOM] += _ONE
+    else:
+        stats[ST_SPLIT_UNSUPPORTED] += _ONE
+
+
+@njit(cache=True, nogil=True)
 def egress_loop(kind, dev_fd, tx_fd, port, timeout_ms, ctl, stats, drops,
                 bufs, lens, out_off, out_len, verdict, reason, dst_ip,
                 cfg, present, public_ip, vtep_mac, counters,
-                pollfd, msgs, iovs, addrs):
-    """Read batches from the device, encapsulate, sendmmsg; returns (code, rows, errno)."""
+                pollfd, msgs, iovs, addrs, l3_off, sup):
+    """Read batches from the device, encapsulate, sendmmsg; returns (code, rows, errno).
+
+    l3_off < 0: a plain device, each read is one packet straight into a row. l3_off >= 0 (14
+    for a TAP, 0 for a TUN): an offload device; each read lands in `sup` (virtio_net_hdr +
+    frame) and split_super spreads it over as many rows as it has segments.
+    """
     rows = bufs.shape[0]
     stride = bufs.strides[0]
     cap = bufs.shape[1] - HEADROOM
     base = bufs.ctypes.data
+    offload = l3_off >= 0
+    sup_base = sup.ctypes.data
+    sup_cap = sup.shape[0]
+    pending = 0  # length of a frame waiting in sup: it did not fit the rows the batch had left
     full = False  # the last batch filled every row: more is likely queued, skip poll()
     rev = 0
     while True:
         if ctl[CTL_STOP]:
             return RET_STOP, 0, 0
         rev = 0
-        if not full:
+        if not full and pending == 0:
             rev = _wait(pollfd, dev_fd, _POLLIN, timeout_ms, stats)
             if rev < 0:
                 if -rev == _EINTR:
@@ -325,18 +369,36 @@ def egress_loop(kind, dev_fd, tx_fd, port, timeout_ms, ctl, stats, drops,
         n = 0
         err = 0
         while n < rows:
-            stats[ST_SYSCALLS] += _ONE
-            got = _read(dev_fd, base + n * stride + HEADROOM, cap)
-            if got <= 0:
-                e = _errno() if got < 0 else errno.ENODEV  # EOF: a TUN never reads 0 bytes
-                if e == _EINTR:
-                    continue
-                if e != _EAGAIN:
-                    err = e
+            if offload and pending:
+                got = pending
+                pending = 0
+            else:
+                stats[ST_SYSCALLS] += _ONE
+                if offload:
+                    got = _read(dev_fd, sup_base, sup_cap)
+                else:
+                    got = _read(dev_fd, base + n * stride + HEADROOM, cap)
+                if got <= 0:
+                    e = _errno() if got < 0 else errno.ENODEV  # EOF: a TUN never reads 0 bytes
+                    if e == _EINTR:
+                        continue
+                    if e != _EAGAIN:
+                        err = e
+                    break
+                stats[ST_DEVICE_IO] += _ONE
+            if not offload:
+                lens[n] = got
+                n += 1
+                continue
+            r = split_super(sup, got, l3_off, bufs, lens, n)
+            if r > 0:
+                n += r
+            elif r == ERR_NO_ROOM and n > 0:
+                pending = got  # send what the rows hold, then split this frame from row 0
                 break
-            lens[n] = got
-            n += 1
-        full = n == rows
+            else:
+                _count_split(stats, r)
+        full = n == rows or pending > 0
         if n == 0:
             if err != 0:
                 return RET_ERROR, 0, err
@@ -397,12 +459,47 @@ def egress_loop(kind, dev_fd, tx_fd, port, timeout_ms, ctl, stats, drops,
 
 
 @njit(cache=True, nogil=True)
+def _write_one(dev_fd, addr, length, stats):
+    """write() one frame into the device; returns 1 if written, 0 if counted as failed, or
+    -errno for an errno that ends the loop."""
+    while True:
+        stats[ST_SYSCALLS] += _ONE
+        w = _write(dev_fd, addr, length)
+        if w >= 0:
+            stats[ST_DEVICE_IO] += _ONE
+            return 1
+        e = _errno()
+        if e == _EINTR:
+            continue
+        if _hard(e):
+            return -e
+        _count_error(stats, e)
+        return 0
+
+
+@njit(cache=True, nogil=True)
+def _unit_segments(u, ulen):
+    """How many packets a coalesce unit carries (its header says TCPV4 when it merged some)."""
+    if u[1] != GSO_TCPV4:
+        return 1
+    hdr_len = np.int64(u[2]) | (np.int64(u[3]) << 8)
+    gso_size = np.int64(u[4]) | (np.int64(u[5]) << 8)
+    payload = np.int64(ulen) - VNET_HDR_LEN - hdr_len
+    if gso_size <= 0 or payload <= 0:
+        return 1
+    return (payload + gso_size - 1) // gso_size
+
+
+@njit(cache=True, nogil=True)
 def ingress_loop(kind, rx_fd, dev_fd, timeout_ms, ctl, stats, drops,
                  bufs, lens, src_ip, out_off, out_len, verdict, reason, dst_ip,
                  cfg, present, public_ip, sender_keys, counters,
-                 pollfd, msgs, iovs, addrs):
-    """recvmmsg batches, check/decapsulate, write() each FORWARD row; returns (code, rows, errno).
+                 pollfd, msgs, iovs, addrs, l3_off, out, out_lens):
+    """recvmmsg batches, check/decapsulate, write the FORWARD rows; returns (code, rows, errno).
 
+    l3_off < 0: a plain device, one write() per FORWARD row. l3_off >= 0: an offload device;
+    coalesce turns the FORWARD rows into units in `out` (virtio_net_hdr + packet, consecutive
+    segments of a TCP flow merged into one super-frame) and each unit is one write().
     Ingress kernels never say SLOW (nothing from a peer is answered), so only stop, observer
     and errors come back to Python.
     """
@@ -410,6 +507,8 @@ def ingress_loop(kind, rx_fd, dev_fd, timeout_ms, ctl, stats, drops,
     stride = bufs.strides[0]
     cap = bufs.shape[1] - HEADROOM
     base = bufs.ctypes.data
+    out_base = out.ctypes.data
+    out_stride = out.strides[0]
     for i in range(rows):  # the iovecs never move; only msg_namelen is reset per call
         iovs[i, 0] = base + i * stride + HEADROOM
         iovs[i, 1] = cap
@@ -470,22 +569,28 @@ def ingress_loop(kind, rx_fd, dev_fd, timeout_ms, ctl, stats, drops,
             fastpath.udp_ingress(bufs, lens, src_ip, n, out_off, out_len, verdict, reason,
                                  dst_ip, cfg, present, public_ip, sender_keys, counters)
         _tally(n, verdict, reason, drops)
-        for i in range(n):
-            if verdict[i] != _FORWARD:
-                continue
-            while True:
-                stats[ST_SYSCALLS] += _ONE
-                w = _write(dev_fd, base + i * stride + out_off[i], out_len[i])
-                if w >= 0:
-                    stats[ST_SENT] += _ONE
-                    break
-                e = _errno()
-                if e == _EINTR:
+        if l3_off >= 0:
+            units = coalesce(bufs, out_off, out_len, verdict, n, l3_off, out, out_lens)
+            if units < 0:
+                # Cannot happen with `out` sized by new_units(rows); counted, not hidden.
+                for i in range(n):
+                    if verdict[i] == _FORWARD:
+                        stats[ST_COALESCE_FAILED] += _ONE
+                units = 0
+            for m in range(units):
+                r = _write_one(dev_fd, out_base + m * out_stride, out_lens[m], stats)
+                if r < 0:
+                    return RET_ERROR, n, -r
+                if r:
+                    stats[ST_SENT] += np.uint64(_unit_segments(out[m], out_lens[m]))
+        else:
+            for i in range(n):
+                if verdict[i] != _FORWARD:
                     continue
-                if _hard(e):
-                    return RET_ERROR, n, e
-                _count_error(stats, e)
-                break
+                r = _write_one(dev_fd, base + i * stride + out_off[i], out_len[i], stats)
+                if r < 0:
+                    return RET_ERROR, n, -r
+                stats[ST_SENT] += np.uint64(r)
         if ctl[CTL_EACH_BATCH]:
             stats[ST_RETURNS] += _ONE
             return RET_BATCH, n, 0
@@ -495,9 +600,14 @@ def ingress_loop(kind, rx_fd, dev_fd, timeout_ms, ctl, stats, drops,
 
 
 class _Side:
-    """One direction's Batch, control/stat arrays and system-call scratch (owned by its thread)."""
+    """One direction's Batch, control/stat arrays and system-call scratch (owned by its thread).
 
-    def __init__(self, name: str, rows: int) -> None:
+    In offload mode egress also owns `sup`, the buffer one device read (virtio_net_hdr + up to
+    64 KiB) lands in, and ingress owns `out`/`out_lens`, the write units of coalesce. In plain
+    mode they are 1-element placeholders, so both modes share one compiled loop per direction.
+    """
+
+    def __init__(self, name: str, rows: int, offload: bool) -> None:
         self.name = name
         self.batch = Batch(rows)
         self.ctl = np.zeros(CTL_SIZE, dtype=np.uint8)
@@ -506,6 +616,12 @@ class _Side:
         self.msgs = np.zeros((rows, _MMSG), dtype=np.int64)  # struct mmsghdr
         self.iovs = np.zeros((rows, 2), dtype=np.int64)  # struct iovec
         self.addrs = np.zeros((rows, 16), dtype=np.uint8)  # struct sockaddr_in
+        wants_sup = offload and name == "egress"
+        self.sup = np.zeros(UNIT_ROW if wants_sup else 1, dtype=np.uint8)
+        if offload and name == "ingress":
+            self.out, self.out_lens = new_units(rows)
+        else:
+            self.out, self.out_lens = np.zeros((1, 1), np.uint8), np.zeros(1, np.int32)
 
 
 class HotLoop:
@@ -513,11 +629,14 @@ class HotLoop:
 
     device_fd is the TUN/TAP, rx_fd the socket bound to the backend port, tx_fd the socket
     that sends (the raw IP socket for vxlan, the same UDP socket for udp), port the UDP port
-    peers listen on. The fds stay owned by the caller (close them after stop()).
+    peers listen on. The fds stay owned by the caller (close them after stop()). offload=True
+    when the device was opened in switch.tundev's "offload" mode (IFF_VNET_HDR, TSO): the loops
+    then split and coalesce super-frames, and every write into the device carries a
+    virtio_net_hdr, the slow path's answers included.
     """
 
     def __init__(self, pipeline: Pipeline, device_fd: int, rx_fd: int, tx_fd: int, port: int,
-                 *, batch: int = BATCH, poll_ms: int = POLL_MS,
+                 *, batch: int | None = None, poll_ms: int = POLL_MS, offload: bool = False,
                  observer: Callable[..., None] | None = None) -> None:
         if pipeline.kind not in KINDS:
             raise ValueError(f"no hot loop for backend {pipeline.kind!r}")
@@ -528,8 +647,13 @@ class HotLoop:
         self.tx_fd = tx_fd
         self.port = port
         self.poll_ms = poll_ms
-        self.egress = _Side("egress", batch)
-        self.ingress = _Side("ingress", batch)
+        self.offload = offload
+        # Where IPv4 starts in a device packet: after Ethernet on the vxlan TAP, at 0 on the udp
+        # TUN; -1 tells the loops the device has no virtio_net_hdr.
+        self.l3_off = (14 if self.kind == KIND_VXLAN else 0) if offload else -1
+        self.batch = batch or (OFFLOAD_BATCH if offload else BATCH)
+        self.egress = _Side("egress", self.batch, offload)
+        self.ingress = _Side("ingress", self.batch, offload)
         self._observer: Callable[..., None] | None = None
         self.observer = observer
         self.slow_write_errors = 0  # slow-path answers the device refused
@@ -545,7 +669,8 @@ class HotLoop:
         ]
 
     # Trace hook, observer(direction, batch, n), as on Datapath. Setting it makes both loops
-    # come back after every batch; None lets them run free again.
+    # come back after every batch; None lets them run free again. In offload mode the rows are
+    # still ordinary packets: after split_super on egress, before coalesce on ingress.
     @property
     def observer(self) -> Callable[..., None] | None:
         return self._observer
@@ -597,16 +722,35 @@ class HotLoop:
         out.update({f"fatal_{k}": v for k, v in self.fatal.items()})
         return out
 
+    def offload_drops(self) -> dict[str, int]:
+        """Packets the offload step dropped, by cause, under names for `weft status` drops.
+
+        A refused device read never became rows, so the fast path never counted it; without
+        these the drop report would miss them.
+        """
+        e, i = self.egress.stats, self.ingress.stats
+        counts = {
+            "offload_split_malformed": int(e[ST_SPLIT_MALFORMED]),
+            "offload_split_no_room": int(e[ST_SPLIT_NO_ROOM]),
+            "offload_split_unsupported": int(e[ST_SPLIT_UNSUPPORTED]),
+            "offload_coalesce_failed": int(i[ST_COALESCE_FAILED]),
+        }
+        return {k: v for k, v in counts.items() if v}
+
     def stats(self) -> dict[str, dict[str, int]]:
-        """Per-direction loop figures for status: wake-ups, batches, packets, system calls."""
+        """Per-direction loop figures for status: wake-ups, batches, packets, system calls.
+
+        `device_io` is device reads (egress) or writes (ingress); in offload mode packets/
+        device_io is how many packets one super-frame carried on average.
+        """
         out = {}
         for side in (self.egress, self.ingress):
             s = side.stats
             out[side.name] = {
                 "wakeups": int(s[ST_WAKEUPS]), "batches": int(s[ST_BATCHES]),
                 "packets": int(s[ST_PACKETS]), "syscalls": int(s[ST_SYSCALLS]),
-                "sent": int(s[ST_SENT]), "returns": int(s[ST_RETURNS]),
-                "last_errno": int(s[ST_LAST_ERRNO]),
+                "sent": int(s[ST_SENT]), "device_io": int(s[ST_DEVICE_IO]),
+                "returns": int(s[ST_RETURNS]), "last_errno": int(s[ST_LAST_ERRNO]),
             }
         return out
 
@@ -618,12 +762,12 @@ class HotLoop:
                                side.stats, p.drops[EGRESS], b.bufs, b.lens, b.out_off,
                                b.out_len, b.verdict, b.reason, b.dst_ip, p.cfg, t.present,
                                t.public_ip, t.vtep_mac, p.counters, side.pollfd, side.msgs,
-                               side.iovs, side.addrs)
+                               side.iovs, side.addrs, self.l3_off, side.sup)
         return ingress_loop(self.kind, self.rx_fd, self.fd, self.poll_ms, ctl, side.stats,
                             p.drops[INGRESS], b.bufs, b.lens, b.src_ip, b.out_off, b.out_len,
                             b.verdict, b.reason, b.dst_ip, p.cfg, t.present, t.public_ip,
                             t.sender_keys, p.counters, side.pollfd, side.msgs, side.iovs,
-                            side.addrs)
+                            side.addrs, self.l3_off, side.out, side.out_lens)
 
     def _run(self, side: _Side, direction: int) -> None:
         try:
@@ -648,11 +792,14 @@ class HotLoop:
 
     def _slow(self, batch: Batch, n: int) -> None:
         """Run the scapy slow path for the SLOW rows and write its answers into the device."""
+        # An offload device reads a virtio_net_hdr before every frame; all zeros says "no
+        # GSO, checksums complete", which is what the slow path builds.
+        prefix = bytes(VNET_HDR_LEN) if self.offload else b""
         for i in np.flatnonzero(batch.verdict[:n] == _SLOW):
             packet = batch.bufs[i, HEADROOM:HEADROOM + batch.lens[i]].tobytes()
             for answer in self.pipeline.slow(packet, int(batch.reason[i])).writes:
                 try:
-                    os.write(self.fd, answer)
+                    os.write(self.fd, prefix + answer)
                 except OSError as exc:
                     self.slow_write_errors += 1
                     log.debug("device write failed: %s", exc)
