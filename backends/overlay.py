@@ -1,27 +1,38 @@
 """What vxlan and udp share: a TUN/TAP device, the pipeline, the IO driver, a route for the
 whole network into the device (so a destination no lease covers reaches us and gets ICMP
-net-unreachable from the slow path), and the peer table fed from lease events."""
+net-unreachable from the slow path), and the peer table fed from lease events.
+
+Datapath modes, best first (`--datapath auto` takes the best that works, a named one insists):
+  offload  the compiled loop over a device opened with IFF_VNET_HDR + TSO: TCP crosses the
+           device as 64 KiB super-frames, split into packets on egress, merged on ingress
+  fast     the compiled loop over a plain device, one device read/write per packet
+  plain    the Python loop (switch/datapath.py), for when numba cannot load the compiled one
+The device mode is fixed when the device is opened (here, before the lease), so a refused
+offload is known early; a compiled loop that then fails to load gets the device reopened plain.
+"""
 
 from __future__ import annotations
 
 import logging
 
 from switch.config import NetworkConfig
-from switch.datapath import Datapath, Transport
+from switch.datapath import BATCH, Datapath, Transport
 from switch.iface import ExternalInterface
 from switch.lease import Lease, LeaseAttrs
 from switch.pipeline import Pipeline
 from switch.registry import LeaseEvents
 from switch.tracehub import TraceHub
+from switch.tundev import OFFLOAD, open_device
 
 from . import netlink
 from .peers import PeerPrograms
-from .tuntap import open_device
 
 log = logging.getLogger(__name__)
 
-
-_IO = {"fast": "compiled loop: poll/read + sendmmsg, recvmmsg + write (no GIL)",
+MODES = ("auto", "offload", "fast", "plain")
+_IO = {"offload": "compiled loop on a TSO device: read + split + sendmmsg, "
+                  "recvmmsg + coalesce + write (no GIL)",
+       "fast": "compiled loop: poll/read + sendmmsg, recvmmsg + write (no GIL)",
        "plain": "Python loop: select/readv + sendto, recvfrom + write", "": "not started"}
 
 
@@ -34,7 +45,11 @@ class OverlayBackend:
                  options: dict | None = None) -> None:
         assert config.network is not None
         self.options = options or {}
-        self.datapath_mode = ""  # "fast" (compiled loop) or "plain" (Python loop), once started
+        self.wanted = str(self.options.get("datapath") or "auto")
+        if self.wanted not in MODES:
+            raise ValueError(f"unknown datapath {self.wanted!r} (choose from {', '.join(MODES)})")
+        self.datapath_mode = ""  # "offload", "fast" or "plain" once started
+        self.refused: dict[str, str] = {}  # better modes that were tried and why they failed
         self.config = config
         self.iface = iface
         self.mtu = mtu
@@ -42,7 +57,15 @@ class OverlayBackend:
         self.vni = vni
         self.device_name = device_name
         self.reused = netlink.link_index(device_name) is not None
-        self.device = open_device(device_name, tap=tap)
+        self.tap = tap
+        self.device, self.device_mode = open_device(
+            device_name, tap, offload=self.wanted in ("auto", "offload"))
+        if self.wanted in ("auto", "offload") and self.device_mode != OFFLOAD:
+            if self.wanted == "offload":
+                self.device.close()
+                raise RuntimeError(f"--datapath offload: device {device_name} refused it: "
+                                   f"{self.device_mode.reason}")
+            self.refused["offload"] = self.device_mode.reason
         index = netlink.link_index(device_name)
         assert index is not None
         self.index = index
@@ -78,26 +101,49 @@ class OverlayBackend:
             "public_ip": str(self.iface.public_ip), "port": self.port, "vni": self.vni})
 
     def _start_datapath(self, transport: Transport):
-        """The compiled loop when it loads, else the Python loop (`--datapath` can force one)."""
-        wanted = self.options.get("datapath") or "auto"
-        if wanted in ("auto", "fast"):
+        """The best loop that runs on this device; see the module docstring for the order."""
+        if self.device_mode == OFFLOAD:
             try:
-                from switch.hotloop import HotLoop
-
-                loop = HotLoop(self.pipeline, self.device.fileno(), transport.rx.fileno(),
-                               transport.tx.fileno(), self.port)
-                loop.start()
-                self.datapath_mode = "fast"
-                return loop
+                return self._start_hotloop(transport, offload=True, mode="offload")
             except Exception as exc:  # noqa: BLE001 - numba/libc trouble: fall back, loudly
-                if wanted == "fast":
+                if self.wanted == "offload":
                     raise
+                self.refused["offload"] = f"compiled loop unavailable: {exc}"
+                log.warning("offload datapath unavailable (%s); reopening %s without offloads",
+                            exc, self.device_name)
+                self._reopen_plain()
+        if self.wanted in ("auto", "fast"):
+            try:
+                return self._start_hotloop(transport, offload=False, mode="fast")
+            except Exception as exc:  # noqa: BLE001 - numba/libc trouble: fall back, loudly
+                if self.wanted == "fast":
+                    raise
+                self.refused["fast"] = f"compiled loop unavailable: {exc}"
                 log.warning("compiled datapath unavailable (%s); using the plain Python loop",
                             exc)
         datapath = Datapath(self.pipeline, self.device.fileno(), transport)
         datapath.start()
         self.datapath_mode = "plain"
         return datapath
+
+    def _start_hotloop(self, transport: Transport, *, offload: bool, mode: str):
+        from switch.hotloop import HotLoop
+
+        loop = HotLoop(self.pipeline, self.device.fileno(), transport.rx.fileno(),
+                       transport.tx.fileno(), self.port, offload=offload)
+        loop.start()
+        self.datapath_mode = mode
+        log.info("datapath %s: %s", mode, _IO[mode])
+        return loop
+
+    def _reopen_plain(self) -> None:
+        """Swap the offload device for a plain one (the other loops read no virtio header).
+
+        The persistent device keeps its index, MAC, address and routes across the reopen;
+        open_device clears the TSO offloads so the kernel stops sending super-frames.
+        """
+        self.device.close()
+        self.device, self.device_mode = open_device(self.device_name, self.tap, offload=False)
 
     def handle(self, events: LeaseEvents) -> None:
         self.peers.handle(events)
@@ -115,13 +161,21 @@ class OverlayBackend:
                           "vtep_mac": mac.hex(":") if mac else None})
         errors = self.datapath.errors if self.datapath else {}
         loop = self.datapath.stats() if hasattr(self.datapath, "stats") else None
+        counters = self.pipeline.counter_summary()
+        # Device reads the offload step refused never reached the fast path's counters.
+        offload_drops = getattr(self.datapath, "offload_drops", dict)()
+        for name, count in offload_drops.items():
+            counters["drops"][name] = counters["drops"].get(name, 0) + count
         return {
             "backend": self.kind,
             "device": self.device_name,
             "peers": peers,
             "unprogrammed": {str(k): v for k, v in self.peers.failed.items()},
-            "counters": self.pipeline.counter_summary(),
-            "datapath": {"mode": self.datapath_mode, "batch": 64, "io": _IO[self.datapath_mode],
+            "counters": counters,
+            "datapath": {"mode": self.datapath_mode,
+                         "batch": getattr(self.datapath, "batch", BATCH),
+                         "io": _IO[self.datapath_mode], "device": str(self.device_mode),
+                         **({"refused": dict(self.refused)} if self.refused else {}),
                          "errors": dict(errors), **({"loop": loop} if loop else {})},
             "trace": self.tracehub.stats(),
         }
