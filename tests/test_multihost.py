@@ -118,6 +118,27 @@ def test_compiled_datapaths_with_and_without_offload_carry_traffic(backend, data
             assert loop["ingress"]["sent"] > loop["ingress"]["device_io"]
 
 
+def test_restart_without_offload_on_a_device_left_in_offload_mode():
+    """TSO settings outlive the daemon on a persistent device; the fast loop (no virtio header)
+    must get them cleared, or the kernel would hand it 64 KiB frames it cannot read."""
+    with Lab(hosts=2) as lab:
+        cluster = Cluster(lab, backend="vxlan")
+        cluster.start(pods_per_host=1)
+        assert cluster.status(0)["datapath"]["mode"] == "offload"
+        assert cluster.stop_weft(0) == 0
+        cluster.datapath = "fast"
+        cluster.start_weft(0)
+        cluster.wait_synced()
+        dp = cluster.status(0)["datapath"]
+        assert (dp["mode"], dp["device"]) == ("fast", "plain")
+        src, dst = cluster.host(0).pods[0], cluster.host(1).pods[0]
+        probe.wait_reachable(src.ns, str(dst.ip), timeout=20)
+        result = probe.tcp_transfer(src.ns, dst.ns, str(dst.ip), nbytes=4 * 2**20, timeout=60)
+        assert result["sha256_match"], result
+        loop = cluster.status(0)["datapath"]["loop"]
+        assert loop["egress"]["packets"] == loop["egress"]["device_io"]  # one packet per read
+
+
 # -- interop with the kernel's VXLAN, programmed exactly as flanneld programs it ---------------
 
 @pytest.mark.parametrize("datapath", ["auto", "fast"])
