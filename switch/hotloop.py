@@ -126,12 +126,14 @@ _SLOW = int(Verdict.SLOW)
 
 # ---- cache invalidation -------------------------------------------------------------------------
 # numba decides whether a cached function is stale from its own source file only, but these
-# loops compile the fastpath kernels into themselves: after an edit of fastpath.py (or of the
-# table/reason constants it freezes) the old kernels would keep running. This locator, consulted
+# loops compile the fastpath and offload kernels (and the byte helpers both use) into
+# themselves: after an edit of one of those files (or of the table/reason constants they
+# freeze) the old kernels would keep running. This locator, consulted
 # only for functions defined in this file, stamps the cache with all of those files.
 
 _DEPENDS = [os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-            for name in ("hotloop.py", "fastpath.py", "table.py", "reasons.py", "offload.py")]
+            for name in ("hotloop.py", "fastpath.py", "table.py", "reasons.py", "offload.py",
+                         "wirebytes.py")]
 
 
 class _DependentStamp:
