@@ -25,6 +25,9 @@ from .reasons import Verdict
 log = logging.getLogger(__name__)
 
 BATCH = 64
+_IP_MTU_DISCOVER = 10  # <linux/in.h>; Python's socket module does not export these two
+_IP_PMTUDISC_DONT = 0
+GSO_POOL = 8  # vxlan: UDP sockets (source ports) the flows are spread over when sending with GSO
 POLL_SECONDS = 0.25  # how often a blocked thread notices a stop request
 
 
@@ -35,6 +38,15 @@ class Transport:
     flow-hashed source port of the kernel's VXLAN), so they go out on a raw IP socket; they arrive
     on a UDP socket bound to the VXLAN port. udp: flannel's format is the bare inner packet as a
     datagram from port to port, so one UDP socket does both.
+
+    UDP GSO (UDP_SEGMENT) needs a UDP socket: a raw socket sends what it is given. So for vxlan
+    gso_sockets() opens a small pool of UDP sockets on ephemeral ports, and the hot loop hands
+    each one the VXLAN header + inner frame; the kernel writes outer IPv4/UDP itself. What the
+    wire then shows differs from the raw path in two ways: the source port is the pool socket's
+    port (the loop picks the socket by the flow hash, so a flow keeps one port and flows still
+    spread over GSO_POOL ports, not over 32768-60999), and the outer UDP checksum is filled in
+    (UDP GSO refuses SO_NO_CHECK; RFC 7348 allows a non-zero checksum and receivers, the
+    kernel's VXLAN included, verify it). DF stays clear and TTL 64, as on the raw path.
     """
 
     def __init__(self, kind: str, port: int) -> None:
@@ -50,6 +62,26 @@ class Transport:
         else:
             self.tx = self.rx
         self.tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        self.pool: list[socket.socket] = []
+
+    def gso_sockets(self, size: int = GSO_POOL) -> list[int]:
+        """fds of UDP sockets that may send with UDP_SEGMENT to peers' port (opened once).
+
+        udp: the bound socket itself, since flannel sends from port to port. vxlan: the pool
+        (see the class docstring). Call it in the network namespace the sockets belong in.
+        """
+        if self.kind != "vxlan":
+            return [self.tx.fileno()]
+        while len(self.pool) < size:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            # The raw path's header has DF clear; without this the kernel would set DF.
+            sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DONT)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 64)
+            sock.bind(("0.0.0.0", 0))
+            sock.setblocking(False)
+            self.pool.append(sock)
+        return [sock.fileno() for sock in self.pool]
 
     def send(self, data, dst_ip: int) -> None:
         dst = socket.inet_ntoa(struct.pack("!I", dst_ip))
@@ -59,6 +91,8 @@ class Transport:
         self.rx.close()
         if self.tx is not self.rx:
             self.tx.close()
+        for sock in self.pool:
+            sock.close()
 
 
 class Datapath:

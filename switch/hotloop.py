@@ -33,7 +33,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from llvmlite import binding as llvm_binding
@@ -44,6 +44,7 @@ from numba.extending import intrinsic
 
 from . import fastpath
 from .fastpath import HEADROOM, Batch
+from .mmsg import enable_udp_gro, probe_udp_offloads
 from .offload import (
     ERR_MALFORMED,
     ERR_NO_ROOM,
@@ -98,6 +99,10 @@ ST_SPLIT_MALFORMED = 13  # offload egress: reads split_super refused, dropped (b
 ST_SPLIT_NO_ROOM = 14
 ST_SPLIT_UNSUPPORTED = 15
 ST_COALESCE_FAILED = 16  # offload ingress: FORWARD rows dropped because coalesce refused them
+# Messages of sendmmsg/recvmmsg: with UDP GSO/GRO one message carries several datagrams, so
+# ST_SENT / ST_MESSAGES (egress) and ST_PACKETS / ST_MESSAGES (ingress) say how many.
+ST_MESSAGES = 17
+ST_GSO_REFUSED = 18  # egress: GSO sends the kernel refused (EIO/EINVAL); GSO is then off
 ST_SIZE = 20
 _ERROR_SLOTS = (ST_ERR_AGAIN, ST_ERR_NOBUFS, ST_ERR_UNREACH, ST_ERR_MSGSIZE, ST_ERR_OTHER)
 
@@ -118,6 +123,18 @@ _EBADF = errno.EBADF
 _EIO = errno.EIO
 _SEND_WAIT_MS = 10  # how long egress waits for socket buffer room before dropping a datagram
 _MMSG = 8  # struct mmsghdr is 64 bytes: 8 int64 slots (see DATAPATH-NOTES)
+_SOL_UDP = 17
+_UDP_SEGMENT = 103
+_UDP_GRO = 104
+_GSO_CMSG = 24  # CMSG_SPACE(sizeof(u16)): the UDP_SEGMENT cmsg of one message
+_GRO_CMSG = 64  # control room per received message (the UDP_GRO cmsg is CMSG_SPACE(int) = 24)
+GSO_SEGMENTS = 64  # UDP_MAX_SEGMENTS on every kernel with UDP GSO (newer ones take 128)
+# A GSO message is one UDP datagram to the IP layer until it is cut: its payload must fit the
+# 16-bit IPv4 total length with the 20 + 8 header bytes, or the send fails with EMSGSIZE.
+_GSO_BYTES = 0xFFFF - 28
+GRO_MESSAGES = 4  # 64 KiB receive buffers per recvmmsg when UDP GRO is on
+GRO_BUF = 65536  # the largest UDP datagram (GRO never merges past it) fits
+_VXLAN_OUTER = 28  # outer IPv4 + UDP written by the kernel; a UDP socket writes its own
 _ONE = np.uint64(1)  # uint64 + an int64 literal would be float64 in numba
 _FORWARD = int(Verdict.FORWARD)
 _DROP = int(Verdict.DROP)
@@ -273,22 +290,24 @@ def _hard(e):
 
 
 @njit(cache=True, nogil=True)
-def _send_all(fd, msgs, m, pollfd, stats):
-    """sendmmsg msgs[:m], retrying after partial sends; returns 0 or a hard errno.
+def _send_all(fd, msgs, k, m, pollfd, stats):
+    """sendmmsg msgs[k:m], retrying after partial sends; returns 0 or a hard errno.
 
-    A failing datagram is counted and skipped (the kernel reports its errno only when it is the
+    A failing message is counted and skipped (the kernel reports its errno only when it is the
     first of a call). A full non-blocking socket (the udp backend shares its socket with ingress)
-    gets one wait for room, so a burst is paced instead of dropped.
+    gets one wait for room, so a burst is paced instead of dropped. ST_SENT counts datagrams:
+    a GSO message carries one per iovec (msg_iovlen, slot 3).
     """
-    k = 0
     waited = False
     base = msgs.ctypes.data
     while k < m:
         stats[ST_SYSCALLS] += _ONE
         r = _sendmmsg(fd, base + k * 64, m - k, 0)
         if r > 0:
+            for q in range(k, k + r):
+                stats[ST_SENT] += np.uint64(msgs[q, 3])
+            stats[ST_MESSAGES] += np.uint64(r)
             k += r
-            stats[ST_SENT] += np.uint64(r)
             waited = False
             continue
         e = _errno()
@@ -300,6 +319,10 @@ def _send_all(fd, msgs, m, pollfd, stats):
             waited = True
             _wait(pollfd, fd, _POLLOUT, _SEND_WAIT_MS, stats)
             continue
+        if msgs[k, 3] > 1 and (e == _EIO or e == errno.EINVAL):
+            # The route's device or this kernel will not segment for us: the loop stops
+            # building GSO messages (this one's segments are lost; TCP sends them again).
+            stats[ST_GSO_REFUSED] += _ONE
         _count_error(stats, e)
         k += 1
         waited = False
@@ -333,15 +356,148 @@ def _count_split(stats, code):
 
 
 @njit(cache=True, nogil=True)
+def _put_sockaddr(a, ip, port):
+    """struct sockaddr_in for (ip, port) into the 16 bytes of a (network byte order fields)."""
+    a[0] = _AF_INET  # sa_family, little-endian u16
+    a[1] = 0
+    a[2] = (port >> 8) & 0xFF
+    a[3] = port & 0xFF
+    a[4] = (ip >> 24) & 0xFF
+    a[5] = (ip >> 16) & 0xFF
+    a[6] = (ip >> 8) & 0xFF
+    a[7] = ip & 0xFF
+
+
+@njit(cache=True, nogil=True)
+def _row_messages(n, bufs, out_off, out_len, verdict, dst_ip, dport, msgs, iovs, addrs):
+    """One message per FORWARD row (its encapsulated packet to its peer); returns how many."""
+    stride = bufs.strides[0]
+    base = bufs.ctypes.data
+    m = 0
+    for i in range(n):
+        if verdict[i] != _FORWARD:
+            continue
+        _put_sockaddr(addrs[m], np.int64(dst_ip[i]), dport)
+        iovs[m, 0] = base + i * stride + out_off[i]
+        iovs[m, 1] = out_len[i]
+        msgs[m, 0] = addrs.ctypes.data + m * 16
+        msgs[m, 1] = 16
+        msgs[m, 2] = iovs.ctypes.data + m * 16
+        msgs[m, 3] = 1
+        msgs[m, 4] = 0
+        msgs[m, 5] = 0
+        msgs[m, 6] = 0
+        msgs[m, 7] = 0
+        m += 1
+    return m
+
+
+@njit(cache=True, nogil=True)
+def _gso_messages(kind, n, bufs, out_off, out_len, verdict, dst_ip, port, gso_fds,
+                  msgs, iovs, addrs, ctrl, msg_fd):
+    """Group the FORWARD rows into UDP GSO messages; returns how many (msgs[:m], msg_fd[:m]).
+
+    A message collects consecutive rows for the same peer and socket whose UDP payloads are
+    all one size (the last may be shorter, which closes it), up to GSO_SEGMENTS and _GSO_BYTES.
+    Its iovecs point at the payloads in the rows, so nothing is copied; a UDP_SEGMENT cmsg
+    with that size makes the kernel cut it back into one datagram per row. vxlan rows carry
+    the outer IPv4+UDP the kernel wrote: the payload starts after it, and the flow-hashed
+    source port it chose picks the socket of the pool, so one flow always leaves from one port.
+    """
+    stride = bufs.strides[0]
+    base = bufs.ctypes.data
+    pool = gso_fds.shape[0]
+    m = 0
+    k = 0  # iovecs used; a message's iovecs are consecutive
+    seg = 0  # the open message's segment size, its segment count and bytes
+    segs = 0
+    total = 0
+    can_grow = False
+    last_dst = np.int64(-1)
+    for i in range(n):
+        if verdict[i] != _FORWARD:
+            continue
+        off = np.int64(out_off[i])
+        ln = np.int64(out_len[i])
+        if kind == KIND_VXLAN:
+            sport = (np.int64(bufs[i, off + 20]) << 8) | np.int64(bufs[i, off + 21])
+            fd = gso_fds[sport % pool]
+            off += _VXLAN_OUTER
+            ln -= _VXLAN_OUTER
+        else:
+            fd = gso_fds[0]
+        dst = np.int64(dst_ip[i])
+        iovs[k, 0] = base + i * stride + off
+        iovs[k, 1] = ln
+        if (can_grow and fd == msg_fd[m - 1] and dst == last_dst and ln <= seg
+                and segs < GSO_SEGMENTS and total + ln <= _GSO_BYTES):
+            msgs[m - 1, 3] += 1
+            segs += 1
+            total += ln
+            can_grow = ln == seg
+        else:
+            _put_sockaddr(addrs[m], dst, port)
+            msgs[m, 0] = addrs.ctypes.data + m * 16
+            msgs[m, 1] = 16
+            msgs[m, 2] = iovs.ctypes.data + k * 16
+            msgs[m, 3] = 1
+            msgs[m, 4] = 0
+            msgs[m, 5] = 0
+            msgs[m, 6] = 0
+            msgs[m, 7] = 0
+            msg_fd[m] = fd
+            m += 1
+            last_dst = dst
+            seg = ln
+            segs = 1
+            total = ln
+            can_grow = True
+        k += 1
+    for q in range(m):
+        if msgs[q, 3] < 2:
+            continue  # one datagram: no cmsg, the plain send it always was
+        c = q * _GSO_CMSG
+        for j in range(_GSO_CMSG):
+            ctrl[c + j] = 0
+        ctrl[c] = 18  # cmsg_len = CMSG_LEN(sizeof(u16)), a little-endian size_t
+        ctrl[c + 8] = _SOL_UDP  # cmsg_level
+        ctrl[c + 12] = _UDP_SEGMENT  # cmsg_type
+        size = iovs[(msgs[q, 2] - iovs.ctypes.data) // 16, 1]  # the first payload's length
+        ctrl[c + 16] = size & 0xFF
+        ctrl[c + 17] = (size >> 8) & 0xFF
+        msgs[q, 4] = ctrl.ctypes.data + c
+        msgs[q, 5] = _GSO_CMSG
+    return m
+
+
+@njit(cache=True, nogil=True)
+def _send_by_socket(msgs, msg_fd, m, pollfd, stats):
+    """_send_all for each run of messages that leave by the same socket; 0 or a hard errno."""
+    q = 0
+    while q < m:
+        end = q + 1
+        while end < m and msg_fd[end] == msg_fd[q]:
+            end += 1
+        e = _send_all(msg_fd[q], msgs, q, end, pollfd, stats)
+        if e != 0:
+            return e
+        q = end
+    return 0
+
+
+@njit(cache=True, nogil=True)
 def egress_loop(kind, dev_fd, tx_fd, port, timeout_ms, ctl, stats, drops,
                 bufs, lens, out_off, out_len, verdict, reason, dst_ip,
                 cfg, present, public_ip, vtep_mac, counters,
-                pollfd, msgs, iovs, addrs, l3_off, sup):
+                pollfd, msgs, iovs, addrs, l3_off, sup, gso_fds, ctrl, msg_fd):
     """Read batches from the device, encapsulate, sendmmsg; returns (code, rows, errno).
 
     l3_off < 0: a plain device, each read is one packet straight into a row. l3_off >= 0 (14
     for a TAP, 0 for a TUN): an offload device; each read lands in `sup` (virtio_net_hdr +
     frame) and split_super spreads it over as many rows as it has segments.
+    gso_fds not empty: UDP sockets that take UDP_SEGMENT (see _gso_messages); the FORWARD rows
+    leave as GSO messages on them until the kernel refuses one, then one datagram per row on
+    tx_fd as without them.
     """
     rows = bufs.shape[0]
     stride = bufs.strides[0]
@@ -418,35 +574,16 @@ def egress_loop(kind, dev_fd, tx_fd, port, timeout_ms, ctl, stats, drops,
                                 cfg, present, public_ip, counters)
             dport = port
         slow = _tally(n, verdict, reason, drops)
-        m = 0
-        for i in range(n):
-            if verdict[i] != _FORWARD:
-                continue
-            a = addrs[m]
-            a[0] = _AF_INET  # sa_family, little-endian u16
-            a[1] = 0
-            a[2] = (dport >> 8) & 0xFF  # sin_port, network order
-            a[3] = dport & 0xFF
-            ip = np.int64(dst_ip[i])
-            a[4] = (ip >> 24) & 0xFF
-            a[5] = (ip >> 16) & 0xFF
-            a[6] = (ip >> 8) & 0xFF
-            a[7] = ip & 0xFF
-            iovs[m, 0] = base + i * stride + out_off[i]
-            iovs[m, 1] = out_len[i]
-            msgs[m, 0] = addrs.ctypes.data + m * 16
-            msgs[m, 1] = 16
-            msgs[m, 2] = iovs.ctypes.data + m * 16
-            msgs[m, 3] = 1
-            msgs[m, 4] = 0
-            msgs[m, 5] = 0
-            msgs[m, 6] = 0
-            msgs[m, 7] = 0
-            m += 1
-        if m:
-            e = _send_all(tx_fd, msgs, m, pollfd, stats)
-            if e != 0:
-                return RET_ERROR, n, e
+        if gso_fds.shape[0] > 0 and stats[ST_GSO_REFUSED] == 0:
+            m = _gso_messages(kind, n, bufs, out_off, out_len, verdict, dst_ip, port, gso_fds,
+                              msgs, iovs, addrs, ctrl, msg_fd)
+            e = _send_by_socket(msgs, msg_fd, m, pollfd, stats)
+        else:
+            m = _row_messages(n, bufs, out_off, out_len, verdict, dst_ip, dport, msgs, iovs,
+                              addrs)
+            e = _send_all(tx_fd, msgs, 0, m, pollfd, stats)
+        if e != 0:
+            return RET_ERROR, n, e
         if slow:
             stats[ST_RETURNS] += _ONE
             return RET_SLOW, n, 0
@@ -493,15 +630,79 @@ def _unit_segments(u, ulen):
 
 
 @njit(cache=True, nogil=True)
+def _src_of(a):
+    """The IPv4 address (host order) of a struct sockaddr_in."""
+    return ((np.uint32(a[4]) << 24) | (np.uint32(a[5]) << 16) | (np.uint32(a[6]) << 8)
+            | np.uint32(a[7]))
+
+
+@njit(cache=True, nogil=True)
+def _gro_size(ctrl, controllen):
+    """The UDP_GRO cmsg's segment size among a message's control data, or 0 if it has none."""
+    pos = 0
+    while pos + 16 <= controllen:
+        clen = 0
+        for j in range(8):
+            clen |= np.int64(ctrl[pos + j]) << (8 * j)
+        level = np.int64(ctrl[pos + 8]) | (np.int64(ctrl[pos + 9]) << 8)
+        kind = np.int64(ctrl[pos + 12]) | (np.int64(ctrl[pos + 13]) << 8)
+        if clen < 16:
+            return 0
+        if level == _SOL_UDP and kind == _UDP_GRO and pos + 20 <= controllen:
+            return (np.int64(ctrl[pos + 16]) | (np.int64(ctrl[pos + 17]) << 8)
+                    | (np.int64(ctrl[pos + 18]) << 16))
+        pos += (clen + 7) & ~7
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def _gro_split(gro, gro_len, gro_seg, gro_src, got, gi, gpos, bufs, lens, src_ip, cap):
+    """Copy the datagrams of received GRO messages gi.. into rows; returns (n, gi, gpos).
+
+    Message j holds gro_len[j] bytes, datagrams of gro_seg[j] bytes back to back (the last may
+    be shorter); each becomes a row with its sender's address. When the rows run out the
+    cursor (gi, gpos) says where the next batch starts, so nothing is dropped for lack of rows.
+    A datagram longer than a row becomes one row of length cap + 1, which the kernel drops as
+    TRUNCATED, as the plain receive path does.
+    """
+    rows = bufs.shape[0]
+    n = 0
+    while n < rows and gi < got:
+        total = gro_len[gi]
+        seg = gro_seg[gi]
+        take = min(seg, total - gpos)
+        if seg > cap:
+            lens[n] = cap + 1
+            take = total - gpos
+        else:
+            row = bufs[n]
+            src = gro[gi]
+            for j in range(take):
+                row[HEADROOM + j] = src[gpos + j]
+            lens[n] = take
+        src_ip[n] = gro_src[gi]
+        n += 1
+        gpos += take
+        if gpos >= total:
+            gi += 1
+            gpos = 0
+    return n, gi, gpos
+
+
+@njit(cache=True, nogil=True)
 def ingress_loop(kind, rx_fd, dev_fd, timeout_ms, ctl, stats, drops,
                  bufs, lens, src_ip, out_off, out_len, verdict, reason, dst_ip,
                  cfg, present, public_ip, sender_keys, counters,
-                 pollfd, msgs, iovs, addrs, l3_off, out, out_lens):
+                 pollfd, msgs, iovs, addrs, l3_off, out, out_lens,
+                 gro_n, gro, gro_ctrl, gro_len, gro_seg, gro_src):
     """recvmmsg batches, check/decapsulate, write the FORWARD rows; returns (code, rows, errno).
 
     l3_off < 0: a plain device, one write() per FORWARD row. l3_off >= 0: an offload device;
     coalesce turns the FORWARD rows into units in `out` (virtio_net_hdr + packet, consecutive
     segments of a TCP flow merged into one super-frame) and each unit is one write().
+    gro_n > 0: rx_fd has UDP_GRO on, so one message can hold many datagrams of a flow; each
+    recvmmsg takes gro_n of them into the 64 KiB rows of `gro` and _gro_split cuts them into
+    batch rows by the segment size of their UDP_GRO cmsg.
     Ingress kernels never say SLOW (nothing from a peer is answered), so only stop, observer
     and errors come back to Python.
     """
@@ -511,57 +712,84 @@ def ingress_loop(kind, rx_fd, dev_fd, timeout_ms, ctl, stats, drops,
     base = bufs.ctypes.data
     out_base = out.ctypes.data
     out_stride = out.strides[0]
-    for i in range(rows):  # the iovecs never move; only msg_namelen is reset per call
-        iovs[i, 0] = base + i * stride + HEADROOM
-        iovs[i, 1] = cap
+    slots = gro_n if gro_n > 0 else rows  # messages per recvmmsg
+    for i in range(slots):  # the iovecs never move; only the value-result fields are reset
+        if gro_n > 0:
+            iovs[i, 0] = gro.ctypes.data + i * gro.strides[0]
+            iovs[i, 1] = gro.shape[1]
+            msgs[i, 4] = gro_ctrl.ctypes.data + i * gro_ctrl.strides[0]
+        else:
+            iovs[i, 0] = base + i * stride + HEADROOM
+            iovs[i, 1] = cap
+            msgs[i, 4] = 0
         msgs[i, 0] = addrs.ctypes.data + i * 16
         msgs[i, 2] = iovs.ctypes.data + i * 16
         msgs[i, 3] = 1
-        msgs[i, 4] = 0
         msgs[i, 5] = 0
     full = False
+    got = 0  # GRO messages received by the last recvmmsg, gi/gpos: how far they are split
+    gi = 0
+    gpos = 0
     while True:
         if ctl[CTL_STOP]:
             return RET_STOP, 0, 0
-        if not full:
-            rev = _wait(pollfd, rx_fd, _POLLIN, timeout_ms, stats)
-            if rev < 0:
-                if -rev == _EINTR:
+        if gi >= got:  # nothing carried over from the last call: receive
+            if not full:
+                rev = _wait(pollfd, rx_fd, _POLLIN, timeout_ms, stats)
+                if rev < 0:
+                    if -rev == _EINTR:
+                        continue
+                    return RET_ERROR, 0, -rev
+                if rev == 0:
                     continue
-                return RET_ERROR, 0, -rev
-            if rev == 0:
+                if rev & _POLLNVAL:
+                    return RET_ERROR, 0, _EBADF
+                stats[ST_WAKEUPS] += _ONE
+            for i in range(slots):
+                msgs[i, 1] = 16
+                msgs[i, 5] = _GRO_CMSG if gro_n > 0 else 0
+                msgs[i, 6] = 0
+                msgs[i, 7] = 0
+            stats[ST_SYSCALLS] += _ONE
+            got = _recvmmsg(rx_fd, msgs.ctypes.data, slots, _MSG_DONTWAIT, 0)
+            gi = 0
+            gpos = 0
+            if got < 0:
+                got = 0
+                full = False
+                e = _errno()
+                if e == _EAGAIN or e == _EINTR:
+                    continue
+                if _hard(e):
+                    return RET_ERROR, 0, e
+                # A pending ICMP error on the socket (ECONNREFUSED and kin) is consumed by this
+                # call; count it and go on receiving.
+                _count_error(stats, e)
                 continue
-            if rev & _POLLNVAL:
-                return RET_ERROR, 0, _EBADF
-            stats[ST_WAKEUPS] += _ONE
-        for i in range(rows):
-            msgs[i, 1] = 16
-            msgs[i, 6] = 0
-            msgs[i, 7] = 0
-        stats[ST_SYSCALLS] += _ONE
-        n = _recvmmsg(rx_fd, msgs.ctypes.data, rows, _MSG_DONTWAIT, 0)
-        if n < 0:
-            full = False
-            e = _errno()
-            if e == _EAGAIN or e == _EINTR:
+            full = got == slots
+            if got == 0:
                 continue
-            if _hard(e):
-                return RET_ERROR, 0, e
-            # A pending ICMP error on the socket (ECONNREFUSED and kin) is consumed by this
-            # call; count it and go on receiving.
-            _count_error(stats, e)
-            continue
-        full = n == rows
-        if n == 0:
-            continue
-        for i in range(n):
-            ln = msgs[i, 7] & 0xFFFFFFFF
-            if (msgs[i, 6] & 0xFFFFFFFF) & _MSG_TRUNC:
-                ln = cap + 1  # larger than a row: the kernel drops it as TRUNCATED
-            lens[i] = ln
-            a = addrs[i]
-            src_ip[i] = ((np.uint32(a[4]) << 24) | (np.uint32(a[5]) << 16)
-                         | (np.uint32(a[6]) << 8) | np.uint32(a[7]))
+            stats[ST_MESSAGES] += np.uint64(got)
+            for i in range(got):
+                ln = msgs[i, 7] & 0xFFFFFFFF
+                truncated = ((msgs[i, 6] & 0xFFFFFFFF) & _MSG_TRUNC) != 0
+                if gro_n > 0:
+                    seg = _gro_size(gro_ctrl[i], msgs[i, 5])
+                    gro_len[i] = ln
+                    gro_seg[i] = seg if 0 < seg < ln else ln  # no cmsg: one datagram
+                    if truncated or ln == 0:  # over 64 KiB cannot be; empty is one row too
+                        gro_len[i] = cap + 1
+                        gro_seg[i] = cap + 1
+                    gro_src[i] = _src_of(addrs[i])
+                else:
+                    lens[i] = cap + 1 if truncated else ln  # too long: dropped as TRUNCATED
+                    src_ip[i] = _src_of(addrs[i])
+        if gro_n > 0:
+            n, gi, gpos = _gro_split(gro, gro_len, gro_seg, gro_src, got, gi, gpos, bufs, lens,
+                                     src_ip, cap)
+        else:
+            n = got
+            got = 0
         stats[ST_BATCHES] += _ONE
         stats[ST_PACKETS] += np.uint64(n)
         if kind == KIND_VXLAN:
@@ -607,9 +835,12 @@ class _Side:
     In offload mode egress also owns `sup`, the buffer one device read (virtio_net_hdr + up to
     64 KiB) lands in, and ingress owns `out`/`out_lens`, the write units of coalesce. In plain
     mode they are 1-element placeholders, so both modes share one compiled loop per direction.
+    Egress keeps one UDP_SEGMENT cmsg slot and socket per message (`ctrl`, `msg_fd`); ingress
+    with UDP GRO owns the 64 KiB receive buffers (`gro`), their control data and what each
+    message held (length, segment size, sender).
     """
 
-    def __init__(self, name: str, rows: int, offload: bool) -> None:
+    def __init__(self, name: str, rows: int, offload: bool, gro: bool = False) -> None:
         self.name = name
         self.batch = Batch(rows)
         self.ctl = np.zeros(CTL_SIZE, dtype=np.uint8)
@@ -624,6 +855,16 @@ class _Side:
             self.out, self.out_lens = new_units(rows)
         else:
             self.out, self.out_lens = np.zeros((1, 1), np.uint8), np.zeros(1, np.int32)
+        self.ctrl = np.zeros(rows * _GSO_CMSG, dtype=np.uint8)
+        self.msg_fd = np.zeros(rows, dtype=np.int64)
+        self.gso_fds = np.zeros(0, dtype=np.int64)  # HotLoop sets the sockets when GSO is on
+        slots = min(GRO_MESSAGES, rows) if gro else 1
+        self.gro_n = slots if gro else 0
+        self.gro = np.zeros((slots, GRO_BUF if gro else 1), dtype=np.uint8)
+        self.gro_ctrl = np.zeros((slots, _GRO_CMSG), dtype=np.uint8)
+        self.gro_len = np.zeros(slots, dtype=np.int64)
+        self.gro_seg = np.zeros(slots, dtype=np.int64)
+        self.gro_src = np.zeros(slots, dtype=np.int64)
 
 
 class HotLoop:
@@ -635,10 +876,15 @@ class HotLoop:
     when the device was opened in switch.tundev's "offload" mode (IFF_VNET_HDR, TSO): the loops
     then split and coalesce super-frames, and every write into the device carries a
     virtio_net_hdr, the slow path's answers included.
+
+    gso_fds: UDP sockets to send with UDP GSO (switch.datapath.Transport.gso_sockets); used
+    only if this kernel takes UDP_SEGMENT, else egress stays on tx_fd. gro=True turns UDP_GRO
+    on for rx_fd at start(), if the kernel takes it. `udp_offloads` says what is in use.
     """
 
     def __init__(self, pipeline: Pipeline, device_fd: int, rx_fd: int, tx_fd: int, port: int,
                  *, batch: int | None = None, poll_ms: int = POLL_MS, offload: bool = False,
+                 gso_fds: Sequence[int] = (), gro: bool = False,
                  observer: Callable[..., None] | None = None) -> None:
         if pipeline.kind not in KINDS:
             raise ValueError(f"no hot loop for backend {pipeline.kind!r}")
@@ -654,8 +900,20 @@ class HotLoop:
         # TUN; -1 tells the loops the device has no virtio_net_hdr.
         self.l3_off = (14 if self.kind == KIND_VXLAN else 0) if offload else -1
         self.batch = batch or (OFFLOAD_BATCH if offload else BATCH)
+        kernel = probe_udp_offloads() if (gso_fds or gro) else {}
+        # What the kernel refused is said, not hidden: status shows it next to the mode.
+        self.udp_offloads = {
+            "gso": ("on" if kernel.get("udp_segment") else "refused by the kernel")
+            if gso_fds else "off",
+            "gro": ("on" if kernel.get("udp_gro") else "refused by the kernel")
+            if gro else "off",
+        }
+        gso = np.array(list(gso_fds) if self.udp_offloads["gso"] == "on" else [],
+                       dtype=np.int64)
         self.egress = _Side("egress", self.batch, offload)
-        self.ingress = _Side("ingress", self.batch, offload)
+        self.egress.gso_fds = gso
+        self.ingress = _Side("ingress", self.batch, offload,
+                             gro=self.udp_offloads["gro"] == "on")
         self._observer: Callable[..., None] | None = None
         self.observer = observer
         self.slow_write_errors = 0  # slow-path answers the device refused
@@ -699,6 +957,10 @@ class HotLoop:
 
     def start(self) -> None:
         self.compile()
+        # GRO only once the loop that reads 64 KiB messages is sure to run: a loop with
+        # row-sized buffers would get merged datagrams cut short.
+        if self.ingress.gro_n and not enable_udp_gro(self.rx_fd):
+            raise OSError(f"UDP_GRO refused on fd {self.rx_fd}")
         for thread in self.threads:
             thread.start()
 
@@ -753,7 +1015,16 @@ class HotLoop:
                 "packets": int(s[ST_PACKETS]), "syscalls": int(s[ST_SYSCALLS]),
                 "sent": int(s[ST_SENT]), "device_io": int(s[ST_DEVICE_IO]),
                 "returns": int(s[ST_RETURNS]), "last_errno": int(s[ST_LAST_ERRNO]),
+                "messages": int(s[ST_MESSAGES]),
             }
+        return out
+
+    def offloads(self) -> dict[str, str]:
+        """UDP GSO / GRO for status: "on", "off", or why not (refused by kernel or at a send)."""
+        out = dict(self.udp_offloads)
+        if self.egress.stats[ST_GSO_REFUSED]:
+            errno_ = int(self.egress.stats[ST_LAST_ERRNO])
+            out["gso"] = f"refused at a send ({os.strerror(errno_)}): one datagram per packet"
         return out
 
     # -- threads ----------------------------------------------------------------------------
@@ -764,12 +1035,14 @@ class HotLoop:
                                side.stats, p.drops[EGRESS], b.bufs, b.lens, b.out_off,
                                b.out_len, b.verdict, b.reason, b.dst_ip, p.cfg, t.present,
                                t.public_ip, t.vtep_mac, p.counters, side.pollfd, side.msgs,
-                               side.iovs, side.addrs, self.l3_off, side.sup)
+                               side.iovs, side.addrs, self.l3_off, side.sup, side.gso_fds,
+                               side.ctrl, side.msg_fd)
         return ingress_loop(self.kind, self.rx_fd, self.fd, self.poll_ms, ctl, side.stats,
                             p.drops[INGRESS], b.bufs, b.lens, b.src_ip, b.out_off, b.out_len,
                             b.verdict, b.reason, b.dst_ip, p.cfg, t.present, t.public_ip,
                             t.sender_keys, p.counters, side.pollfd, side.msgs, side.iovs,
-                            side.addrs, self.l3_off, side.out, side.out_lens)
+                            side.addrs, self.l3_off, side.out, side.out_lens, side.gro_n,
+                            side.gro, side.gro_ctrl, side.gro_len, side.gro_seg, side.gro_src)
 
     def _run(self, side: _Side, direction: int) -> None:
         try:
