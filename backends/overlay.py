@@ -4,7 +4,9 @@ net-unreachable from the slow path), and the peer table fed from lease events.
 
 Datapath modes, best first (`--datapath auto` takes the best that works, a named one insists):
   offload  the compiled loop over a device opened with IFF_VNET_HDR + TSO: TCP crosses the
-           device as 64 KiB super-frames, split into packets on egress, merged on ingress
+           device as 64 KiB super-frames, split into packets on egress, merged on ingress;
+           the sockets use UDP GSO (one send per run of same-size packets to a peer) and UDP
+           GRO (one receive per run of a peer's datagrams) where the kernel takes them
   fast     the compiled loop over a plain device, one device read/write per packet
   plain    the Python loop (switch/datapath.py), for when numba cannot load the compiled one
 The device mode is fixed when the device is opened (here, before the lease), so a refused
@@ -30,8 +32,8 @@ from .peers import PeerPrograms
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "offload", "fast", "plain")
-_IO = {"offload": "compiled loop on a TSO device: read + split + sendmmsg, "
-                  "recvmmsg + coalesce + write (no GIL)",
+_IO = {"offload": "compiled loop on a TSO device: read + split + sendmmsg (UDP GSO), "
+                  "recvmmsg (UDP GRO) + coalesce + write (no GIL)",
        "fast": "compiled loop: poll/read + sendmmsg, recvmmsg + write (no GIL)",
        "plain": "Python loop: select/readv + sendto, recvfrom + write", "": "not started"}
 
@@ -129,8 +131,11 @@ class OverlayBackend:
     def _start_hotloop(self, transport: Transport, *, offload: bool, mode: str):
         from switch.hotloop import HotLoop
 
+        # UDP GSO/GRO only with the offload device: that is where packets come in runs of one
+        # flow (split super-frames) and where coalesce can use runs that arrive merged.
         loop = HotLoop(self.pipeline, self.device.fileno(), transport.rx.fileno(),
-                       transport.tx.fileno(), self.port, offload=offload)
+                       transport.tx.fileno(), self.port, offload=offload, gro=offload,
+                       gso_fds=transport.gso_sockets() if offload else ())
         loop.start()
         self.datapath_mode = mode
         log.info("datapath %s: %s", mode, _IO[mode])
@@ -161,6 +166,7 @@ class OverlayBackend:
                           "vtep_mac": mac.hex(":") if mac else None})
         errors = self.datapath.errors if self.datapath else {}
         loop = self.datapath.stats() if hasattr(self.datapath, "stats") else None
+        udp = getattr(self.datapath, "offloads", dict)()  # {"gso": "on", "gro": "on"} or why not
         counters = self.pipeline.counter_summary()
         # Device reads the offload step refused never reached the fast path's counters.
         offload_drops = getattr(self.datapath, "offload_drops", dict)()
@@ -176,6 +182,7 @@ class OverlayBackend:
                          "batch": getattr(self.datapath, "batch", BATCH),
                          "io": _IO[self.datapath_mode], "device": str(self.device_mode),
                          **({"refused": dict(self.refused)} if self.refused else {}),
+                         "udp_gso": udp.get("gso", "off"), "udp_gro": udp.get("gro", "off"),
                          "errors": dict(errors), **({"loop": loop} if loop else {})},
             "trace": self.tracehub.stats(),
         }

@@ -57,6 +57,7 @@ from .offload import (
 )
 from .pipeline import EGRESS, INGRESS, Pipeline
 from .reasons import Verdict
+from .table import CFG_MTU
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ ST_COALESCE_FAILED = 16  # offload ingress: FORWARD rows dropped because coalesc
 # ST_SENT / ST_MESSAGES (egress) and ST_PACKETS / ST_MESSAGES (ingress) say how many.
 ST_MESSAGES = 17
 ST_GSO_REFUSED = 18  # egress: GSO sends the kernel refused (EIO/EINVAL); GSO is then off
+ST_TUNNEL_GSO = 19  # ingress: kernel VXLAN GSO packets received whole and split (GRO mode)
 ST_SIZE = 20
 _ERROR_SLOTS = (ST_ERR_AGAIN, ST_ERR_NOBUFS, ST_ERR_UNREACH, ST_ERR_MSGSIZE, ST_ERR_OTHER)
 
@@ -134,6 +136,9 @@ GSO_SEGMENTS = 64  # UDP_MAX_SEGMENTS on every kernel with UDP GSO (newer ones t
 _GSO_BYTES = 0xFFFF - 28
 GRO_MESSAGES = 4  # 64 KiB receive buffers per recvmmsg when UDP GRO is on
 GRO_BUF = 65536  # the largest UDP datagram (GRO never merges past it) fits
+# Spare bytes before each GRO receive buffer: VXLAN header (8) + 2 is the 10-byte room a
+# virtio_net_hdr needs in front of the inner frame (see _split_tunnel_gso).
+_GRO_PAD = 2
 _VXLAN_OUTER = 28  # outer IPv4 + UDP written by the kernel; a UDP socket writes its own
 _ONE = np.uint64(1)  # uint64 + an int64 literal would be float64 in numba
 _FORWARD = int(Verdict.FORWARD)
@@ -656,14 +661,57 @@ def _gro_size(ctrl, controllen):
 
 
 @njit(cache=True, nogil=True)
-def _gro_split(gro, gro_len, gro_seg, gro_src, got, gi, gpos, bufs, lens, src_ip, cap):
+def _split_tunnel_gso(msg, total, mtu, bufs, lens, first):
+    """A kernel VXLAN's GSO packet that reached us whole: VXLAN header + a TCP super-frame.
+
+    A veth with offloads on hands the peer's 64 KiB SKB_GSO_UDP_TUNNEL packet to our socket
+    as one datagram without a UDP_GRO cmsg (the kernel only segments unexpected UDP_L4 GSO).
+    Its inner frame is what a TSO TAP read gives, so split_super cuts it into segments that
+    fit our MTU (computing every checksum, the inner one may be partial) and each row gets the
+    VXLAN header back in front. msg is the receive row: _GRO_PAD spare bytes, then the
+    datagram, so the virtio_net_hdr split_super wants is written over the VXLAN header (saved
+    and put back). Returns rows written from `first`, or split_super's negative code.
+    """
+    hdr = np.empty(8, dtype=np.uint8)
+    for j in range(8):
+        hdr[j] = msg[_GRO_PAD + j]
+    ip = _GRO_PAD + 8 + 14
+    if total < 8 + 14 + 40 or (msg[ip] & 0x0F) < 5:
+        return ERR_MALFORMED
+    ihl = (np.int64(msg[ip]) & 0x0F) * 4
+    doff = (np.int64(msg[ip + ihl + 12]) >> 4) * 4
+    gso_size = mtu - ihl - doff  # any size works for the rows; this one keeps them in the MTU
+    if gso_size <= 0:
+        return ERR_MALFORMED
+    for j in range(VNET_HDR_LEN):  # flags 0, gso TCPV4, hdr_len 0, gso_size, csum 0
+        msg[j] = 0
+    msg[1] = GSO_TCPV4
+    msg[4] = gso_size & 0xFF
+    msg[5] = (gso_size >> 8) & 0xFF
+    r = split_super(msg, VNET_HDR_LEN + total - 8, 14, bufs, lens, first)
+    for j in range(8):
+        msg[_GRO_PAD + j] = hdr[j]
+    for i in range(first, first + max(r, 0)):
+        row = bufs[i]
+        ln = lens[i]
+        for j in range(ln - 1, -1, -1):  # make room for the VXLAN header in front
+            row[HEADROOM + 8 + j] = row[HEADROOM + j]
+        for j in range(8):
+            row[HEADROOM + j] = hdr[j]
+        lens[i] = ln + 8
+    return r
+
+
+@njit(cache=True, nogil=True)
+def _gro_split(kind, gro, gro_len, gro_seg, gro_src, got, gi, gpos, bufs, lens, src_ip, cap,
+               mtu, stats):
     """Copy the datagrams of received GRO messages gi.. into rows; returns (n, gi, gpos).
 
     Message j holds gro_len[j] bytes, datagrams of gro_seg[j] bytes back to back (the last may
     be shorter); each becomes a row with its sender's address. When the rows run out the
     cursor (gi, gpos) says where the next batch starts, so nothing is dropped for lack of rows.
-    A datagram longer than a row becomes one row of length cap + 1, which the kernel drops as
-    TRUNCATED, as the plain receive path does.
+    A datagram longer than a row is a kernel VXLAN's GSO packet (_split_tunnel_gso) or else
+    one row of length cap + 1, which the kernel drops as TRUNCATED, as the plain path does.
     """
     rows = bufs.shape[0]
     n = 0
@@ -672,13 +720,26 @@ def _gro_split(gro, gro_len, gro_seg, gro_src, got, gi, gpos, bufs, lens, src_ip
         seg = gro_seg[gi]
         take = min(seg, total - gpos)
         if seg > cap:
-            lens[n] = cap + 1
             take = total - gpos
+            r = -1
+            if kind == KIND_VXLAN and total <= GRO_BUF:
+                r = _split_tunnel_gso(gro[gi], total, mtu, bufs, lens, n)
+                if r == ERR_NO_ROOM and n > 0:
+                    break  # the next batch starts with it, from row 0
+            if r > 0:
+                stats[ST_TUNNEL_GSO] += _ONE
+                for i in range(n, n + r):
+                    src_ip[i] = gro_src[gi]
+                n += r
+                gi += 1
+                gpos = 0
+                continue
+            lens[n] = cap + 1
         else:
             row = bufs[n]
             src = gro[gi]
             for j in range(take):
-                row[HEADROOM + j] = src[gpos + j]
+                row[HEADROOM + j] = src[_GRO_PAD + gpos + j]
             lens[n] = take
         src_ip[n] = gro_src[gi]
         n += 1
@@ -715,8 +776,8 @@ def ingress_loop(kind, rx_fd, dev_fd, timeout_ms, ctl, stats, drops,
     slots = gro_n if gro_n > 0 else rows  # messages per recvmmsg
     for i in range(slots):  # the iovecs never move; only the value-result fields are reset
         if gro_n > 0:
-            iovs[i, 0] = gro.ctypes.data + i * gro.strides[0]
-            iovs[i, 1] = gro.shape[1]
+            iovs[i, 0] = gro.ctypes.data + i * gro.strides[0] + _GRO_PAD
+            iovs[i, 1] = gro.shape[1] - _GRO_PAD
             msgs[i, 4] = gro_ctrl.ctypes.data + i * gro_ctrl.strides[0]
         else:
             iovs[i, 0] = base + i * stride + HEADROOM
@@ -785,8 +846,8 @@ def ingress_loop(kind, rx_fd, dev_fd, timeout_ms, ctl, stats, drops,
                     lens[i] = cap + 1 if truncated else ln  # too long: dropped as TRUNCATED
                     src_ip[i] = _src_of(addrs[i])
         if gro_n > 0:
-            n, gi, gpos = _gro_split(gro, gro_len, gro_seg, gro_src, got, gi, gpos, bufs, lens,
-                                     src_ip, cap)
+            n, gi, gpos = _gro_split(kind, gro, gro_len, gro_seg, gro_src, got, gi, gpos, bufs,
+                                     lens, src_ip, cap, cfg[CFG_MTU], stats)
         else:
             n = got
             got = 0
@@ -860,7 +921,7 @@ class _Side:
         self.gso_fds = np.zeros(0, dtype=np.int64)  # HotLoop sets the sockets when GSO is on
         slots = min(GRO_MESSAGES, rows) if gro else 1
         self.gro_n = slots if gro else 0
-        self.gro = np.zeros((slots, GRO_BUF if gro else 1), dtype=np.uint8)
+        self.gro = np.zeros((slots, GRO_BUF + _GRO_PAD if gro else 1), dtype=np.uint8)
         self.gro_ctrl = np.zeros((slots, _GRO_CMSG), dtype=np.uint8)
         self.gro_len = np.zeros(slots, dtype=np.int64)
         self.gro_seg = np.zeros(slots, dtype=np.int64)
@@ -1016,6 +1077,7 @@ class HotLoop:
                 "sent": int(s[ST_SENT]), "device_io": int(s[ST_DEVICE_IO]),
                 "returns": int(s[ST_RETURNS]), "last_errno": int(s[ST_LAST_ERRNO]),
                 "messages": int(s[ST_MESSAGES]),
+                **({"tunnel_gso": int(s[ST_TUNNEL_GSO])} if side is self.ingress else {}),
             }
         return out
 
