@@ -65,7 +65,7 @@ class PeerPrograms:
         log.info("peer %s via %s programmed", lease.subnet, lease.attrs.public_ip)
 
     def _remove(self, subnet: IPv4Network) -> None:
-        lease = self.programmed.pop(subnet, None)
+        lease = self.programmed.get(subnet)
         if lease is None:
             return
         try:
@@ -73,6 +73,8 @@ class PeerPrograms:
             log.info("peer %s removed", subnet)
         except Exception as exc:  # noqa: BLE001
             log.error("removing peer %s failed: %s", subnet, exc)
+        # Forget it only now: status must not report a peer gone while its routes still work.
+        del self.programmed[subnet]
 
     def remove_all(self) -> None:
         for subnet in list(self.programmed):
