@@ -96,7 +96,6 @@ from .loopio import (
     wait_readable,
     write_one,
 )
-from .mmsg import enable_udp_gro, probe_udp_offloads
 from .offload import (
     ERR_NO_ROOM,
     GSO_TCPV4,
@@ -120,6 +119,7 @@ from .udpgso import (
     gso_messages,
     row_messages,
 )
+from .udpopts import enable_udp_gro, probe_udp_offloads
 
 log = logging.getLogger(__name__)
 
