@@ -20,7 +20,6 @@ import os
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -31,6 +30,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 import pytest
+from pyroute2 import IPRoute
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -103,10 +103,6 @@ def _enable_gro(ifname: str) -> None:
         fcntl.ioctl(sock.fileno(), 0x8946, struct.pack("16sP", ifname.encode(), address))
 
 
-def _ip(ns: str, *args: str) -> None:
-    subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True)
-
-
 @dataclass
 class Host:
     ns: str
@@ -177,12 +173,15 @@ def _build(kind: str, offload: bool = False,
     try:
         for ns in names:
             netns.create(ns)
-        _ip(names[0], "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
-            "netns", names[1])
+        with IPRoute(netns=names[0]) as ipr:
+            ipr.link("add", ifname="eth0", kind="veth",
+                     peer={"ifname": "eth0", "net_ns_fd": names[1]})
         for i, ns in enumerate(names):
-            _ip(ns, "addr", "add", f"{PUBLIC[i]}/24", "dev", "eth0")
-            _ip(ns, "link", "set", "eth0", "up")
-            _ip(ns, "link", "set", "lo", "up")
+            with IPRoute(netns=ns) as ipr:
+                eth0 = ipr.link_lookup(ifname="eth0")[0]
+                ipr.addr("add", index=eth0, address=PUBLIC[i], prefixlen=24)
+                ipr.link("set", index=eth0, state="up")
+                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
             netns.call_in(ns, netns.disable_tx_offloads, "eth0")
             if udp_offloads:
                 netns.call_in(ns, _enable_gro, "eth0")
@@ -202,12 +201,15 @@ def _build(kind: str, offload: bool = False,
             pipeline.table.set_peer(SUBNETS[other], IPv4Address(PUBLIC[other]),
                                     MACS[other] if kind == "vxlan" else None)
             hosts.append(Host(ns, fd, transport, pipeline, device))
-            if kind == "vxlan":
-                _ip(ns, "link", "set", "weft0", "address", MACS[i].hex(":"))
-            _ip(ns, "link", "set", "weft0", "mtu", "1450", "up")
-            _ip(ns, "addr", "add", f"{SUBNETS[i].network_address}/32", "dev", "weft0")
-            # No neighbour entries for vxlan: ARP for the peer goes through the slow path.
-            _ip(ns, "route", "replace", str(NETWORK), "dev", "weft0")
+            with IPRoute(netns=ns) as ipr:
+                weft0 = ipr.link_lookup(ifname="weft0")[0]
+                if kind == "vxlan":
+                    ipr.link("set", index=weft0, address=MACS[i].hex(":"))
+                ipr.link("set", index=weft0, mtu=1450, state="up")
+                ipr.addr("add", index=weft0, address=str(SUBNETS[i].network_address),
+                         prefixlen=32)
+                # No neighbour entries for vxlan: ARP for the peer goes through the slow path.
+                ipr.route("replace", dst=str(NETWORK), oif=weft0)
             netns.sysctl(ns, "net.ipv4.conf.weft0.accept_local", 1)
     except BaseException:
         cleanup()

@@ -13,7 +13,6 @@ import os
 import select
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -21,6 +20,7 @@ import uuid
 
 import numpy as np
 import pytest
+from pyroute2 import IPRoute
 
 from switch import tundev
 
@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from tools import netns  # noqa: E402
 
 TUNGETIFF = 0x800454D2
+IFF_TUN = 0x0001  # IFLA_TUN_TYPE of a TUN (a TAP is IFF_TAP, 2)
 LOCAL_IP, PEER_IP, PEER_MAC = "10.99.0.1", "10.99.0.2", "02:00:00:00:99:02"
 TOTAL = 64 * 1024
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
@@ -41,8 +42,19 @@ def ns():
     netns.remove(name)
 
 
-def _sh(cmd: str) -> str:
-    return subprocess.run(cmd, shell=True, check=True, capture_output=True, text=True).stdout
+def _lo_up() -> None:
+    with IPRoute() as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+
+
+def _link_info(name: str) -> tuple[str | None, dict]:
+    """(IFLA_INFO_KIND, IFLA_INFO_DATA as a dict) of link `name` in the current namespace."""
+    with IPRoute() as ipr:
+        info = ipr.link("get", ifname=name)[0].get_attr("IFLA_LINKINFO")
+    if info is None:
+        return None, {}
+    data = info.get_attr("IFLA_INFO_DATA")
+    return info.get_attr("IFLA_INFO_KIND"), dict(data["attrs"]) if data is not None else {}
 
 
 def _device_flags(fd: int) -> int:
@@ -57,8 +69,12 @@ def _tcp_transfer(dev, hdr_len: int, name: str) -> dict:
 
     fd = dev.fileno()
     os.set_blocking(fd, False)
-    _sh(f"ip addr add {LOCAL_IP}/24 dev {name}; ip link set {name} up; "
-        f"ip neigh replace {PEER_IP} lladdr {PEER_MAC} dev {name} nud permanent")
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=name)[0]
+        ipr.addr("add", index=idx, address=LOCAL_IP, prefixlen=24)
+        ipr.link("set", index=idx, state="up")
+        ipr.neigh("replace", dst=PEER_IP, lladdr=PEER_MAC, ifindex=idx,
+                  state=0x80)  # NUD_PERMANENT
     data = bytes(i & 0xFF for i in range(TOTAL))
     client = socket.create_connection  # connect happens in the thread; the SYN needs an answer
     result: dict = {"frames": [], "payload": b""}
@@ -109,7 +125,7 @@ def _tcp_transfer(dev, hdr_len: int, name: str) -> dict:
 
 
 def _offload_session(name: str) -> dict:
-    _sh("ip link set lo up")
+    _lo_up()
     dev, mode = tundev.open_device(name, tap=True)
     try:
         flags = _device_flags(dev.fileno())
@@ -139,7 +155,7 @@ def test_tap_offload_tcp_reads_are_tso_superframes(ns):
 
 
 def _offload_then_plain(name: str) -> dict:
-    _sh("ip link set lo up")
+    _lo_up()
     first, mode1 = tundev.open_device(name, tap=True)
     first.close()  # persistent: it stays, with the offloads just set
     dev, mode2 = tundev.open_device(name, tap=True, offload=False)
@@ -167,7 +183,7 @@ def _refused(name: str) -> dict:
     try:
         return {"mode": str(mode), "reason": mode.reason,
                 "vnet_flag": bool(_device_flags(dev.fileno()) & tundev.IFF_VNET_HDR),
-                "persist": "persist on" in _sh(f"ip -d link show {name}")}
+                "persist": _link_info(name)[1].get("IFLA_TUN_PERSIST") == 1}
     finally:
         dev.persist(False)
         dev.close()
@@ -191,16 +207,18 @@ def _reopens(name: str) -> dict:
     dev.close()
     dev, mode = tundev.open_device(name, tap=False)  # a TAP where a TUN is wanted: recreated
     out["tun_over_tap"] = str(mode)
-    out["kind"] = "tun type tun" in _sh(f"ip -d link show {name}")
+    kind, data = _link_info(name)
+    out["kind"] = kind == "tun" and data.get("IFLA_TUN_TYPE") == IFF_TUN
     dev.persist(False)
     dev.close()
-    _sh(f"ip link add {name} type veth peer name {name}p")  # not a TUN/TAP: kept, open fails
+    with IPRoute() as ipr:  # not a TUN/TAP: kept, open fails
+        ipr.link("add", ifname=name, kind="veth", peer={"ifname": f"{name}p"})
     try:
         tundev.open_device(name, tap=True)
         out["other"] = "opened"
     except Exception as exc:  # noqa: BLE001 - the kind of failure is what is checked
         out["other"] = type(exc).__name__
-    out["other_kept"] = "veth" in _sh(f"ip -d link show {name}")
+    out["other_kept"] = _link_info(name)[0] == "veth"
     return out
 
 
