@@ -12,8 +12,6 @@ write goldens that disagree.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import select
 import socket
@@ -26,10 +24,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from switch.packet import inet_checksum  # noqa: E402
 from switch.registry import load_snapshot  # noqa: E402
-from switch.slowpath import inet_checksum  # noqa: E402
 from tools.pcapio import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapOut, read_records  # noqa: E402
-from tools.replay import add_replay_parser, find_datagram, ip_offset  # noqa: E402
+from tools.replay import find_datagram, ip_offset, run_replay  # noqa: E402
 
 BACKENDS = {"vxlan": ("weft.1", 8472), "udp": ("weft0", 8285)}
 PACKET_OUTGOING = 4  # sll_pkttype of a packet the kernel transmits on the device
@@ -236,17 +234,6 @@ def write_bad() -> None:
 
 
 # ---- expected outputs ----------------------------------------------------------------------
-
-
-def run_replay(argv: list[str]) -> tuple[int, str]:
-    """`weft replay ARGV` through the tool's own parser; returns (exit code, stdout)."""
-    parser = argparse.ArgumentParser(prog="weft")
-    add_replay_parser(parser.add_subparsers(), [])
-    args = parser.parse_args(["replay", *argv])
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = args.func(args)
-    return code, buf.getvalue()
 
 
 def goldens(backend: str) -> None:

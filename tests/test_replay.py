@@ -8,9 +8,6 @@ the wire (apart from the outer IP id, a counter the running daemon had already a
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 import json
 import subprocess
 import sys
@@ -21,7 +18,7 @@ import pytest
 from switch.offline import host_from_snapshot
 from switch.registry import load_snapshot
 from tools.pcapio import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapOut, read_records
-from tools.replay import add_replay_parser, device_path, replay_capture, wrap_udp
+from tools.replay import device_path, replay_capture, run_replay, wrap_udp
 
 ROOT = Path(__file__).resolve().parent.parent
 PCAPS = ROOT / "pcaps"
@@ -31,13 +28,7 @@ RECORD_KEYS = {"index", "direction", "verdict", "reason", "peer", "in_len", "out
 
 
 def replay(*argv: str) -> tuple[int, str]:
-    parser = argparse.ArgumentParser(prog="weft")
-    add_replay_parser(parser.add_subparsers(), [])
-    args = parser.parse_args(["replay", *argv])
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = args.func(args)
-    return code, buf.getvalue()
+    return run_replay(list(argv))
 
 
 def manifest(backend: str) -> dict:

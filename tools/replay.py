@@ -27,6 +27,8 @@ only the I flag is checked on receipt; the other flag bits and the reserved fiel
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import struct
@@ -39,9 +41,10 @@ from pathlib import Path
 
 from switch.fastpath import BUFSIZE, HEADROOM, Batch
 from switch.offline import DEFAULT_PORTS, OfflineError, OfflineHost, host_from_snapshot
+from switch.packet import inet_checksum
 from switch.reasons import Reason, Verdict, reason_name, verdict_name
 from switch.registry import RegistryError, Snapshot, load_snapshot
-from switch.slowpath import describe, inet_checksum
+from switch.slowpath import describe
 from switch.table import CFG_PORT
 from tools.pcapio import (
     LINKTYPE_ETHERNET,
@@ -484,3 +487,14 @@ def _subnet(text: str) -> IPv4Network:
         return IPv4Network(text)
     except ValueError as exc:
         raise _Usage(f"--as {text!r}: {exc}") from None
+
+
+def run_replay(argv: list[str]) -> tuple[int, str]:
+    """`weft replay ARGV` in-process, through the command's own parser: (exit code, stdout)."""
+    parser = argparse.ArgumentParser(prog="weft")
+    add_replay_parser(parser.add_subparsers(), [])
+    args = parser.parse_args(["replay", *argv])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = args.func(args)
+    return code, out.getvalue()
