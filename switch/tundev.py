@@ -1,4 +1,4 @@
-"""TUN/TAP with the virtio-net header and TSO, with a plain fallback; batched device reads.
+"""TUN/TAP with the virtio-net header and TSO, with a plain fallback.
 
 With IFF_VNET_HDR and TUNSETOFFLOAD(CSUM|TSO4) the kernel hands a TCP flow to us as super-frames
 of up to 64 KiB behind a 10-byte virtio_net_hdr, one read per ~45 packets instead of one each
@@ -14,21 +14,16 @@ keep sending 64 KiB GSO frames to a reader that has no header to learn their seg
 Only a device of the wrong type (TUN where a TAP is wanted, or a multiqueue one) refuses the
 reattach; that one is deleted and made again.
 
-read_batch drains a non-blocking fd with a numba loop around libc read() (no GIL, no Python
-object per packet); read_batch_py is its readable twin.
+The compiled loop (switch/hotloop.py) does the reads and writes itself.
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno as errnos
 import fcntl
 import logging
-import os
 
 import numpy as np
 import pytun
-from numba import njit
 
 log = logging.getLogger(__name__)
 
@@ -133,122 +128,3 @@ def open_device(name: str, tap: bool, offload: bool = True,
         log.debug("device %s: clearing offloads failed: %s", name, exc)
     device.persist(True)
     return device, Mode(PLAIN, reason)
-
-
-# -- batched reads and writes ---------------------------------------------------------------
-
-_libc = ctypes.CDLL(None, use_errno=True)
-# Pointers travel as size_t: numba passes an integer address to it without casts, and on LP64
-# the calling convention is the same as for void *.
-_READ = ctypes.CFUNCTYPE(ctypes.c_ssize_t, ctypes.c_int, ctypes.c_size_t, ctypes.c_size_t)(
-    ctypes.cast(_libc.read, ctypes.c_void_p).value)
-_WRITE = ctypes.CFUNCTYPE(ctypes.c_ssize_t, ctypes.c_int, ctypes.c_size_t, ctypes.c_size_t)(
-    ctypes.cast(_libc.write, ctypes.c_void_p).value)
-_ERRNO = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_int))(
-    ctypes.cast(_libc.__errno_location, ctypes.c_void_p).value)
-_EINTR = errnos.EINTR
-
-
-@njit(nogil=True, cache=True)
-def _read_rows(read_fn, errno_fn, fd, base, width, lens, first, max_n, offset):
-    # The libc functions come in as arguments, not globals, so the compiled code can be cached.
-    n = 0
-    while n < max_n:
-        row = first + n
-        r = read_fn(fd, base + row * width + offset, width - offset)
-        if r < 0:
-            e = errno_fn()[0]
-            if e == _EINTR:
-                continue
-            return n, e
-        if r == 0:
-            return n, 0
-        lens[row] = r
-        n += 1
-    return n, 0
-
-
-@njit(nogil=True, cache=True)
-def _write_rows(write_fn, errno_fn, fd, base, width, rows, out_off, out_len):
-    done = 0
-    last = 0
-    for k in range(rows.shape[0]):
-        i = rows[k]
-        while True:
-            r = write_fn(fd, base + i * width + out_off[i], out_len[i])
-            if r >= 0:
-                done += 1
-                break
-            e = errno_fn()[0]
-            if e != _EINTR:
-                last = e
-                break
-    return done, last
-
-
-def _check(bufs: np.ndarray, first_row: int, max_n: int, offset: int) -> int:
-    if bufs.dtype != np.uint8 or bufs.ndim != 2 or not bufs.flags.c_contiguous:
-        raise ValueError("bufs must be a C-contiguous uint8[B, W] array")
-    if not 0 <= offset < bufs.shape[1]:
-        raise ValueError("offset outside the row")
-    return max(0, min(max_n, bufs.shape[0] - first_row))
-
-
-def read_batch(fd: int, bufs: np.ndarray, lens: np.ndarray, first_row: int, max_n: int,
-               offset: int) -> int:
-    """Read up to max_n packets from non-blocking `fd` into rows first_row.. at column offset.
-
-    Stops at EAGAIN. lens[row] is what read() returned; TUN/TAP returns a packet's full length
-    even when it was cut to fit the row, so lens > W - offset means truncated (the fast path
-    drops those as TRUNCATED). Raises OSError only when the very first read fails with
-    something other than EAGAIN (a broken device, not a packet); after some packets the error
-    is left for the next call to meet.
-    """
-    max_n = _check(bufs, first_row, max_n, offset)
-    n, err = _read_rows(_READ, _ERRNO, fd, bufs.ctypes.data, bufs.shape[1], lens, first_row,
-                        max_n, offset)
-    if n == 0 and err not in (0, errnos.EAGAIN):
-        raise OSError(err, os.strerror(err))
-    return n
-
-
-def read_batch_py(fd: int, bufs: np.ndarray, lens: np.ndarray, first_row: int, max_n: int,
-                  offset: int) -> int:
-    """Readable twin of read_batch with os.readv (one Python call and view per packet)."""
-    max_n = _check(bufs, first_row, max_n, offset)
-    n = 0
-    while n < max_n:
-        row = first_row + n
-        try:
-            size = os.readv(fd, [bufs[row, offset:]])
-        except BlockingIOError:
-            break
-        except OSError:
-            if n:
-                break
-            raise
-        if size == 0:
-            break
-        lens[row] = size
-        n += 1
-    return n
-
-
-def write(fd: int, mv) -> int:
-    """Write one packet (any buffer); returns bytes written or -errno, never raises."""
-    try:
-        return os.write(fd, mv)
-    except OSError as exc:
-        return -(exc.errno or errnos.EIO)
-
-
-def write_batch(fd: int, bufs: np.ndarray, rows: np.ndarray, out_off: np.ndarray,
-                out_len: np.ndarray) -> tuple[int, int]:
-    """Write bufs[i, out_off[i]:+out_len[i]] for i in rows, one write() each without the GIL.
-
-    Returns (written, last errno). A failed write is skipped; a TUN/TAP write is one packet, so
-    there is nothing partial to continue.
-    """
-    _check(bufs, 0, 0, 0)
-    return _write_rows(_WRITE, _ERRNO, fd, bufs.ctypes.data, bufs.shape[1],
-                       np.ascontiguousarray(rows, dtype=np.int64), out_off, out_len)
