@@ -14,7 +14,7 @@ from switch.table import parse_mac
 
 from . import netlink
 from .overlay import OverlayBackend
-from .tuntap import random_mac
+from .vtep import random_mac
 
 DEFAULT_PORT = 8472  # the kernel's default, and flannel's
 OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14

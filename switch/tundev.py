@@ -6,7 +6,7 @@ of up to 64 KiB behind a 10-byte virtio_net_hdr, one read per ~45 packets instea
 refuses either step gets the plain device (no header, MTU-sized frames) and the reason, so the
 daemon always comes up.
 
-The device is persistent like backends/tuntap.py's, so a restarted daemon keeps its MAC and
+The device is persistent, so a restarted daemon keeps its MAC and
 routes. Linux re-reads IFF_VNET_HDR on every TUNSETIFF of an existing device, so a device made
 in one mode reattaches in the other; but the offloads set by TUNSETOFFLOAD stay on the device
 after its owner exits. A plain reopen therefore clears them (TUNSETOFFLOAD 0), or the kernel would

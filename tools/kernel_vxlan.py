@@ -19,7 +19,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
-from backends.tuntap import random_mac  # noqa: F401 - re-exported for callers
+from backends.vtep import random_mac  # noqa: F401 - re-exported for callers
 
 RTNH_F_ONLINK = 4
 _GONE = (2, 3, 19)  # ENOENT, ESRCH, ENODEV: already absent is fine when removing

@@ -1,5 +1,4 @@
-"""The VTEP MAC of a TUN/TAP device. Opening the device (persistent, with or without offloads)
-lives in switch/tundev.py, so the daemon and the tests share one opener."""
+"""The VTEP MAC: random, locally administered, unicast, as flannel gives its VXLAN device."""
 
 from __future__ import annotations
 
