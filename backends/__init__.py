@@ -9,17 +9,17 @@ from __future__ import annotations
 import importlib
 from typing import Protocol
 
-from switch.config import NetworkConfig
-from switch.iface import ExternalInterface
-from switch.lease import Lease, LeaseAttrs
-from switch.registry import LeaseEvents
+from weft.control.config import NetworkConfig
+from weft.control.iface import ExternalInterface
+from weft.control.lease import Lease, LeaseAttrs
+from weft.control.registry import LeaseEvents
 
 # name -> module holding `create(config, iface, options) -> Backend`
 REGISTRY = {
-    "alloc": "backends.alloc",
-    "vxlan": "backends.vxlan",
-    "udp": "backends.udp",
-    "host-gw": "backends.hostgw",
+    "alloc": "weft.backends.alloc",
+    "vxlan": "weft.backends.vxlan",
+    "udp": "weft.backends.udp",
+    "host-gw": "weft.backends.hostgw",
 }
 # Types flannel knows that weft does not carry: a clear message rather than "unknown".
 FLANNEL_ONLY = {"ipip", "ipsec", "wireguard", "gce", "aws-vpc", "ali-vpc", "tencent-vpc",

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from switch.config import NetworkConfig
-from switch.iface import ExternalInterface
-from switch.lease import Lease, LeaseAttrs
-from switch.registry import LeaseEvents
+from weft.control.config import NetworkConfig
+from weft.control.iface import ExternalInterface
+from weft.control.lease import Lease, LeaseAttrs
+from weft.control.registry import LeaseEvents
 
 
 class AllocBackend:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from switch.config import NetworkConfig
-from switch.iface import ExternalInterface
-from switch.lease import Lease, LeaseAttrs
-from switch.registry import LeaseEvents
-
-from . import BackendError, netlink
-from .peers import PeerPrograms
+from weft.backends import BackendError, netlink
+from weft.backends.peers import PeerPrograms
+from weft.control.config import NetworkConfig
+from weft.control.iface import ExternalInterface
+from weft.control.lease import Lease, LeaseAttrs
+from weft.control.registry import LeaseEvents
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ Datapath modes, best first (`--datapath auto` takes the best that works, a named
            the sockets use UDP GSO (one send per run of same-size packets to a peer) and UDP
            GRO (one receive per run of a peer's datagrams) where the kernel takes them
   fast     the compiled loop over a plain device, one device read/write per packet
-  plain    the Python loop (switch/datapath.py), for when numba cannot load the compiled one
+  plain    the Python loop (switch/drivers/pyloop.py), for when numba cannot load the compiled one
 The device mode is fixed when the device is opened (here, before the lease), so a refused
 offload is known early; a compiled loop that then fails to load gets the device reopened plain.
 """
@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import logging
 
-from switch.config import NetworkConfig
-from switch.datapath import BATCH, Datapath, Transport
-from switch.iface import ExternalInterface
-from switch.lease import Lease, LeaseAttrs
-from switch.pipeline import Pipeline
-from switch.registry import LeaseEvents
-from switch.tracehub import TraceHub
-from switch.tundev import OFFLOAD, open_device
-
-from . import netlink
-from .peers import PeerPrograms
+from weft.backends import netlink
+from weft.backends.peers import PeerPrograms
+from weft.control.config import NetworkConfig
+from weft.control.iface import ExternalInterface
+from weft.control.lease import Lease, LeaseAttrs
+from weft.control.registry import LeaseEvents
+from weft.dev.tundev import OFFLOAD, open_device
+from weft.drivers.pyloop import BATCH, Datapath, Transport
+from weft.observe.tracehub import TraceHub
+from weft.packet.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +128,7 @@ class OverlayBackend:
         return datapath
 
     def _start_hotloop(self, transport: Transport, *, offload: bool, mode: str):
-        from switch.hotloop import HotLoop
+        from weft.drivers.hotloop import HotLoop
 
         # UDP GSO/GRO only with the offload device: that is where packets come in runs of one
         # flow (split super-frames) and where coalesce can use runs that arrive merged.

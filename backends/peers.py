@@ -11,8 +11,8 @@ import logging
 from collections.abc import Callable
 from ipaddress import IPv4Network
 
-from switch.lease import Lease
-from switch.registry import LeaseEvents
+from weft.control.lease import Lease
+from weft.control.registry import LeaseEvents
 
 log = logging.getLogger(__name__)
 

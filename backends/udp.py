@@ -3,11 +3,10 @@ UDP datagram from port to port (default 8285), TTL decremented on send and recei
 
 from __future__ import annotations
 
-from switch.config import NetworkConfig
-from switch.iface import ExternalInterface
-from switch.lease import Lease, LeaseAttrs
-
-from .overlay import OverlayBackend
+from weft.backends.overlay import OverlayBackend
+from weft.control.config import NetworkConfig
+from weft.control.iface import ExternalInterface
+from weft.control.lease import Lease, LeaseAttrs
 
 DEFAULT_PORT = 8285
 OVERHEAD = 28  # outer IPv4 20 + UDP 8

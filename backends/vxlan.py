@@ -7,14 +7,13 @@ flanneld adds an FDB entry (VtepMAC -> PublicIP), weft fills the peer table the 
 
 from __future__ import annotations
 
-from switch.config import NetworkConfig
-from switch.iface import ExternalInterface
-from switch.lease import Lease, LeaseAttrs
-from switch.table import parse_mac
-
-from . import netlink
-from .overlay import OverlayBackend
-from .vtep import random_mac
+from weft.backends import netlink
+from weft.backends.overlay import OverlayBackend
+from weft.backends.vtep import random_mac
+from weft.control.config import NetworkConfig
+from weft.control.iface import ExternalInterface
+from weft.control.lease import Lease, LeaseAttrs
+from weft.packet.table import parse_mac
 
 DEFAULT_PORT = 8472  # the kernel's default, and flannel's
 OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14

@@ -4,7 +4,7 @@
     python pcaps/make_pcaps.py goldens         # only adversarial inputs + expected outputs
 
 See pcaps/README.md for what each file is. Expected outputs are written by `weft replay`
-itself (tools.replay.cmd_replay through its argparse parser), so they are what the tool says;
+itself (weft.tools.replay.cmd_replay through its argparse parser), so they are what the tool says;
 the adversarial records carry the reason each one was built to hit and the script refuses to
 write goldens that disagree.
 """
@@ -21,13 +21,12 @@ import time
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+from weft.control.registry import load_snapshot
+from weft.packet.twins import inet_checksum
+from weft.tools.pcapio import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapOut, read_records
+from weft.tools.replay import find_datagram, ip_offset, run_replay
 
-from switch.packet import inet_checksum  # noqa: E402
-from switch.registry import load_snapshot  # noqa: E402
-from tools.pcapio import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapOut, read_records  # noqa: E402
-from tools.replay import find_datagram, ip_offset, run_replay  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 BACKENDS = {"vxlan": ("weft.1", 8472), "udp": ("weft0", 8285)}
 PACKET_OUTGOING = 4  # sll_pkttype of a packet the kernel transmits on the device
@@ -63,7 +62,7 @@ def _udp_probe(dst: str, port: int, count: int) -> None:
 
 
 def _traffic(cluster) -> None:
-    from tools import netns, probe
+    from weft.tools.lab import netns, probe
 
     h0, h1, h2 = (cluster.hosts[i].pods[0] for i in range(3))
     probe.ping(h0.ns, str(h1.ip), count=3)
@@ -88,9 +87,9 @@ def _is_tunnel(data: bytes, port: int) -> bool:
 
 
 def capture_backend(backend: str) -> None:
-    from tools import netns
-    from tools.cluster import Cluster
-    from tools.lab import Lab
+    from weft.tools.lab import netns
+    from weft.tools.lab.cluster import Cluster
+    from weft.tools.lab.topology import Lab
 
     device, port = BACKENDS[backend]
     out = HERE / backend

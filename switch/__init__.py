@@ -1,0 +1,7 @@
+"""weft: a userspace overlay-network switch for container hosts, interoperable with flannel.
+
+Rooms: control/ (leases, config, etcd), packet/ (the sans-IO pipeline), dev/ (TUN/TAP, sockets),
+drivers/ (loops that move packets), observe/ (metrics, control socket, trace), backends/ (vxlan,
+udp, host-gw, alloc), tools/ (replay, trace; lab/ for demo, bench and tests). daemon.py wires them
+for `weft run`, cli.py is the command line.
+"""

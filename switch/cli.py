@@ -13,11 +13,10 @@ import time
 from ipaddress import IPv4Address
 from pathlib import Path
 
-import backends
-
-from . import subnet_env
-from .config import ConfigError, parse_config
-from .registry import DEFAULT_PREFIX, RegistryError
+from weft import backends
+from weft.control import subnet_env
+from weft.control.config import ConfigError, parse_config
+from weft.control.registry import DEFAULT_PREFIX, RegistryError
 
 EXIT_USAGE = 2  # invalid input (config, flags): fix it and run again
 EXIT_FAILURE = 1
@@ -51,7 +50,7 @@ def _etcd_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _control_flag(parser: argparse.ArgumentParser) -> None:
-    from .control import DEFAULT_CONTROL_SOCKET
+    from weft.observe.control_socket import DEFAULT_CONTROL_SOCKET
 
     _flag(parser, "--control-socket", default=DEFAULT_CONTROL_SOCKET,
           help="the daemon's control socket (mode 0600)")
@@ -123,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep veth's GSO/checksum offloads on the hosts' links (not wire-like)")
     bench.set_defaults(func=cmd_bench)
 
-    from tools.replay import add_replay_parser
-    from tools.trace import add_trace_parser
+    from weft.tools.replay import add_replay_parser
+    from weft.tools.trace import add_trace_parser
 
     add_replay_parser(sub, parents=[common])
     add_trace_parser(sub, [common])
@@ -138,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _registry(args):
-    from .etcd_registry import EtcdOptions, EtcdRegistry
+    from weft.control.etcd_registry import EtcdOptions, EtcdRegistry
 
     return EtcdRegistry(EtcdOptions(
         endpoints=args.etcd_endpoints, prefix=args.etcd_prefix, cafile=args.etcd_cafile,
@@ -179,7 +178,7 @@ def cmd_config_show(args) -> int:
 
 
 def cmd_leases(args) -> int:
-    from .registry import Snapshot
+    from weft.control.registry import Snapshot
 
     registry = _registry(args)
     config = registry.get_network_config()
@@ -203,8 +202,8 @@ def cmd_leases(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .control import ControlError, control_request
-    from .status_text import format_status
+    from weft.observe.control_socket import ControlError, control_request
+    from weft.observe.status_text import format_status
 
     try:
         status = control_request(args.control_socket, "status")
@@ -222,7 +221,7 @@ def cmd_demo(args) -> int:
     if not 2 <= args.hosts <= 50 or not 1 <= args.pods <= 50:
         print("weft: --hosts must be 2..50 and --pods 1..50", file=sys.stderr)
         return EXIT_USAGE
-    from tools.demo import run_demo
+    from weft.tools.lab.demo import run_demo
 
     return run_demo(hosts=args.hosts, pods=args.pods, backend=args.backend)
 
@@ -231,7 +230,7 @@ def cmd_bench(args) -> int:
     if os.geteuid() != 0:
         print("weft: bench builds network namespaces and needs root", file=sys.stderr)
         return EXIT_FAILURE
-    from tools.bench import run_bench
+    from weft.tools.lab.bench import run_bench
 
     return run_bench(seconds=args.seconds, as_json=args.json,
                      log=lambda line: print(line, file=sys.stderr),
@@ -245,8 +244,8 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_run(args) -> int:
-    from .daemon import Daemon, RunOptions
-    from .lease_manager import LeaseTiming
+    from weft.control.lease_manager import LeaseTiming
+    from weft.daemon import Daemon, RunOptions
 
     if args.lease_ttl < 2:
         print("weft: --lease-ttl must be at least 2 seconds", file=sys.stderr)
@@ -277,12 +276,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if args.verbose:  # our own debug lines only: pyroute2 and grpc would drown them
-        for name in ("weft", "switch", "backends", "tools"):
-            logging.getLogger(name).setLevel(logging.DEBUG)
-    from .allocator import OutOfSubnets
-    from .iface import InterfaceError
-    from .lease_manager import AcquireError
+    if args.verbose:  # the "weft" logger tree only: pyroute2 and grpc would drown it
+        logging.getLogger("weft").setLevel(logging.DEBUG)
+    from weft.control.allocator import OutOfSubnets
+    from weft.control.iface import InterfaceError
+    from weft.control.lease_manager import AcquireError
 
     try:
         return args.func(args)

@@ -16,17 +16,16 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any
 
-import backends
+from weft import backends
+from weft.control import subnet_env
+from weft.control.config import NetworkConfig
+from weft.control.etcd_registry import ConfigNotFound
+from weft.control.iface import find_external_interface
+from weft.control.lease import Lease
+from weft.control.lease_manager import LeaseTiming, acquire_lease, renew_lease
+from weft.control.registry import LeaseEvents, LeaseRegistry, RegistryError
 
-from . import subnet_env
-from .config import NetworkConfig
-from .etcd_registry import ConfigNotFound
-from .iface import find_external_interface
-from .lease import Lease
-from .lease_manager import LeaseTiming, acquire_lease, renew_lease
-from .registry import LeaseEvents, LeaseRegistry, RegistryError
-
-log = logging.getLogger("weft")
+log = logging.getLogger(__name__)
 
 REVOKED = "Lease has been revoked. Shutting down daemon."
 
@@ -84,8 +83,8 @@ class Daemon:
                 server.stop()
 
     def _start_servers(self) -> list:
-        from .control import ControlServer
-        from .observe import HealthServer
+        from weft.observe.control_socket import ControlServer
+        from weft.observe.http import HealthServer
 
         servers: list = []
         if self.options.healthz_port:

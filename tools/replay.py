@@ -39,14 +39,14 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from switch.fastpath import BUFSIZE, HEADROOM, Batch
-from switch.offline import DEFAULT_PORTS, OfflineError, OfflineHost, host_from_snapshot
-from switch.packet import inet_checksum
-from switch.reasons import Reason, Verdict, reason_name, verdict_name
-from switch.registry import RegistryError, Snapshot, load_snapshot
-from switch.slowpath import describe
-from switch.table import CFG_PORT
-from tools.pcapio import (
+from weft.control.registry import RegistryError, Snapshot, load_snapshot
+from weft.packet.fastpath import BUFSIZE, HEADROOM, Batch
+from weft.packet.reasons import Reason, Verdict, reason_name, verdict_name
+from weft.packet.slowpath import describe
+from weft.packet.table import CFG_PORT
+from weft.packet.twins import inet_checksum
+from weft.tools.offline import DEFAULT_PORTS, OfflineError, OfflineHost, host_from_snapshot
+from weft.tools.pcapio import (
     LINKTYPE_ETHERNET,
     LINKTYPE_RAW,
     RAW_IP_LINKTYPES,

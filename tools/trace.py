@@ -1,14 +1,14 @@
 """`weft trace`: follow one packet through the pipeline (offline), or watch a daemon's (live).
 
 Offline, in the manner of `ovs-appctl ofproto/trace`: the host holding `--as SUBNET` in a lease
-snapshot is rebuilt (switch.offline), the packet is parsed into a flow key, classified, looked up
+snapshot is rebuilt (tools/offline.py), the packet is parsed into a flow key, classified, looked up
 in the peer table, and every header field the step writes is listed from the pure-Python twin
-(switch.packet). The real numba kernel runs on the same bytes through the Pipeline; a mismatch
+(weft.packet.twins). The real numba kernel runs on the same bytes through the Pipeline; a mismatch
 is printed as a loud warning (it is a bug). SLOW verdicts go through the scapy slow path. The
 packet argument (scapy expression, hex or pcap record) is read by tools/trace_input.py.
 
 Live, in the manner of `cilium monitor`: one line per packet event streamed from the daemon's
-TraceHub over the control socket (filter syntax in switch/tracehub.py).
+TraceHub over the control socket (filter syntax in switch/observe/tracehub.py).
 
 `--write FILE.pcap` writes LINKTYPE_ETHERNET (1), readable by tcpdump, tshark and scapy. Each
 event gives its input packet, then its output if it was forwarded, so inner and outer views sit
@@ -28,16 +28,16 @@ import time
 from ipaddress import IPv4Address
 from typing import Any
 
-from switch import packet as twins
-from switch.control import DEFAULT_CONTROL_SOCKET, ControlError, control_stream
-from switch.fastpath import SLOT_IP_ID, Batch
-from switch.lease import subnet_key
-from switch.offline import OfflineError, OfflineHost, host_from_snapshot
-from switch.reasons import Reason, Verdict, reason_name
-from switch.registry import DEFAULT_PREFIX, RegistryError, load_snapshot
-from switch.slowpath import describe
-from switch.tracehub import FilterError, event_frames, parse_filter
-from tools.trace_input import TraceInput, TraceInputError, read_input
+from weft.control.lease import subnet_key
+from weft.control.registry import DEFAULT_PREFIX, RegistryError, load_snapshot
+from weft.observe.control_socket import DEFAULT_CONTROL_SOCKET, ControlError, control_stream
+from weft.observe.tracehub import FilterError, event_frames, parse_filter
+from weft.packet import twins as twins
+from weft.packet.fastpath import SLOT_IP_ID, Batch
+from weft.packet.reasons import Reason, Verdict, reason_name
+from weft.packet.slowpath import describe
+from weft.tools.offline import OfflineError, OfflineHost, host_from_snapshot
+from weft.tools.trace_input import TraceInput, TraceInputError, read_input
 
 EXIT_FAILURE, EXIT_USAGE = 1, 2
 
@@ -346,7 +346,7 @@ def offline_trace(leases: str, as_subnet: str, packet: str | None = None, *,
                   direction: str | None = None, src_ip: str | None = None,
                   pcap: str | None = None, index: int = 0) -> dict:
     """Load the snapshot, build the host, read the packet and trace it."""
-    from switch.lease import parse_subnet_cidr
+    from weft.control.lease import parse_subnet_cidr
 
     host = host_from_snapshot(load_snapshot(leases), parse_subnet_cidr(as_subnet))
     inp = read_input(host, packet, direction=direction, src_ip=src_ip, pcap=pcap, index=index)

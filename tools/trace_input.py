@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-from switch.offline import OfflineHost
+from weft.tools.offline import OfflineHost
 
 
 class TraceInputError(ValueError):

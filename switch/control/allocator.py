@@ -1,0 +1,73 @@
+"""Choosing a subnet to lease, as flannel's local_manager does (pure: no store access).
+
+Order: (1) a lease that already carries our PublicIP and still fits the config; (2) the subnet
+from our previous subnet file if nobody holds it and it fits; (3) a random pick among the first
+100 free subnets between SubnetMin and SubnetMax.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from weft.control.config import NetworkConfig
+from weft.control.lease import Lease
+
+CANDIDATES = 100  # flannel draws among the first 100 free subnets
+
+
+class OutOfSubnets(RuntimeError):
+    def __init__(self) -> None:
+        super().__init__("out of subnets")
+
+
+@dataclass(frozen=True)
+class Choice:
+    subnet: IPv4Network
+    reuse: Lease | None = None  # our own existing lease: renew it in place
+    stale: tuple[Lease, ...] = ()  # leases with our PublicIP that no longer fit: delete them
+
+
+def fits(config: NetworkConfig, subnet: IPv4Network) -> bool:
+    assert config.network is not None and config.subnet_min and config.subnet_max
+    return (
+        subnet.prefixlen == config.subnet_len
+        and subnet.subnet_of(config.network)
+        and config.subnet_min <= subnet.network_address <= config.subnet_max
+    )
+
+
+def choose_subnet(
+    config: NetworkConfig,
+    leases: list[Lease],
+    public_ip: IPv4Address,
+    previous: IPv4Network | None,
+    rng: random.Random,
+    exclude: frozenset[IPv4Network] = frozenset(),
+) -> Choice:
+    """Pick a subnet for `public_ip`; `exclude` holds subnets we just lost a race for."""
+    mine = [lease for lease in leases if lease.attrs.public_ip == public_ip]
+    stale = tuple(lease for lease in mine if not fits(config, lease.subnet))
+    for lease in mine:
+        if fits(config, lease.subnet) and lease.subnet not in exclude:
+            return Choice(lease.subnet, reuse=lease, stale=stale)
+    held = [lease.subnet for lease in leases if lease not in stale]
+    if (
+        previous is not None
+        and previous not in exclude
+        and fits(config, previous)
+        and not any(previous.overlaps(subnet) for subnet in held)
+    ):
+        return Choice(previous, stale=stale)
+    free = []
+    for number in config.subnets():
+        subnet = config.subnet_at(number)
+        if subnet in exclude or any(subnet.overlaps(other) for other in held):
+            continue
+        free.append(subnet)
+        if len(free) == CANDIDATES:
+            break
+    if not free:
+        raise OutOfSubnets()
+    return Choice(rng.choice(free), stale=stale)

@@ -1,0 +1,292 @@
+"""The lease registry on etcd v3, with flannel's keys and values.
+
+Keys: `<prefix>/config` and `<prefix>/subnets/<10.1.15.0-24>`; each lease key is attached to an
+etcd lease so that it expires on its own. The watch turns etcd events into LeaseEvents batches,
+re-lists after a compaction (without hot-looping, unlike flannel #2470) and reconnects with
+backoff 100 ms doubling to 5 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from urllib.parse import urlsplit
+
+import grpc
+import pyetcd
+from pyetcd import events as etcd_events
+from pyetcd import exceptions as etcd_exc
+
+from weft.control.config import NetworkConfig, parse_config
+from weft.control.lease import Lease, LeaseAttrs, LeaseFormatError, parse_subnet_key, subnet_key
+from weft.control.registry import DEFAULT_PREFIX, LeaseEvents, RegistryError
+
+log = logging.getLogger(__name__)
+
+_UNKNOWN_ATTRS = LeaseAttrs(IPv4Address(0))  # attrs of a removed lease: not needed, not known
+
+CONFIG_MISSING = (
+    "flannel config not found in etcd store. Did you create your config using etcdv3 API?"
+)
+BACKOFF_MIN = 0.1
+BACKOFF_MAX = 5.0
+
+
+class ConfigNotFound(RegistryError):
+    def __init__(self) -> None:
+        super().__init__(CONFIG_MISSING)
+
+
+@dataclass(frozen=True)
+class EtcdOptions:
+    endpoints: str = "http://127.0.0.1:2379"
+    prefix: str = DEFAULT_PREFIX
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    username: str | None = None
+    password: str | None = None
+    timeout: float = 5.0
+
+
+def connect(options: EtcdOptions) -> pyetcd.MultiEndpointEtcd3Client:
+    """A client over every endpoint in the comma-separated list, failing over between them."""
+    creds = None
+    if options.cafile or options.certfile:
+        creds = pyetcd.MultiEndpointEtcd3Client.get_secure_creds(
+            _read(options.cafile), _read(options.keyfile), _read(options.certfile)
+        )
+    endpoints = []
+    for url in options.endpoints.split(","):
+        parts = urlsplit(url.strip() if "//" in url else "//" + url.strip())
+        if not parts.hostname:
+            raise RegistryError(f"bad etcd endpoint {url!r}: expected http(s)://host:port")
+        secure = parts.scheme == "https"
+        if secure and creds is None:
+            creds = grpc.ssl_channel_credentials()
+        endpoints.append(
+            pyetcd.Endpoint(parts.hostname, parts.port or 2379, secure=secure,
+                            creds=creds if secure else None, time_retry=1.0)
+        )
+    try:
+        return pyetcd.MultiEndpointEtcd3Client(
+            endpoints, timeout=options.timeout, user=options.username,
+            password=options.password, failover=True,
+        )
+    except grpc.RpcError as exc:
+        raise RegistryError(f"cannot reach etcd at {options.endpoints}: {exc}") from None
+
+
+def _read(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class EtcdRegistry:
+    def __init__(self, options: EtcdOptions, client=None) -> None:
+        self.options = options
+        self.prefix = options.prefix.rstrip("/")
+        self.subnets_prefix = self.prefix + "/subnets/"
+        self.client = client or connect(options)
+
+    # -- config -------------------------------------------------------------------------------
+    def get_network_config(self) -> NetworkConfig:
+        value, _ = self._call(self.client.get, self.prefix + "/config")
+        if value is None:
+            raise ConfigNotFound()
+        return parse_config(value)
+
+    def put_network_config(self, text: str) -> None:
+        self._call(self.client.put, self.prefix + "/config", text)
+
+    # -- leases -------------------------------------------------------------------------------
+    def list_leases(self) -> tuple[list[Lease], int]:
+        response = self._call(self.client.get_prefix_response, self.subnets_prefix)
+        now = time.time()
+        leases = []
+        for kv in response.kvs:
+            lease = self._decode(kv.key, kv.value, kv.lease, now)
+            if lease is not None:
+                leases.append(lease)
+        return leases, response.header.revision
+
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease | None:
+        key = self.subnets_prefix + subnet_key(subnet)
+        grant = self._call(self.client.lease, ttl)
+        tx = self.client.transactions
+        ok, _ = self._call(
+            self.client.transaction,
+            compare=[tx.version(key) == 0],
+            success=[tx.put(key, attrs.to_json(), lease=grant.id)],
+            failure=[],
+        )
+        if not ok:
+            self._call(self.client.revoke_lease, grant.id)
+            return None
+        return Lease(subnet, attrs, expiration=time.time() + ttl, etcd_lease_id=grant.id)
+
+    def update_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int,
+                     old_lease_id: int = 0) -> Lease:
+        """Grant a fresh etcd lease and put the value with it, as flannel renews."""
+        key = self.subnets_prefix + subnet_key(subnet)
+        grant = self._call(self.client.lease, ttl)
+        self._call(self.client.put, key, attrs.to_json(), lease=grant.id)
+        if old_lease_id and old_lease_id != grant.id:
+            try:  # the key moved to the new lease; drop the orphan so etcd does not pile them up
+                self.client.revoke_lease(old_lease_id)
+            except Exception as exc:  # noqa: BLE001 - best effort cleanup
+                log.debug("revoking old etcd lease %x: %s", old_lease_id, exc)
+        return Lease(subnet, attrs, expiration=time.time() + ttl, etcd_lease_id=grant.id)
+
+    def delete_lease(self, subnet: IPv4Network) -> None:
+        self._call(self.client.delete, self.subnets_prefix + subnet_key(subnet))
+
+    def _decode(self, key: bytes, value: bytes, etcd_lease: int, now: float) -> Lease | None:
+        try:
+            subnet, ipv6 = parse_subnet_key(key.decode(errors="replace"))
+            attrs = LeaseAttrs.from_json(value)
+        except LeaseFormatError as exc:
+            log.warning("skipping malformed lease %s: %s", key.decode(errors="replace"), exc)
+            return None
+        expiration = None
+        if etcd_lease:
+            try:
+                ttl = self.client.get_lease_info(etcd_lease).TTL
+                expiration = now + ttl if ttl >= 0 else None
+            except Exception as exc:  # noqa: BLE001 - time left is informative only
+                log.debug("lease TTL for %s: %s", key, exc)
+        return Lease(subnet, attrs, ipv6, expiration, etcd_lease)
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (grpc.RpcError, etcd_exc.Etcd3Exception) as exc:
+            raise RegistryError(f"etcd at {self.options.endpoints}: {_describe(exc)}") from None
+
+    # -- watch --------------------------------------------------------------------------------
+    def watch_leases(
+        self, revision: int, deliver: Callable[[LeaseEvents], None]
+    ) -> Callable[[], None]:
+        watch = LeaseWatch(self, revision, deliver)
+        watch.start()
+        return watch.stop
+
+
+class LeaseWatch:
+    """Keeps one etcd watch on the subnets prefix alive and turns its events into batches."""
+
+    def __init__(self, registry: EtcdRegistry, revision: int,
+                 deliver: Callable[[LeaseEvents], None]) -> None:
+        self.registry = registry
+        self.revision = revision  # last revision delivered
+        self.deliver = deliver
+        self.stopped = threading.Event()
+        self.wake = threading.Event()  # set by the callback when the stream ends
+        self.relists = 0
+        self.thread = threading.Thread(target=self._run, name="lease-watch", daemon=True)
+        self._watch_id = None
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.wake.set()
+        self._cancel()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        backoff = BACKOFF_MIN
+        while not self.stopped.is_set():
+            self.wake.clear()
+            try:
+                self._watch_id = self.registry.client.add_watch_prefix_callback(
+                    self.registry.subnets_prefix, self._on_response,
+                    start_revision=self.revision + 1,
+                )
+            except etcd_exc.RevisionCompactedError as exc:
+                self._relist(exc.compacted_revision)
+                continue
+            except Exception as exc:  # noqa: BLE001 - any failure means: retry later
+                log.warning("lease watch: %s; retrying in %.1fs", _describe(exc), backoff)
+                if self.stopped.wait(backoff):
+                    return
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            backoff = BACKOFF_MIN
+            self.wake.wait()
+            self._cancel()
+            if not self.stopped.is_set():
+                self.stopped.wait(BACKOFF_MIN)  # never spin, even if the stream dies at once
+
+    def _cancel(self) -> None:
+        watch_id, self._watch_id = self._watch_id, None
+        if watch_id is not None:
+            try:
+                self.registry.client.cancel_watch(watch_id)
+            except Exception:  # noqa: BLE001 - the stream may already be gone
+                pass
+
+    def _on_response(self, response) -> None:
+        if self.stopped.is_set():
+            return
+        if isinstance(response, etcd_exc.RevisionCompactedError):
+            self._relist(response.compacted_revision)
+            self.wake.set()
+            return
+        if isinstance(response, Exception):
+            log.warning("lease watch stream ended: %s", _describe(response))
+            self.wake.set()
+            return
+        added, removed = [], []
+        for event in response.events:
+            lease = self._event_lease(event)
+            if lease is None:
+                continue
+            (removed if isinstance(event, etcd_events.DeleteEvent) else added).append(lease)
+        revision = response.header.revision
+        self.revision = max(self.revision, revision)
+        if added or removed:
+            self.deliver(LeaseEvents(tuple(added), tuple(removed), revision=revision))
+
+    def _event_lease(self, event) -> Lease | None:
+        key = event.key.decode(errors="replace")
+        try:
+            subnet, ipv6 = parse_subnet_key(key)
+            if isinstance(event, etcd_events.DeleteEvent):
+                # Only the subnet matters for a removal; the old value may be gone or garbage.
+                return Lease(subnet, _UNKNOWN_ATTRS, ipv6)
+            return Lease(subnet, LeaseAttrs.from_json(event.value), ipv6, etcd_lease_id=event.lease)
+        except LeaseFormatError as exc:
+            log.warning("skipping malformed lease event %s: %s", key, exc)
+            return None
+
+    def _relist(self, compacted: int) -> None:
+        """The watch fell behind a compaction: list again and deliver the whole set."""
+        self.relists += 1
+        log.warning("lease watch fell behind compaction at revision %d; re-listing", compacted)
+        while not self.stopped.is_set():
+            try:
+                leases, revision = self.registry.list_leases()
+            except RegistryError as exc:
+                log.warning("re-list failed: %s", exc)
+                self.stopped.wait(BACKOFF_MAX)
+                continue
+            self.revision = revision
+            self.deliver(LeaseEvents(tuple(leases), reset=True, revision=revision))
+            return
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        try:
+            return f"{exc.code().name}: {exc.details()}"
+        except Exception:  # noqa: BLE001
+            pass
+    return str(exc) or type(exc).__name__

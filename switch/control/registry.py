@@ -1,0 +1,127 @@
+"""The lease registry interface (flannel's subnet.Manager, trimmed) and its offline twin.
+
+The core speaks only to `LeaseRegistry`; `weft.control.etcd_registry` implements it on etcd and
+`SnapshotRegistry` on a `weft leases --json` file for offline tools (replay, trace).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any, Protocol
+
+from weft.control.config import NetworkConfig, parse_config
+from weft.control.lease import Lease, LeaseAttrs, LeaseFormatError, parse_subnet_cidr
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "/coreos.com/network"
+
+
+class RegistryError(RuntimeError):
+    """The registry cannot be reached or refused an operation."""
+
+
+@dataclass(frozen=True)
+class LeaseEvents:
+    """A batch of lease changes, as flannel's watcher delivers them.
+
+    `reset` is set when the watch had to re-list (after a compaction or reconnect): then `added`
+    holds every current lease and consumers drop peers not in it.
+    """
+
+    added: tuple[Lease, ...] = ()
+    removed: tuple[Lease, ...] = ()
+    reset: bool = False
+    revision: int = 0
+
+
+@dataclass
+class Snapshot:
+    config: NetworkConfig
+    revision: int
+    leases: list[Lease] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_json(),
+            "revision": self.revision,
+            "leases": {str(lease.subnet): lease.snapshot_json() for lease in self.leases},
+        }
+
+    def lease_for(self, subnet: IPv4Network) -> Lease | None:
+        return next((lease for lease in self.leases if lease.subnet == subnet), None)
+
+
+class LeaseRegistry(Protocol):
+    def get_network_config(self) -> NetworkConfig: ...
+
+    def list_leases(self) -> tuple[list[Lease], int]:
+        """Current leases and the store revision they were read at."""
+        ...
+
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease | None:
+        """Create atomically; None when somebody else holds the subnet."""
+        ...
+
+    def update_lease(
+        self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int, old_lease_id: int = 0
+    ) -> Lease:
+        """Put (or renew) a lease we own with a fresh TTL."""
+        ...
+
+    def delete_lease(self, subnet: IPv4Network) -> None: ...
+
+    def watch_leases(
+        self, revision: int, deliver: Callable[[LeaseEvents], None]
+    ) -> Callable[[], None]:
+        """Deliver batches from `revision`+1 on, from a background thread; returns `stop`."""
+        ...
+
+
+def load_snapshot(path: str | Path) -> Snapshot:
+    """Read a `weft leases --json` file; malformed entries are skipped with a warning."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RegistryError(f"cannot read lease snapshot {path}: {exc}") from None
+    if not isinstance(raw, dict) or "config" not in raw:
+        raise RegistryError(f"{path} is not a `weft leases --json` snapshot (no \"config\")")
+    config = parse_config(json.dumps(raw["config"]))
+    leases = []
+    for key, value in (raw.get("leases") or {}).items():
+        try:
+            subnet = parse_subnet_cidr(key)
+            leases.append(Lease(subnet, LeaseAttrs.from_json(json.dumps(value))))
+        except (LeaseFormatError, ValueError) as exc:
+            log.warning("snapshot %s: skipping lease %r: %s", path, key, exc)
+    return Snapshot(config, int(raw.get("revision", 0)), leases)
+
+
+class SnapshotRegistry:
+    """A read-only registry over a snapshot, for offline tools."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def get_network_config(self) -> NetworkConfig:
+        return self.snapshot.config
+
+    def list_leases(self) -> tuple[list[Lease], int]:
+        return list(self.snapshot.leases), self.snapshot.revision
+
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease | None:
+        raise RegistryError("a lease snapshot is read-only")
+
+    def update_lease(self, subnet, attrs, ttl, old_lease_id=0) -> Lease:
+        raise RegistryError("a lease snapshot is read-only")
+
+    def delete_lease(self, subnet: IPv4Network) -> None:
+        raise RegistryError("a lease snapshot is read-only")
+
+    def watch_leases(self, revision: int, deliver: Callable[[LeaseEvents], None]):
+        return lambda: None

@@ -1,0 +1,2 @@
+"""Devices and sockets: TUN/TAP opening (plain or with virtio-net offloads) and UDP socket
+options."""

@@ -1,0 +1,52 @@
+"""Cache staleness for the compiled loops: one stamp over every file their machine code holds.
+
+numba decides whether a cached function is stale from its own source file only, but the loops
+(hotloop.py and the helpers in libc.py, loopio.py, udpgso.py) compile the fastpath and
+offload kernels (and the byte helpers both use) into themselves: after an edit of one of those
+files (or of the table/reason constants they freeze) the old kernels would keep running. This
+locator, consulted only for functions defined in the loop modules, stamps their cache with all
+of those files, so an edit of any of them recompiles every loop function.
+
+Each loop module imports this one before its first @njit(cache=True): numba picks the locator
+when the decorator runs.
+"""
+
+from __future__ import annotations
+
+import os
+
+from numba.core import caching
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# Functions defined in these files get the stamp ...
+_COVERED = frozenset(os.path.join(_HERE, name)
+                     for name in ("hotloop.py", "libc.py", "loopio.py", "udpgso.py"))
+# ... which is taken over these: the loop modules and the packet kernels compiled into them.
+_PACKET = os.path.join(os.path.dirname(_HERE), "packet")
+_DEPENDS = sorted(_COVERED) + [
+    os.path.join(_PACKET, name)
+    for name in ("fastpath.py", "table.py", "reasons.py", "offload.py", "wirebytes.py")]
+
+
+class _DependentStamp:
+    def get_source_stamp(self):
+        return tuple((os.stat(path).st_mtime, os.stat(path).st_size) for path in _DEPENDS)
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if os.path.abspath(py_file) not in _COVERED:
+            return None
+        return super().from_function(py_func, py_file)
+
+
+class _DependentUserLocator(_DependentStamp, caching.UserProvidedCacheLocator):
+    """NUMBA_CACHE_DIR set: cache there, as numba would."""
+
+
+class _DependentInTreeLocator(_DependentStamp, caching.InTreeCacheLocator):
+    """Otherwise next to the source, in __pycache__."""
+
+
+for _locator in (_DependentInTreeLocator, _DependentUserLocator):  # user dir ends up first
+    if _locator not in caching.CacheImpl._locator_classes:
+        caching.CacheImpl._locator_classes.insert(0, _locator)

@@ -1,0 +1,1 @@
+"""Observability: /healthz /readyz /metrics, the control socket, live trace, status text."""

@@ -1,0 +1,136 @@
+"""The one packet pipeline every driver uses: the daemon, replay and trace.
+
+A Pipeline binds the batch kernels of one backend ("vxlan" or "udp") to the datapath config, the
+peer table and the counters, and routes SLOW verdicts to the scapy slow path. It does no IO: the
+daemon feeds it from TUN/TAP and sockets, replay from a pcap, trace one packet at a time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+import numpy as np
+
+from weft.packet import fastpath, slowpath
+from weft.packet.fastpath import Batch
+from weft.packet.reasons import Reason, Verdict, reason_name
+from weft.packet.table import DatapathConfig, PeerTable
+
+KERNELS = {
+    "vxlan": (fastpath.run_vxlan_egress, fastpath.run_vxlan_ingress,
+              fastpath.PATH_VXLAN_EGRESS, fastpath.PATH_VXLAN_INGRESS),
+    "udp": (fastpath.run_udp_egress, fastpath.run_udp_ingress,
+            fastpath.PATH_UDP_EGRESS, fastpath.PATH_UDP_INGRESS),
+}
+
+
+EGRESS, INGRESS = 0, 1  # directions, as indices of Pipeline.drops
+
+
+@dataclass(frozen=True)
+class LocalInfo:
+    subnet: IPv4Network
+    public_ip: IPv4Address
+    vtep_mac: bytes | None  # vxlan only
+
+
+class Pipeline:
+    def __init__(self, kind: str, network: IPv4Network, subnet_len: int, *, vni: int = 1,
+                 port: int = 8472, mtu: int = 1450) -> None:
+        if kind not in KERNELS:
+            raise ValueError(f"no datapath for backend {kind!r}")
+        self.kind = kind
+        self.network = network
+        self.table = PeerTable(network, subnet_len)
+        self.dpcfg = DatapathConfig(network, subnet_len, vni=vni, port=port, mtu=mtu)
+        self.counters = fastpath.new_counters()
+        self.slow_counts: Counter[int] = Counter()  # slow-path outcomes by final reason
+        # fast-path drops by reason, [0] egress and [1] ingress
+        self.drops = np.zeros((2, fastpath.REASON_SLOTS), dtype=np.uint64)
+        self.mtu = mtu
+        self.local: LocalInfo | None = None
+        self._egress, self._ingress, self.path_egress, self.path_ingress = KERNELS[kind]
+        self._slow_ctx: slowpath.SlowPathContext | None = None
+
+    @property
+    def cfg(self) -> np.ndarray:
+        return self.dpcfg.cfg
+
+    def set_local(self, subnet: IPv4Network, public_ip: IPv4Address,
+                  vtep_mac: bytes | None = None) -> None:
+        self.dpcfg.set_local(subnet, public_ip, vtep_mac)
+        self.local = LocalInfo(subnet, public_ip, vtep_mac)
+        self._slow_ctx = slowpath.SlowPathContext(
+            backend=self.kind, local_subnet=subnet, network=self.network,
+            local_mac=vtep_mac or bytes(6), overlay_mtu=self.mtu, peer_mac_for=self._peer_mac,
+        )
+
+    def _peer_mac(self, ip: IPv4Address) -> bytes | None:
+        idx = self.table.index_of(int(ip))
+        if idx < 0 or not self.table.present[idx]:
+            return None
+        mac = bytes(self.table.vtep_mac[idx])
+        return mac if any(mac) else None
+
+    # -- the steps ------------------------------------------------------------------------------
+    def egress(self, batch: Batch, n: int) -> int:
+        """Packets from our pods (TAP frames / TUN packets) -> encapsulated; returns # FORWARD."""
+        forwarded = self._egress(batch, n, self.cfg, self.table, self.counters)
+        self.count_drops(batch, n, EGRESS)
+        return forwarded
+
+    def ingress(self, batch: Batch, n: int) -> int:
+        """Payloads from peers (with batch.src_ip) -> inner frames/packets; returns # FORWARD."""
+        forwarded = self._ingress(batch, n, self.cfg, self.table, self.counters)
+        self.count_drops(batch, n, INGRESS)
+        return forwarded
+
+    def slow(self, packet: bytes, reason: int) -> slowpath.SlowResult:
+        """Hand one SLOW packet to the scapy slow path; returns what to write back."""
+        if self._slow_ctx is None:
+            result = slowpath.SlowResult(int(Reason.SLOW_PATH_DROP), (), "no local lease yet")
+        else:
+            result = slowpath.handle_egress(packet, reason, self._slow_ctx)
+        self.slow_counts[int(result.reason)] += 1
+        return result
+
+    # -- counters -------------------------------------------------------------------------------
+    def count_drops(self, batch: Batch, n: int, direction: int) -> None:
+        """Add the batch's DROP verdicts to the per-direction drop counts (vectorised)."""
+        reasons = batch.reason[:n][batch.verdict[:n] == int(Verdict.DROP)]
+        if reasons.size:
+            self.drops[direction] += np.bincount(reasons, minlength=fastpath.REASON_SLOTS)[
+                : fastpath.REASON_SLOTS].astype(np.uint64)
+
+    def counter_summary(self) -> dict:
+        """Packets/bytes per direction, drops and slow-path outcomes by reason name."""
+        c = self.counters
+        out: dict = {}
+        drops: Counter[str] = Counter()
+        for direction, (name, path) in enumerate(
+            (("egress", self.path_egress), ("ingress", self.path_ingress))
+        ):
+            out[name] = {
+                "packets": int(c[path, fastpath.SLOT_RX_PACKETS]),
+                "bytes": int(c[path, fastpath.SLOT_RX_BYTES]),
+                "forwarded": int(c[path, fastpath.SLOT_TX_PACKETS]),
+                "forwarded_bytes": int(c[path, fastpath.SLOT_TX_BYTES]),
+                "slow": int(c[path, fastpath.SLOT_VERDICT + int(Verdict.SLOW)]),
+                "dropped": int(c[path, fastpath.SLOT_VERDICT + int(Verdict.DROP)]),
+                # inner TCP/UDP checksums a sender left for offload, completed on ingress
+                "checksums_completed": int(c[path, fastpath.SLOT_CSUM_COMPLETED]),
+            }
+            for code in np.flatnonzero(self.drops[direction]):
+                drops[reason_name(int(code))] += int(self.drops[direction][code])
+        for code, count in self.slow_counts.items():
+            if code not in _SLOW_ANSWERED:
+                drops[reason_name(code)] += count
+        out["drops"] = dict(drops)
+        out["slow_path"] = {reason_name(code): n for code, n in self.slow_counts.items()}
+        return out
+
+
+# Slow-path outcomes that answered the packet; every other outcome is a drop.
+_SLOW_ANSWERED = {int(Reason.ARP_REPLIED), int(Reason.ND_REPLIED), int(Reason.ICMP_ERROR_SENT)}

@@ -1,0 +1,409 @@
+"""Readable pure-Python twins of the fastpath kernels, one packet at a time.
+
+Each twin takes the same inputs as its kernel (packet bytes, the `cfg` array, the PeerTable)
+and returns the same verdict, reason and output bytes, plus the header fields it wrote, so
+`weft trace` can explain a packet step by step. Tests hold twins and kernels byte-for-byte
+equal; when they disagree, this file is the specification.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+import numpy as np
+
+from weft.packet.fastpath import (
+    FLOW_SEED,
+    OUTER_TTL,
+    SRC_PORT_MAX,
+    SRC_PORT_MIN,
+    VXLAN_ENCAP,
+    VXLAN_FLAG_I,
+    VXLAN_HDR,
+)
+from weft.packet.reasons import Reason, Verdict
+from weft.packet.table import (
+    CFG_LOCAL_INDEX,
+    CFG_LOCAL_PUBLIC_IP,
+    CFG_LOCAL_VTEP_MAC,
+    CFG_MTU,
+    CFG_NETMASK,
+    CFG_NETWORK,
+    CFG_PORT,
+    CFG_SUBNET_SHIFT,
+    CFG_VNI,
+    PeerTable,
+)
+
+ETH_P_IP = 0x0800
+ETH_P_ARP = 0x0806
+ETH_P_IPV6 = 0x86DD
+BROADCAST_MAC = b"\xff" * 6
+MASK32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one pipeline step did to one packet.
+
+    `out` is the packet to send/write on FORWARD and the unchanged input otherwise; `dst_ip` is
+    the peer PublicIP to send to (egress FORWARD only, else 0); `peer_index` the subnet number of
+    the peer involved (-1 if none); `fields` the header fields written, in wire order.
+    """
+
+    verdict: Verdict
+    reason: Reason
+    out: bytes
+    peer_index: int = -1
+    dst_ip: int = 0
+    fields: tuple[tuple[str, int | str], ...] = ()
+
+
+def _drop(reason: Reason, data: bytes) -> StepResult:
+    return StepResult(Verdict.DROP, reason, bytes(data))
+
+
+def _slow(reason: Reason, data: bytes) -> StepResult:
+    return StepResult(Verdict.SLOW, reason, bytes(data))
+
+
+# ---- checksums and hashes -------------------------------------------------------------------
+
+
+def inet_checksum(data: bytes) -> int:
+    """RFC 1071 Internet checksum; 0 when verifying data that includes a correct checksum."""
+    if len(data) % 2:
+        data = bytes(data) + b"\x00"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def ipv4_checksum(header: bytes) -> int:
+    """Checksum of an IPv4 header whose checksum field holds 0 (or 0 when verifying one)."""
+    return inet_checksum(header)
+
+
+def _fold16(total: int) -> int:
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def _sum16(data: bytes) -> int:
+    """Unfolded one's-complement sum; an odd last byte is padded with zero (RFC 1071)."""
+    padded = bytes(data) + b"\0" * (len(data) & 1)
+    return sum(struct.unpack(f"!{len(padded) // 2}H", padded))
+
+
+def complete_partial_l4_checksum(ip: bytearray) -> int | None:
+    """Finish a TCP/UDP checksum left in CHECKSUM_PARTIAL form; the value written, or None.
+
+    A kernel VXLAN device with tx-checksum offload (flannel.1 as flannel leaves it) sends the
+    inner segment CHECKSUM_PARTIAL: __tcp_v4_send_check()/udp4_hwcsum() pre-fill the checksum
+    field with ~csum_tcpudp_magic(src, dst, len, proto, 0), the folded, NOT complemented
+    pseudo-header sum, for a NIC to finish. Over veth and bridges nothing does, and a userspace
+    socket receives no checksum metadata, so the pod's kernel would drop the frame as corrupt.
+    We finish it as the NIC (or skb_checksum_help) would, but only when the checksum does not
+    verify AND the field holds exactly that pseudo sum, the only form Linux pre-fills; any other
+    bad checksum stays, so real corruption is still dropped by the receiver. `ip` is a whole,
+    header-checked IPv4 packet; it is modified in place.
+    """
+    if int.from_bytes(ip[6:8], "big") & 0x3FFF:  # a fragment: the segment is not all here
+        return None
+    ihl = (ip[0] & 0x0F) * 4
+    room = int.from_bytes(ip[2:4], "big") - ihl
+    proto = ip[9]
+    if proto == 6 and room >= 20:
+        l4len, field = room, ihl + 16
+    elif proto == 17 and room >= 8:
+        l4len, field = int.from_bytes(ip[ihl + 4 : ihl + 6], "big"), ihl + 6
+        if not 8 <= l4len <= room:  # the pseudo-header and the sum use UDP's own length
+            return None
+        if ip[field : field + 2] == b"\0\0":  # no checksum sent (RFC 768)
+            return None
+    else:
+        return None
+    pseudo = _fold16(_sum16(ip[12:20]) + proto + l4len)
+    seg = _sum16(ip[ihl : ihl + l4len])
+    if _fold16(pseudo + seg) == 0xFFFF:  # verifies already
+        return None
+    if int.from_bytes(ip[field : field + 2], "big") != pseudo:
+        return None
+    # The field holds the pseudo sum, so the segment sum is the whole sum, as the NIC computes it
+    # from csum_start; 0 goes out as 0xFFFF like skb_checksum_help (0 means "none" for UDP).
+    csum = ~_fold16(seg) & 0xFFFF or 0xFFFF
+    ip[field : field + 2] = csum.to_bytes(2, "big")
+    return csum
+
+
+def ttl_decrement_checksum(csum: int, ttl: int, proto: int) -> int:
+    """New header checksum after TTL -> TTL-1, by RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m').
+
+    m is the 16-bit word holding TTL and protocol; no need to re-read the whole header.
+    """
+    old_word = (ttl << 8) | proto
+    new_word = ((ttl - 1) << 8) | proto
+    total = (~csum & 0xFFFF) + (~old_word & 0xFFFF) + new_word
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _rotl32(x: int, r: int) -> int:
+    return ((x << r) | (x >> (32 - r))) & MASK32
+
+
+def _mix(h: int, word: int) -> int:
+    k = _rotl32((word * 0xCC9E2D51) & MASK32, 15) * 0x1B873593 & MASK32
+    h = _rotl32(h ^ k, 13)
+    return (h * 5 + 0xE6546B64) & MASK32
+
+
+def flow_hash(src: int, dst: int, proto: int, sport: int = 0, dport: int = 0) -> int:
+    """Stable 32-bit hash of an inner flow (murmur3 rounds over src, dst, proto, ports)."""
+    h = FLOW_SEED
+    for word in (src, dst, proto, (sport << 16) | dport):
+        h = _mix(h, word)
+    h ^= 16
+    h = ((h ^ (h >> 16)) * 0x85EBCA6B) & MASK32
+    h = ((h ^ (h >> 13)) * 0xC2B2AE35) & MASK32
+    return h ^ (h >> 16)
+
+
+def flow_src_port(hash32: int) -> int:
+    """Map a flow hash into the source-port range the way Linux udp_flow_src_port() does."""
+    return ((hash32 * (SRC_PORT_MAX - SRC_PORT_MIN)) >> 32) + SRC_PORT_MIN
+
+
+def inner_flow_hash(ip: bytes) -> int:
+    """Flow hash of a valid IPv4 packet; ports only for unfragmented TCP/UDP/SCTP."""
+    ihl = (ip[0] & 0x0F) * 4
+    total, frag = struct.unpack_from("!H2xH", ip, 2)
+    proto = ip[9]
+    src, dst = struct.unpack_from("!II", ip, 12)
+    sport = dport = 0
+    if frag & 0x3FFF == 0 and proto in (6, 17, 132) and ihl + 4 <= total:
+        sport, dport = struct.unpack_from("!HH", ip, ihl)
+    return flow_hash(src, dst, proto, sport, dport)
+
+
+# ---- shared checks --------------------------------------------------------------------------
+
+
+def ipv4_header_problem(ip: bytes) -> Reason:
+    """Reason.OK or why the bytes do not start with a complete IPv4 header and packet."""
+    if len(ip) < 20:
+        return Reason.TRUNCATED
+    ihl = (ip[0] & 0x0F) * 4
+    if ip[0] >> 4 != 4 or ihl < 20:
+        return Reason.BAD_IP_HEADER
+    total = int.from_bytes(ip[2:4], "big")
+    if total < ihl:
+        return Reason.BAD_IP_HEADER
+    if total > len(ip):
+        return Reason.TRUNCATED
+    return Reason.OK
+
+
+def subnet_index(ip: int, cfg: np.ndarray, table: PeerTable) -> int:
+    if ip & int(cfg[CFG_NETMASK]) != int(cfg[CFG_NETWORK]):
+        return -1
+    idx = (ip - int(cfg[CFG_NETWORK])) >> int(cfg[CFG_SUBNET_SHIFT])
+    return idx if idx < table.size else -1
+
+
+def _sender_subnet(src: int, sender: int, cfg: np.ndarray, table: PeerTable) -> int:
+    """Subnet number of the inner source if the outer sender leases it, else -1."""
+    idx = subnet_index(src, cfg, table)
+    if idx < 0 or idx == cfg[CFG_LOCAL_INDEX] or not table.present[idx]:
+        return -1
+    return idx if int(table.public_ip[idx]) == sender else -1
+
+
+def _is_local(ip: int, cfg: np.ndarray, table: PeerTable) -> bool:
+    local = int(cfg[CFG_LOCAL_INDEX])
+    return local >= 0 and subnet_index(ip, cfg, table) == local
+
+
+def _mac(raw: bytes) -> str:
+    return raw.hex(":")
+
+
+# ---- VXLAN ----------------------------------------------------------------------------------
+
+
+def vxlan_egress(frame: bytes, cfg: np.ndarray, table: PeerTable, ip_id: int = 0) -> StepResult:
+    """Twin of fastpath.vxlan_egress: Ethernet frame from the TAP -> outer IPv4/UDP/VXLAN."""
+    if len(frame) < 14:
+        return _drop(Reason.TRUNCATED, frame)
+    ethertype = int.from_bytes(frame[12:14], "big")
+    if ethertype == ETH_P_ARP:
+        return _slow(Reason.ARP, frame)
+    if ethertype == ETH_P_IPV6:
+        return _slow(Reason.IPV6, frame)
+    if ethertype != ETH_P_IP:
+        return _drop(Reason.UNKNOWN_ETHERTYPE, frame)
+    if frame[0] & 1:  # group bit: nothing to unicast to
+        return _drop(Reason.BROADCAST if frame[:6] == BROADCAST_MAC else Reason.MULTICAST, frame)
+    ip = frame[14:]
+    problem = ipv4_header_problem(ip)
+    if problem != Reason.OK:
+        return _drop(problem, frame)
+    dst = int.from_bytes(ip[16:20], "big")
+    idx = subnet_index(dst, cfg, table)
+    if idx < 0:
+        return _slow(Reason.OUTSIDE_NETWORK, frame)
+    if idx == cfg[CFG_LOCAL_INDEX]:
+        return _drop(Reason.LOCAL_DST, frame)
+    if not table.present[idx]:
+        return _slow(Reason.NO_ROUTE, frame)
+    total = int.from_bytes(ip[2:4], "big")
+    inner = bytearray(frame[: 14 + total])  # Ethernet padding is not carried
+    outer_total = VXLAN_ENCAP + len(inner)
+    dont_fragment = bool(ip[6] & 0x40)
+    if total > cfg[CFG_MTU] and (dont_fragment or outer_total > 0xFFFF):
+        return _slow(Reason.FRAG_NEEDED, frame)
+    peer_mac = bytes(table.vtep_mac[idx])
+    if not any(peer_mac):
+        return _drop(Reason.PEER_LOOKUP_MISS, frame)
+
+    # What the kernel's neighbour entry would have put there; usually already the same.
+    local_mac = int(cfg[CFG_LOCAL_VTEP_MAC]).to_bytes(6, "big")
+    inner[0:6] = peer_mac
+    inner[6:12] = local_mac
+    src_ip = int(cfg[CFG_LOCAL_PUBLIC_IP])
+    peer_ip = int(table.public_ip[idx])
+    sport = flow_src_port(inner_flow_hash(ip))
+    dport = int(cfg[CFG_PORT])
+    vni = int(cfg[CFG_VNI])
+    ip_id &= 0xFFFF
+    outer_ip = bytearray(struct.pack("!BBHHHBBHII", 0x45, 0, outer_total, ip_id, 0,
+                                     OUTER_TTL, 17, 0, src_ip, peer_ip))
+    csum = ipv4_checksum(bytes(outer_ip))
+    outer_ip[10:12] = csum.to_bytes(2, "big")
+    udp = struct.pack("!HHHH", sport, dport, outer_total - 20, 0)
+    vxlan = struct.pack("!B3xI", VXLAN_FLAG_I, vni << 8)
+    fields = (
+        ("inner.eth.dst", _mac(peer_mac)),
+        ("inner.eth.src", _mac(local_mac)),
+        ("outer.ip.len", outer_total),
+        ("outer.ip.id", ip_id),
+        ("outer.ip.ttl", OUTER_TTL),
+        ("outer.ip.proto", 17),
+        ("outer.ip.csum", csum),
+        ("outer.ip.src", str(IPv4Address(src_ip))),
+        ("outer.ip.dst", str(IPv4Address(peer_ip))),
+        ("udp.sport", sport),
+        ("udp.dport", dport),
+        ("udp.len", outer_total - 20),
+        ("udp.csum", 0),
+        ("vxlan.flags", VXLAN_FLAG_I),
+        ("vxlan.vni", vni),
+    )
+    out = bytes(outer_ip) + udp + vxlan + bytes(inner)
+    return StepResult(Verdict.FORWARD, Reason.OK, out, idx, peer_ip, fields)
+
+
+def vxlan_ingress(payload: bytes, src_ip: int, cfg: np.ndarray, table: PeerTable) -> StepResult:
+    """Twin of fastpath.vxlan_ingress: VXLAN payload from `src_ip` -> inner Ethernet frame.
+
+    A FORWARD frame whose inner TCP/UDP checksum came in CHECKSUM_PARTIAL form is completed
+    (see complete_partial_l4_checksum) and the value written appears in `fields`.
+    """
+    if len(payload) < VXLAN_HDR + 14 + 20:
+        return _drop(Reason.TRUNCATED, payload)
+    # RFC 7348: only the I bit matters; other flag and reserved bits are ignored on receipt.
+    if not payload[0] & VXLAN_FLAG_I:
+        return _drop(Reason.BAD_VXLAN_FLAGS, payload)
+    if int.from_bytes(payload[4:7], "big") != cfg[CFG_VNI]:
+        return _drop(Reason.WRONG_VNI, payload)
+    if not table.has_sender(src_ip):
+        return _drop(Reason.UNKNOWN_SENDER, payload)
+    frame = payload[VXLAN_HDR:]
+    if int.from_bytes(frame[12:14], "big") != ETH_P_IP:
+        return _drop(Reason.NOT_IPV4, payload)
+    ip = frame[14:]
+    problem = ipv4_header_problem(ip)
+    if problem != Reason.OK:
+        return _drop(problem, payload)
+    peer = _sender_subnet(int.from_bytes(ip[12:16], "big"), src_ip, cfg, table)
+    if peer < 0:
+        return _drop(Reason.SPOOFED_INNER_SRC, payload)
+    if not _is_local(int.from_bytes(ip[16:20], "big"), cfg, table):
+        return _drop(Reason.NOT_FOR_US, payload)
+    local_mac = int(cfg[CFG_LOCAL_VTEP_MAC]).to_bytes(6, "big")
+    if frame[:6] not in (local_mac, BROADCAST_MAC):
+        return _drop(Reason.WRONG_INNER_MAC, payload)
+    out = bytearray(frame)
+    ip_out = out[14:]
+    csum = complete_partial_l4_checksum(ip_out)
+    if csum is None:
+        return StepResult(Verdict.FORWARD, Reason.OK, bytes(frame), peer, 0)
+    out[14:] = ip_out
+    field = "inner.tcp.csum" if ip_out[9] == 6 else "inner.udp.csum"
+    return StepResult(Verdict.FORWARD, Reason.OK, bytes(out), peer, 0, ((field, csum),))
+
+
+# ---- udp backend ----------------------------------------------------------------------------
+
+
+def _decrement_ttl(ip: bytes) -> tuple[bytes, tuple[tuple[str, int], ...]]:
+    total = int.from_bytes(ip[2:4], "big")
+    out = bytearray(ip[:total])
+    ttl = out[8]
+    csum = ttl_decrement_checksum(int.from_bytes(out[10:12], "big"), ttl, out[9])
+    out[8] = ttl - 1
+    out[10:12] = csum.to_bytes(2, "big")
+    return bytes(out), (("ip.ttl", ttl - 1), ("ip.csum", csum))
+
+
+def udp_egress(packet: bytes, cfg: np.ndarray, table: PeerTable) -> StepResult:
+    """Twin of fastpath.udp_egress: IPv4 packet from the TUN -> same packet for a peer."""
+    if len(packet) < 1:
+        return _drop(Reason.TRUNCATED, packet)
+    if packet[0] >> 4 == 6:
+        return _slow(Reason.IPV6, packet)
+    if packet[0] >> 4 != 4:
+        return _drop(Reason.NOT_IPV4, packet)
+    problem = ipv4_header_problem(packet)
+    if problem != Reason.OK:
+        return _drop(problem, packet)
+    idx = subnet_index(int.from_bytes(packet[16:20], "big"), cfg, table)
+    if idx < 0:
+        return _slow(Reason.OUTSIDE_NETWORK, packet)
+    if idx == cfg[CFG_LOCAL_INDEX]:
+        return _drop(Reason.LOCAL_DST, packet)
+    if not table.present[idx]:
+        return _slow(Reason.NO_ROUTE, packet)
+    if packet[8] <= 1:
+        return _slow(Reason.TTL_EXCEEDED, packet)
+    if int.from_bytes(packet[2:4], "big") > cfg[CFG_MTU] and packet[6] & 0x40:
+        return _slow(Reason.FRAG_NEEDED, packet)
+    out, fields = _decrement_ttl(packet)
+    return StepResult(Verdict.FORWARD, Reason.OK, out, idx, int(table.public_ip[idx]), fields)
+
+
+def udp_ingress(packet: bytes, src_ip: int, cfg: np.ndarray, table: PeerTable) -> StepResult:
+    """Twin of fastpath.udp_ingress: IPv4 packet from peer `src_ip` -> packet for the TUN."""
+    if not table.has_sender(src_ip):
+        return _drop(Reason.UNKNOWN_SENDER, packet)
+    if len(packet) < 1:
+        return _drop(Reason.TRUNCATED, packet)
+    if packet[0] >> 4 != 4:
+        return _drop(Reason.NOT_IPV4, packet)
+    problem = ipv4_header_problem(packet)
+    if problem != Reason.OK:
+        return _drop(problem, packet)
+    peer = _sender_subnet(int.from_bytes(packet[12:16], "big"), src_ip, cfg, table)
+    if peer < 0:
+        return _drop(Reason.SPOOFED_INNER_SRC, packet)
+    if not _is_local(int.from_bytes(packet[16:20], "big"), cfg, table):
+        return _drop(Reason.NOT_FOR_US, packet)
+    if packet[8] <= 1:  # flannel decrements on receive too and drops what reaches 0
+        return _drop(Reason.TTL_EXCEEDED, packet)
+    out, fields = _decrement_ttl(packet)
+    return StepResult(Verdict.FORWARD, Reason.OK, out, peer, 0, fields)

@@ -1,0 +1,193 @@
+import re
+import urllib.error
+import urllib.request
+
+import pytest
+
+from weft.observe.http import HealthServer, escape_label_value, render_metrics
+
+STATUS = {
+    "ready": True,
+    "lease": {"subnet": "10.1.15.0/24", "public_ip": "192.0.2.11", "backend": "vxlan",
+              "expires_in": 86000.0},
+    "peers": [
+        {"subnet": "10.1.16.0/24", "public_ip": "192.0.2.12", "vtep_mac": "aa:bb:cc:dd:ee:01"},
+        {"subnet": "10.1.17.0/24", "public_ip": "192.0.2.13", "vtep_mac": "aa:bb:cc:dd:ee:02"},
+    ],
+    "counters": {"egress": {"packets": 10, "bytes": 1500}, "ingress": {"packets": 7, "bytes": 700},
+                 "drops": {"wrong_vni": 3, "unknown_sender": 1},
+                 "slow_path": {"arp_replied": 4}},
+    "datapath": {"mode": "plain"},
+}
+
+# name{labels} value, where label values may contain escaped quotes/backslashes/newlines.
+SAMPLE = re.compile(
+    r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)'
+    r'(?:\{(?P<labels>[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
+    r'(?:,[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*")*)\})?'
+    r' (?P<value>[-+]?(?:[0-9.e+-]+|Inf|NaN))$'
+)
+
+
+def parse_samples(text: str) -> dict[str, float]:
+    """Every line is a comment (HELP/TYPE) or a valid sample; returns 'name{labels}' -> value."""
+    assert text.endswith("\n")
+    samples = {}
+    typed = set()
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            continue
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            assert kind in ("counter", "gauge")
+            typed.add(name)
+            continue
+        match = SAMPLE.match(line)
+        assert match, f"not a sample line: {line!r}"
+        assert match["name"] in typed, f"sample before its TYPE: {line!r}"
+        key = match["name"] + (f"{{{match['labels']}}}" if match["labels"] else "")
+        samples[key] = float(match["value"])
+    return samples
+
+
+def test_render_metrics_full_status():
+    samples = parse_samples(render_metrics(STATUS))
+    assert samples['weft_packets_total{direction="egress"}'] == 10
+    assert samples['weft_packets_total{direction="ingress"}'] == 7
+    assert samples['weft_bytes_total{direction="egress"}'] == 1500
+    assert samples['weft_drops_total{reason="wrong_vni"}'] == 3
+    assert samples['weft_drops_total{reason="unknown_sender"}'] == 1
+    assert samples['weft_slow_path_total{reason="arp_replied"}'] == 4
+    assert samples["weft_peers"] == 2
+    assert samples["weft_lease_expiry_seconds"] == 86000
+    assert samples["weft_ready"] == 1
+    assert samples['weft_datapath_info{mode="plain"}'] == 1
+    assert samples['weft_lease_info{subnet="10.1.15.0/24",public_ip="192.0.2.11",'
+                   'backend="vxlan"}'] == 1
+
+
+def test_render_metrics_help_and_type_once_per_family():
+    text = render_metrics(STATUS)
+    for name in ("weft_packets_total", "weft_bytes_total", "weft_drops_total",
+                 "weft_slow_path_total", "weft_peers", "weft_lease_expiry_seconds", "weft_ready"):
+        assert text.count(f"# HELP {name} ") == 1
+        assert text.count(f"# TYPE {name} ") == 1
+    assert "# TYPE weft_packets_total counter" in text
+    assert "# TYPE weft_ready gauge" in text
+
+
+def test_render_metrics_empty_status():
+    samples = parse_samples(render_metrics({}))
+    assert samples["weft_ready"] == 0
+    assert samples["weft_peers"] == 0
+    assert samples['weft_packets_total{direction="egress"}'] == 0
+    assert "weft_lease_expiry_seconds" not in samples  # no lease: no made-up expiry
+
+
+def test_render_metrics_tolerates_junk():
+    status = {"ready": False, "lease": None, "peers": "oops",
+              "counters": {"drops": {"unknown_sender": "many"}, "egress": None, "ingress": 3}}
+    samples = parse_samples(render_metrics(status))
+    assert 'weft_drops_total{reason="unknown_sender"}' not in samples
+    assert samples['weft_packets_total{direction="egress"}'] == 0
+    assert samples["weft_peers"] == 0
+
+
+def test_same_reason_by_name_and_code_is_summed():
+    samples = parse_samples(render_metrics({"counters": {"drops": {"wrong_vni": 1, 5: 2}}}))
+    assert samples['weft_drops_total{reason="wrong_vni"}'] == 3
+
+
+def test_numeric_reason_keys_are_named():
+    samples = parse_samples(render_metrics({"counters": {"drops": {5: 2, "11": 1, 250: 9}}}))
+    assert samples['weft_drops_total{reason="wrong_vni"}'] == 2
+    assert samples['weft_drops_total{reason="ttl_exceeded"}'] == 1
+    assert samples['weft_drops_total{reason="reason_250"}'] == 9
+
+
+def test_label_values_are_escaped():
+    assert escape_label_value('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
+    text = render_metrics({"datapath": {"mode": 'we"ird\\\nmode'}})
+    assert 'weft_datapath_info{mode="we\\"ird\\\\\\nmode"} 1' in text
+    parse_samples(text)
+
+
+@pytest.fixture
+def server():
+    state = {"status": dict(STATUS), "fail": False}
+
+    def provider():
+        if state["fail"]:
+            raise RuntimeError("datapath snapshot failed")
+        return state["status"]
+
+    srv = HealthServer("127.0.0.1", 0, provider)
+    srv.start()
+    yield srv, state
+    srv.stop()
+
+
+def get(srv: HealthServer, path: str) -> tuple[int, str, str]:
+    url = f"http://127.0.0.1:{srv.port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.headers["Content-Type"], resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers["Content-Type"], err.read().decode()
+
+
+def test_port_zero_picks_a_port(server):
+    srv, _ = server
+    assert srv.port > 0
+
+
+def test_healthz(server):
+    srv, state = server
+    assert get(srv, "/healthz")[::2] == (200, "ok\n")
+    state["fail"] = True  # liveness does not depend on the provider
+    assert get(srv, "/healthz")[0] == 200
+
+
+def test_readyz_both_states(server):
+    srv, state = server
+    assert get(srv, "/readyz")[::2] == (200, "ready\n")
+    state["status"] = {"ready": False, "lease": None}
+    code, _, body = get(srv, "/readyz")
+    assert code == 503
+    assert body.startswith("not ready: no subnet lease")
+    state["status"] = {"ready": False, "reason": "backend starting"}
+    assert get(srv, "/readyz")[::2] == (503, "not ready: backend starting\n")
+
+
+def test_metrics_over_http(server):
+    srv, _ = server
+    code, content_type, body = get(srv, "/metrics")
+    assert code == 200
+    assert content_type.startswith("text/plain; version=0.0.4")
+    assert parse_samples(body)["weft_ready"] == 1
+
+
+def test_unknown_path_is_404(server):
+    srv, _ = server
+    assert get(srv, "/nope")[0] == 404
+
+
+def test_provider_exception_is_500_and_server_survives(server):
+    srv, state = server
+    state["fail"] = True
+    for path in ("/metrics", "/readyz"):
+        code, _, body = get(srv, path)
+        assert code == 500
+        assert "datapath snapshot failed" in body
+    state["fail"] = False
+    assert get(srv, "/metrics")[0] == 200
+
+
+def test_stop_releases_the_port():
+    srv = HealthServer("127.0.0.1", 0, lambda: {})
+    srv.start()
+    port = srv.port
+    srv.stop()
+    again = HealthServer("127.0.0.1", port, lambda: {})
+    again.start()
+    again.stop()

@@ -1,0 +1,62 @@
+"""The daemon's pipeline, built from a lease snapshot instead of etcd and devices.
+
+`weft replay` and `weft trace` take `--leases SNAPSHOT --as SUBNET`: the pipeline is configured
+exactly as the daemon holding SUBNET would configure it (backend, VNI, port, MTU, its own
+VtepMAC, every peer lease of its backend type in the table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+
+from weft.control.lease import Lease
+from weft.control.registry import Snapshot
+from weft.packet.pipeline import Pipeline
+from weft.packet.table import parse_mac
+
+DEFAULT_PORTS = {"vxlan": 8472, "udp": 8285}
+OVERHEAD = {"vxlan": 50, "udp": 28}
+DEFAULT_IFACE_MTU = 1500  # offline there is no interface; flannel's MTU rules from a 1500 link
+
+
+class OfflineError(ValueError):
+    pass
+
+
+@dataclass
+class OfflineHost:
+    pipeline: Pipeline
+    lease: Lease
+    snapshot: Snapshot
+
+    @property
+    def kind(self) -> str:
+        return self.pipeline.kind
+
+
+def host_from_snapshot(snapshot: Snapshot, as_subnet: IPv4Network) -> OfflineHost:
+    """The pipeline of the host that holds `as_subnet` in `snapshot`."""
+    config = snapshot.config
+    kind = config.backend_type
+    if kind not in DEFAULT_PORTS:
+        raise OfflineError(f"backend {kind!r} has no userspace pipeline to replay or trace "
+                           f"(only vxlan and udp do; host-gw is kernel routing)")
+    lease = snapshot.lease_for(as_subnet)
+    if lease is None:
+        held = ", ".join(str(item.subnet) for item in snapshot.leases) or "none"
+        raise OfflineError(f"no lease for {as_subnet} in the snapshot (leases: {held})")
+    assert config.network is not None
+    vni = int(config.backend_option("VNI") or 1) if kind == "vxlan" else 0
+    port = int(config.backend_option("Port") or DEFAULT_PORTS[kind])
+    mtu = int(config.backend_option("MTU") or DEFAULT_IFACE_MTU - OVERHEAD[kind])
+    pipeline = Pipeline(kind, config.network, config.subnet_len, vni=vni, port=port, mtu=mtu)
+    mac = lease.attrs.vtep_mac
+    pipeline.set_local(lease.subnet, lease.attrs.public_ip, parse_mac(mac) if mac else None)
+    for peer in snapshot.leases:
+        if peer.subnet == lease.subnet or peer.attrs.effective_backend != kind:
+            continue
+        peer_mac = peer.attrs.vtep_mac
+        pipeline.table.set_peer(peer.subnet, peer.attrs.public_ip,
+                                parse_mac(peer_mac) if peer_mac else None)
+    return OfflineHost(pipeline, lease, snapshot)
