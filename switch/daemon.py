@@ -38,6 +38,7 @@ def describe_error(exc: BaseException) -> str:
 
 REVOKED = "Lease has been revoked. Shutting down daemon."
 WATCH_FAILED = "lease watch failed: {}. Shutting down daemon."
+CONFIG_RETRY = 1.0  # seconds between reads of a missing config, as flanneld
 
 
 @dataclass
@@ -225,5 +226,5 @@ class Daemon:
                     logged = True
             except RegistryUnavailable as exc:  # anything else is not cured by waiting
                 log.warning("%s (retrying)", exc)
-            self.stopping.wait(1.0)
+            self.stopping.wait(CONFIG_RETRY)
         return None
