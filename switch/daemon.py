@@ -2,7 +2,8 @@
 
 The loop is flanneld's: wait for the network config, set up the backend, acquire a lease, write
 subnet.env, program the current peers, then apply watch batches and renew before expiry until a
-signal (keep the lease, as flanneld does) or the loss of our own lease (exit 1).
+signal (keep the lease, as flanneld does), the loss of our own lease, or a lease watch that
+failed on something other than connection trouble (both exit 1).
 """
 
 from __future__ import annotations
@@ -19,15 +20,25 @@ from typing import Any
 from weft import backends
 from weft.control import subnet_env
 from weft.control.config import NetworkConfig
-from weft.control.etcd_registry import ConfigNotFound
 from weft.control.iface import find_external_interface
 from weft.control.lease import Lease
 from weft.control.lease_manager import LeaseTiming, acquire_lease, renew_lease
-from weft.control.registry import LeaseEvents, LeaseRegistry, RegistryError
+from weft.control.registry import (
+    ConfigNotFound,
+    LeaseEvents,
+    LeaseRegistry,
+    RegistryUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
+
+def describe_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
 REVOKED = "Lease has been revoked. Shutting down daemon."
+WATCH_FAILED = "lease watch failed: {}. Shutting down daemon."
+CONFIG_RETRY = 1.0  # seconds between reads of a missing config, as flanneld
 
 
 @dataclass
@@ -48,7 +59,9 @@ class Daemon:
         self.registry = registry
         self.options = options
         self.stopping = threading.Event()
-        self.events: queue.Queue[LeaseEvents] = queue.Queue()
+        # Watch batches, or the error that ended the watch (which ends the loop too).
+        self.events: queue.Queue[LeaseEvents | BaseException] = queue.Queue()
+        self.watch_error: BaseException | None = None
         self.config: NetworkConfig | None = None
         self.lease: Lease | None = None
         self.backend: backends.Backend | None = None
@@ -60,7 +73,11 @@ class Daemon:
 
     def status(self) -> dict:
         """The snapshot /readyz, /metrics and `weft status` are made from."""
-        status: dict[str, Any] = {"ready": self.ready.is_set(), "lease": None}
+        # A dead watch means peers are no longer tracked: never ready, whatever else holds.
+        ready = self.ready.is_set() and self.watch_error is None
+        status: dict[str, Any] = {"ready": ready, "lease": None}
+        if self.watch_error is not None:
+            status["reason"] = f"lease watch failed: {describe_error(self.watch_error)}"
         if self.lease is not None:
             expires = self.lease.expiration
             status["lease"] = {
@@ -135,7 +152,7 @@ class Daemon:
         leases, revision = self.registry.list_leases()
         backend.handle(self._peers_only(LeaseEvents(tuple(leases), reset=True,
                                                     revision=revision)))
-        stop_watch = self.registry.watch_leases(revision, self.events.put)
+        stop_watch = self.registry.watch_leases(revision, self.events.put, self._watch_failed)
         self.ready.set()
         try:
             return self._loop(backend, timing)
@@ -152,6 +169,9 @@ class Daemon:
                 batch = self.events.get(timeout=wait)
             except queue.Empty:
                 batch = None
+            if isinstance(batch, BaseException):
+                log.error(WATCH_FAILED.format(describe_error(batch)))
+                return 1
             if batch is not None:
                 if self._own_lease_lost(batch):
                     log.error(REVOKED)
@@ -163,12 +183,18 @@ class Daemon:
                 try:
                     self.lease = renew_lease(self.registry, self.lease, timing)
                     renew_at = timing.renew_at(self.lease.expiration or time.time() + timing.ttl)
-                except RegistryError as exc:
+                except RegistryUnavailable as exc:  # any other refusal ends the daemon
                     log.error("renewing lease %s failed: %s; retrying in %.0fs",
                               self.lease.subnet, exc, timing.retry)
                     renew_at = time.time() + timing.retry
         log.info("stopping; keeping lease %s", self.lease.subnet)
         return 0
+
+    def _watch_failed(self, exc: BaseException) -> None:
+        """Called once from the watch when it gave up; the loop then ends the daemon."""
+        self.watch_error = exc
+        self.ready.clear()
+        self.events.put(exc)
 
     def _own_lease_lost(self, batch: LeaseEvents) -> bool:
         assert self.lease is not None
@@ -198,7 +224,7 @@ class Daemon:
                 if not logged:
                     log.warning("%s (retrying every second)", exc)
                     logged = True
-            except RegistryError as exc:
+            except RegistryUnavailable as exc:  # anything else is not cured by waiting
                 log.warning("%s (retrying)", exc)
-            self.stopping.wait(1.0)
+            self.stopping.wait(CONFIG_RETRY)
         return None

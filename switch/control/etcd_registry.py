@@ -2,8 +2,9 @@
 
 Keys: `<prefix>/config` and `<prefix>/subnets/<10.1.15.0-24>`; each lease key is attached to an
 etcd lease so that it expires on its own. The watch turns etcd events into LeaseEvents batches,
-re-lists after a compaction (without hot-looping, unlike flannel #2470) and reconnects with
-backoff 100 ms doubling to 5 s.
+re-lists after a compaction (once per compaction: flannel's watcher could re-list in a hot loop)
+and reconnects with backoff 100 ms doubling to 5 s. Only connection trouble is retried
+(`etcd_errors.is_transient`); any other error ends the watch loudly and is reported to its owner.
 """
 
 from __future__ import annotations
@@ -22,23 +23,28 @@ from pyetcd import events as etcd_events
 from pyetcd import exceptions as etcd_exc
 
 from weft.control.config import NetworkConfig, parse_config
+from weft.control.etcd_errors import TRANSIENT_ERRORS, describe, is_transient, status_code
 from weft.control.lease import Lease, LeaseAttrs, LeaseFormatError, parse_subnet_key, subnet_key
-from weft.control.registry import DEFAULT_PREFIX, LeaseEvents, RegistryError
+from weft.control.registry import (
+    CONFIG_MISSING,
+    DEFAULT_PREFIX,
+    ConfigNotFound,
+    LeaseEvents,
+    RegistryError,
+    RegistryUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
 _UNKNOWN_ATTRS = LeaseAttrs(IPv4Address(0))  # attrs of a removed lease: not needed, not known
 
-CONFIG_MISSING = (
-    "flannel config not found in etcd store. Did you create your config using etcdv3 API?"
-)
+__all__ = ["CONFIG_MISSING", "ConfigNotFound", "EtcdOptions", "EtcdRegistry", "connect"]
+
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
-
-
-class ConfigNotFound(RegistryError):
-    def __init__(self) -> None:
-        super().__init__(CONFIG_MISSING)
+# A watch stream may also end CANCELLED when the client drops its channel to fail over to
+# another endpoint: that is reconnecting, not a refusal.
+STREAM_END_CODES = frozenset({grpc.StatusCode.CANCELLED})
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,8 @@ def connect(options: EtcdOptions) -> pyetcd.MultiEndpointEtcd3Client:
             password=options.password, failover=True,
         )
     except grpc.RpcError as exc:
-        raise RegistryError(f"cannot reach etcd at {options.endpoints}: {exc}") from None
+        error = RegistryUnavailable if is_transient(exc) else RegistryError
+        raise error(f"cannot reach etcd at {options.endpoints}: {describe(exc)}") from None
 
 
 def _read(path: str | None) -> bytes | None:
@@ -140,8 +147,8 @@ class EtcdRegistry:
         if old_lease_id and old_lease_id != grant.id:
             try:  # the key moved to the new lease; drop the orphan so etcd does not pile them up
                 self.client.revoke_lease(old_lease_id)
-            except Exception as exc:  # noqa: BLE001 - best effort cleanup
-                log.debug("revoking old etcd lease %x: %s", old_lease_id, exc)
+            except (grpc.RpcError, etcd_exc.Etcd3Exception) as exc:  # it expires on its own
+                log.debug("revoking old etcd lease %x: %s", old_lease_id, describe(exc))
         return Lease(subnet, attrs, expiration=time.time() + ttl, etcd_lease_id=grant.id)
 
     def delete_lease(self, subnet: IPv4Network) -> None:
@@ -159,38 +166,52 @@ class EtcdRegistry:
             try:
                 ttl = self.client.get_lease_info(etcd_lease).TTL
                 expiration = now + ttl if ttl >= 0 else None
-            except Exception as exc:  # noqa: BLE001 - time left is informative only
-                log.debug("lease TTL for %s: %s", key, exc)
+            except (grpc.RpcError, etcd_exc.Etcd3Exception) as exc:  # time left is informative
+                log.debug("lease TTL for %s: %s", key, describe(exc))
         return Lease(subnet, attrs, ipv6, expiration, etcd_lease)
 
     def _call(self, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except (grpc.RpcError, etcd_exc.Etcd3Exception) as exc:
-            raise RegistryError(f"etcd at {self.options.endpoints}: {_describe(exc)}") from None
+            error = RegistryUnavailable if is_transient(exc) else RegistryError
+            raise error(f"etcd at {self.options.endpoints}: {describe(exc)}") from None
 
     # -- watch --------------------------------------------------------------------------------
     def watch_leases(
-        self, revision: int, deliver: Callable[[LeaseEvents], None]
+        self,
+        revision: int,
+        deliver: Callable[[LeaseEvents], None],
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> Callable[[], None]:
-        watch = LeaseWatch(self, revision, deliver)
+        watch = LeaseWatch(self, revision, deliver, on_error)
         watch.start()
         return watch.stop
 
 
 class LeaseWatch:
-    """Keeps one etcd watch on the subnets prefix alive and turns its events into batches."""
+    """Keeps one etcd watch on the subnets prefix alive and turns its events into batches.
+
+    Connection trouble is retried with backoff. Anything else (a permission error, a bug in
+    decoding or in `deliver`) ends the watch: logged with its traceback, kept in `error` and
+    passed to `on_error`, so a dead watch never passes for a quiet one.
+    """
 
     def __init__(self, registry: EtcdRegistry, revision: int,
-                 deliver: Callable[[LeaseEvents], None]) -> None:
+                 deliver: Callable[[LeaseEvents], None],
+                 on_error: Callable[[BaseException], None] | None = None) -> None:
         self.registry = registry
         self.revision = revision  # last revision delivered
         self.deliver = deliver
+        self.on_error = on_error
+        self.error: BaseException | None = None  # what ended the watch, if it was not stop()
         self.stopped = threading.Event()
         self.wake = threading.Event()  # set by the callback when the stream ends
         self.relists = 0
+        self.retries = 0  # connection failures retried so far
         self.thread = threading.Thread(target=self._run, name="lease-watch", daemon=True)
         self._watch_id = None
+        self._fail_lock = threading.Lock()
 
     def start(self) -> None:
         self.thread.start()
@@ -199,9 +220,16 @@ class LeaseWatch:
         self.stopped.set()
         self.wake.set()
         self._cancel()
-        self.thread.join(timeout=5)
+        if threading.current_thread() is not self.thread:
+            self.thread.join(timeout=5)
 
     def _run(self) -> None:
+        try:
+            self._keep_watching()
+        except Exception as exc:  # noqa: BLE001 - not swallowed: reported, and the watch ends
+            self._fail(exc)
+
+    def _keep_watching(self) -> None:
         backoff = BACKOFF_MIN
         while not self.stopped.is_set():
             self.wake.clear()
@@ -213,8 +241,11 @@ class LeaseWatch:
             except etcd_exc.RevisionCompactedError as exc:
                 self._relist(exc.compacted_revision)
                 continue
-            except Exception as exc:  # noqa: BLE001 - any failure means: retry later
-                log.warning("lease watch: %s; retrying in %.1fs", _describe(exc), backoff)
+            except (grpc.RpcError, *TRANSIENT_ERRORS) as exc:
+                if not is_transient(exc):
+                    raise
+                self.retries += 1
+                log.warning("lease watch: %s; retrying in %.1fs", describe(exc), backoff)
                 if self.stopped.wait(backoff):
                     return
                 backoff = min(backoff * 2, BACKOFF_MAX)
@@ -225,23 +256,47 @@ class LeaseWatch:
             if not self.stopped.is_set():
                 self.stopped.wait(BACKOFF_MIN)  # never spin, even if the stream dies at once
 
+    def _fail(self, exc: BaseException) -> None:
+        with self._fail_lock:
+            if self.error is not None or self.stopped.is_set():
+                return  # stop() was asked for, or the failure is already reported
+            self.error = exc
+            self.stopped.set()
+            self.wake.set()
+        log.error("lease watch failed, not retrying: %s", describe(exc), exc_info=exc)
+        if self.on_error is not None:
+            self.on_error(exc)
+
     def _cancel(self) -> None:
         watch_id, self._watch_id = self._watch_id, None
         if watch_id is not None:
             try:
                 self.registry.client.cancel_watch(watch_id)
-            except Exception:  # noqa: BLE001 - the stream may already be gone
-                pass
+            except (grpc.RpcError, *TRANSIENT_ERRORS):
+                pass  # the stream is already gone: nothing left to cancel
 
     def _on_response(self, response) -> None:
+        # pyetcd calls this from its own thread and only logs what it raises, which would leave
+        # the watch silently dead; so every error ends the watch here, visibly.
+        try:
+            self._handle_response(response)
+        except Exception as exc:  # noqa: BLE001 - reported via _fail, not swallowed
+            self._fail(exc)
+
+    def _handle_response(self, response) -> None:
         if self.stopped.is_set():
             return
         if isinstance(response, etcd_exc.RevisionCompactedError):
             self._relist(response.compacted_revision)
             self.wake.set()
             return
-        if isinstance(response, Exception):
-            log.warning("lease watch stream ended: %s", _describe(response))
+        if response is None or isinstance(response, Exception):
+            # The stream ended: cleanly (None), or with an error, which decides whether to
+            # reconnect or to give up.
+            if response is not None and not self._stream_end_retryable(response):
+                raise response
+            log.warning("lease watch stream ended: %s",
+                        "closed" if response is None else describe(response))
             self.wake.set()
             return
         added, removed = [], []
@@ -274,7 +329,7 @@ class LeaseWatch:
         while not self.stopped.is_set():
             try:
                 leases, revision = self.registry.list_leases()
-            except RegistryError as exc:
+            except RegistryUnavailable as exc:
                 log.warning("re-list failed: %s", exc)
                 self.stopped.wait(BACKOFF_MAX)
                 continue
@@ -283,10 +338,6 @@ class LeaseWatch:
             return
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
-        try:
-            return f"{exc.code().name}: {exc.details()}"
-        except Exception:  # noqa: BLE001
-            pass
-    return str(exc) or type(exc).__name__
+    @staticmethod
+    def _stream_end_retryable(exc: Exception) -> bool:
+        return is_transient(exc) or status_code(exc) in STREAM_END_CODES

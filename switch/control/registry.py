@@ -23,7 +23,26 @@ DEFAULT_PREFIX = "/coreos.com/network"
 
 
 class RegistryError(RuntimeError):
-    """The registry cannot be reached or refused an operation."""
+    """The registry refused an operation, or cannot be reached (see RegistryUnavailable)."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The store is unreachable or timed out: connection trouble that a retry may cure.
+
+    Every other RegistryError (permission denied, a rejected request) is not retried.
+    """
+
+
+CONFIG_MISSING = (
+    "flannel config not found in etcd store. Did you create your config using etcdv3 API?"
+)
+
+
+class ConfigNotFound(RegistryError):
+    """No network config yet; flanneld's wording, because operators search for it."""
+
+    def __init__(self) -> None:
+        super().__init__(CONFIG_MISSING)
 
 
 @dataclass(frozen=True)
@@ -77,9 +96,16 @@ class LeaseRegistry(Protocol):
     def delete_lease(self, subnet: IPv4Network) -> None: ...
 
     def watch_leases(
-        self, revision: int, deliver: Callable[[LeaseEvents], None]
+        self,
+        revision: int,
+        deliver: Callable[[LeaseEvents], None],
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> Callable[[], None]:
-        """Deliver batches from `revision`+1 on, from a background thread; returns `stop`."""
+        """Deliver batches from `revision`+1 on, possibly from another thread; returns `stop`.
+
+        Connection trouble is retried inside the watch. Any other error ends the watch: it is
+        logged with its traceback and passed to `on_error` once, so the owner can stop too.
+        """
         ...
 
 

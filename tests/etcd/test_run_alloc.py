@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
 
@@ -92,7 +94,19 @@ def test_config_put_from_file_and_show(env, tmp_path):
     assert shown["Network"] == "10.5.0.0/16" and shown["SubnetMin"] == "10.5.1.0"
 
 
-def test_run_acquires_writes_subnet_env_renews_and_keeps_lease_on_sigterm(env, tmp_path):
+def etcd_lease_ids(registry, subnet: IPv4Network, count: int, timeout: float = 60) -> set[int]:
+    """The distinct etcd lease ids seen on our lease key, until `count` of them (renewals)."""
+    seen: set[int] = set()
+    deadline = time.time() + timeout
+    while len(seen) < count and time.time() < deadline:
+        seen |= {lease.etcd_lease_id for lease in registry.list_leases()[0]
+                 if lease.subnet == subnet}
+        time.sleep(0.05)
+    return seen
+
+
+def test_run_acquires_writes_subnet_env_renews_and_keeps_lease_on_sigterm(env, tmp_path,
+                                                                            registry):
     put_config(env, '{"Network":"10.1.0.0/16","Backend":{"Type":"alloc"}}')
     subnet_file = tmp_path / "subnet.env"
     proc = start_run(env, "192.0.2.21", subnet_file, "--lease-ttl", "4")
@@ -100,14 +114,19 @@ def test_run_acquires_writes_subnet_env_renews_and_keeps_lease_on_sigterm(env, t
     assert subnet_file.read_text() == (
         f"FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET={subnet.network_address + 1}/24\n"
         f"FLANNEL_MTU=65536\nFLANNEL_IPMASQ=false\n")
-    time.sleep(6)  # longer than the TTL: only renewal keeps the lease alive
+    # Each renewal grants a new etcd lease, at half the 4 s TTL: seeing three renewals means
+    # more than a TTL has passed, so only renewal can have kept the lease alive.
+    lease_ids = etcd_lease_ids(registry, subnet, count=4)
+    assert len(lease_ids) == 4
     snapshot = leases(env)
     assert snapshot["leases"] == {str(subnet): {"PublicIP": "192.0.2.21", "PublicIPv6": None}}
     started = time.time()
     code, out = stop(proc)
     assert code == 0 and time.time() - started < 5
     assert "renewed lease" in out and "keeping lease" in out
-    assert str(subnet) in leases(env)["leases"]
+    # Kept, not deleted: asked in-process at once, since the kept lease has at most the 4 s TTL
+    # left (a `weft leases` process could start too late to see it).
+    assert [lease.subnet for lease in registry.list_leases()[0]] == [subnet]
 
 
 def test_thirty_hosts_at_once_get_distinct_subnets(env, tmp_path):
@@ -187,11 +206,33 @@ def test_new_public_ip_takes_subnet_from_old_subnet_file_if_free(env, tmp_path, 
     assert f"FLANNEL_SUBNET={subnet.network_address + 1}/24" in other.read_text()
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(proc: subprocess.Popen, port: int, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, f"weft run exited {proc.returncode}: {proc.stdout.read()}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:  # not listening yet, or 503 (an HTTPError is an OSError)
+            pass
+        time.sleep(0.05)
+    raise AssertionError("weft run never became ready")
+
+
 def test_deleting_our_lease_stops_run(env, tmp_path, registry):
     put_config(env, '{"Network":"10.1.0.0/16","Backend":{"Type":"alloc"}}')
-    proc = start_run(env, "192.0.2.33", tmp_path / "s.env")
+    port = free_port()
+    proc = start_run(env, "192.0.2.33", tmp_path / "s.env", "--healthz-ip", "127.0.0.1",
+                     "--healthz-port", str(port))
     subnet = wait_for_subnet(proc, tmp_path / "s.env")
-    time.sleep(0.5)  # let the watch start
+    wait_ready(proc, port)  # ready means the watch is set up from a revision after our lease
     registry.delete_lease(subnet)
     code = proc.wait(timeout=15)
     out = proc.stdout.read()

@@ -194,11 +194,16 @@ def test_rogue_vxlan_sender_reaches_no_pod_and_is_counted():
         assert vtep["ready"]
         before = netns.call_in(pod.ns, _rx_packets, "eth0")
         sent = netns.call_in(rogue, _send_vxlan, victim_host.public_ip, 8472, frames)
-        time.sleep(0.5)
-        after = netns.call_in(pod.ns, _rx_packets, "eth0")
+        # Wait until the datapath has judged every frame; only then is "nothing reached the
+        # pod" a finding rather than "nothing arrived yet".
+        deadline = time.time() + 15
+        while (cluster.status(0)["counters"]["drops"].get("unknown_sender", 0) < sent
+               and time.time() < deadline):
+            time.sleep(0.05)
         drops = cluster.status(0)["counters"]["drops"]
-        assert after == before
+        after = netns.call_in(pod.ns, _rx_packets, "eth0")
         assert drops.get("unknown_sender", 0) == sent
+        assert after == before
 
 
 # -- daemon lifecycle and health endpoints ------------------------------------------------------
