@@ -39,13 +39,14 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
 
+from weft.backends.defaults import DEFAULT_PORTS
 from weft.control.registry import RegistryError, Snapshot, load_snapshot
 from weft.packet.fastpath import BUFSIZE, HEADROOM, Batch
 from weft.packet.reasons import Reason, Verdict, reason_name, verdict_name
 from weft.packet.slowpath import describe
 from weft.packet.table import CFG_PORT
 from weft.packet.twins import inet_checksum
-from weft.tools.offline import DEFAULT_PORTS, OfflineError, OfflineHost, host_from_snapshot
+from weft.tools.offline import OfflineError, OfflineHost, host_from_snapshot
 from weft.tools.pcapio import (
     LINKTYPE_ETHERNET,
     LINKTYPE_RAW,
@@ -395,8 +396,9 @@ def add_replay_parser(subparsers, parents: list[argparse.ArgumentParser] | None 
                    help="ignore leases; remove exactly one VXLAN layer (inner Ethernet frames)")
     p.add_argument("--udp-raw", action="store_true",
                    help="with --decap-only: remove one flannel-UDP layer (raw IPv4 out)")
-    p.add_argument("--port", type=int, help="with --decap-only: UDP destination port "
-                                            "(default 8472, or 8285 with --udp-raw)")
+    p.add_argument("--port", type=int, help=f"with --decap-only: UDP destination port "
+                                            f"(default {DEFAULT_PORTS['vxlan']}, or "
+                                            f"{DEFAULT_PORTS['udp']} with --udp-raw)")
     p.set_defaults(func=cmd_replay)
     return p
 

@@ -27,10 +27,13 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
+from weft.backends.defaults import VXLAN_OVERHEAD
 from weft.tools.lab import netns
 
 FABRIC_NET = IPv4Network("192.0.2.0/24")
 FABRIC_IP = IPv4Address("192.0.2.1")
+FABRIC_MTU = 1500  # the veths' default
+POD_MTU = FABRIC_MTU - VXLAN_OVERHEAD  # what flannel gives a vxlan overlay on this fabric
 DEFAULT_PREFIX = "weft-"
 # Owner markers let cleanup_stale tell a crashed lab from one that another test run still uses.
 MARKER_DIR = "/run/weft-labs"
@@ -166,7 +169,7 @@ class Lab:
         return self.hosts[ref] if isinstance(ref, int) else ref
 
     def add_pods(self, host: int | str, subnet: IPv4Network | str, count: int = 1,
-                 mtu: int = 1450) -> list[Pod]:
+                 mtu: int = POD_MTU) -> list[Pod]:
         """Build cni0 (subnet .1) in `host` and `count` more pods (.2, .3, ...), like CNI bridge."""
         host = self.host(host)
         subnet = ipaddress.ip_network(subnet)
