@@ -23,9 +23,10 @@ from pathlib import Path
 
 from weft.backends.defaults import DEFAULT_PORTS, device_name
 from weft.control.registry import load_snapshot
-from weft.packet.twins import inet_checksum
+from weft.packet.checksum import inet_checksum
+from weft.packet.outer import find_datagram
 from weft.tools.pcapio import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapOut, read_records
-from weft.tools.replay import find_datagram, ip_offset, run_replay
+from weft.tools.replay import ip_offset, run_replay
 
 HERE = Path(__file__).resolve().parent
 

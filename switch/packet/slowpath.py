@@ -30,8 +30,8 @@ from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
+from weft.packet.checksum import inet_checksum
 from weft.packet.reasons import Reason, reason_name
-from weft.packet.twins import inet_checksum
 
 BACKENDS = ("vxlan", "udp")
 
