@@ -4,7 +4,8 @@ The packet comes as a scapy expression (evaluated by a restricted AST walker: sc
 literals, '/' and '*' only), as hex, or as one record of a pcap. Fields scapy would resolve on
 this machine (MACs, outer addresses) are filled in as the traced host would see them, and the
 direction (egress, or ingress when the packet is IPv4/UDP to our PublicIP and port) is inferred
-unless given; outer headers the kernel's UDP socket strips are removed. tools/trace.py traces the result.
+unless given; outer headers the kernel's UDP socket strips are removed. tools/trace.py traces
+the result.
 """
 
 from __future__ import annotations
