@@ -204,6 +204,24 @@ def _is_local(ip: int, cfg: np.ndarray, table: PeerTable) -> bool:
     return local >= 0 and subnet_index(ip, cfg, table) == local
 
 
+def _inner_ingress_checks(ip: bytes, src_ip: int, cfg: np.ndarray,
+                          table: PeerTable) -> tuple[Reason, int]:
+    """What both backends check on a received inner IPv4 packet, in the kernels' order: a sound
+    header, an inner source the sending peer leases, a destination in our subnet.
+
+    Returns (reason, subnet number of the sending peer's lease); OK when all pass.
+    """
+    problem = ipv4_header_problem(ip)
+    if problem != Reason.OK:
+        return problem, -1
+    peer = _sender_subnet(int.from_bytes(ip[12:16], "big"), src_ip, cfg, table)
+    if peer < 0:
+        return Reason.SPOOFED_INNER_SRC, -1
+    if not _is_local(int.from_bytes(ip[16:20], "big"), cfg, table):
+        return Reason.NOT_FOR_US, peer
+    return Reason.OK, peer
+
+
 def _mac(raw: bytes) -> str:
     return raw.hex(":")
 
@@ -302,14 +320,9 @@ def vxlan_ingress(payload: bytes, src_ip: int, cfg: np.ndarray, table: PeerTable
     if int.from_bytes(frame[12:14], "big") != ETH_P_IP:
         return _drop(Reason.NOT_IPV4, payload)
     ip = frame[14:]
-    problem = ipv4_header_problem(ip)
-    if problem != Reason.OK:
-        return _drop(problem, payload)
-    peer = _sender_subnet(int.from_bytes(ip[12:16], "big"), src_ip, cfg, table)
-    if peer < 0:
-        return _drop(Reason.SPOOFED_INNER_SRC, payload)
-    if not _is_local(int.from_bytes(ip[16:20], "big"), cfg, table):
-        return _drop(Reason.NOT_FOR_US, payload)
+    reason, peer = _inner_ingress_checks(ip, src_ip, cfg, table)
+    if reason != Reason.OK:
+        return _drop(reason, payload)
     local_mac = int(cfg[CFG_LOCAL_VTEP_MAC]).to_bytes(6, "big")
     if frame[:6] not in (local_mac, BROADCAST_MAC):
         return _drop(Reason.WRONG_INNER_MAC, payload)
@@ -370,14 +383,9 @@ def udp_ingress(packet: bytes, src_ip: int, cfg: np.ndarray, table: PeerTable) -
         return _drop(Reason.TRUNCATED, packet)
     if packet[0] >> 4 != 4:
         return _drop(Reason.NOT_IPV4, packet)
-    problem = ipv4_header_problem(packet)
-    if problem != Reason.OK:
-        return _drop(problem, packet)
-    peer = _sender_subnet(int.from_bytes(packet[12:16], "big"), src_ip, cfg, table)
-    if peer < 0:
-        return _drop(Reason.SPOOFED_INNER_SRC, packet)
-    if not _is_local(int.from_bytes(packet[16:20], "big"), cfg, table):
-        return _drop(Reason.NOT_FOR_US, packet)
+    reason, peer = _inner_ingress_checks(packet, src_ip, cfg, table)
+    if reason != Reason.OK:
+        return _drop(reason, packet)
     if packet[8] <= 1:  # flannel decrements on receive too and drops what reaches 0
         return _drop(Reason.TTL_EXCEEDED, packet)
     out, fields = _decrement_ttl(packet)
