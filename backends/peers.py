@@ -75,7 +75,3 @@ class PeerPrograms:
             log.error("removing peer %s failed: %s", subnet, exc)
         # Forget it only now: status must not report a peer gone while its routes still work.
         del self.programmed[subnet]
-
-    def remove_all(self) -> None:
-        for subnet in list(self.programmed):
-            self._remove(subnet)

@@ -10,13 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
+from weft.backends.defaults import OVERLAY_KINDS, overlay_settings
 from weft.control.lease import Lease
 from weft.control.registry import Snapshot
 from weft.packet.pipeline import Pipeline
 from weft.packet.table import parse_mac
 
-DEFAULT_PORTS = {"vxlan": 8472, "udp": 8285}
-OVERHEAD = {"vxlan": 50, "udp": 28}
 DEFAULT_IFACE_MTU = 1500  # offline there is no interface; flannel's MTU rules from a 1500 link
 
 
@@ -39,7 +38,7 @@ def host_from_snapshot(snapshot: Snapshot, as_subnet: IPv4Network) -> OfflineHos
     """The pipeline of the host that holds `as_subnet` in `snapshot`."""
     config = snapshot.config
     kind = config.backend_type
-    if kind not in DEFAULT_PORTS:
+    if kind not in OVERLAY_KINDS:
         raise OfflineError(f"backend {kind!r} has no userspace pipeline to replay or trace "
                            f"(only vxlan and udp do; host-gw is kernel routing)")
     lease = snapshot.lease_for(as_subnet)
@@ -47,10 +46,9 @@ def host_from_snapshot(snapshot: Snapshot, as_subnet: IPv4Network) -> OfflineHos
         held = ", ".join(str(item.subnet) for item in snapshot.leases) or "none"
         raise OfflineError(f"no lease for {as_subnet} in the snapshot (leases: {held})")
     assert config.network is not None
-    vni = int(config.backend_option("VNI") or 1) if kind == "vxlan" else 0
-    port = int(config.backend_option("Port") or DEFAULT_PORTS[kind])
-    mtu = int(config.backend_option("MTU") or DEFAULT_IFACE_MTU - OVERHEAD[kind])
-    pipeline = Pipeline(kind, config.network, config.subnet_len, vni=vni, port=port, mtu=mtu)
+    settings = overlay_settings(config, DEFAULT_IFACE_MTU)
+    pipeline = Pipeline(kind, config.network, config.subnet_len, vni=settings.vni,
+                        port=settings.port, mtu=settings.mtu)
     mac = lease.attrs.vtep_mac
     pipeline.set_local(lease.subnet, lease.attrs.public_ip, parse_mac(mac) if mac else None)
     for peer in snapshot.leases:

@@ -5,10 +5,11 @@ batches, SLOW verdicts to the scapy slow path); nothing here decides a packet's 
 what the daemon's own IO would have decided before the pipeline sees it (a truncated record,
 a link type the device cannot produce, a UDP datagram the kernel would not deliver).
 
-Classification: an IPv4/UDP datagram to our PublicIP on the backend port is ingress (its UDP
-payload goes in, with the outer source as sender). Anything else is egress: for vxlan the
-Ethernet frame as the TAP delivers it; for udp the IPv4 packet as the TUN delivers it (an
-Ethernet capture has its Ethernet header stripped first). A raw-IP record can never be a TAP
+Classification (weft.packet.outer.is_ingress, shared with `weft trace`): an IPv4/UDP datagram
+to our PublicIP on the backend port is ingress (its UDP payload goes in, with the outer source
+as sender). Anything else is egress: for vxlan the Ethernet frame as the TAP delivers it; for
+udp the IPv4 packet as the TUN delivers it (an Ethernet capture has its Ethernet header
+stripped first). A raw-IP record can never be a TAP
 frame, so in a vxlan replay it is UNSUPPORTED_LINKTYPE unless it is ingress.
 
 Outputs go to two files, since the two sides of a host have different link types:
@@ -16,8 +17,9 @@ OUT is the wire side (egress FORWARD, complete outer IPv4 packets, LINKTYPE_RAW)
 `.device` twin (out.pcap -> out.device.pcap) is what is written into the TAP/TUN (ingress
 FORWARD and slow-path answers: Ethernet for vxlan, raw IPv4 for udp). The udp backend's
 pipeline emits the datagram payload only; the wire file wraps it as the kernel would send it
-from flannel's socket: IPv4 (id 0, DF set, TTL 64) and UDP from our PublicIP:port to the
-peer's PublicIP:port, both checksums filled in. Timestamps are copied from the input records.
+from flannel's socket (weft.packet.outer.wrap_udp): IPv4 (id 0, DF set, TTL 64) and UDP from
+our PublicIP:port to the peer's PublicIP:port, both checksums filled in. Timestamps are
+copied from the input records.
 
 `--decap-only` ignores the lease snapshot and removes exactly one VXLAN (or, with --udp-raw,
 flannel-UDP) layer from each record: see `decap`. RFC 7348 policy there and in the daemon:
@@ -39,13 +41,14 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
 
+from weft.backends.defaults import DEFAULT_PORTS
 from weft.control.registry import RegistryError, Snapshot, load_snapshot
 from weft.packet.fastpath import BUFSIZE, HEADROOM, Batch
+from weft.packet.outer import find_datagram, is_ingress, wrap_udp
 from weft.packet.reasons import Reason, Verdict, reason_name, verdict_name
 from weft.packet.slowpath import describe
 from weft.packet.table import CFG_PORT
-from weft.packet.twins import inet_checksum
-from weft.tools.offline import DEFAULT_PORTS, OfflineError, OfflineHost, host_from_snapshot
+from weft.tools.offline import OfflineError, OfflineHost, host_from_snapshot
 from weft.tools.pcapio import (
     LINKTYPE_ETHERNET,
     LINKTYPE_RAW,
@@ -61,8 +64,6 @@ BATCH = 64
 ETH_HLEN = 14
 VXLAN_HDR = 8
 VXLAN_FLAG_I = 0x08
-WIRE_TTL = 64
-IP_DF = 0x4000  # Linux sets DF on UDP sockets (path MTU discovery, ip_no_pmtu_disc=0)
 EGRESS, INGRESS, DECAP = "egress", "ingress", "decap"
 
 
@@ -100,17 +101,6 @@ def _drop(outcome: Outcome, reason: Reason) -> Outcome:
 # ---- outer headers: what the host's kernel does before the pipeline -------------------------
 
 
-@dataclass(frozen=True)
-class Datagram:
-    """An IPv4/UDP datagram found in a record: addresses, ports and the UDP payload."""
-
-    src: int
-    dst: int
-    dport: int
-    payload: bytes | None  # None when the UDP header or length is broken
-    error: Reason = Reason.OK
-
-
 def ip_offset(data: bytes, linktype: int) -> int | None:
     """Offset of the IPv4 header in a record, None when the record carries no IPv4."""
     if linktype == LINKTYPE_ETHERNET:
@@ -120,49 +110,6 @@ def ip_offset(data: bytes, linktype: int) -> int | None:
     if linktype in RAW_IP_LINKTYPES and data and data[0] >> 4 == 4:
         return 0
     return None
-
-
-def find_datagram(data: bytes, off: int) -> Datagram | None:
-    """The UDP datagram in the IPv4 packet at `off`; None when it is not IPv4/UDP at all.
-
-    The IP total length bounds the packet (Ethernet padding is not payload) and the UDP length
-    bounds the payload, as the kernel's socket delivers it.
-    """
-    ip = data[off:]
-    if len(ip) < 20 or ip[0] >> 4 != 4:
-        return None
-    ihl = (ip[0] & 0x0F) * 4
-    total = struct.unpack_from("!H", ip, 2)[0]
-    src, dst = struct.unpack_from("!II", ip, 12)
-    if ihl < 20 or total < ihl:  # the protocol field of a broken header means nothing
-        return Datagram(src, dst, -1, None, Reason.BAD_IP_HEADER)
-    if ip[9] != 17:
-        return None
-    if len(ip) < ihl + 4:
-        return Datagram(src, dst, -1, None, Reason.TRUNCATED)
-    dport = struct.unpack_from("!H", ip, ihl + 2)[0]
-    if total < ihl + 8:
-        return Datagram(src, dst, dport, None, Reason.BAD_UDP)
-    if total > len(ip):
-        return Datagram(src, dst, dport, None, Reason.TRUNCATED)
-    if struct.unpack_from("!H", ip, 6)[0] & 0x3FFF:  # a fragment: the kernel would reassemble
-        return Datagram(src, dst, dport, None, Reason.BAD_UDP)
-    udp_len = struct.unpack_from("!H", ip, ihl + 4)[0]
-    if udp_len < 8 or ihl + udp_len > total:
-        return Datagram(src, dst, dport, None, Reason.BAD_UDP)
-    return Datagram(src, dst, dport, bytes(ip[ihl + 8 : ihl + udp_len]))
-
-
-def wrap_udp(payload: bytes, src: int, dst: int, port: int) -> bytes:
-    """The IPv4/UDP packet flannel's udp socket sends `payload` in (deterministic fields)."""
-    udp_len = 8 + len(payload)
-    pseudo = struct.pack("!IIBBH", src, dst, 0, 17, udp_len)
-    udp = struct.pack("!HHHH", port, port, udp_len, 0) + payload
-    csum = inet_checksum(pseudo + udp) or 0xFFFF
-    udp = udp[:6] + struct.pack("!H", csum) + udp[8:]
-    ip = struct.pack("!BBHHHBBHII", 0x45, 0, 20 + udp_len, 0, IP_DF, WIRE_TTL, 17, 0, src, dst)
-    ip = ip[:10] + struct.pack("!H", inet_checksum(ip)) + ip[12:]
-    return ip + udp
 
 
 # ---- the replay engine ------------------------------------------------------------------------
@@ -207,7 +154,7 @@ class Replayer:
             return _drop(outcome, Reason.UNSUPPORTED_LINKTYPE), None, 0
         off = ip_offset(data, linktype)
         dgram = find_datagram(data, off) if off is not None else None
-        if dgram is not None and dgram.dst == self.public_ip and dgram.dport == self.port:
+        if is_ingress(dgram, self.public_ip, self.port):
             outcome.direction = INGRESS
             outcome.peer = self._peer_by_public_ip(dgram.src)
             if record.truncated:
@@ -395,8 +342,9 @@ def add_replay_parser(subparsers, parents: list[argparse.ArgumentParser] | None 
                    help="ignore leases; remove exactly one VXLAN layer (inner Ethernet frames)")
     p.add_argument("--udp-raw", action="store_true",
                    help="with --decap-only: remove one flannel-UDP layer (raw IPv4 out)")
-    p.add_argument("--port", type=int, help="with --decap-only: UDP destination port "
-                                            "(default 8472, or 8285 with --udp-raw)")
+    p.add_argument("--port", type=int, help=f"with --decap-only: UDP destination port "
+                                            f"(default {DEFAULT_PORTS['vxlan']}, or "
+                                            f"{DEFAULT_PORTS['udp']} with --udp-raw)")
     p.set_defaults(func=cmd_replay)
     return p
 

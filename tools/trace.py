@@ -28,6 +28,7 @@ import time
 from ipaddress import IPv4Address
 from typing import Any
 
+from weft.backends.defaults import device_name
 from weft.control.lease import subnet_key
 from weft.control.registry import DEFAULT_PREFIX, RegistryError, load_snapshot
 from weft.observe.control_socket import DEFAULT_CONTROL_SOCKET, ControlError, control_stream
@@ -71,7 +72,8 @@ WHY = {  # what each reason means to somebody reading a trace
 
 def device_of(host: OfflineHost) -> str:
     pl = host.pipeline
-    return f"TAP weft.{int(pl.dpcfg.cfg[5])}" if pl.kind == "vxlan" else "TUN weft0"
+    kind = "TAP" if pl.kind == "vxlan" else "TUN"
+    return f"{kind} {device_name(pl.kind, int(pl.dpcfg.cfg[5]))}"
 
 
 def host_info(host: OfflineHost) -> dict:

@@ -3,8 +3,9 @@
 The packet comes as a scapy expression (evaluated by a restricted AST walker: scapy layers,
 literals, '/' and '*' only), as hex, or as one record of a pcap. Fields scapy would resolve on
 this machine (MACs, outer addresses) are filled in as the traced host would see them, and the
-direction (egress, or ingress when the packet is IPv4/UDP to our port) is inferred unless given;
-outer headers the kernel's UDP socket strips are removed. tools/trace.py traces the result.
+direction (egress, or ingress when the packet is IPv4/UDP to our PublicIP and port) is inferred
+unless given; outer headers the kernel's UDP socket strips are removed. tools/trace.py traces
+the result.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
+from weft.packet.outer import find_datagram, is_ingress
+from weft.packet.reasons import reason_name
 from weft.tools.offline import OfflineHost
 
 
@@ -159,38 +162,38 @@ def fill_defaults(pkt, host: OfflineHost, src_ip: str | None, notes: list[str]) 
             setdefault(x, "src", local_mac, "our VtepMAC (the TAP)")
 
 
-def _outer_udp(raw: bytes, port: int) -> tuple[int, bytes] | None:
-    """(outer source, UDP payload) if raw is IPv4/UDP to `port`, else None."""
-    if len(raw) < 28 or raw[0] >> 4 != 4 or raw[9] != 17:
-        return None
-    ihl = (raw[0] & 15) * 4
-    if len(raw) < ihl + 8 or int.from_bytes(raw[ihl + 2:ihl + 4], "big") != port:
-        return None
-    end = min(len(raw), int.from_bytes(raw[2:4], "big"))
-    return int.from_bytes(raw[12:16], "big"), raw[ihl + 8:end]
-
-
 def normalise(raw: bytes, link: str, host: OfflineHost, direction: str | None,
               src_ip: str | None, notes: list[str]) -> tuple[bytes, str, int]:
     """Turn what the user gave into (step input, direction, outer source).
 
     link is "ether", "ip" or "payload" (a bare VXLAN/udp payload). A packet that is IPv4/UDP to
-    our port, with or without an Ethernet header, is ingress: the outer headers are stripped
-    as the kernel's UDP socket would.
+    our PublicIP and port, with or without an Ethernet header, is ingress (the rule `weft
+    replay` applies too: weft.packet.outer.is_ingress); its outer headers are stripped as the
+    kernel's UDP socket would. `direction` given by the user overrides the inference.
     """
     pl = host.pipeline
     port = int(pl.cfg[6])
+    public_ip = host.lease.attrs.public_ip
     sender = int(IPv4Address(src_ip)) if src_ip else 0
     ip_part = raw[14:] if link == "ether" and raw[12:14] == b"\x08\x00" else raw
-    outer = _outer_udp(ip_part, port) if link != "payload" else None
-    if direction != "egress" and outer is not None:
+    dgram = find_datagram(ip_part) if link != "payload" else None
+    tunnel = dgram is not None and dgram.dport == port
+    to_socket = is_ingress(dgram, int(public_ip), port)
+    if tunnel and not to_socket and direction is None:
+        notes.append(f"UDP to port {port} but outer destination {IPv4Address(dgram.dst)} is not "
+                     f"our PublicIP {public_ip}: egress (the kernel routes it; the tunnel "
+                     f"socket never receives it)")
+    if tunnel and (to_socket or direction == "ingress"):
+        if dgram.payload is None:
+            raise TraceInputError(f"outer IPv4/UDP unusable ({reason_name(dgram.error)}): the "
+                                  f"kernel would not deliver it to the tunnel socket")
         if link == "ether":
             notes.append("outer Ethernet stripped")
         notes.append(f"outer IPv4/UDP to port {port} stripped (the UDP socket receives only the "
                      f"payload)")
-        if ip_part[16:20] != host.lease.attrs.public_ip.packed:
-            notes.append(f"outer destination {IPv4Address(ip_part[16:20])} is not our PublicIP")
-        return outer[1], "ingress", sender or outer[0]
+        if not to_socket:
+            notes.append(f"outer destination {IPv4Address(dgram.dst)} is not our PublicIP")
+        return dgram.payload, "ingress", sender or dgram.src
     if direction == "ingress" or link == "payload":
         if not sender:
             raise TraceInputError("an ingress payload without outer headers needs --src-ip")

@@ -1,7 +1,7 @@
-"""The lease registry interface (flannel's subnet.Manager, trimmed) and its offline twin.
+"""The lease registry interface (flannel's subnet.Manager, trimmed) and lease snapshots.
 
-The core speaks only to `LeaseRegistry`; `weft.control.etcd_registry` implements it on etcd and
-`SnapshotRegistry` on a `weft leases --json` file for offline tools (replay, trace).
+The core speaks only to `LeaseRegistry`; `weft.control.etcd_registry` implements it on etcd.
+Offline tools (replay, trace) read a `weft leases --json` file with `load_snapshot` instead.
 """
 
 from __future__ import annotations
@@ -126,28 +126,3 @@ def load_snapshot(path: str | Path) -> Snapshot:
         except (LeaseFormatError, ValueError) as exc:
             log.warning("snapshot %s: skipping lease %r: %s", path, key, exc)
     return Snapshot(config, int(raw.get("revision", 0)), leases)
-
-
-class SnapshotRegistry:
-    """A read-only registry over a snapshot, for offline tools."""
-
-    def __init__(self, snapshot: Snapshot) -> None:
-        self.snapshot = snapshot
-
-    def get_network_config(self) -> NetworkConfig:
-        return self.snapshot.config
-
-    def list_leases(self) -> tuple[list[Lease], int]:
-        return list(self.snapshot.leases), self.snapshot.revision
-
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease | None:
-        raise RegistryError("a lease snapshot is read-only")
-
-    def update_lease(self, subnet, attrs, ttl, old_lease_id=0) -> Lease:
-        raise RegistryError("a lease snapshot is read-only")
-
-    def delete_lease(self, subnet: IPv4Network) -> None:
-        raise RegistryError("a lease snapshot is read-only")
-
-    def watch_leases(self, revision: int, deliver: Callable[[LeaseEvents], None]):
-        return lambda: None

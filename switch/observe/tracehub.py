@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from weft.packet.fastpath import HEADROOM, Batch
+from weft.packet.outer import wrap_udp
 from weft.packet.reasons import Reason, Verdict, reason_name
-from weft.packet.twins import ipv4_checksum
 
 PROTOS = {"icmp": 1, "tcp": 6, "udp": 17, "arp": -1}  # arp is no IP protocol: -1 marks it
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", -1: "arp"}
@@ -376,19 +376,12 @@ def _row_bytes(batch: Batch, i: int, verdict: int) -> dict:
 _ZERO_ETH_IP = bytes(12) + b"\x08\x00"  # zero MACs, IPv4: for packets that have no Ethernet
 
 
-def _ip_udp(src: int, dst: int, port: int, payload: bytes) -> bytes:
-    """Outer IPv4 + UDP as the kernel's socket would add them (UDP checksum 0, allowed)."""
-    total = 28 + len(payload)
-    ip = bytearray(struct.pack("!BBHHHBBHII", 0x45, 0, total, 0, 0x4000, 64, 17, 0, src, dst))
-    ip[10:12] = ipv4_checksum(bytes(ip)).to_bytes(2, "big")
-    return bytes(ip) + struct.pack("!HHHH", port, port, total - 20, 0) + payload
-
-
 def event_frames(event: dict, info: dict) -> list[bytes]:
     """The input and (when forwarded) output of an event carrying bytes, as Ethernet frames.
 
     `info` is the stream's hello record (backend, public_ip, port). Ingress inputs and udp
-    egress outputs are socket payloads: their outer IPv4/UDP is rebuilt peer <-> PublicIP:port.
+    egress outputs are socket payloads: their outer IPv4/UDP is rebuilt peer <-> PublicIP:port
+    by `wrap_udp`, as `weft replay` writes them.
     """
     if "in" not in event:
         return []
@@ -401,10 +394,10 @@ def event_frames(event: dict, info: dict) -> list[bytes]:
     if event["dir"] == "egress":
         frames = [data_in if vxlan else _ZERO_ETH_IP + data_in]
         if data_out is not None:  # vxlan: outer IPv4 from the pipeline; udp: the inner packet
-            outer = data_out if vxlan else _ip_udp(local, peer, port, data_out)
+            outer = data_out if vxlan else wrap_udp(data_out, local, peer, port)
             frames.append(_ZERO_ETH_IP + outer)
     else:
-        frames = [_ZERO_ETH_IP + _ip_udp(peer, local, port, data_in)]
+        frames = [_ZERO_ETH_IP + wrap_udp(data_in, peer, local, port)]
         if data_out is not None:
             frames.append(data_out if vxlan else _ZERO_ETH_IP + data_out)
     return frames

@@ -13,6 +13,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from weft.packet.checksum import fold16, sum16
 from weft.packet.offload import (
     ERR_MALFORMED,
     ERR_NO_ROOM,
@@ -53,18 +54,6 @@ class VnetHdr:
 
 
 # ---- checksums -------------------------------------------------------------------------------
-
-
-def sum16(data: bytes) -> int:
-    """Unfolded one's-complement sum of big-endian words; an odd last byte is zero-padded."""
-    padded = bytes(data) + b"\0" * (len(data) & 1)
-    return sum(struct.unpack(f"!{len(padded) // 2}H", padded))
-
-
-def fold16(total: int) -> int:
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
 
 
 def tcp_pseudo_sum(ip: bytes, tcp_len: int) -> int:

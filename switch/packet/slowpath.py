@@ -11,10 +11,9 @@ Policy choices:
   lease -> is-at UNREACHABLE_MAC, so the kernel sends the IP packet into the TAP, the fast path
   says NO_ROUTE and we answer ICMP net unreachable instead of the sender waiting on an ARP
   timeout. X outside the network or in our own subnet -> no answer.
-- IPv6: there is no IPv6 datapath, so everything IPv6 is dropped and counted as IPV6, except a
-  neighbour solicitation for a target that `ctx.peer_mac_for_v6` knows, which gets an NA.
-  Duplicate address detection (source ::) is never answered: that would make the kernel give
-  up its own address. Router solicitations and MLD reports are dropped.
+- IPv6: weft carries IPv4 only, so everything IPv6 is dropped and counted as IPV6, neighbour
+  solicitations included: the kernel sees the address as unresolved, which is the truth. The
+  summary names the ND/MLD message for traces.
 - ICMP errors as a router sends them (RFC 792, 1122, 1191, 1812); see `_icmp_error`.
 """
 
@@ -26,12 +25,12 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 from scapy.layers.inet import ICMP, IP
-from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
+from weft.packet.checksum import inet_checksum
 from weft.packet.reasons import Reason, reason_name
-from weft.packet.twins import inet_checksum
 
 BACKENDS = ("vxlan", "udp")
 
@@ -69,7 +68,6 @@ _NOT_A_HOST_V4 = (IPv4Network("0.0.0.0/8"), IPv4Network("127.0.0.0/8"), _MULTICA
                   IPv4Network("240.0.0.0/4"))
 
 MacLookup = Callable[[IPv4Address], bytes | None]
-MacLookupV6 = Callable[[IPv6Address], bytes | None]
 
 
 @dataclass(frozen=True)
@@ -77,7 +75,7 @@ class SlowPathContext:
     """What the slow path knows about this host; the control plane builds a new one per change.
 
     `peer_mac_for(ip)` gives the VtepMAC of the peer whose lease covers ip (None if no lease);
-    `peer_mac_for_v6` the same for IPv6 NS targets (None: no IPv6 answered). `unreachable_mac`
+    `unreachable_mac`
     is the ARP answer for unleased addresses in the network (set it to local_mac to reuse ours).
     """
 
@@ -87,7 +85,6 @@ class SlowPathContext:
     local_mac: bytes  # our TAP/VTEP MAC, vxlan only
     overlay_mtu: int
     peer_mac_for: MacLookup
-    peer_mac_for_v6: MacLookupV6 | None = None
     unreachable_mac: bytes = UNREACHABLE_MAC
 
     def __post_init__(self) -> None:
@@ -163,7 +160,7 @@ def _from_tap(frame: bytes, reason: int, ctx: SlowPathContext) -> SlowResult:
     if ethertype == ETH_P_ARP:
         return _arp(frame, ctx)
     if ethertype == ETH_P_IPV6:
-        return _ipv6(frame, ctx)
+        return _ipv6(frame)
     if ethertype != ETH_P_IP:
         return _drop(Reason.UNKNOWN_ETHERTYPE, f"ethertype 0x{ethertype:04x}")
     dst_mac, src_mac = frame[0:6], frame[6:12]
@@ -305,78 +302,29 @@ def _arp(frame: bytes, ctx: SlowPathContext) -> SlowResult:
     return SlowResult(int(Reason.ARP_REPLIED), (bytes(reply),), summary)
 
 
-# ---- IPv6: neighbour discovery -------------------------------------------------------------
+# ---- IPv6: dropped, named ------------------------------------------------------------------
 
 _ND_NAMES = {130: "MLD query", 131: "MLD report", 132: "MLD done", 133: "router solicitation",
-             134: "router advertisement", 136: "neighbour advertisement", 137: "redirect",
-             143: "MLDv2 report"}
+             134: "router advertisement", 135: "neighbour solicitation",
+             136: "neighbour advertisement", 137: "redirect", 143: "MLDv2 report"}
 
 
-def _ipv6(frame: bytes, ctx: SlowPathContext) -> SlowResult:
+def _ipv6(frame: bytes) -> SlowResult:
+    """Every IPv6 frame is dropped as IPV6; the summary says what it was."""
     if len(frame) < ETH_HLEN + 40:
         return _drop(Reason.TRUNCATED, f"{len(frame)}-byte IPv6 frame")
     ip6 = frame[ETH_HLEN:]
     (plen,) = struct.unpack_from("!H", ip6, 4)
-    nxt, hlim = ip6[6], ip6[7]
-    src, dst = IPv6Address(ip6[8:24]), IPv6Address(ip6[24:40])
-    flow = f"IPv6 {src} > {dst}"
+    nxt = ip6[6]
+    flow = f"IPv6 {IPv6Address(ip6[8:24])} > {IPv6Address(ip6[24:40])}"
     if len(ip6) < 40 + plen:
         return _drop(Reason.TRUNCATED, f"{flow}: payload length {plen} > {len(ip6) - 40}")
-    if ip6[0] >> 4 != 6:
-        return _drop(Reason.IPV6, f"{flow}: bad version")
     if nxt == 0:  # hop-by-hop options: MLD reports carry router alert
         return _drop(Reason.IPV6, f"{flow}: hop-by-hop (MLD), no IPv6 datapath")
-    if nxt != 58 or plen < 4:
+    if nxt != 58 or len(ip6) < 41:
         return _drop(Reason.IPV6, f"{flow}: next header {nxt}, no IPv6 datapath")
-    icmp = ip6[40:40 + plen]
-    if icmp[0] != 135:
-        name = _ND_NAMES.get(icmp[0], f"ICMPv6 type {icmp[0]}")
-        return _drop(Reason.IPV6, f"{flow}: {name}, no IPv6 datapath")
-    return _neighbour_solicitation(frame, src, hlim, icmp, ctx, flow)
-
-
-def _neighbour_solicitation(frame: bytes, src: IPv6Address, hlim: int, icmp: bytes,
-                            ctx: SlowPathContext, flow: str) -> SlowResult:
-    # RFC 4861 7.1.1 validity checks, then answer only targets the control plane knows.
-    if hlim != 255 or icmp[1] != 0 or len(icmp) < 24:
-        return _drop(Reason.IPV6, f"{flow}: invalid neighbour solicitation")
-    if _icmpv6_checksum(frame[ETH_HLEN + 8:ETH_HLEN + 40], icmp) != 0:
-        return _drop(Reason.IPV6, f"{flow}: bad ICMPv6 checksum")
-    target = IPv6Address(icmp[8:24])
-    question = f"NS who-has {target} from {src}"
-    if src.is_unspecified:
-        return _drop(Reason.IPV6, f"{question}: duplicate address detection, not answered")
-    if target.is_multicast:
-        return _drop(Reason.IPV6, f"{question}: multicast target")
-    lookup = ctx.peer_mac_for_v6
-    answer = lookup(target) if lookup is not None else None
-    if answer is None or len(answer) != 6:
-        return _drop(Reason.IPV6, f"{question}: unknown target, no IPv6 datapath")
-    requester = _source_lladdr(icmp[24:]) or frame[6:12]
-    # S=1 (a reply to a solicitation), O=1: we speak for the peer as its permanent neighbour
-    # entry would, nobody else on this point-to-point link owns the address; R=0 (a host).
-    na = Ether(dst=_mac(requester), src=_mac(answer), type=ETH_P_IPV6) / IPv6(
-        src=str(target), dst=str(src), hlim=255) / ICMPv6ND_NA(
-        R=0, S=1, O=1, tgt=str(target)) / ICMPv6NDOptDstLLAddr(lladdr=_mac(answer))
-    return SlowResult(int(Reason.ND_REPLIED), (bytes(na),),
-                      f"{question} -> is-at {_mac(answer)} (peer VtepMAC)")
-
-
-def _source_lladdr(options: bytes) -> bytes | None:
-    """The Source Link-Layer Address option (type 1) of an NS, if any; None on garbage."""
-    while len(options) >= 8:
-        kind, length = options[0], options[1] * 8
-        if length == 0 or length > len(options):
-            return None
-        if kind == 1 and length >= 8:
-            return options[2:8]
-        options = options[length:]
-    return None
-
-
-def _icmpv6_checksum(addresses: bytes, icmp: bytes) -> int:
-    pseudo = addresses + struct.pack("!I3xB", len(icmp), 58)
-    return inet_checksum(pseudo + icmp)
+    name = _ND_NAMES.get(ip6[40], f"ICMPv6 type {ip6[40]}")
+    return _drop(Reason.IPV6, f"{flow}: {name}, no IPv6 datapath")
 
 
 def _mac(raw: bytes) -> str:

@@ -134,13 +134,6 @@ class PeerTable:
     def __len__(self) -> int:
         return int(np.count_nonzero(self.present))
 
-    def clear(self) -> None:
-        self.present[:] = 0
-        self.public_ip[:] = 0
-        self.vtep_mac[:] = 0
-        self.sender_keys[:] = 0
-        self._senders.clear()
-
     def has_sender(self, ip: int) -> bool:
         """True when `ip` (host order) is the PublicIP of at least one current peer."""
         return ip in self._senders

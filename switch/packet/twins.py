@@ -14,6 +14,7 @@ from ipaddress import IPv4Address
 
 import numpy as np
 
+from weft.packet.checksum import fold16, inet_checksum, sum16
 from weft.packet.fastpath import (
     FLOW_SEED,
     OUTER_TTL,
@@ -72,31 +73,8 @@ def _slow(reason: Reason, data: bytes) -> StepResult:
 # ---- checksums and hashes -------------------------------------------------------------------
 
 
-def inet_checksum(data: bytes) -> int:
-    """RFC 1071 Internet checksum; 0 when verifying data that includes a correct checksum."""
-    if len(data) % 2:
-        data = bytes(data) + b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def ipv4_checksum(header: bytes) -> int:
-    """Checksum of an IPv4 header whose checksum field holds 0 (or 0 when verifying one)."""
-    return inet_checksum(header)
-
-
-def _fold16(total: int) -> int:
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def _sum16(data: bytes) -> int:
-    """Unfolded one's-complement sum; an odd last byte is padded with zero (RFC 1071)."""
-    padded = bytes(data) + b"\0" * (len(data) & 1)
-    return sum(struct.unpack(f"!{len(padded) // 2}H", padded))
+# One Python Internet checksum (weft.packet.checksum); IPv4 headers use it as they are.
+ipv4_checksum = inet_checksum
 
 
 def complete_partial_l4_checksum(ip: bytearray) -> int | None:
@@ -127,15 +105,15 @@ def complete_partial_l4_checksum(ip: bytearray) -> int | None:
             return None
     else:
         return None
-    pseudo = _fold16(_sum16(ip[12:20]) + proto + l4len)
-    seg = _sum16(ip[ihl : ihl + l4len])
-    if _fold16(pseudo + seg) == 0xFFFF:  # verifies already
+    pseudo = fold16(sum16(ip[12:20]) + proto + l4len)
+    seg = sum16(ip[ihl : ihl + l4len])
+    if fold16(pseudo + seg) == 0xFFFF:  # verifies already
         return None
     if int.from_bytes(ip[field : field + 2], "big") != pseudo:
         return None
     # The field holds the pseudo sum, so the segment sum is the whole sum, as the NIC computes it
     # from csum_start; 0 goes out as 0xFFFF like skb_checksum_help (0 means "none" for UDP).
-    csum = ~_fold16(seg) & 0xFFFF or 0xFFFF
+    csum = ~fold16(seg) & 0xFFFF or 0xFFFF
     ip[field : field + 2] = csum.to_bytes(2, "big")
     return csum
 
@@ -147,10 +125,7 @@ def ttl_decrement_checksum(csum: int, ttl: int, proto: int) -> int:
     """
     old_word = (ttl << 8) | proto
     new_word = ((ttl - 1) << 8) | proto
-    total = (~csum & 0xFFFF) + (~old_word & 0xFFFF) + new_word
-    total = (total & 0xFFFF) + (total >> 16)
-    total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    return ~fold16((~csum & 0xFFFF) + (~old_word & 0xFFFF) + new_word) & 0xFFFF
 
 
 def _rotl32(x: int, r: int) -> int:
@@ -227,6 +202,24 @@ def _sender_subnet(src: int, sender: int, cfg: np.ndarray, table: PeerTable) -> 
 def _is_local(ip: int, cfg: np.ndarray, table: PeerTable) -> bool:
     local = int(cfg[CFG_LOCAL_INDEX])
     return local >= 0 and subnet_index(ip, cfg, table) == local
+
+
+def _inner_ingress_checks(ip: bytes, src_ip: int, cfg: np.ndarray,
+                          table: PeerTable) -> tuple[Reason, int]:
+    """What both backends check on a received inner IPv4 packet, in the kernels' order: a sound
+    header, an inner source the sending peer leases, a destination in our subnet.
+
+    Returns (reason, subnet number of the sending peer's lease); OK when all pass.
+    """
+    problem = ipv4_header_problem(ip)
+    if problem != Reason.OK:
+        return problem, -1
+    peer = _sender_subnet(int.from_bytes(ip[12:16], "big"), src_ip, cfg, table)
+    if peer < 0:
+        return Reason.SPOOFED_INNER_SRC, -1
+    if not _is_local(int.from_bytes(ip[16:20], "big"), cfg, table):
+        return Reason.NOT_FOR_US, peer
+    return Reason.OK, peer
 
 
 def _mac(raw: bytes) -> str:
@@ -327,14 +320,9 @@ def vxlan_ingress(payload: bytes, src_ip: int, cfg: np.ndarray, table: PeerTable
     if int.from_bytes(frame[12:14], "big") != ETH_P_IP:
         return _drop(Reason.NOT_IPV4, payload)
     ip = frame[14:]
-    problem = ipv4_header_problem(ip)
-    if problem != Reason.OK:
-        return _drop(problem, payload)
-    peer = _sender_subnet(int.from_bytes(ip[12:16], "big"), src_ip, cfg, table)
-    if peer < 0:
-        return _drop(Reason.SPOOFED_INNER_SRC, payload)
-    if not _is_local(int.from_bytes(ip[16:20], "big"), cfg, table):
-        return _drop(Reason.NOT_FOR_US, payload)
+    reason, peer = _inner_ingress_checks(ip, src_ip, cfg, table)
+    if reason != Reason.OK:
+        return _drop(reason, payload)
     local_mac = int(cfg[CFG_LOCAL_VTEP_MAC]).to_bytes(6, "big")
     if frame[:6] not in (local_mac, BROADCAST_MAC):
         return _drop(Reason.WRONG_INNER_MAC, payload)
@@ -395,14 +383,9 @@ def udp_ingress(packet: bytes, src_ip: int, cfg: np.ndarray, table: PeerTable) -
         return _drop(Reason.TRUNCATED, packet)
     if packet[0] >> 4 != 4:
         return _drop(Reason.NOT_IPV4, packet)
-    problem = ipv4_header_problem(packet)
-    if problem != Reason.OK:
-        return _drop(problem, packet)
-    peer = _sender_subnet(int.from_bytes(packet[12:16], "big"), src_ip, cfg, table)
-    if peer < 0:
-        return _drop(Reason.SPOOFED_INNER_SRC, packet)
-    if not _is_local(int.from_bytes(packet[16:20], "big"), cfg, table):
-        return _drop(Reason.NOT_FOR_US, packet)
+    reason, peer = _inner_ingress_checks(packet, src_ip, cfg, table)
+    if reason != Reason.OK:
+        return _drop(reason, packet)
     if packet[8] <= 1:  # flannel decrements on receive too and drops what reaches 0
         return _drop(Reason.TTL_EXCEEDED, packet)
     out, fields = _decrement_ttl(packet)

@@ -5,6 +5,7 @@ import struct
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
+from datapath_world import LOCAL_MAC, NET, PEER_MAC, A, B, C, ip, make_world
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
@@ -13,28 +14,11 @@ from weft.packet import twins as packet
 from weft.packet.reasons import Reason, Verdict
 from weft.packet.table import DatapathConfig, PeerTable
 
-NET = IPv4Network("10.1.0.0/16")
-LOCAL_MAC = "02:00:00:00:00:01"
-PEER_MAC = "7e:81:33:71:e9:51"
-A, B, C = "192.0.2.1", "192.0.2.2", "192.0.2.3"
-
-
-def ip(text: str) -> int:
-    return int(IPv4Address(text))
-
 
 @pytest.fixture
 def world() -> tuple[DatapathConfig, PeerTable]:
     """We are 10.1.15.0/24 at 192.0.2.1; peers .16 and .18 at .2, .17 at .3, .19 without MAC."""
-    cfg = DatapathConfig(NET, 24, vni=1, port=8472, mtu=1450)
-    cfg.set_local(IPv4Network("10.1.15.0/24"), IPv4Address(A), bytes.fromhex("020000000001"))
-    table = PeerTable(NET, 24)
-    mac = bytes.fromhex(PEER_MAC.replace(":", ""))
-    table.set_peer(IPv4Network("10.1.16.0/24"), IPv4Address(B), mac)
-    table.set_peer(IPv4Network("10.1.18.0/24"), IPv4Address(B), mac)
-    table.set_peer(IPv4Network("10.1.17.0/24"), IPv4Address(C), bytes.fromhex("7e0000000017"))
-    table.set_peer(IPv4Network("10.1.19.0/24"), IPv4Address("192.0.2.4"), None)
-    return cfg, table
+    return make_world()
 
 
 def tap_frame(dst: str = "10.1.16.3", **ip_kw: object) -> bytes:

@@ -18,7 +18,7 @@ import pytest
 from weft.control.registry import load_snapshot
 from weft.tools.offline import host_from_snapshot
 from weft.tools.pcapio import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapOut, read_records
-from weft.tools.replay import device_path, replay_capture, run_replay, wrap_udp
+from weft.tools.replay import device_path, replay_capture, run_replay
 
 ROOT = Path(__file__).resolve().parents[2]
 PCAPS = ROOT / "pcaps"
@@ -178,17 +178,6 @@ def test_pcapng_input_gives_the_same_verdicts(tmp_path):
     _, outcomes, _ = replay_capture(path, host)
     expected = (PCAPS / "vxlan" / "expected" / "fabric.json").read_text().splitlines()
     assert [json.dumps(o.to_json()) for o in outcomes] == expected
-
-
-def test_wrap_udp_checksums_verify():
-    from scapy.layers.inet import IP
-
-    packet = wrap_udp(b"\x45" + bytes(19), 0xC000020A, 0xC000020B, 8285)
-    parsed = IP(packet)
-    assert parsed.id == 0 and parsed.flags == "DF" and parsed.sport == parsed.dport == 8285
-    parsed.chksum = None
-    parsed["UDP"].chksum = None
-    assert bytes(IP(bytes(parsed))) == packet
 
 
 def test_python_c_entry_point():

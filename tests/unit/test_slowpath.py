@@ -1,4 +1,4 @@
-"""Slow path: ARP, IPv6 ND, ICMP errors and drops, checked by dissecting the outputs with scapy."""
+"""Slow path: ARP, ICMP errors, IPv6 and other drops, checked by dissecting outputs with scapy."""
 
 import random
 import time
@@ -8,10 +8,8 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
 from scapy.layers.inet6 import (
     ICMPv6MLReport2,
-    ICMPv6ND_NA,
     ICMPv6ND_NS,
     ICMPv6ND_RS,
-    ICMPv6NDOptDstLLAddr,
     ICMPv6NDOptSrcLLAddr,
     IPv6,
     IPv6ExtHdrHopByHop,
@@ -21,7 +19,9 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.utils import checksum
 
 from weft.packet import twins as twin
-from weft.packet.reasons import Reason
+from weft.packet.fastpath import Batch
+from weft.packet.pipeline import Pipeline
+from weft.packet.reasons import Reason, Verdict
 from weft.packet.slowpath import (
     UNREACHABLE_MAC,
     SlowPathContext,
@@ -45,16 +45,12 @@ def peer_mac_for(ip):
     return PEER_MAC if ip in PEER else None
 
 
-def peer_mac_for_v6(ip):
-    return PEER_MAC if ip == PEER_V6 else None
-
-
 def make_ctx(backend="vxlan", **kw):
     return SlowPathContext(backend=backend, local_subnet=LOCAL, network=NETWORK,
                            local_mac=LOCAL_MAC, overlay_mtu=MTU, peer_mac_for=peer_mac_for, **kw)
 
 
-VX = make_ctx("vxlan", peer_mac_for_v6=peer_mac_for_v6)
+VX = make_ctx("vxlan")
 TUN = make_ctx("udp")
 
 
@@ -329,19 +325,27 @@ def ns(target=str(PEER_V6), src="fe80::858:ff:fe00:1", hlim=255, sll=True):
 
 
 @pytest.mark.parametrize("sll", [True, False])
-def test_ns_for_known_target_gets_na(sll):
+def test_ns_is_dropped_not_answered(sll):
+    # weft carries IPv4 only: even a solicitation for a peer's address gets no answer.
     result = handle_egress(bytes(ns(sll=sll)), Reason.IPV6, VX)
-    assert result.reason == Reason.ND_REPLIED and len(result.writes) == 1
-    frame = Ether(result.writes[0])
-    assert frame.dst == KMAC and frame.src == PMAC and frame.type == 0x86DD
-    ip6 = frame[IPv6]
-    assert ip6.src == str(PEER_V6) and ip6.dst == "fe80::858:ff:fe00:1" and ip6.hlim == 255
-    na = frame[ICMPv6ND_NA]
-    assert (na.R, na.S, na.O, na.tgt) == (0, 1, 1, str(PEER_V6))
-    assert frame[ICMPv6NDOptDstLLAddr].lladdr == PMAC
-    clone = frame.copy()
-    del clone[ICMPv6ND_NA].cksum
-    assert Ether(bytes(clone))[ICMPv6ND_NA].cksum == na.cksum
+    assert result.reason == Reason.IPV6 and result.writes == ()
+    assert "neighbour solicitation" in result.summary
+
+
+def test_pipeline_counts_an_ipv6_ns_as_dropped():
+    """What the daemon does with an NS read from the TAP: fast path SLOW, slow path drops."""
+    pl = Pipeline("vxlan", NETWORK, 24, mtu=MTU)
+    pl.set_local(LOCAL, IPv4Address("192.0.2.11"), LOCAL_MAC)
+    pl.table.set_peer(PEER, IPv4Address("192.0.2.12"), PEER_MAC)
+    frame = bytes(ns())
+    batch = Batch(1)
+    batch.load(0, frame)
+    pl.egress(batch, 1)
+    assert batch.verdict[0] == Verdict.SLOW and batch.reason[0] == Reason.IPV6
+    result = pl.slow(frame, int(batch.reason[0]))
+    assert result.reason == Reason.IPV6 and result.writes == ()
+    summary = pl.counter_summary()
+    assert summary["drops"] == {"ipv6": 1} and summary["slow_path"] == {"ipv6": 1}
 
 
 @pytest.mark.parametrize("frame", [
@@ -361,12 +365,12 @@ def test_ipv6_dropped_under_ipv6(frame):
     assert result.reason == Reason.IPV6 and result.writes == ()
 
 
-def test_ns_bad_checksum_or_no_lookup_dropped():
+def test_ns_bad_checksum_or_truncated_dropped():
     raw = bytearray(bytes(ns()))
     raw[14 + 40 + 2] ^= 0x55
     assert handle_egress(bytes(raw), Reason.IPV6, VX).reason == Reason.IPV6
-    assert handle_egress(bytes(ns()), Reason.IPV6, make_ctx()).reason == Reason.IPV6
     assert handle_egress(bytes(ns())[:60], Reason.IPV6, VX).reason == Reason.TRUNCATED
+    assert handle_egress(bytes(ns())[:50], Reason.IPV6, VX).reason == Reason.TRUNCATED
 
 
 # ---- context, describe, fuzz ---------------------------------------------------------------

@@ -59,7 +59,7 @@ def test_set_get_remove_peer() -> None:
     assert t.remove_peer(sub) is True
     assert t.remove_peer(sub) is False
     assert t.peer(sub) is None and t.public_ip[16] == 0 and not t.vtep_mac[16].any()
-    t.clear()
+    t.remove_peer(IPv4Network("10.1.17.0/24"))
     assert len(t) == 0 and not t.has_sender(ip("192.0.2.3")) and not t.sender_keys.any()
 
 

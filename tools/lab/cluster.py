@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
+from weft.backends.defaults import DEFAULT_VNI, VXLAN_PORT
 from weft.control.lease import LeaseAttrs, subnet_key
 from weft.observe.control_socket import ControlError, control_request
 from weft.tools.lab import kernel_vxlan
-from weft.tools.lab.topology import Lab, Pod
+from weft.tools.lab.topology import POD_MTU, Lab, Pod
 
 WEFT = [sys.executable, "-m", "weft.cli"]
 PREFIX = "/coreos.com/network"
@@ -32,7 +33,7 @@ class Host:
     public_ip: str
     kind: str  # "weft" or "flannel" (the kernel's VXLAN as flanneld programs it)
     subnet: IPv4Network | None = None
-    mtu: int = 1450
+    mtu: int = POD_MTU
     vtep_mac: str | None = None
     pods: list[Pod] = field(default_factory=list)
     proc: object = None
@@ -156,10 +157,10 @@ class Cluster:
         self.add_pods(pods_per_host)
 
     # -- a flannel host: the kernel's VXLAN device, programmed as flanneld does ---------------
-    def start_flannel_host(self, host: int, subnet: IPv4Network, vni: int = 1,
-                           port: int = 8472) -> None:
+    def start_flannel_host(self, host: int, subnet: IPv4Network, vni: int = DEFAULT_VNI,
+                           port: int = VXLAN_PORT) -> None:
         h = self.host(host)
-        h.kind, h.subnet, h.mtu = "flannel", subnet, 1450
+        h.kind, h.subnet, h.mtu = "flannel", subnet, POD_MTU
         h.vtep_mac = kernel_vxlan.random_mac()
         kernel_vxlan.setup_device(h.ns, vni, port, h.public_ip, subnet, h.mtu, h.vtep_mac)
         attrs = LeaseAttrs(IPv4Address(h.public_ip), backend_type="vxlan",
@@ -167,7 +168,7 @@ class Cluster:
         key = f"{PREFIX}/subnets/{subnet_key(subnet)}"
         self.lab.etcdctl("put", key, attrs.to_json())
 
-    def program_flannel_peers(self, host: int, vni: int = 1) -> None:
+    def program_flannel_peers(self, host: int, vni: int = DEFAULT_VNI) -> None:
         """What flanneld would do on the lease events for every other host."""
         h = self.host(host)
         for other in self.hosts:

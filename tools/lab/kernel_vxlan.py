@@ -1,6 +1,7 @@
 """Program a lab host the way flanneld's vxlan backend does, using the kernel's vxlan device.
 
-This is the reference peer weft must interoperate with (see shared/FLANNEL-COMPAT.md):
+This is the reference peer weft must interoperate with: a weft host and a host set up as below
+(what flanneld's vxlan backend programs through netlink) exchange pod traffic both ways.
 
     ip link add flannel.<VNI> type vxlan id <VNI> local <public ip> dev eth0 dstport <port> \\
         nolearning; ip link set address <mac> mtu <mtu>; ip addr add <subnet net addr>/32; up

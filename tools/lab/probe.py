@@ -15,7 +15,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from weft.packet.twins import inet_checksum as checksum
+from weft.packet.checksum import inet_checksum as checksum  # test_hotloop uses probe.checksum
 from weft.tools.lab import netns
 
 ICMP_ECHO_REPLY, ICMP_UNREACH, ICMP_ECHO, ICMP_TIME_EXCEEDED, ICMP_PARAM = 0, 3, 8, 11, 12

