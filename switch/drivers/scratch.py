@@ -5,7 +5,7 @@ scratch (EgressIO or IngressIO), and the pipeline's BatchArrays, PeerArrays and 
 (weft.packet.steps). NamedTuples, because numba types them by class: two groups swapped do
 not compile, and every array inside is used by its field name. They also cache: numba keys its
 on-disk cache by the argument types, and a NamedTuple type pickles as a reference to its class
-(tests/unit/test_hotloop_unit.py restarts an interpreter and checks the loops load, not compile).
+(tests/unit/test_compiled_loop.py restarts an interpreter and checks the loops load, not compile).
 
 The scratch is allocated once per direction and owned by that direction's thread: the structs
 of the system calls (pollfd, mmsghdr, iovec, sockaddr_in, cmsg) as integer arrays laid out as
