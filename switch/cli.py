@@ -17,6 +17,7 @@ from weft import backends
 from weft.control import subnet_env
 from weft.control.config import ConfigError, parse_config
 from weft.control.registry import DEFAULT_PREFIX, RegistryError
+from weft.drivers import modes as datapath_modes
 
 EXIT_USAGE = 2  # invalid input (config, flags): fix it and run again
 EXIT_FAILURE = 1
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
           help="etcd lease TTL in seconds (flannel: 24 h; shorten for tests)")
     _flag(run, "--healthz-ip", default="0.0.0.0", help="address for /healthz, /readyz, /metrics")
     _flag(run, "--healthz-port", type=int, default=0, help="port for /healthz (0 = off)")
-    _flag(run, "--datapath", choices=("auto", "offload", "fast", "plain"), default="auto",
+    _flag(run, "--datapath", choices=datapath_modes.CHOICES, default=datapath_modes.AUTO,
           help="packet loop: compiled with TUN/TAP offloads (offload), compiled (fast), "
                "Python (plain); auto takes the best that works")
     _control_flag(run)

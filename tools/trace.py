@@ -33,10 +33,11 @@ from weft.control.lease import subnet_key
 from weft.control.registry import DEFAULT_PREFIX, RegistryError, load_snapshot
 from weft.observe.control_socket import DEFAULT_CONTROL_SOCKET, ControlError, control_stream
 from weft.observe.tracehub import FilterError, event_frames, parse_filter
-from weft.packet import twins as twins
+from weft.packet import twins
 from weft.packet.fastpath import SLOT_IP_ID, Batch
 from weft.packet.reasons import Reason, Verdict, reason_name
 from weft.packet.slowpath import describe
+from weft.packet.table import CFG_LOCAL_INDEX, CFG_PORT, CFG_VNI
 from weft.tools.offline import OfflineError, OfflineHost, host_from_snapshot
 from weft.tools.trace_input import TraceInput, TraceInputError, read_input
 
@@ -73,14 +74,15 @@ WHY = {  # what each reason means to somebody reading a trace
 def device_of(host: OfflineHost) -> str:
     pl = host.pipeline
     kind = "TAP" if pl.kind == "vxlan" else "TUN"
-    return f"{kind} {device_name(pl.kind, int(pl.dpcfg.cfg[5]))}"
+    return f"{kind} {device_name(pl.kind, int(pl.dpcfg.cfg[CFG_VNI]))}"
 
 
 def host_info(host: OfflineHost) -> dict:
     pl, lease = host.pipeline, host.lease
     return {"subnet": str(lease.subnet), "public_ip": str(lease.attrs.public_ip),
             "vtep_mac": lease.attrs.vtep_mac, "backend": pl.kind, "network": str(pl.network),
-            "vni": int(pl.cfg[5]) if pl.kind == "vxlan" else None, "port": int(pl.cfg[6]),
+            "vni": int(pl.cfg[CFG_VNI]) if pl.kind == "vxlan" else None,
+            "port": int(pl.cfg[CFG_PORT]),
             "mtu": pl.mtu, "device": device_of(host), "revision": host.snapshot.revision}
 
 
@@ -89,7 +91,7 @@ def flow_key(data: bytes, inp: TraceInput, host: OfflineHost) -> dict[str, Any]:
     kind = host.pipeline.kind
     key: dict[str, Any] = {}
     if inp.direction == "ingress":
-        key["in_port"] = f"udp socket :{int(host.pipeline.cfg[6])} (ingress)"
+        key["in_port"] = f"udp socket :{int(host.pipeline.cfg[CFG_PORT])} (ingress)"
         key["tun_src"] = str(IPv4Address(inp.src_ip))
         key["tun_dst"] = str(host.lease.attrs.public_ip)
         if kind == "vxlan" and len(data) >= 8:
@@ -127,7 +129,7 @@ def _lease_view(host: OfflineHost, idx: int) -> dict:
     table = host.pipeline.table
     subnet = table.subnet_at(idx)
     view: dict[str, Any] = {"subnet_index": idx, "subnet": str(subnet)}
-    if idx == int(host.pipeline.cfg[3]):
+    if idx == int(host.pipeline.cfg[CFG_LOCAL_INDEX]):
         return {**view, "result": "local subnet (our own lease)"}
     lease = host.snapshot.lease_for(subnet)
     if lease is not None:
@@ -228,7 +230,8 @@ def _output(host: OfflineHost, inp: TraceInput, step: twins.StepResult) -> dict:
     peer = IPv4Address(step.dst_ip)
     if pl.kind == "vxlan":
         return {"action": f"output: raw socket -> {peer}", "peer": str(peer)}
-    return {"action": f"output: udp socket :{int(pl.cfg[6])} -> {peer}:{int(pl.cfg[6])}",
+    port = int(pl.cfg[CFG_PORT])
+    return {"action": f"output: udp socket :{port} -> {peer}:{port}",
             "peer": str(peer)}
 
 
@@ -276,7 +279,8 @@ def _final(pl, inp: TraceInput, step: twins.StepResult) -> str:
     if inp.direction == "ingress":
         return describe(out, "ether" if pl.kind == "vxlan" else "ip")
     if pl.kind == "udp":
-        return (f"udp :{int(pl.cfg[6])} -> {IPv4Address(step.dst_ip)}:{int(pl.cfg[6])} carrying "
+        port = int(pl.cfg[CFG_PORT])
+        return (f"udp :{port} -> {IPv4Address(step.dst_ip)}:{port} carrying "
                 + describe(out, "ip"))
     outer = (f"IPv4 {IPv4Address(out[12:16])} > {IPv4Address(out[16:20])} ttl {out[8]} / UDP "
              f"{int.from_bytes(out[20:22], 'big')} > {int.from_bytes(out[22:24], 'big')} / VXLAN "

@@ -17,6 +17,7 @@ from ipaddress import IPv4Address
 
 from weft.packet.outer import find_datagram, is_ingress
 from weft.packet.reasons import reason_name
+from weft.packet.table import CFG_PORT
 from weft.tools.offline import OfflineHost
 
 
@@ -135,8 +136,8 @@ def fill_defaults(pkt, host: OfflineHost, src_ip: str | None, notes: list[str]) 
     if vx is not None:  # an ingress VXLAN packet, outer headers optional
         ip = inner_ip(vx)
         if vx and isinstance(layers[vx - 1], UDP):
-            setdefault(layers[vx - 1], "dport", int(pl.cfg[6]), "our port")
-            setdefault(layers[vx - 1], "sport", int(pl.cfg[6]), "unset")
+            setdefault(layers[vx - 1], "dport", int(pl.cfg[CFG_PORT]), "our port")
+            setdefault(layers[vx - 1], "sport", int(pl.cfg[CFG_PORT]), "unset")
         outer = next((x for x in layers[:vx] if isinstance(x, IP)), None)
         if outer is not None:
             setdefault(outer, "dst", str(host.lease.attrs.public_ip), "our PublicIP")
@@ -172,7 +173,7 @@ def normalise(raw: bytes, link: str, host: OfflineHost, direction: str | None,
     kernel's UDP socket would. `direction` given by the user overrides the inference.
     """
     pl = host.pipeline
-    port = int(pl.cfg[6])
+    port = int(pl.cfg[CFG_PORT])
     public_ip = host.lease.attrs.public_ip
     sender = int(IPv4Address(src_ip)) if src_ip else 0
     ip_part = raw[14:] if link == "ether" and raw[12:14] == b"\x08\x00" else raw

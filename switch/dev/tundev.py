@@ -1,10 +1,10 @@
 """TUN/TAP with the virtio-net header and TSO, with a plain fallback.
 
 With IFF_VNET_HDR and TUNSETOFFLOAD(CSUM|TSO4) the kernel hands a TCP flow to us as super-frames
-of up to 64 KiB behind a 10-byte virtio_net_hdr, one read per ~45 packets instead of one each
-(DATAPATH-NOTES.md: the way past ~0.3 Mpps is fewer system calls). A kernel or device that
-refuses either step gets the plain device (no header, MTU-sized frames) and the reason, so the
-daemon always comes up.
+of up to 64 KiB behind a 10-byte virtio_net_hdr (vnet_hdr.py), one read per ~45 packets instead
+of one each: past ~0.3 Mpps the cost is system calls per packet, not the packet work. A kernel
+or device that refuses either step gets the plain device (no header, MTU-sized frames) and the
+reason, so the daemon always comes up.
 
 The device is persistent, so a restarted daemon keeps its MAC and
 routes. Linux re-reads IFF_VNET_HDR on every TUNSETIFF of an existing device, so a device made
@@ -22,7 +22,6 @@ from __future__ import annotations
 import fcntl
 import logging
 
-import numpy as np
 import pytun
 
 log = logging.getLogger(__name__)
@@ -36,17 +35,6 @@ TUN_F_TSO_ECN = 0x08
 TUN_F_USO4 = 0x20
 TUN_F_USO6 = 0x40
 DEFAULT_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4
-VNET_HDR_LEN = 10  # struct virtio_net_hdr, the size TUNSETVNETHDRSZ defaults to
-# virtio_net_hdr fields: u8 flags, u8 gso_type, u16 hdr_len, gso_size, csum_start, csum_offset
-VNET_HDR = np.dtype([("flags", "u1"), ("gso_type", "u1"), ("hdr_len", "<u2"),
-                     ("gso_size", "<u2"), ("csum_start", "<u2"), ("csum_offset", "<u2")])
-GSO_NONE = 0
-GSO_TCPV4 = 1
-GSO_UDP = 3
-GSO_TCPV6 = 4
-GSO_UDP_L4 = 5
-VNET_F_NEEDS_CSUM = 1
-VNET_F_DATA_VALID = 2
 
 OFFLOAD = "offload"
 PLAIN = "plain"

@@ -1,14 +1,16 @@
-"""Cache staleness for the compiled loops: one stamp over every file their machine code holds.
+"""Cache staleness for compiled code: one stamp over every file its machine code holds.
 
-numba decides whether a cached function is stale from its own source file only, but the loops
-(hotloop.py and the helpers in libc.py, loopio.py, udpgso.py) compile the fastpath and
-offload kernels (and the byte helpers both use) into themselves: after an edit of one of those
-files (or of the table/reason constants they freeze) the old kernels would keep running. This
-locator, consulted only for functions defined in the loop modules, stamps their cache with all
-of those files, so an edit of any of them recompiles every loop function.
+numba decides whether a cached function is stale from its own source file only, but the
+compiled loops (hotloop.py and the helpers in libc.py, loopio.py, udpgso.py) compile the
+pipeline's steps, the fastpath and offload kernels and the byte helpers they share into
+themselves, and so do the steps and kernels with their helpers (the checksum of wirebytes.py
+is inlined into both fastpath.py and offload.py). After an edit of one of those files, or of the
+table/reason/virtio constants or argument groups they freeze, old code would keep running. This
+locator, consulted only for functions defined in the covered modules, stamps their cache with
+all of the files below, so an edit of any of them recompiles all of them.
 
-Each loop module imports this one before its first @njit(cache=True): numba picks the locator
-when the decorator runs.
+Each covered module imports this one before its first @njit(cache=True): numba picks the
+locator when the decorator runs.
 """
 
 from __future__ import annotations
@@ -18,14 +20,21 @@ import os
 from numba.core import caching
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-# Functions defined in these files get the stamp ...
-_COVERED = frozenset(os.path.join(_HERE, name)
-                     for name in ("hotloop.py", "libc.py", "loopio.py", "udpgso.py"))
-# ... which is taken over these: the loop modules and the packet kernels compiled into them.
 _PACKET = os.path.join(os.path.dirname(_HERE), "packet")
+_DEV = os.path.join(os.path.dirname(_HERE), "dev")
+# Functions defined in these files get the stamp ...
+_COVERED = frozenset(
+    [os.path.join(_HERE, name) for name in ("hotloop.py", "libc.py", "loopio.py", "udpgso.py")]
+    + [os.path.join(_PACKET, name)
+       for name in ("steps.py", "fastpath.py", "offload.py", "wirebytes.py")])
+# ... which is taken over these: the covered modules and what their compiled code freezes.
 _DEPENDS = sorted(_COVERED) + [
-    os.path.join(_PACKET, name)
-    for name in ("fastpath.py", "table.py", "reasons.py", "offload.py", "wirebytes.py")]
+    os.path.join(_HERE, "scratch.py"),
+    os.path.join(_PACKET, "table.py"),
+    os.path.join(_PACKET, "reasons.py"),
+    os.path.join(_DEV, "vnet_hdr.py"),
+    os.path.join(_DEV, "udpopts.py"),
+]
 
 
 class _DependentStamp:

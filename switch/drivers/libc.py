@@ -7,10 +7,10 @@ and is cast in the IR, so one codegen helper covers all six functions. The symbo
 registered with LLVM's resolver explicitly: the JIT then links them no matter how the
 interpreter loaded libc.
 
-Also here: the constants those calls take (poll events, MSG_* flags, errnos, UDP socket
-options) and the C struct layouts the loops fill in as plain arrays: struct pollfd is two int32
-(fd; events | revents << 16), struct mmsghdr MMSG int64 slots, struct iovec two int64 slots,
-struct sockaddr_in 16 bytes (put_sockaddr / sockaddr_ip).
+Also here: the constants those calls take (poll events, MSG_* flags, errnos) and the C struct
+layouts the loops fill in as plain integer arrays, each field by a name below: struct pollfd,
+struct mmsghdr (a row of MMSG int64 slots), struct iovec (a row of IOVEC int64 slots),
+struct sockaddr_in (16 bytes: put_sockaddr / sockaddr_ip) and struct cmsghdr (bytes).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from weft.drivers import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
+from weft.drivers.driver import CompiledLoopUnavailable
 
 POLLIN = 0x1
 POLLOUT = 0x4
@@ -36,18 +37,58 @@ POLLNVAL = 0x20
 MSG_DONTWAIT = 0x40
 MSG_TRUNC = 0x20
 AF_INET = 2
-SOL_UDP = 17
-UDP_SEGMENT = 103
-UDP_GRO = 104
 EAGAIN = errno.EAGAIN
 EINTR = errno.EINTR
 EBADF = errno.EBADF
 EIO = errno.EIO
-MMSG = 8  # struct mmsghdr is 64 bytes: 8 int64 slots (see DATAPATH-NOTES)
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-for _name in ("poll", "read", "write", "sendmmsg", "recvmmsg", "__errno_location"):
-    llvm_binding.add_symbol(_name, ctypes.cast(getattr(_libc, _name), ctypes.c_void_p).value)
+# struct pollfd {int fd; short events; short revents} as two int32: [PFD_FD] and
+# [PFD_EVENTS] = events | revents << 16 (little-endian), so writing events clears revents.
+PFD_FD = 0
+PFD_EVENTS = 1
+POLLFD = 2
+
+# struct mmsghdr on x86-64 and arm64 is 64 bytes, every field in its own 8-byte slot (the
+# 4-byte ones padded): a row of MMSG int64 slots, MMSGHDR_SIZE bytes apart.
+MH_NAME = 0  # void *msg_name: the row's struct sockaddr_in
+MH_NAMELEN = 1  # socklen_t msg_namelen (value-result on receive)
+MH_IOV = 2  # struct iovec *msg_iov
+MH_IOVLEN = 3  # size_t msg_iovlen: with UDP GSO, the datagrams the message carries
+MH_CONTROL = 4  # void *msg_control
+MH_CONTROLLEN = 5  # size_t msg_controllen (value-result on receive)
+MH_FLAGS = 6  # int msg_flags (low 32 bits; MSG_TRUNC on receive)
+MH_LEN = 7  # unsigned msg_len (low 32 bits): bytes sent or received
+MMSG = 8
+MMSGHDR_SIZE = 8 * MMSG
+
+# struct iovec {void *iov_base; size_t iov_len}
+IOV_BASE = 0
+IOV_LEN = 1
+IOVEC = 2
+IOVEC_SIZE = 8 * IOVEC
+
+SOCKADDR_IN_SIZE = 16  # struct sockaddr_in
+
+# struct cmsghdr {size_t cmsg_len; int cmsg_level; int cmsg_type}, data at CMSG_DATA_AT.
+CMSG_LEN_AT = 0
+CMSG_LEVEL_AT = 8
+CMSG_TYPE_AT = 12
+CMSG_DATA_AT = 16  # CMSG_LEN(n) = CMSG_DATA_AT + n; CMSG_SPACE(n) rounds n up to 8 bytes
+
+
+def cmsg_space(data_len: int) -> int:
+    """CMSG_SPACE: room one cmsg with data_len bytes of data takes in the control buffer."""
+    return CMSG_DATA_AT + ((data_len + 7) & ~7)
+
+
+# A libc without one of these calls cannot run the compiled loops: the import fails with
+# CompiledLoopUnavailable, which (alone) moves the driver ladder down to the Python loop.
+try:
+    _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    for _name in ("poll", "read", "write", "sendmmsg", "recvmmsg", "__errno_location"):
+        llvm_binding.add_symbol(_name, ctypes.cast(getattr(_libc, _name), ctypes.c_void_p).value)
+except (OSError, AttributeError) as _exc:  # no libc found / a call missing from it
+    raise CompiledLoopUnavailable(f"libc for the compiled loops: {_exc}") from _exc
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -120,11 +161,11 @@ def get_errno(typingctx):
 @njit(cache=True, nogil=True)
 def put_sockaddr(a, ip, port):
     """struct sockaddr_in for (ip, port) into the 16 bytes of a (network byte order fields)."""
-    a[0] = AF_INET  # sa_family, little-endian u16
+    a[0] = AF_INET  # sin_family, little-endian u16
     a[1] = 0
-    a[2] = (port >> 8) & 0xFF
+    a[2] = (port >> 8) & 0xFF  # sin_port
     a[3] = port & 0xFF
-    a[4] = (ip >> 24) & 0xFF
+    a[4] = (ip >> 24) & 0xFF  # sin_addr
     a[5] = (ip >> 16) & 0xFF
     a[6] = (ip >> 8) & 0xFF
     a[7] = ip & 0xFF

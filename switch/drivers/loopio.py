@@ -2,7 +2,8 @@
 
 A loop (hotloop.py) talks to its Python thread through a ctl array (Python writes, the
 loop reads between system calls), a stats array (written only by the loop's thread) and the
-(code, rows, errno) it returns. The helpers here poll, send and write for both directions and
+(code, rows, errno) it returns. Backend kinds and drop counting are the pipeline's
+(weft.packet.steps), not the loops'. The helpers here poll, send and write for both directions and
 count every call, and every failure by kind, into stats.
 """
 
@@ -19,6 +20,10 @@ from weft.drivers.libc import (
     EBADF,
     EINTR,
     EIO,
+    MH_IOVLEN,
+    MMSGHDR_SIZE,
+    PFD_EVENTS,
+    PFD_FD,
     POLLIN,
     POLLNVAL,
     POLLOUT,
@@ -28,11 +33,6 @@ from weft.drivers.libc import (
     write,
 )
 from weft.packet.offload import ERR_MALFORMED, ERR_NO_ROOM
-from weft.packet.reasons import Verdict
-
-KIND_VXLAN = 0
-KIND_UDP = 1
-KINDS = {"vxlan": KIND_VXLAN, "udp": KIND_UDP}
 
 # Why a loop returned to Python (first element of its (code, n, errno) result).
 RET_STOP = 0  # ctl[CTL_STOP] was set
@@ -76,22 +76,20 @@ HARD_ERRNOS = frozenset({errno.EBADF, errno.EBADFD, errno.EFAULT, errno.ENOTSOCK
 
 _SEND_WAIT_MS = 10  # how long egress waits for socket buffer room before dropping a datagram
 ONE = np.uint64(1)  # uint64 + an int64 literal would be float64 in numba
-_DROP = int(Verdict.DROP)
-_SLOW = int(Verdict.SLOW)
 
 
 @njit(cache=True, nogil=True)
 def wait(pollfd, fd, events, timeout_ms, stats):
     """poll() one fd; returns revents (0 on timeout), or -errno."""
-    pollfd[0] = fd
-    pollfd[1] = events  # also clears revents, the high half of this int32
+    pollfd[PFD_FD] = fd
+    pollfd[PFD_EVENTS] = events  # also clears revents, the high half of this int32
     stats[ST_SYSCALLS] += ONE
     r = poll(pollfd.ctypes.data, 1, timeout_ms)
     if r < 0:
         return -get_errno()
     if r == 0:
         return 0
-    return (np.int64(pollfd[1]) >> 16) & 0xFFFF
+    return (np.int64(pollfd[PFD_EVENTS]) >> 16) & 0xFFFF
 
 
 @njit(cache=True, nogil=True)
@@ -137,16 +135,16 @@ def send_all(fd, msgs, k, m, pollfd, stats):
     A failing message is counted and skipped (the kernel reports its errno only when it is the
     first of a call). A full non-blocking socket (the udp backend shares its socket with ingress)
     gets one wait for room, so a burst is paced instead of dropped. ST_SENT counts datagrams:
-    a GSO message carries one per iovec (msg_iovlen, slot 3).
+    a GSO message carries one per iovec (msg_iovlen).
     """
     waited = False
     base = msgs.ctypes.data
     while k < m:
         stats[ST_SYSCALLS] += ONE
-        r = sendmmsg(fd, base + k * 64, m - k, 0)
+        r = sendmmsg(fd, base + k * MMSGHDR_SIZE, m - k, 0)
         if r > 0:
             for q in range(k, k + r):
-                stats[ST_SENT] += np.uint64(msgs[q, 3])
+                stats[ST_SENT] += np.uint64(msgs[q, MH_IOVLEN])
             stats[ST_MESSAGES] += np.uint64(r)
             k += r
             waited = False
@@ -160,7 +158,7 @@ def send_all(fd, msgs, k, m, pollfd, stats):
             waited = True
             wait(pollfd, fd, POLLOUT, _SEND_WAIT_MS, stats)
             continue
-        if msgs[k, 3] > 1 and (e == EIO or e == errno.EINVAL):
+        if msgs[k, MH_IOVLEN] > 1 and (e == EIO or e == errno.EINVAL):
             # The route's device or this kernel will not segment for us: the loop stops
             # building GSO messages (this one's segments are lost; TCP sends them again).
             stats[ST_GSO_REFUSED] += ONE
@@ -202,19 +200,6 @@ def write_one(dev_fd, addr, length, stats):
             return -e
         count_error(stats, e)
         return 0
-
-
-@njit(cache=True, nogil=True)
-def tally(n, verdict, reason, drops):
-    """Add the batch's DROP reasons to drops (pipeline.drops[direction]); returns # SLOW."""
-    slow = 0
-    for i in range(n):
-        v = verdict[i]
-        if v == _DROP:
-            drops[reason[i]] += np.uint64(1)
-        elif v == _SLOW:
-            slow += 1
-    return slow
 
 
 @njit(cache=True, nogil=True)

@@ -1,10 +1,10 @@
-"""The daemon's IO driver of the pipeline: device <-> pipeline <-> sockets, in batches.
+"""The Python driver (PyLoop) and the sockets every driver uses (Transport).
 
-Two threads: egress reads a batch from the TUN/TAP (first read waits, the rest drain without
-blocking), runs the pipeline and sends each FORWARD packet to its peer; ingress receives a batch
-of datagrams, runs the pipeline and writes each FORWARD frame into the device. SLOW packets go to
-the slow path, whose answers are written back into the device. Nothing here inspects packets.
-"""
+PyLoop moves packets device <-> pipeline <-> sockets, in batches, on two threads: egress reads
+a batch from the TUN/TAP (first read waits, the rest drain without blocking), runs the pipeline
+and sends each FORWARD packet to its peer; ingress receives a batch of datagrams, runs the
+pipeline and writes each FORWARD frame into the device. SLOW packets go to the slow path, whose
+answers are written back into the device. Nothing here inspects packets."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from weft.drivers.driver import Observer
 from weft.packet.fastpath import HEADROOM, Batch
 from weft.packet.pipeline import Pipeline
 from weft.packet.reasons import Verdict
@@ -95,9 +96,16 @@ class Transport:
             sock.close()
 
 
-class Datapath:
+class PyLoop:
+    """The Python driver (a weft.drivers.driver.Driver): select + readv/sendto, recvfrom + write.
+
+    Slower than the compiled loop by far, but needs nothing numba or libc might refuse.
+    """
+
+    batch = BATCH
+
     def __init__(self, pipeline: Pipeline, device_fd: int, transport: Transport,
-                 observer: Callable[..., None] | None = None) -> None:
+                 observer: Observer | None = None) -> None:
         self.pipeline = pipeline
         self.fd = device_fd
         self.transport = transport
@@ -107,6 +115,7 @@ class Datapath:
         self.observer = observer
         self.stopping = threading.Event()
         self.errors = {"send": 0, "write": 0}
+        self.crashed: dict[str, str] = {}  # thread name -> the exception that killed it
         os.set_blocking(device_fd, False)
         self.threads = [
             threading.Thread(target=self._guard, args=(self._egress_loop,), name="weft-egress",
@@ -124,11 +133,25 @@ class Datapath:
         for thread in self.threads:
             thread.join(timeout=2)
 
-    def _guard(self, loop) -> None:
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {}  # the pipeline's counters are all this loop keeps
+
+    def offloads(self) -> dict[str, str]:
+        return {"gso": "off", "gro": "off"}
+
+    def drops(self) -> dict[str, int]:
+        return {}  # every packet read reaches the pipeline
+
+    def _guard(self, loop: Callable[[], None]) -> None:
         try:
             loop()
-        except Exception:  # noqa: BLE001 - a datapath bug must be loud, not silent
-            log.exception("datapath thread %s died", threading.current_thread().name)
+        except Exception as exc:  # noqa: BLE001 - the thread's boundary: record, log, end
+            # Uncaught, it would only reach threading.excepthook (stderr) and the loop would
+            # stop silently; recorded, `weft status` errors and tests show it.
+            name = threading.current_thread().name
+            self.crashed[name] = repr(exc)
+            self.errors[f"crashed_{name.removeprefix('weft-')}"] = 1
+            log.exception("datapath thread %s died", name)
 
     # -- egress: device -> peers --------------------------------------------------------------
     def _egress_loop(self) -> None:

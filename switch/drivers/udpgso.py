@@ -13,14 +13,39 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from weft.dev.udpopts import SOL_UDP, UDP_GRO, UDP_SEGMENT
+from weft.dev.vnet_hdr import GSO_TCPV4, VNET_GSO_SIZE, VNET_GSO_TYPE, VNET_HDR_LEN
 from weft.drivers import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
-from weft.drivers.libc import SOL_UDP, UDP_GRO, UDP_SEGMENT, put_sockaddr
-from weft.drivers.loopio import KIND_VXLAN, ONE, ST_TUNNEL_GSO
+from weft.drivers.libc import (
+    CMSG_DATA_AT,
+    CMSG_LEN_AT,
+    CMSG_LEVEL_AT,
+    CMSG_TYPE_AT,
+    IOV_BASE,
+    IOV_LEN,
+    IOVEC_SIZE,
+    MH_CONTROL,
+    MH_CONTROLLEN,
+    MH_FLAGS,
+    MH_IOV,
+    MH_IOVLEN,
+    MH_LEN,
+    MH_NAME,
+    MH_NAMELEN,
+    SOCKADDR_IN_SIZE,
+    cmsg_space,
+    put_sockaddr,
+)
+from weft.drivers.loopio import ONE, ST_TUNNEL_GSO
 from weft.packet.fastpath import HEADROOM
-from weft.packet.offload import ERR_MALFORMED, ERR_NO_ROOM, GSO_TCPV4, VNET_HDR_LEN, split_super
+from weft.packet.offload import ERR_MALFORMED, ERR_NO_ROOM, split_super
 from weft.packet.reasons import Verdict
+from weft.packet.steps import KIND_VXLAN
 
-GSO_CMSG = 24  # CMSG_SPACE(sizeof(u16)): the UDP_SEGMENT cmsg of one message
+UDP_SEGMENT_DATA = 2  # the UDP_SEGMENT cmsg carries a u16 segment size
+GSO_CMSG = cmsg_space(UDP_SEGMENT_DATA)  # 24: the UDP_SEGMENT cmsg of one message
+GSO_CMSG_LEN = CMSG_DATA_AT + UDP_SEGMENT_DATA  # 18: its cmsg_len, CMSG_LEN(sizeof(u16))
+UDP_GRO_DATA = 4  # the UDP_GRO cmsg carries an int segment size
 GRO_CMSG = 64  # control room per received message (the UDP_GRO cmsg is CMSG_SPACE(int) = 24)
 GSO_SEGMENTS = 64  # UDP_MAX_SEGMENTS on every kernel with UDP GSO (newer ones take 128)
 # A GSO message is one UDP datagram to the IP layer until it is cut: its payload must fit the
@@ -39,43 +64,63 @@ _FORWARD = int(Verdict.FORWARD)
 
 
 @njit(cache=True, nogil=True)
-def row_messages(n, bufs, out_off, out_len, verdict, dst_ip, dport, msgs, iovs, addrs):
-    """One message per FORWARD row (its encapsulated packet to its peer); returns how many."""
-    stride = bufs.strides[0]
-    base = bufs.ctypes.data
+def _message(msgs, m, addrs, iovs, k, iovlen):
+    """Point message m at sockaddr m and iovecs k..k+iovlen-1; no control data."""
+    msgs[m, MH_NAME] = addrs.ctypes.data + m * SOCKADDR_IN_SIZE
+    msgs[m, MH_NAMELEN] = SOCKADDR_IN_SIZE
+    msgs[m, MH_IOV] = iovs.ctypes.data + k * IOVEC_SIZE
+    msgs[m, MH_IOVLEN] = iovlen
+    msgs[m, MH_CONTROL] = 0
+    msgs[m, MH_CONTROLLEN] = 0
+    msgs[m, MH_FLAGS] = 0
+    msgs[m, MH_LEN] = 0
+
+
+@njit(cache=True, nogil=True)
+def row_messages(n, b, dport, io):
+    """One message per FORWARD row of batch b (its encapsulated packet to its peer), in the
+    scratch of io (EgressIO); returns how many."""
+    stride = b.bufs.strides[0]
+    base = b.bufs.ctypes.data
     m = 0
     for i in range(n):
-        if verdict[i] != _FORWARD:
+        if b.verdict[i] != _FORWARD:
             continue
-        put_sockaddr(addrs[m], np.int64(dst_ip[i]), dport)
-        iovs[m, 0] = base + i * stride + out_off[i]
-        iovs[m, 1] = out_len[i]
-        msgs[m, 0] = addrs.ctypes.data + m * 16
-        msgs[m, 1] = 16
-        msgs[m, 2] = iovs.ctypes.data + m * 16
-        msgs[m, 3] = 1
-        msgs[m, 4] = 0
-        msgs[m, 5] = 0
-        msgs[m, 6] = 0
-        msgs[m, 7] = 0
+        put_sockaddr(io.addrs[m], np.int64(b.dst_ip[i]), dport)
+        io.iovs[m, IOV_BASE] = base + i * stride + b.out_off[i]
+        io.iovs[m, IOV_LEN] = b.out_len[i]
+        _message(io.msgs, m, io.addrs, io.iovs, m, 1)
         m += 1
     return m
 
 
 @njit(cache=True, nogil=True)
-def gso_messages(kind, n, bufs, out_off, out_len, verdict, dst_ip, port, gso_fds,
-                  msgs, iovs, addrs, ctrl, msg_fd):
-    """Group the FORWARD rows into UDP GSO messages; returns how many (msgs[:m], msg_fd[:m]).
+def _udp_segment_cmsg(ctrl, c, size):
+    """A UDP_SEGMENT cmsg with segment size `size` at ctrl[c:c + GSO_CMSG]."""
+    for j in range(GSO_CMSG):
+        ctrl[c + j] = 0
+    ctrl[c + CMSG_LEN_AT] = GSO_CMSG_LEN  # size_t, little-endian
+    ctrl[c + CMSG_LEVEL_AT] = SOL_UDP
+    ctrl[c + CMSG_TYPE_AT] = UDP_SEGMENT
+    ctrl[c + CMSG_DATA_AT] = size & 0xFF  # u16, little-endian
+    ctrl[c + CMSG_DATA_AT + 1] = (size >> 8) & 0xFF
+
+
+@njit(cache=True, nogil=True)
+def gso_messages(kind, n, b, port, io):
+    """Group the FORWARD rows of batch b into UDP GSO messages in the scratch of io (EgressIO);
+    returns how many (io.msgs[:m], each leaving by io.msg_fd[:m]).
 
     A message collects consecutive rows for the same peer and socket whose UDP payloads are
     all one size (the last may be shorter, which closes it), up to GSO_SEGMENTS and GSO_BYTES.
     Its iovecs point at the payloads in the rows, so nothing is copied; a UDP_SEGMENT cmsg
     with that size makes the kernel cut it back into one datagram per row. vxlan rows carry
-    the outer IPv4+UDP the kernel wrote: the payload starts after it, and the flow-hashed
+    the outer IPv4+UDP the fast path wrote: the payload starts after it, and the flow-hashed
     source port it chose picks the socket of the pool, so one flow always leaves from one port.
     """
-    stride = bufs.strides[0]
-    base = bufs.ctypes.data
+    msgs, iovs, msg_fd, gso_fds = io.msgs, io.iovs, io.msg_fd, io.gso_fds
+    stride = b.bufs.strides[0]
+    base = b.bufs.ctypes.data
     pool = gso_fds.shape[0]
     m = 0
     k = 0  # iovecs used; a message's iovecs are consecutive
@@ -85,36 +130,29 @@ def gso_messages(kind, n, bufs, out_off, out_len, verdict, dst_ip, port, gso_fds
     can_grow = False
     last_dst = np.int64(-1)
     for i in range(n):
-        if verdict[i] != _FORWARD:
+        if b.verdict[i] != _FORWARD:
             continue
-        off = np.int64(out_off[i])
-        ln = np.int64(out_len[i])
+        off = np.int64(b.out_off[i])
+        ln = np.int64(b.out_len[i])
         if kind == KIND_VXLAN:
-            sport = (np.int64(bufs[i, off + 20]) << 8) | np.int64(bufs[i, off + 21])
+            sport = (np.int64(b.bufs[i, off + 20]) << 8) | np.int64(b.bufs[i, off + 21])
             fd = gso_fds[sport % pool]
             off += VXLAN_OUTER
             ln -= VXLAN_OUTER
         else:
             fd = gso_fds[0]
-        dst = np.int64(dst_ip[i])
-        iovs[k, 0] = base + i * stride + off
-        iovs[k, 1] = ln
+        dst = np.int64(b.dst_ip[i])
+        iovs[k, IOV_BASE] = base + i * stride + off
+        iovs[k, IOV_LEN] = ln
         if (can_grow and fd == msg_fd[m - 1] and dst == last_dst and ln <= seg
                 and segs < GSO_SEGMENTS and total + ln <= GSO_BYTES):
-            msgs[m - 1, 3] += 1
+            msgs[m - 1, MH_IOVLEN] += 1
             segs += 1
             total += ln
             can_grow = ln == seg
         else:
-            put_sockaddr(addrs[m], dst, port)
-            msgs[m, 0] = addrs.ctypes.data + m * 16
-            msgs[m, 1] = 16
-            msgs[m, 2] = iovs.ctypes.data + k * 16
-            msgs[m, 3] = 1
-            msgs[m, 4] = 0
-            msgs[m, 5] = 0
-            msgs[m, 6] = 0
-            msgs[m, 7] = 0
+            put_sockaddr(io.addrs[m], dst, port)
+            _message(msgs, m, io.addrs, iovs, k, 1)
             msg_fd[m] = fd
             m += 1
             last_dst = dst
@@ -124,19 +162,13 @@ def gso_messages(kind, n, bufs, out_off, out_len, verdict, dst_ip, port, gso_fds
             can_grow = True
         k += 1
     for q in range(m):
-        if msgs[q, 3] < 2:
+        if msgs[q, MH_IOVLEN] < 2:
             continue  # one datagram: no cmsg, the plain send it always was
         c = q * GSO_CMSG
-        for j in range(GSO_CMSG):
-            ctrl[c + j] = 0
-        ctrl[c] = 18  # cmsg_len = CMSG_LEN(sizeof(u16)), a little-endian size_t
-        ctrl[c + 8] = SOL_UDP  # cmsg_level
-        ctrl[c + 12] = UDP_SEGMENT  # cmsg_type
-        size = iovs[(msgs[q, 2] - iovs.ctypes.data) // 16, 1]  # the first payload's length
-        ctrl[c + 16] = size & 0xFF
-        ctrl[c + 17] = (size >> 8) & 0xFF
-        msgs[q, 4] = ctrl.ctypes.data + c
-        msgs[q, 5] = GSO_CMSG
+        first_iov = (msgs[q, MH_IOV] - iovs.ctypes.data) // IOVEC_SIZE
+        _udp_segment_cmsg(io.ctrl, c, iovs[first_iov, IOV_LEN])  # the first payload's size
+        msgs[q, MH_CONTROL] = io.ctrl.ctypes.data + c
+        msgs[q, MH_CONTROLLEN] = GSO_CMSG
     return m
 
 
@@ -147,18 +179,21 @@ def gso_messages(kind, n, bufs, out_off, out_len, verdict, dst_ip, port, gso_fds
 def gro_size(ctrl, controllen):
     """The UDP_GRO cmsg's segment size among a message's control data, or 0 if it has none."""
     pos = 0
-    while pos + 16 <= controllen:
+    while pos + CMSG_DATA_AT <= controllen:
         clen = 0
-        for j in range(8):
-            clen |= np.int64(ctrl[pos + j]) << (8 * j)
-        level = np.int64(ctrl[pos + 8]) | (np.int64(ctrl[pos + 9]) << 8)
-        kind = np.int64(ctrl[pos + 12]) | (np.int64(ctrl[pos + 13]) << 8)
-        if clen < 16:
+        for j in range(8):  # size_t cmsg_len, little-endian
+            clen |= np.int64(ctrl[pos + CMSG_LEN_AT + j]) << (8 * j)
+        level = (np.int64(ctrl[pos + CMSG_LEVEL_AT])
+                 | (np.int64(ctrl[pos + CMSG_LEVEL_AT + 1]) << 8))
+        kind = np.int64(ctrl[pos + CMSG_TYPE_AT]) | (np.int64(ctrl[pos + CMSG_TYPE_AT + 1]) << 8)
+        if clen < CMSG_DATA_AT:
             return 0
-        if level == SOL_UDP and kind == UDP_GRO and pos + 20 <= controllen:
-            return (np.int64(ctrl[pos + 16]) | (np.int64(ctrl[pos + 17]) << 8)
-                    | (np.int64(ctrl[pos + 18]) << 16))
-        pos += (clen + 7) & ~7
+        data = pos + CMSG_DATA_AT
+        if level == SOL_UDP and kind == UDP_GRO and data + UDP_GRO_DATA <= controllen:
+            # an int segment size; a datagram is < 64 KiB, so three bytes hold it
+            return (np.int64(ctrl[data]) | (np.int64(ctrl[data + 1]) << 8)
+                    | (np.int64(ctrl[data + 2]) << 16))
+        pos += (clen + 7) & ~7  # CMSG_NXTHDR: the next header is 8-byte aligned
     return 0
 
 
@@ -187,9 +222,9 @@ def split_tunnel_gso(msg, total, mtu, bufs, lens, first):
         return ERR_MALFORMED
     for j in range(VNET_HDR_LEN):  # flags 0, gso TCPV4, hdr_len 0, gso_size, csum 0
         msg[j] = 0
-    msg[1] = GSO_TCPV4
-    msg[4] = gso_size & 0xFF
-    msg[5] = (gso_size >> 8) & 0xFF
+    msg[VNET_GSO_TYPE] = GSO_TCPV4
+    msg[VNET_GSO_SIZE] = gso_size & 0xFF  # little-endian u16
+    msg[VNET_GSO_SIZE + 1] = (gso_size >> 8) & 0xFF
     r = split_super(msg, VNET_HDR_LEN + total - 8, 14, bufs, lens, first)
     for j in range(8):
         msg[GRO_PAD + j] = hdr[j]
@@ -205,9 +240,9 @@ def split_tunnel_gso(msg, total, mtu, bufs, lens, first):
 
 
 @njit(cache=True, nogil=True)
-def gro_split(kind, gro, gro_len, gro_seg, gro_src, got, gi, gpos, bufs, lens, src_ip, cap,
-               mtu, stats):
-    """Copy the datagrams of received GRO messages gi.. into rows; returns (n, gi, gpos).
+def gro_split(kind, io, got, gi, gpos, b, cap, mtu):
+    """Copy the datagrams of received GRO messages gi.. (in io, IngressIO) into the rows of
+    batch b; returns (n, gi, gpos).
 
     Message j holds gro_len[j] bytes, datagrams of gro_seg[j] bytes back to back (the last may
     be shorter); each becomes a row with its sender's address. When the rows run out the
@@ -215,6 +250,8 @@ def gro_split(kind, gro, gro_len, gro_seg, gro_src, got, gi, gpos, bufs, lens, s
     A datagram longer than a row is a kernel VXLAN's GSO packet (split_tunnel_gso) or else
     one row of length cap + 1, which the kernel drops as TRUNCATED, as the plain path does.
     """
+    gro, gro_len, gro_seg, gro_src = io.gro, io.gro_len, io.gro_seg, io.gro_src
+    bufs, lens, src_ip = b.bufs, b.lens, b.src_ip
     rows = bufs.shape[0]
     n = 0
     while n < rows and gi < got:
@@ -229,7 +266,7 @@ def gro_split(kind, gro, gro_len, gro_seg, gro_src, got, gi, gpos, bufs, lens, s
                 if r == ERR_NO_ROOM and n > 0:
                     break  # the next batch starts with it, from row 0
             if r > 0:
-                stats[ST_TUNNEL_GSO] += ONE
+                io.stats[ST_TUNNEL_GSO] += ONE
                 for i in range(n, n + r):
                     src_ip[i] = gro_src[gi]
                 n += r

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from weft.drivers import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
 from weft.packet.reasons import Reason, Verdict
 from weft.packet.table import (
     CFG_LOCAL_INDEX,
@@ -29,6 +30,9 @@ from weft.packet.table import (
     CFG_VNI,
     PeerTable,
 )
+from weft.packet.wirebytes import checksum as _checksum
+from weft.packet.wirebytes import fold16 as _fold16
+from weft.packet.wirebytes import sum16 as _sum16
 from weft.packet.wirebytes import u8 as _u8
 from weft.packet.wirebytes import u16 as _u16
 from weft.packet.wirebytes import u32 as _u32
@@ -103,37 +107,6 @@ def new_counters() -> np.ndarray:
 
 
 # ---- byte and checksum helpers -------------------------------------------------------------
-
-
-@njit(cache=True, nogil=True)
-def _csum(b, o, n):
-    """Internet checksum of b[o:o+n] (n even)."""
-    s = np.int64(0)
-    for k in range(o, o + n, 2):
-        s += _u16(b, k)
-    s = (s & 0xFFFF) + (s >> 16)
-    s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-@njit(cache=True, nogil=True)
-def _sum16(b, o, n):
-    """Unfolded one's-complement sum of b[o:o+n]; an odd last byte is zero-padded (RFC 1071)."""
-    s = np.int64(0)
-    end = o + (n & ~1)
-    for k in range(o, end, 2):
-        s += _u16(b, k)
-    if n & 1:
-        s += _u8(b, end) << 8
-    return s
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _fold16(s):
-    # End-around carry until 16 bits remain; a nonzero sum never folds to 0 (it gives 0xFFFF).
-    while s > 0xFFFF:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
 
 
 @njit(cache=True, nogil=True)
@@ -337,7 +310,7 @@ def _vxlan_egress_one(b, ln, cap, cfg, present, public_ip, vtep_mac, ip_id):
     _w16(b, o + 10, 0)
     _w32(b, o + 12, cfg[CFG_LOCAL_PUBLIC_IP])
     _w32(b, o + 16, peer_ip)
-    _w16(b, o + 10, _csum(b, o, 20))
+    _w16(b, o + 10, _checksum(b, o, 20))
     u = o + 20
     _w16(b, u, src_port)
     _w16(b, u + 2, cfg[CFG_PORT])

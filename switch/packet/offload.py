@@ -1,15 +1,8 @@
 """numba kernels for TUN/TAP offloads: split TSO super-frames (GSO) and coalesce segments (GRO).
 
 A device opened with IFF_VNET_HDR and TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4) prefixes every read
-and every write with a 10-byte virtio_net_hdr:
-
-    u8 flags; u8 gso_type; u16 hdr_len; u16 gso_size; u16 csum_start; u16 csum_offset
-
-The u16 fields are little-endian here. A tun/tap device uses the legacy virtio layout, whose
-byte order is the host's (tun_is_little_endian(): TUN_VNET_LE set, or a little-endian host);
-TUNSETVNETLE forces little-endian on big-endian hosts too. weft runs on x86-64 and arm64, both
-little-endian, so the kernels read and write little-endian and the opener need not call
-TUNSETVNETLE (it may, to make the assumption explicit).
+and every write with a 10-byte virtio_net_hdr; its layout and constants are defined once, in
+weft.dev.vnet_hdr (little-endian u16 fields, the byte order of the hosts weft runs on).
 
 `split_super` turns one read (header + Ethernet frame or raw IPv4 packet at `l3_off`) into the
 ordinary packets the rest of the datapath handles; `coalesce` turns FORWARD rows after the
@@ -24,21 +17,27 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from weft.dev.vnet_hdr import (
+    GSO_ECN,
+    GSO_NONE,
+    GSO_TCPV4,
+    VNET_CSUM_OFFSET,
+    VNET_CSUM_START,
+    VNET_F_NEEDS_CSUM,
+    VNET_FLAGS,
+    VNET_GSO_SIZE,
+    VNET_GSO_TYPE,
+    VNET_HDR_LEN,
+    VNET_HDR_LEN_AT,
+)
+from weft.drivers import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
 from weft.packet.fastpath import HEADROOM
+from weft.packet.wirebytes import fold16 as _fold16
+from weft.packet.wirebytes import sum16 as _sum16
 from weft.packet.wirebytes import u16 as _u16
 from weft.packet.wirebytes import u32 as _u32
 from weft.packet.wirebytes import w16 as _w16
 from weft.packet.wirebytes import w32 as _w32
-
-VNET_HDR_LEN = 10
-VNET_F_NEEDS_CSUM = 1
-VNET_F_DATA_VALID = 2
-GSO_NONE = 0
-GSO_TCPV4 = 1
-GSO_UDP = 3
-GSO_TCPV6 = 4
-GSO_UDP_L4 = 5
-GSO_ECN = 0x80
 
 # Negative return codes of split_super and coalesce; callers drop and count by code.
 ERR_MALFORMED = -1  # headers inconsistent or truncated
@@ -85,33 +84,6 @@ def _wle16(b, o, v):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _sum16(b, o, n):
-    """Unfolded one's-complement sum of b[o:o+n] as big-endian words, odd tail zero-padded.
-
-    Speed notes (each about 10x on 64 KiB): the loop indexes a view from 0, so LLVM can see the
-    index is never negative and drops numba's wraparound handling, which blocks vectorizing;
-    high and low bytes go to separate uint32 accumulators (sum = 256*hi + lo), no shifts or
-    int64 widening inside. A block of 65536 pairs adds at most 255 * 65536 < 2**32 to each.
-    """
-    total = np.int64(0)
-    pairs = n >> 1
-    done = 0
-    while done < pairs:
-        m = min(pairs - done, 65536)
-        v = b[o + 2 * done : o + 2 * (done + m)]
-        hi = np.uint32(0)
-        lo = np.uint32(0)
-        for k in range(m):
-            hi += np.uint32(v[2 * k])
-            lo += np.uint32(v[2 * k + 1])
-        total += (np.int64(hi) << 8) + np.int64(lo)
-        done += m
-    if n & 1:
-        total += np.int64(b[o + n - 1]) << 8
-    return total
-
-
-@njit(cache=True, nogil=True, inline="always")
 def _copy(dst, do, src, so, n):
     """dst[do:do+n] = src[so:so+n] (no overlap). A loop over views indexed from 0 compiles to a
     vectorized copy; numba's slice assignment takes a generic path about 15x slower."""
@@ -119,14 +91,6 @@ def _copy(dst, do, src, so, n):
     s = src[so : so + n]
     for k in range(n):
         d[k] = s[k]
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _fold16(s):
-    # End-around carry until 16 bits remain; a nonzero sum never folds to 0.
-    while s > 0xFFFF:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -221,11 +185,11 @@ def split_super(src, src_len, l3_off, bufs, lens, first_row):
     first_row = np.int64(first_row)
     if src_len < VNET_HDR_LEN or src_len > src.shape[0] or l3_off < 0:
         return ERR_MALFORMED
-    flags = np.int64(src[0])
-    gso = np.int64(src[1])
-    gso_size = _le16(src, 4)
-    csum_start = _le16(src, 6)
-    csum_offset = _le16(src, 8)
+    flags = np.int64(src[VNET_FLAGS])
+    gso = np.int64(src[VNET_GSO_TYPE])
+    gso_size = _le16(src, VNET_GSO_SIZE)
+    csum_start = _le16(src, VNET_CSUM_START)
+    csum_offset = _le16(src, VNET_CSUM_OFFSET)
     if gso & GSO_ECN or (gso != GSO_NONE and gso != GSO_TCPV4):
         return ERR_UNSUPPORTED
     p = VNET_HDR_LEN
@@ -351,12 +315,25 @@ def _finish_unit(u, ulen, nseg, gso_size, l3_off):
     # CHECKSUM_PARTIAL form, as the stack leaves it for a NIC: the folded pseudo-header sum
     # (never 0, the protocol alone is nonzero); the kernel completes it per segment.
     _w16(u, ip + ihl + 16, _fold16(_pseudo(u, ip, tot - ihl)))
-    u[0] = VNET_F_NEEDS_CSUM
-    u[1] = GSO_TCPV4
-    _wle16(u, 2, l3_off + ihl + doff)
-    _wle16(u, 4, gso_size)
-    _wle16(u, 6, l3_off + ihl)
-    _wle16(u, 8, 16)
+    u[VNET_FLAGS] = VNET_F_NEEDS_CSUM
+    u[VNET_GSO_TYPE] = GSO_TCPV4
+    _wle16(u, VNET_HDR_LEN_AT, l3_off + ihl + doff)
+    _wle16(u, VNET_GSO_SIZE, gso_size)
+    _wle16(u, VNET_CSUM_START, l3_off + ihl)
+    _wle16(u, VNET_CSUM_OFFSET, 16)  # the TCP checksum field
+
+
+@njit(cache=True, nogil=True)
+def unit_segments(u, ulen):
+    """How many packets the coalesce unit u[:ulen] carries (its header says TCPV4 if merged)."""
+    if u[VNET_GSO_TYPE] != GSO_TCPV4:
+        return 1
+    hdr_len = _le16(u, VNET_HDR_LEN_AT)
+    gso_size = _le16(u, VNET_GSO_SIZE)
+    payload = np.int64(ulen) - VNET_HDR_LEN - hdr_len
+    if gso_size <= 0 or payload <= 0:
+        return 1
+    return (payload + gso_size - 1) // gso_size
 
 
 @njit(cache=True, nogil=True)

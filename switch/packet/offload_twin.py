@@ -13,14 +13,13 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from weft.dev.vnet_hdr import GSO_ECN, GSO_NONE, GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR_LEN
+from weft.dev.vnet_hdr import VNET_HDR as _VNET_DTYPE
 from weft.packet.checksum import fold16, sum16
 from weft.packet.offload import (
     ERR_MALFORMED,
     ERR_NO_ROOM,
     ERR_UNSUPPORTED,
-    GSO_ECN,
-    GSO_NONE,
-    GSO_TCPV4,
     MAX_IP_LEN,
     MAX_SEGMENTS,
     TCP_ACK,
@@ -28,11 +27,12 @@ from weft.packet.offload import (
     TCP_FIN,
     TCP_PSH,
     UNIT_ROW,
-    VNET_F_NEEDS_CSUM,
-    VNET_HDR_LEN,
 )
 
-VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+# The numpy layout of weft.dev.vnet_hdr as a struct format: "<" + one code per field.
+VNET_HDR = struct.Struct("<" + "".join(_VNET_DTYPE.fields[name][0].char
+                                       for name in _VNET_DTYPE.names))
+assert VNET_HDR.size == VNET_HDR_LEN
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 A Pipeline binds the batch kernels of one backend ("vxlan" or "udp") to the datapath config, the
 peer table and the counters, and routes SLOW verdicts to the scapy slow path. It does no IO: the
-daemon feeds it from TUN/TAP and sockets, replay from a pcap, trace one packet at a time.
+daemon's drivers feed it from TUN/TAP and sockets, replay from a pcap, trace one packet at a time.
+Its steps are the compiled ones of steps.py; the compiled loops call those same steps with
+`kind_code`, `peers` and `state`, so kernel choice and drop counting exist once.
 """
 
 from __future__ import annotations
@@ -13,20 +15,13 @@ from ipaddress import IPv4Address, IPv4Network
 
 import numpy as np
 
-from weft.packet import fastpath, slowpath
+from weft.packet import fastpath, slowpath, steps
 from weft.packet.fastpath import Batch
 from weft.packet.reasons import Reason, Verdict, reason_name
+from weft.packet.steps import EGRESS, INGRESS, KINDS, PATHS, PipelineState
 from weft.packet.table import DatapathConfig, PeerTable
 
-KERNELS = {
-    "vxlan": (fastpath.run_vxlan_egress, fastpath.run_vxlan_ingress,
-              fastpath.PATH_VXLAN_EGRESS, fastpath.PATH_VXLAN_INGRESS),
-    "udp": (fastpath.run_udp_egress, fastpath.run_udp_ingress,
-            fastpath.PATH_UDP_EGRESS, fastpath.PATH_UDP_INGRESS),
-}
-
-
-EGRESS, INGRESS = 0, 1  # directions, as indices of Pipeline.drops
+__all__ = ["EGRESS", "INGRESS", "LocalInfo", "Pipeline"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +34,7 @@ class LocalInfo:
 class Pipeline:
     def __init__(self, kind: str, network: IPv4Network, subnet_len: int, *, vni: int = 1,
                  port: int = 8472, mtu: int = 1450) -> None:
-        if kind not in KERNELS:
+        if kind not in KINDS:
             raise ValueError(f"no datapath for backend {kind!r}")
         self.kind = kind
         self.network = network
@@ -51,7 +46,10 @@ class Pipeline:
         self.drops = np.zeros((2, fastpath.REASON_SLOTS), dtype=np.uint64)
         self.mtu = mtu
         self.local: LocalInfo | None = None
-        self._egress, self._ingress, self.path_egress, self.path_ingress = KERNELS[kind]
+        self.kind_code = KINDS[kind]
+        self.path_egress, self.path_ingress = PATHS[self.kind_code]
+        self.peers = steps.peer_arrays(self.table)
+        self.state = PipelineState(self.dpcfg.cfg, self.counters, self.drops)
         self._slow_ctx: slowpath.SlowPathContext | None = None
 
     @property
@@ -77,14 +75,14 @@ class Pipeline:
     # -- the steps ------------------------------------------------------------------------------
     def egress(self, batch: Batch, n: int) -> int:
         """Packets from our pods (TAP frames / TUN packets) -> encapsulated; returns # FORWARD."""
-        forwarded = self._egress(batch, n, self.cfg, self.table, self.counters)
-        self.count_drops(batch, n, EGRESS)
+        forwarded, _ = steps.egress(self.kind_code, n, steps.batch_arrays(batch), self.peers,
+                                    self.state)
         return forwarded
 
     def ingress(self, batch: Batch, n: int) -> int:
         """Payloads from peers (with batch.src_ip) -> inner frames/packets; returns # FORWARD."""
-        forwarded = self._ingress(batch, n, self.cfg, self.table, self.counters)
-        self.count_drops(batch, n, INGRESS)
+        forwarded, _ = steps.ingress(self.kind_code, n, steps.batch_arrays(batch), self.peers,
+                                     self.state)
         return forwarded
 
     def slow(self, packet: bytes, reason: int) -> slowpath.SlowResult:
@@ -97,13 +95,6 @@ class Pipeline:
         return result
 
     # -- counters -------------------------------------------------------------------------------
-    def count_drops(self, batch: Batch, n: int, direction: int) -> None:
-        """Add the batch's DROP verdicts to the per-direction drop counts (vectorised)."""
-        reasons = batch.reason[:n][batch.verdict[:n] == int(Verdict.DROP)]
-        if reasons.size:
-            self.drops[direction] += np.bincount(reasons, minlength=fastpath.REASON_SLOTS)[
-                : fastpath.REASON_SLOTS].astype(np.uint64)
-
     def counter_summary(self) -> dict:
         """Packets/bytes per direction, drops and slow-path outcomes by reason name."""
         c = self.counters

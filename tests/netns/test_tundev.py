@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from pyroute2 import IPRoute
 
-from weft.dev import tundev
+from weft.dev import tundev, vnet_hdr
 from weft.tools.lab import netns
 
 TUNGETIFF = 0x800454D2
@@ -97,7 +97,7 @@ def _tcp_transfer(dev, hdr_len: int, name: str) -> dict:
     while len(result["payload"]) < TOTAL and time.monotonic() < deadline:
         select.select([fd], [], [], 0.2)
         for raw in _drain(fd):
-            vnet = np.frombuffer(raw[:hdr_len], tundev.VNET_HDR)[0] if hdr_len else None
+            vnet = np.frombuffer(raw[:hdr_len], vnet_hdr.VNET_HDR)[0] if hdr_len else None
             frame = Ether(raw[hdr_len:])
             if TCP not in frame:
                 continue
@@ -131,7 +131,7 @@ def _offload_session(name: str) -> dict:
     dev, mode = tundev.open_device(name, tap=True)
     try:
         flags = _device_flags(dev.fileno())
-        got = _tcp_transfer(dev, tundev.VNET_HDR_LEN, name)
+        got = _tcp_transfer(dev, vnet_hdr.VNET_HDR_LEN, name)
         return {"mode": str(mode), "vnet_flag": bool(flags & tundev.IFF_VNET_HDR), **got}
     finally:
         dev.persist(False)
@@ -145,15 +145,15 @@ def test_tap_offload_tcp_reads_are_tso_superframes(ns):
     assert got["mode"] == "offload" and got["vnet_flag"]
     assert got["intact"]
     frames = got["frames"]
-    tso = [f for f in frames if f["gso_type"] == tundev.GSO_TCPV4]
+    tso = [f for f in frames if f["gso_type"] == vnet_hdr.GSO_TCPV4]
     print(f"\n{len(frames)} data reads for {TOTAL} B; {len(tso)} TSO, largest "
           f"{max(f['frame'] for f in frames)} B, gso_size {sorted({f['gso_size'] for f in tso})}")
     assert tso, frames
     for f in frames:
-        assert f["read"] == f["frame"] + tundev.VNET_HDR_LEN  # the 10-byte virtio_net_hdr
+        assert f["read"] == f["frame"] + vnet_hdr.VNET_HDR_LEN  # the 10-byte virtio_net_hdr
     assert max(f["frame"] for f in tso) > 1514
     assert {f["gso_size"] for f in tso} == {1460}
-    assert all(f["vnet_flags"] & tundev.VNET_F_NEEDS_CSUM for f in tso)  # checksum left to us
+    assert all(f["vnet_flags"] & vnet_hdr.VNET_F_NEEDS_CSUM for f in tso)  # checksum left to us
 
 
 def _offload_then_plain(name: str) -> dict:

@@ -15,6 +15,17 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet
 
+from weft.dev.vnet_hdr import (
+    GSO_ECN,
+    GSO_NONE,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    GSO_UDP,
+    GSO_UDP_L4,
+    VNET_F_DATA_VALID,
+    VNET_F_NEEDS_CSUM,
+    VNET_HDR_LEN,
+)
 from weft.packet import offload
 from weft.packet import offload_twin as twin
 from weft.packet.fastpath import HEADROOM
@@ -22,17 +33,8 @@ from weft.packet.offload import (
     ERR_MALFORMED,
     ERR_NO_ROOM,
     ERR_UNSUPPORTED,
-    GSO_ECN,
-    GSO_NONE,
-    GSO_TCPV4,
-    GSO_TCPV6,
-    GSO_UDP,
-    GSO_UDP_L4,
     MAX_SEGMENTS,
     UNIT_ROW,
-    VNET_F_DATA_VALID,
-    VNET_F_NEEDS_CSUM,
-    VNET_HDR_LEN,
 )
 from weft.packet.offload_twin import VnetHdr
 

@@ -1,0 +1,134 @@
+"""The datapath of an overlay backend: its TUN/TAP and the best driver that runs there.
+
+Modes, best first (`--datapath auto` takes the best that works, a named one insists):
+  offload  the compiled loop over a device opened with IFF_VNET_HDR + TSO: TCP crosses the
+           device as 64 KiB super-frames, split into packets on egress, merged on ingress;
+           the sockets use UDP GSO (one send per run of same-size packets to a peer) and UDP
+           GRO (one receive per run of a peer's datagrams) where the kernel takes them
+  fast     the compiled loop over a plain device, one device read/write per packet
+  plain    the Python loop (pyloop.py), for when numba or libc cannot run the compiled one
+The device mode is fixed when the device is opened (before the lease, so a refused offload is
+known early); a compiled loop that then cannot run gets the device reopened plain. Only
+CompiledLoopUnavailable (numba or libc cannot run the compiled loop here) moves down the
+ladder: any other error is a bug and propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from weft.dev.tundev import OFFLOAD as DEVICE_OFFLOAD
+from weft.dev.tundev import open_device
+from weft.drivers import modes
+from weft.drivers.driver import CompiledLoopUnavailable, Driver
+from weft.drivers.pyloop import PyLoop, Transport
+from weft.packet.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+class DeviceDatapath:
+    """A persistent TUN/TAP `name` and, once started, the driver that serves it.
+
+    wanted: one of modes.CHOICES. The device is opened here (offload mode if the wanted mode
+    allows it); start() opens the sockets and starts the driver, close() stops both and
+    closes the device (which persists, so a restarted daemon reattaches).
+    """
+
+    def __init__(self, name: str, tap: bool, wanted: str = modes.AUTO) -> None:
+        if wanted not in modes.CHOICES:
+            raise ValueError(f"unknown datapath {wanted!r} "
+                             f"(choose from {', '.join(modes.CHOICES)})")
+        self.name = name
+        self.tap = tap
+        self.wanted = wanted
+        self.mode = ""  # a rung of modes.LADDER once started
+        self.refused: dict[str, str] = {}  # better modes that were tried and why they failed
+        self.driver: Driver | None = None
+        self.transport: Transport | None = None
+        may_offload = wanted in (modes.AUTO, modes.OFFLOAD)
+        self.device, self.device_mode = open_device(name, tap, offload=may_offload)
+        if may_offload and self.device_mode != DEVICE_OFFLOAD:
+            if wanted == modes.OFFLOAD:
+                self.device.close()
+                raise RuntimeError(f"--datapath offload: device {name} refused it: "
+                                   f"{self.device_mode.reason}")
+            self.refused[modes.OFFLOAD] = self.device_mode.reason
+
+    def start(self, pipeline: Pipeline, port: int) -> Driver:
+        """Open the sockets on `port` and start the best driver; returns it."""
+        self.transport = Transport(pipeline.kind, port)
+        self.driver = self._start_driver(pipeline, self.transport)
+        log.info("datapath %s: %s", self.mode, modes.IO[self.mode])
+        return self.driver
+
+    def _start_driver(self, pipeline: Pipeline, transport: Transport) -> Driver:
+        if self.device_mode == DEVICE_OFFLOAD:
+            try:
+                return self._compiled(pipeline, transport, modes.OFFLOAD)
+            except CompiledLoopUnavailable as exc:
+                if self.wanted == modes.OFFLOAD:
+                    raise
+                self.refused[modes.OFFLOAD] = f"compiled loop unavailable: {exc}"
+                log.warning("offload datapath unavailable (%s); reopening %s without offloads",
+                            exc, self.name)
+                self._reopen_plain()
+        if self.wanted in (modes.AUTO, modes.FAST):
+            try:
+                return self._compiled(pipeline, transport, modes.FAST)
+            except CompiledLoopUnavailable as exc:
+                if self.wanted == modes.FAST:
+                    raise
+                self.refused[modes.FAST] = f"compiled loop unavailable: {exc}"
+                log.warning("compiled datapath unavailable (%s); using the Python loop", exc)
+        driver = PyLoop(pipeline, self.device.fileno(), transport)
+        driver.start()
+        self.mode = modes.PLAIN
+        return driver
+
+    def _compiled(self, pipeline: Pipeline, transport: Transport, mode: str) -> Driver:
+        from weft.drivers.hotloop import HotLoop  # numba and libc load only when wanted
+
+        offload = mode == modes.OFFLOAD
+        # UDP GSO/GRO only with the offload device: that is where packets come in runs of one
+        # flow (split super-frames) and where coalesce can use runs that arrive merged.
+        loop = HotLoop(pipeline, self.device.fileno(), transport.rx.fileno(),
+                       transport.tx.fileno(), transport.port, offload=offload, gro=offload,
+                       gso_fds=transport.gso_sockets() if offload else ())
+        loop.start()
+        self.mode = mode
+        return loop
+
+    def _reopen_plain(self) -> None:
+        """Swap the offload device for a plain one (the other loops read no virtio header).
+
+        The persistent device keeps its index, MAC, address and routes across the reopen;
+        open_device clears the TSO offloads so the kernel stops sending super-frames.
+        """
+        self.device.close()
+        self.device, self.device_mode = open_device(self.name, self.tap, offload=False)
+
+    def drops(self) -> dict[str, int]:
+        return self.driver.drops() if self.driver else {}
+
+    def status(self) -> dict:
+        """The `weft status` datapath section."""
+        driver = self.driver
+        udp = driver.offloads() if driver else {}
+        loop = driver.stats() if driver else {}
+        return {"mode": self.mode,
+                "batch": driver.batch if driver else PyLoop.batch,
+                "io": modes.IO[self.mode], "device": str(self.device_mode),
+                **({"refused": dict(self.refused)} if self.refused else {}),
+                "udp_gso": udp.get("gso", "off"), "udp_gro": udp.get("gro", "off"),
+                "errors": dict(driver.errors) if driver else {},
+                **({"loop": loop} if loop else {})}
+
+    def close(self) -> None:
+        if self.driver is not None:
+            self.driver.stop()
+        if self.transport is not None:
+            self.transport.close()
+        # The device stays (persistent), as flannel leaves flannel.<VNI>: a restart reattaches.
+        self.device.close()
+

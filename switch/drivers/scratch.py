@@ -1,0 +1,103 @@
+"""The compiled loops' arguments besides the pipeline's: parameters and per-direction IO scratch.
+
+Each loop takes five groups (hotloop.egress_loop / ingress_loop): LoopParams, its direction's IO
+scratch (EgressIO or IngressIO), and the pipeline's BatchArrays, PeerArrays and PipelineState
+(weft.packet.steps). NamedTuples, because numba types them by class: two groups swapped do
+not compile, and every array inside is used by its field name. They also cache: numba keys its
+on-disk cache by the argument types, and a NamedTuple type pickles as a reference to its class
+(tests/unit/test_compiled_loop.py restarts an interpreter and checks the loops load, not compile).
+
+The scratch is allocated once per direction and owned by that direction's thread: the structs
+of the system calls (pollfd, mmsghdr, iovec, sockaddr_in, cmsg) as integer arrays laid out as
+weft.drivers.libc names them, plus the offload buffers. Arrays a mode does not use are
+1-element placeholders, so every mode runs the same compiled loop.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from weft.drivers.libc import IOVEC, MMSG, POLLFD, SOCKADDR_IN_SIZE
+from weft.drivers.loopio import CTL_SIZE, ST_SIZE
+from weft.drivers.udpgso import GRO_BUF, GRO_CMSG, GRO_MESSAGES, GRO_PAD, GSO_CMSG
+from weft.packet.offload import UNIT_ROW, new_units
+
+
+class LoopParams(NamedTuple):
+    """The scalars of one loop (all int64 to numba)."""
+
+    kind: int  # weft.packet.steps.KIND_VXLAN or KIND_UDP
+    dev_fd: int  # the TUN/TAP (or anything that reads and writes one packet per call)
+    sock_fd: int  # egress: the socket that sends; ingress: the socket bound to the port
+    port: int  # the UDP port peers listen on
+    timeout_ms: int  # how long poll() sleeps before the loop looks at its stop flag
+    l3_off: int  # offload device: where IPv4 starts after the virtio_net_hdr (14 TAP, 0 TUN);
+    #              -1: a plain device, no header
+    gro_n: int  # ingress with UDP_GRO on: messages per recvmmsg; 0 without GRO
+
+
+class EgressIO(NamedTuple):
+    ctl: np.ndarray  # uint8[CTL_SIZE]: Python writes, the loop reads (stop, return each batch)
+    stats: np.ndarray  # uint64[ST_SIZE]: written by the loop only
+    pollfd: np.ndarray  # int32[POLLFD]
+    msgs: np.ndarray  # int64[rows, MMSG]: struct mmsghdr
+    iovs: np.ndarray  # int64[rows, IOVEC]: struct iovec
+    addrs: np.ndarray  # uint8[rows, 16]: struct sockaddr_in
+    ctrl: np.ndarray  # uint8[rows * GSO_CMSG]: one UDP_SEGMENT cmsg per message
+    msg_fd: np.ndarray  # int64[rows]: the socket each message leaves by (UDP GSO)
+    sup: np.ndarray  # uint8[UNIT_ROW]: offload device read (virtio_net_hdr + up to 64 KiB)
+    gso_fds: np.ndarray  # int64[]: UDP sockets that send with UDP_SEGMENT; empty: no GSO
+
+
+class IngressIO(NamedTuple):
+    ctl: np.ndarray
+    stats: np.ndarray
+    pollfd: np.ndarray
+    msgs: np.ndarray
+    iovs: np.ndarray
+    addrs: np.ndarray
+    out: np.ndarray  # uint8[rows, UNIT_ROW]: offload device writes that coalesce builds
+    out_lens: np.ndarray  # int32[rows]
+    gro: np.ndarray  # uint8[gro_n, GRO_PAD + GRO_BUF]: 64 KiB receive buffers with UDP_GRO
+    gro_ctrl: np.ndarray  # uint8[gro_n, GRO_CMSG]: their control data
+    gro_len: np.ndarray  # int64[gro_n]: bytes each message held
+    gro_seg: np.ndarray  # int64[gro_n]: its UDP_GRO segment size
+    gro_src: np.ndarray  # int64[gro_n]: its sender (host-order IPv4)
+
+
+def _common(rows: int) -> dict[str, np.ndarray]:
+    return {"ctl": np.zeros(CTL_SIZE, dtype=np.uint8),
+            "stats": np.zeros(ST_SIZE, dtype=np.uint64),
+            "pollfd": np.zeros(POLLFD, dtype=np.int32),
+            "msgs": np.zeros((rows, MMSG), dtype=np.int64),
+            "iovs": np.zeros((rows, IOVEC), dtype=np.int64),
+            "addrs": np.zeros((rows, SOCKADDR_IN_SIZE), dtype=np.uint8)}
+
+
+def new_egress_io(rows: int, offload: bool, gso_fds: list[int]) -> EgressIO:
+    return EgressIO(**_common(rows),
+                    ctrl=np.zeros(rows * GSO_CMSG, dtype=np.uint8),
+                    msg_fd=np.zeros(rows, dtype=np.int64),
+                    sup=np.zeros(UNIT_ROW if offload else 1, dtype=np.uint8),
+                    gso_fds=np.array(gso_fds, dtype=np.int64))
+
+
+def gro_messages(rows: int) -> int:
+    """Messages per recvmmsg with UDP_GRO on (LoopParams.gro_n)."""
+    return min(GRO_MESSAGES, rows)
+
+
+def new_ingress_io(rows: int, offload: bool, gro: bool) -> IngressIO:
+    if offload:
+        out, out_lens = new_units(rows)
+    else:
+        out, out_lens = np.zeros((1, 1), np.uint8), np.zeros(1, np.int32)
+    slots = gro_messages(rows) if gro else 1
+    return IngressIO(**_common(rows), out=out, out_lens=out_lens,
+                     gro=np.zeros((slots, GRO_BUF + GRO_PAD if gro else 1), dtype=np.uint8),
+                     gro_ctrl=np.zeros((slots, GRO_CMSG), dtype=np.uint8),
+                     gro_len=np.zeros(slots, dtype=np.int64),
+                     gro_seg=np.zeros(slots, dtype=np.int64),
+                     gro_src=np.zeros(slots, dtype=np.int64))
