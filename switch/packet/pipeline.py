@@ -124,4 +124,4 @@ class Pipeline:
 
 
 # Slow-path outcomes that answered the packet; every other outcome is a drop.
-_SLOW_ANSWERED = {int(Reason.ARP_REPLIED), int(Reason.ND_REPLIED), int(Reason.ICMP_ERROR_SENT)}
+_SLOW_ANSWERED = {int(Reason.ARP_REPLIED), int(Reason.ICMP_ERROR_SENT)}

@@ -29,7 +29,7 @@ class Reason(IntEnum):
     TTL_EXCEEDED = 11  # TTL would reach 0 (ICMP time exceeded)
     FRAG_NEEDED = 12  # DF set and larger than the overlay MTU (ICMP frag needed)
     ARP = 13  # ARP request from the kernel on the TAP (answered by the slow path)
-    IPV6 = 14  # IPv6 (neighbour discovery answered, the rest dropped)
+    IPV6 = 14  # IPv6: weft carries IPv4 only, so all of it is dropped (the slow path names it)
     BROADCAST = 15
     MULTICAST = 16
     WRONG_INNER_MAC = 17  # inner destination MAC is not our VTEP MAC
@@ -40,18 +40,23 @@ class Reason(IntEnum):
     UNSUPPORTED_LINKTYPE = 22  # pcap link type the pipeline cannot read
     ICMP_ERROR_SENT = 23  # slow path answered with an ICMP error
     ARP_REPLIED = 24
-    ND_REPLIED = 25
+    # 25 was ND_REPLIED (the slow path once answered IPv6 neighbour solicitations); retired,
+    # never reused: RETIRED keeps its name for old logs and metrics.
     SLOW_PATH_DROP = 26  # reached the slow path and nothing answers it
     PEER_LOOKUP_MISS = 27  # inner destination MAC/peer mismatch on egress
     ICMP_SUPPRESSED = 28  # an ICMP error was due but RFC 1122/1812 forbid sending it
 
 
+# Codes no longer produced, kept reserved so records that carry them still read by name.
+RETIRED = {25: "nd_replied"}
+
+
 def reason_name(code: int) -> str:
-    """Label of a reason code, tolerant of codes newer than this module."""
+    """Label of a reason code, tolerant of retired codes and codes newer than this module."""
     try:
         return Reason(code).name.lower()
     except ValueError:
-        return f"reason_{code}"
+        return RETIRED.get(code, f"reason_{code}")
 
 
 def verdict_name(code: int) -> str:

@@ -11,7 +11,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
 from weft.packet import twins as packet
-from weft.packet.reasons import Reason, Verdict
+from weft.packet.reasons import RETIRED, Reason, Verdict, reason_name
 from weft.packet.table import DatapathConfig, PeerTable
 
 
@@ -267,3 +267,10 @@ def test_udp_ingress_cases(world, pkt: bytes, sender: str, reason: Reason) -> No
         assert IP(res.out).ttl == 8 and packet.ipv4_checksum(res.out[:20]) == 0
     else:
         assert res.verdict == Verdict.DROP and res.out == pkt
+
+
+def test_retired_reason_codes_stay_reserved_and_named() -> None:
+    # Old logs and metrics carry 25 (nd_replied); no current reason may take the number over.
+    assert not set(RETIRED) & {int(r) for r in Reason}
+    assert reason_name(25) == "nd_replied"
+    assert reason_name(99) == "reason_99"
