@@ -7,12 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from datapath_world import LOCAL_MAC, PEER_MAC, A, B, C, ip, make_world
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.utils import RawPcapReader
 
 from weft.packet import fastpath
 from weft.packet import twins as packet
+from weft.packet.checksum import fold16, sum16
 from weft.packet.fastpath import (
     HEADROOM,
     PATH_UDP_EGRESS,
@@ -33,26 +35,6 @@ from weft.packet.reasons import Reason, Verdict
 from weft.packet.table import DatapathConfig, PeerTable
 
 CAPTURES = Path(__file__).resolve().parents[3] / "shared" / "captures"
-NET = IPv4Network("10.1.0.0/16")
-LOCAL_MAC = "02:00:00:00:00:01"
-PEER_MAC = "7e:81:33:71:e9:51"
-A, B, C = "192.0.2.1", "192.0.2.2", "192.0.2.3"
-
-
-def ip(text: str) -> int:
-    return int(IPv4Address(text))
-
-
-def make_world() -> tuple[DatapathConfig, PeerTable]:
-    cfg = DatapathConfig(NET, 24, vni=1, port=8472, mtu=1450)
-    cfg.set_local(IPv4Network("10.1.15.0/24"), IPv4Address(A), bytes.fromhex("020000000001"))
-    table = PeerTable(NET, 24)
-    mac = bytes.fromhex(PEER_MAC.replace(":", ""))
-    table.set_peer(IPv4Network("10.1.16.0/24"), IPv4Address(B), mac)
-    table.set_peer(IPv4Network("10.1.18.0/24"), IPv4Address(B), mac)
-    table.set_peer(IPv4Network("10.1.17.0/24"), IPv4Address(C), bytes.fromhex("7e0000000017"))
-    table.set_peer(IPv4Network("10.1.19.0/24"), IPv4Address("192.0.2.4"), None)
-    return cfg, table
 
 
 # name -> (runner, twin(data, src, cfg, table, ip_id), counters row)
@@ -371,17 +353,11 @@ def test_all_captures_agree(name: str) -> None:
 # ---- inner checksums left CHECKSUM_PARTIAL by a kernel VXLAN sender -------------------------
 
 
-def _fold(total: int) -> int:
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
 def _pseudo(inner: IP, l4len: int) -> int:
     """What Linux pre-fills for CHECKSUM_PARTIAL: ~csum_tcpudp_magic(..., 0), i.e. the folded,
     not complemented pseudo-header sum (independent of the code under test)."""
     words = struct.unpack("!4H", IPv4Address(inner.src).packed + IPv4Address(inner.dst).packed)
-    return _fold(sum(words) + inner.proto + l4len)
+    return fold16(sum(words) + inner.proto + l4len)
 
 
 def _csum_at(inner: bytes) -> tuple[int, int]:
@@ -434,8 +410,7 @@ def _zero_sum_udp() -> bytes:
     base = IP(src="10.1.16.3", dst="10.1.15.2") / UDP(sport=7, dport=9) / b"\0\0abc"
     raw = bytearray(bytes(base))
     raw[26:28] = b"\0\0"
-    seg = _fold(sum(struct.unpack("!7H", bytes(raw[20:]) + b"\0"))  # 13 bytes, zero-padded
-                + _pseudo(base, len(raw) - 20))
+    seg = fold16(sum16(bytes(raw[20:])) + _pseudo(base, len(raw) - 20))  # 13 bytes, padded
     raw[28:30] = (0xFFFF - seg if seg != 0xFFFF else 0).to_bytes(2, "big")
     return bytes(raw)
 
