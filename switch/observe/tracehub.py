@@ -1,10 +1,11 @@
-"""Live trace: the Datapath observer that turns batch rows into per-packet events.
+"""Live trace: the driver's observer that turns batch rows into per-packet events.
 
-The hub is attached to the Datapath only while somebody subscribes (`weft trace --live` through
-the control socket): with no subscriber `Datapath.observer` is None and the data path pays one
-attribute check per batch. Each subscriber has a filter and a bounded queue; rows matching no
-filter cost a header parse and nothing else, and a full queue drops the event and counts it,
-so a reader that stops reading never slows the data path.
+The hub is attached to the driver (weft.drivers.driver.Driver: PyLoop or HotLoop) only while
+somebody subscribes (`weft trace --live` through the control socket): with no subscriber the
+driver's `observer` is None and the data path pays one attribute check per batch. Each
+subscriber has a filter and a bounded queue; rows matching no filter cost a header parse and
+nothing else, and a full queue drops the event and counts it, so a reader that stops reading
+never slows the data path.
 
 Filter syntax (`weft trace --live --filter EXPR`), pcap-like and parsed strictly:
 
@@ -30,6 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
+from weft.drivers.driver import Driver
 from weft.packet.fastpath import HEADROOM, Batch
 from weft.packet.outer import wrap_udp
 from weft.packet.reasons import Reason, Verdict, reason_name
@@ -261,21 +263,21 @@ class Subscription:
 
 
 class TraceHub:
-    """Fan-out of datapath batches to live-trace subscribers; attach it with `bind(datapath)`."""
+    """Fan-out of datapath batches to live-trace subscribers; attach it with `bind(driver)`."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.info: dict = {"backend": kind}  # sent to clients first: what pcap writers need
         self._subs: tuple[Subscription, ...] = ()  # replaced whole, read lock-free per batch
         self._lock = threading.Lock()
-        self._target = None  # the Datapath whose `observer` we set and clear
+        self._target: Driver | None = None  # the driver whose `observer` we set and clear
         self.dropped_total = 0
 
-    def bind(self, datapath, info: dict | None = None) -> None:
+    def bind(self, driver: Driver, info: dict | None = None) -> None:
         with self._lock:
-            self._target = datapath
+            self._target = driver
             self.info.update(info or {})
-            datapath.observer = self.observe if self._subs else None
+            driver.observer = self.observe if self._subs else None
 
     def subscribe(self, predicate: Predicate, want_bytes: bool = False,
                   maxlen: int = DEFAULT_QUEUE) -> Subscription:
@@ -301,7 +303,7 @@ class TraceHub:
                 "dropped": self.dropped_total + sum(s.dropped for s in subs)}
 
     def observe(self, direction: str, batch: Batch, n: int) -> None:
-        """The Datapath observer: runs on the data path thread, so it never blocks."""
+        """The driver's observer: runs on the data path thread, so it never blocks."""
         subs = self._subs
         if not subs:
             return
