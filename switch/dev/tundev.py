@@ -14,7 +14,7 @@ keep sending 64 KiB GSO frames to a reader that has no header to learn their seg
 Only a device of the wrong type (TUN where a TAP is wanted, or a multiqueue one) refuses the
 reattach; that one is deleted and made again.
 
-The compiled loop (switch/drivers/hotloop.py) does the reads and writes itself.
+The compiled loop (switch/drivers/compiled_loops.py) does the reads and writes itself.
 """
 
 from __future__ import annotations

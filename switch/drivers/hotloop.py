@@ -1,32 +1,16 @@
-"""The compiled driver: one numba loop per direction that calls libc itself, without the GIL.
+"""The compiled driver, HotLoop: two threads, each running one compiled loop (compiled_loops.py).
 
 pyloop.py pays ~75 us of Python per traversal (select wake-up, os.readv, dispatching the
-kernel, numpy bookkeeping, sendto). Here each direction is one @njit(nogil=True) function that
-polls, reads a batch into the batch rows at HEADROOM, runs the pipeline's step
-(weft.packet.steps: the kernel of the backend kind and the drop tally, the same call
-Pipeline.egress/ingress make) and sends the FORWARD rows itself (sendmmsg on egress, write()
-into the device on ingress). It loops over many batches and only comes back to Python when
-Python has work: a SLOW row for the scapy slow path, a live-trace observer that wants every
-batch, a stop request, or an errno the loop cannot handle.
-
-Each loop takes five argument groups (scratch.py: LoopParams and its direction's IO scratch;
-weft.packet.steps: the batch, the peer table, the pipeline state), never loose arrays.
-libc is reached through @intrinsic declarations (libc.py), so cache=True works and a
-restarted daemon loads the machine code from __pycache__ instead of compiling for a minute
-(jitcache.py says when that code is stale). The codes, stats slots and counted system
-calls both loops share are in loopio.py, the UDP GSO/GRO message handling in udpgso.py.
-
-Offload mode (a device opened by weft.dev.tundev with IFF_VNET_HDR + TUNSETOFFLOAD): every device
-read and write carries a 10-byte virtio_net_hdr. Egress reads each frame (up to a 64 KiB TSO
-super-frame) into one buffer and offload.split_super cuts it into ordinary packets in the
-batch rows; ingress runs offload.coalesce over the FORWARD rows and writes each resulting
-unit, so one write carries up to 64 segments of a TCP flow. Everything between (kernels, slow
-path, observer) still sees one ordinary packet per row.
+kernel, numpy bookkeeping, sendto). HotLoop instead hands each direction to an
+@njit(nogil=True) loop that polls, reads, runs the pipeline's step and sends by itself, and
+only returns when Python has work: HotLoop then runs the scapy slow path for the SLOW rows,
+calls the live-trace observer, or handles the errno the loop stopped on, and calls the loop
+again. It also builds the loops' argument groups, compiles (or loads) them before the first
+packet, and reports their figures and UDP GSO/GRO state for `weft status`.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import threading
@@ -36,45 +20,17 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import config as numba_config
-from numba import njit
 from numba.core.errors import NumbaError
 
 from weft.dev.udpopts import enable_udp_gro, probe_udp_offloads
 from weft.dev.vnet_hdr import VNET_HDR_LEN
-from weft.drivers import jitcache  # noqa: F401 - jitcache: the cache locator, before cache=True
+from weft.drivers.compiled_loops import egress_loop, ingress_loop
 from weft.drivers.driver import CompiledLoopUnavailable, Observer
-from weft.drivers.libc import (
-    EAGAIN,
-    EINTR,
-    EIO,
-    IOV_BASE,
-    IOV_LEN,
-    IOVEC_SIZE,
-    MH_CONTROL,
-    MH_CONTROLLEN,
-    MH_FLAGS,
-    MH_IOV,
-    MH_IOVLEN,
-    MH_LEN,
-    MH_NAME,
-    MH_NAMELEN,
-    MSG_DONTWAIT,
-    MSG_TRUNC,
-    POLLERR,
-    POLLHUP,
-    SOCKADDR_IN_SIZE,
-    get_errno,
-    read,
-    recvmmsg,
-    sockaddr_ip,
-)
 from weft.drivers.loopio import (
     CTL_EACH_BATCH,
     CTL_STOP,
     ERROR_SLOTS,
     HARD_ERRNOS,
-    ONE,
-    RET_BATCH,
     RET_ERROR,
     RET_SLOW,
     RET_STOP,
@@ -97,13 +53,6 @@ from weft.drivers.loopio import (
     ST_SYSCALLS,
     ST_TUNNEL_GSO,
     ST_WAKEUPS,
-    count_error,
-    count_split,
-    is_hard,
-    send_all,
-    send_by_socket,
-    wait_readable,
-    write_one,
 )
 from weft.drivers.scratch import (
     EgressIO,
@@ -113,21 +62,10 @@ from weft.drivers.scratch import (
     new_egress_io,
     new_ingress_io,
 )
-from weft.drivers.udpgso import (
-    GRO_CMSG,
-    GRO_PAD,
-    gro_size,
-    gro_split,
-    gso_messages,
-    row_messages,
-)
-from weft.packet import steps
 from weft.packet.fastpath import HEADROOM, Batch
-from weft.packet.offload import ERR_NO_ROOM, coalesce, split_super, unit_segments
 from weft.packet.pipeline import Pipeline
 from weft.packet.reasons import Verdict
 from weft.packet.steps import KIND_VXLAN, batch_arrays
-from weft.packet.table import CFG_MTU
 
 log = logging.getLogger(__name__)
 
@@ -136,247 +74,7 @@ BATCH = 64
 # hold one frame; 128 holds two or three and gives coalesce more segments to merge.
 OFFLOAD_BATCH = 128
 POLL_MS = 100  # how long a loop sleeps in poll() before it looks at the stop flag again
-_FORWARD = int(Verdict.FORWARD)
 _SLOW = int(Verdict.SLOW)
-
-
-# ---- egress: device -> peers --------------------------------------------------------------------
-
-
-@njit(cache=True, nogil=True)
-def egress_loop(p, io, b, peers, state):
-    """Read batches from the device, encapsulate, sendmmsg; returns (code, rows, errno).
-
-    p: LoopParams (p.sock_fd sends), io: EgressIO, then the pipeline's BatchArrays, PeerArrays
-    and PipelineState (weft.packet.steps). p.l3_off < 0: a plain device, each read is one
-    packet straight into a row. p.l3_off >= 0 (14 for a TAP, 0 for a TUN): an offload device;
-    each read lands in io.sup (virtio_net_hdr + frame) and split_super spreads it over as many
-    rows as it has segments. io.gso_fds not empty: UDP sockets that take UDP_SEGMENT (see
-    udpgso.gso_messages); the FORWARD rows leave as GSO messages on them until the kernel
-    refuses one, then one datagram per row on p.sock_fd as without them.
-    """
-    stats = io.stats
-    bufs = b.bufs
-    rows = bufs.shape[0]
-    stride = bufs.strides[0]
-    cap = bufs.shape[1] - HEADROOM
-    base = bufs.ctypes.data
-    offload = p.l3_off >= 0
-    sup_base = io.sup.ctypes.data
-    sup_cap = io.sup.shape[0]
-    pending = 0  # length of a frame waiting in sup: it did not fit the rows the batch had left
-    full = False  # the last batch filled every row: more is likely queued, skip poll()
-    rev = 0
-    while True:
-        if io.ctl[CTL_STOP]:
-            return RET_STOP, 0, 0
-        rev = 0
-        if not full and pending == 0:
-            rev = wait_readable(io.pollfd, p.dev_fd, p.timeout_ms, stats)
-            if rev < 0:
-                return RET_ERROR, 0, -rev
-            if rev == 0:
-                continue
-        n = 0
-        err = 0
-        while n < rows:
-            if offload and pending:
-                got = pending
-                pending = 0
-            else:
-                stats[ST_SYSCALLS] += ONE
-                if offload:
-                    got = read(p.dev_fd, sup_base, sup_cap)
-                else:
-                    got = read(p.dev_fd, base + n * stride + HEADROOM, cap)
-                if got <= 0:
-                    e = get_errno() if got < 0 else errno.ENODEV  # EOF: a TUN never reads 0 bytes
-                    if e == EINTR:
-                        continue
-                    if e != EAGAIN:
-                        err = e
-                    break
-                stats[ST_DEVICE_IO] += ONE
-            if not offload:
-                b.lens[n] = got
-                n += 1
-                continue
-            r = split_super(io.sup, got, p.l3_off, bufs, b.lens, n)
-            if r > 0:
-                n += r
-            elif r == ERR_NO_ROOM and n > 0:
-                pending = got  # send what the rows hold, then split this frame from row 0
-                break
-            else:
-                count_split(stats, r)
-        full = n == rows or pending > 0
-        if n == 0:
-            if err != 0:
-                return RET_ERROR, 0, err
-            if rev & (POLLERR | POLLHUP):  # readable by error, nothing to read: detached
-                return RET_ERROR, 0, EIO
-            continue
-        stats[ST_BATCHES] += ONE
-        stats[ST_PACKETS] += np.uint64(n)
-        _, slow = steps.egress(p.kind, n, b, peers, state)
-        if io.gso_fds.shape[0] > 0 and stats[ST_GSO_REFUSED] == 0:
-            m = gso_messages(p.kind, n, b, p.port, io)
-            e = send_by_socket(io.msgs, io.msg_fd, m, io.pollfd, stats)
-        else:
-            # vxlan sends on a raw IP socket: the port is in the header the fast path wrote
-            m = row_messages(n, b, 0 if p.kind == KIND_VXLAN else p.port, io)
-            e = send_all(p.sock_fd, io.msgs, 0, m, io.pollfd, stats)
-        if e != 0:
-            return RET_ERROR, n, e
-        if slow:
-            stats[ST_RETURNS] += ONE
-            return RET_SLOW, n, 0
-        if err != 0:
-            return RET_ERROR, n, err
-        if io.ctl[CTL_EACH_BATCH]:
-            stats[ST_RETURNS] += ONE
-            return RET_BATCH, n, 0
-
-
-# ---- ingress: peers -> device -------------------------------------------------------------------
-
-
-@njit(cache=True, nogil=True)
-def _aim_receive_buffers(p, io, b):
-    """Point each recvmmsg message at its sockaddr and buffer; these never move."""
-    bufs = b.bufs
-    gro = io.gro
-    slots = p.gro_n if p.gro_n > 0 else bufs.shape[0]
-    for i in range(slots):
-        if p.gro_n > 0:
-            io.iovs[i, IOV_BASE] = gro.ctypes.data + i * gro.strides[0] + GRO_PAD
-            io.iovs[i, IOV_LEN] = gro.shape[1] - GRO_PAD
-            io.msgs[i, MH_CONTROL] = io.gro_ctrl.ctypes.data + i * io.gro_ctrl.strides[0]
-        else:
-            io.iovs[i, IOV_BASE] = bufs.ctypes.data + i * bufs.strides[0] + HEADROOM
-            io.iovs[i, IOV_LEN] = bufs.shape[1] - HEADROOM
-            io.msgs[i, MH_CONTROL] = 0
-        io.msgs[i, MH_NAME] = io.addrs.ctypes.data + i * SOCKADDR_IN_SIZE
-        io.msgs[i, MH_IOV] = io.iovs.ctypes.data + i * IOVEC_SIZE
-        io.msgs[i, MH_IOVLEN] = 1
-        io.msgs[i, MH_CONTROLLEN] = 0
-    return slots
-
-
-@njit(cache=True, nogil=True)
-def ingress_loop(p, io, b, peers, state):
-    """recvmmsg batches, check/decapsulate, write the FORWARD rows; returns (code, rows, errno).
-
-    p: LoopParams (p.sock_fd receives), io: IngressIO, then the pipeline's BatchArrays,
-    PeerArrays and PipelineState. p.l3_off < 0: a plain device, one write() per FORWARD row.
-    p.l3_off >= 0: an offload device; coalesce turns the FORWARD rows into units in io.out
-    (virtio_net_hdr + packet, consecutive segments of a TCP flow merged into one super-frame)
-    and each unit is one write(). p.gro_n > 0: the socket has UDP_GRO on, so one message can
-    hold many datagrams of a flow; each recvmmsg takes gro_n of them into the 64 KiB rows of
-    io.gro and gro_split cuts them into batch rows by the segment size of their UDP_GRO cmsg.
-    Ingress kernels never say SLOW (nothing from a peer is answered), so only stop, observer
-    and errors come back to Python.
-    """
-    stats = io.stats
-    msgs = io.msgs
-    bufs = b.bufs
-    stride = bufs.strides[0]
-    cap = bufs.shape[1] - HEADROOM
-    base = bufs.ctypes.data
-    out_base = io.out.ctypes.data
-    out_stride = io.out.strides[0]
-    gro_on = p.gro_n > 0
-    slots = _aim_receive_buffers(p, io, b)  # messages per recvmmsg
-    full = False
-    got = 0  # GRO messages received by the last recvmmsg, gi/gpos: how far they are split
-    gi = 0
-    gpos = 0
-    while True:
-        if io.ctl[CTL_STOP]:
-            return RET_STOP, 0, 0
-        if gi >= got:  # nothing carried over from the last call: receive
-            if not full:
-                rev = wait_readable(io.pollfd, p.sock_fd, p.timeout_ms, stats)
-                if rev < 0:
-                    return RET_ERROR, 0, -rev
-                if rev == 0:
-                    continue
-            for i in range(slots):  # reset the value-result fields
-                msgs[i, MH_NAMELEN] = SOCKADDR_IN_SIZE
-                msgs[i, MH_CONTROLLEN] = GRO_CMSG if gro_on else 0
-                msgs[i, MH_FLAGS] = 0
-                msgs[i, MH_LEN] = 0
-            stats[ST_SYSCALLS] += ONE
-            got = recvmmsg(p.sock_fd, msgs.ctypes.data, slots, MSG_DONTWAIT, 0)
-            gi = 0
-            gpos = 0
-            if got < 0:
-                got = 0
-                full = False
-                e = get_errno()
-                if e == EAGAIN or e == EINTR:
-                    continue
-                if is_hard(e):
-                    return RET_ERROR, 0, e
-                # A pending ICMP error on the socket (ECONNREFUSED and kin) is consumed by this
-                # call; count it and go on receiving.
-                count_error(stats, e)
-                continue
-            full = got == slots
-            if got == 0:
-                continue
-            stats[ST_MESSAGES] += np.uint64(got)
-            for i in range(got):
-                ln = msgs[i, MH_LEN] & 0xFFFFFFFF
-                truncated = ((msgs[i, MH_FLAGS] & 0xFFFFFFFF) & MSG_TRUNC) != 0
-                if gro_on:
-                    seg = gro_size(io.gro_ctrl[i], msgs[i, MH_CONTROLLEN])
-                    io.gro_len[i] = ln
-                    io.gro_seg[i] = seg if 0 < seg < ln else ln  # no cmsg: one datagram
-                    if truncated or ln == 0:  # over 64 KiB cannot be; empty is one row too
-                        io.gro_len[i] = cap + 1
-                        io.gro_seg[i] = cap + 1
-                    io.gro_src[i] = sockaddr_ip(io.addrs[i])
-                else:
-                    b.lens[i] = cap + 1 if truncated else ln  # too long: dropped as TRUNCATED
-                    b.src_ip[i] = sockaddr_ip(io.addrs[i])
-        if gro_on:
-            n, gi, gpos = gro_split(p.kind, io, got, gi, gpos, b, cap, state.cfg[CFG_MTU])
-        else:
-            n = got
-            got = 0
-        stats[ST_BATCHES] += ONE
-        stats[ST_PACKETS] += np.uint64(n)
-        steps.ingress(p.kind, n, b, peers, state)
-        if p.l3_off >= 0:
-            units = coalesce(bufs, b.out_off, b.out_len, b.verdict, n, p.l3_off, io.out,
-                             io.out_lens)
-            if units < 0:
-                # Cannot happen with `out` sized by new_units(rows); counted, not hidden.
-                for i in range(n):
-                    if b.verdict[i] == _FORWARD:
-                        stats[ST_COALESCE_FAILED] += ONE
-                units = 0
-            for m in range(units):
-                r = write_one(p.dev_fd, out_base + m * out_stride, io.out_lens[m], stats)
-                if r < 0:
-                    return RET_ERROR, n, -r
-                if r:
-                    stats[ST_SENT] += np.uint64(unit_segments(io.out[m], io.out_lens[m]))
-        else:
-            for i in range(n):
-                if b.verdict[i] != _FORWARD:
-                    continue
-                r = write_one(p.dev_fd, base + i * stride + b.out_off[i], b.out_len[i], stats)
-                if r < 0:
-                    return RET_ERROR, n, -r
-                stats[ST_SENT] += np.uint64(r)
-        if io.ctl[CTL_EACH_BATCH]:
-            stats[ST_RETURNS] += ONE
-            return RET_BATCH, n, 0
-
-
-# ---- the Python side ----------------------------------------------------------------------------
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Cache staleness for compiled code: one stamp over every file its machine code holds.
 
 numba decides whether a cached function is stale from its own source file only, but the
-compiled loops (hotloop.py and the helpers in libc.py, loopio.py, udpgso.py) compile the
+compiled loops (compiled_loops.py and the helpers in libc.py, loopio.py, udpgso.py) compile the
 pipeline's steps, the fastpath and offload kernels and the byte helpers they share into
 themselves, and so do the steps and kernels with their helpers (the checksum of wirebytes.py
 is inlined into both fastpath.py and offload.py). After an edit of one of those files, or of the
@@ -24,7 +24,8 @@ _PACKET = os.path.join(os.path.dirname(_HERE), "packet")
 _DEV = os.path.join(os.path.dirname(_HERE), "dev")
 # Functions defined in these files get the stamp ...
 _COVERED = frozenset(
-    [os.path.join(_HERE, name) for name in ("hotloop.py", "libc.py", "loopio.py", "udpgso.py")]
+    [os.path.join(_HERE, name)
+     for name in ("compiled_loops.py", "libc.py", "loopio.py", "udpgso.py")]
     + [os.path.join(_PACKET, name)
        for name in ("steps.py", "fastpath.py", "offload.py", "wirebytes.py")])
 # ... which is taken over these: the covered modules and what their compiled code freezes.

@@ -1,6 +1,6 @@
 """What the two compiled loops share: codes, stats slots, and the system calls they count.
 
-A loop (hotloop.py) talks to its Python thread through a ctl array (Python writes, the
+A loop (compiled_loops.py) talks to its Python thread through a ctl array (Python writes, the
 loop reads between system calls), a stats array (written only by the loop's thread) and the
 (code, rows, errno) it returns. Backend kinds and drop counting are the pipeline's
 (weft.packet.steps), not the loops'. The helpers here poll, send and write for both directions and

@@ -1,11 +1,12 @@
 """The compiled loops' arguments besides the pipeline's: parameters and per-direction IO scratch.
 
-Each loop takes five groups (hotloop.egress_loop / ingress_loop): LoopParams, its direction's IO
-scratch (EgressIO or IngressIO), and the pipeline's BatchArrays, PeerArrays and PipelineState
-(weft.packet.steps). NamedTuples, because numba types them by class: two groups swapped do
-not compile, and every array inside is used by its field name. They also cache: numba keys its
-on-disk cache by the argument types, and a NamedTuple type pickles as a reference to its class
-(tests/unit/test_compiled_loop.py restarts an interpreter and checks the loops load, not compile).
+Each loop takes five groups (compiled_loops.egress_loop / ingress_loop): LoopParams, its
+direction's IO scratch (EgressIO or IngressIO), and the pipeline's BatchArrays, PeerArrays and
+PipelineState (weft.packet.steps). NamedTuples, because numba types them by class: two groups
+swapped do not compile, and every array inside is used by its field name. They also cache: numba
+keys its on-disk cache by the argument types, and a NamedTuple type pickles as a reference to its
+class (tests/unit/test_compiled_loop.py restarts an interpreter and checks the loops load, not
+compile).
 
 The scratch is allocated once per direction and owned by that direction's thread: the structs
 of the system calls (pollfd, mmsghdr, iovec, sockaddr_in, cmsg) as integer arrays laid out as

@@ -1,8 +1,9 @@
 """The pipeline's compiled steps: a backend kind's kernel and the drop tally, in one call.
 
 Every driver runs a batch through these: Pipeline.egress/ingress call them for the Python loop,
-replay and trace, and the compiled loops (weft.drivers.hotloop) call them from numba. So there
-is one dispatch from backend kind to kernel, and DROP reasons are counted in one place, once.
+replay and trace, and the compiled loops (weft.drivers.compiled_loops) call them from numba. So
+there is one dispatch from backend kind to kernel, and DROP reasons are counted in one place,
+once.
 
 The arrays travel in named groups (NamedTuples, which numba types by class and field): a batch,
 the peer table, and the pipeline's state. Two groups cannot be swapped without a typing error,

@@ -1,4 +1,5 @@
-"""The compiled hot loop (switch/drivers/hotloop.py) carrying real traffic between two namespaces.
+"""The compiled driver (drivers/hotloop.py, compiled_loops.py) carrying real traffic between two
+namespaces.
 
 Two "hosts", namespaces joined by a veth (192.168.77.1 <-> .2), each programmed the way weft's
 backends program a host: a TUN (udp) or TAP (vxlan) `weft0` holding the subnet's network
@@ -32,7 +33,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from weft.dev import tundev
-from weft.drivers import hotloop
+from weft.drivers import loopio
 from weft.drivers.hotloop import HotLoop
 from weft.drivers.pyloop import PyLoop, Transport
 from weft.packet import fastpath
@@ -451,7 +452,7 @@ def main() -> None:
                         print(f"    {side}: {r[side]}")
         finally:
             cleanup()
-    print("counters slot check:", fastpath.N_SLOTS, hotloop.ST_SIZE)
+    print("counters slot check:", fastpath.N_SLOTS, loopio.ST_SIZE)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1",
                                 reason="the libc intrinsics exist only in compiled code")
 
 from weft.dev.vnet_hdr import VNET_HDR_LEN  # noqa: E402
-from weft.drivers import hotloop  # noqa: E402
+from weft.drivers import loopio  # noqa: E402
 from weft.drivers.hotloop import HotLoop  # noqa: E402
 from weft.packet.pipeline import EGRESS, INGRESS, Pipeline  # noqa: E402
 from weft.packet.reasons import Reason  # noqa: E402
@@ -232,7 +232,7 @@ def test_offload_bad_super_frame_is_dropped_and_counted() -> None:
         with running(host) as loop:
             for k, frame in enumerate(frames, 1):
                 host.wire.send(frame)
-                _wait_for(lambda k=k: loop.egress.stats[hotloop.ST_DEVICE_IO] >= k,
+                _wait_for(lambda k=k: loop.egress.stats[loopio.ST_DEVICE_IO] >= k,
                           f"device read {k}")
             _wait_for(lambda: loop.stats()["egress"]["batches"] >= 1, "a batch")
         assert loop.drops() == {"offload_split_malformed": 1, "offload_split_unsupported": 1}
@@ -347,13 +347,13 @@ def test_ladder_starts_the_compiled_loop_when_it_can(plain_device: None) -> None
 _LOAD_TWICE = """
 from ipaddress import IPv4Network
 import socket
-from weft.drivers import hotloop
+from weft.drivers import compiled_loops, hotloop
 from weft.packet.pipeline import Pipeline
 p = Pipeline({kind!r}, IPv4Network("10.1.0.0/16"), 24, port=8285)
 dev, _ = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 hotloop.HotLoop(p, dev.fileno(), s.fileno(), s.fileno(), 8285, offload={offload}).compile()
-for f in (hotloop.egress_loop, hotloop.ingress_loop):
+for f in (compiled_loops.egress_loop, compiled_loops.ingress_loop):
     print(f.stats.cache_hits.total(), f.stats.cache_misses.total())
 """
 
