@@ -336,6 +336,20 @@ def unit_segments(u, ulen):
     return (payload + gso_size - 1) // gso_size
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _forward_span(out_off, out_len, verdict, i, width):
+    """(offset, length) of row i's packet if it is FORWARD and inside its row, else (0, -1).
+
+    Both passes of coalesce take their rows through this, so the rows counted for room are
+    exactly the rows written.
+    """
+    o = np.int64(out_off[i])
+    ln = np.int64(out_len[i])
+    if verdict[i] != 0 or o < 0 or ln < 0 or o + ln > width:
+        return 0, -1
+    return o, ln
+
+
 @njit(cache=True, nogil=True)
 def coalesce(bufs, out_off, out_len, verdict, n, l3_off, out, out_lens):
     """Build device writes from the FORWARD rows among the first n; returns how many.
@@ -359,9 +373,8 @@ def coalesce(bufs, out_off, out_len, verdict, n, l3_off, out, out_lens):
     uw = out.shape[1]
     need = 0
     for i in range(n):
-        o = np.int64(out_off[i])
-        ln = np.int64(out_len[i])
-        if verdict[i] != 0 or o < 0 or ln < 0 or o + ln > width:
+        _, ln = _forward_span(out_off, out_len, verdict, i, width)
+        if ln < 0:
             continue
         need += 1
         if VNET_HDR_LEN + ln > uw:
@@ -382,9 +395,8 @@ def coalesce(bufs, out_off, out_len, verdict, n, l3_off, out, out_lens):
     u_ports = np.zeros(need, dtype=np.int64)
     units = 0
     for i in range(n):
-        o = np.int64(out_off[i])
-        ln = np.int64(out_len[i])
-        if verdict[i] != 0 or o < 0 or ln < 0 or o + ln > width:
+        o, ln = _forward_span(out_off, out_len, verdict, i, width)
+        if ln < 0:
             continue
         b = bufs[i]
         cls, ip, ihl, doff, tot = _classify(b, o, ln, l3_off)
