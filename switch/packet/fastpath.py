@@ -203,6 +203,20 @@ def _inner_src_ok(ip, sender, cfg, present, public_ip):
 
 
 @njit(cache=True, nogil=True)
+def _egress_route(dst, cfg, present):
+    """(verdict, reason, subnet number) of an egress destination: FORWARD/OK when a peer's
+    lease covers it; outside the network or unleased go to the slow path, our own subnet drops."""
+    idx = _subnet_index(dst, cfg, present.shape[0])
+    if idx < 0:
+        return _SLOW, _OUTSIDE_NETWORK, idx
+    if idx == cfg[CFG_LOCAL_INDEX]:
+        return _DROP, _LOCAL_DST, idx
+    if present[idx] == 0:
+        return _SLOW, _NO_ROUTE, idx
+    return _FORWARD, _OK, idx
+
+
+@njit(cache=True, nogil=True)
 def _is_local(ip, cfg, n_subnets):
     local = cfg[CFG_LOCAL_INDEX]
     return local >= 0 and _subnet_index(ip, cfg, n_subnets) == local
@@ -260,13 +274,9 @@ def _vxlan_egress_one(b, ln, cap, cfg, present, public_ip, vtep_mac, ip_id):
     if r != _OK:
         return _DROP, r, h, ln, 0
     dst = _u32(b, ip + 16)
-    idx = _subnet_index(dst, cfg, present.shape[0])
-    if idx < 0:
-        return _SLOW, _OUTSIDE_NETWORK, h, ln, 0
-    if idx == cfg[CFG_LOCAL_INDEX]:
-        return _DROP, _LOCAL_DST, h, ln, 0
-    if present[idx] == 0:
-        return _SLOW, _NO_ROUTE, h, ln, 0
+    v, r, idx = _egress_route(dst, cfg, present)
+    if r != _OK:
+        return v, r, h, ln, 0
     total = _u16(b, ip + 2)
     flen = 14 + total  # Ethernet padding past the IP packet is not carried
     outer_total = VXLAN_ENCAP + flen
@@ -490,13 +500,9 @@ def _udp_egress_one(b, ln, cap, cfg, present, public_ip):
     r = _ipv4_check(b, h, ln)
     if r != _OK:
         return _DROP, r, h, ln, 0
-    idx = _subnet_index(_u32(b, h + 16), cfg, present.shape[0])
-    if idx < 0:
-        return _SLOW, _OUTSIDE_NETWORK, h, ln, 0
-    if idx == cfg[CFG_LOCAL_INDEX]:
-        return _DROP, _LOCAL_DST, h, ln, 0
-    if present[idx] == 0:
-        return _SLOW, _NO_ROUTE, h, ln, 0
+    v, r, idx = _egress_route(_u32(b, h + 16), cfg, present)
+    if r != _OK:
+        return v, r, h, ln, 0
     if _u8(b, h + 8) <= 1:
         return _SLOW, _TTL_EXCEEDED, h, ln, 0
     total = _u16(b, h + 2)

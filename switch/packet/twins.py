@@ -204,6 +204,22 @@ def _is_local(ip: int, cfg: np.ndarray, table: PeerTable) -> bool:
     return local >= 0 and subnet_index(ip, cfg, table) == local
 
 
+def _egress_route(dst: int, cfg: np.ndarray, table: PeerTable) -> tuple[Verdict, Reason, int]:
+    """Where both backends send an egress destination, in the kernels' order.
+
+    Returns (FORWARD, OK, subnet number) when a peer's lease covers `dst`, else the verdict and
+    reason the packet gets (outside the network or unleased: slow path; our own subnet: drop).
+    """
+    idx = subnet_index(dst, cfg, table)
+    if idx < 0:
+        return Verdict.SLOW, Reason.OUTSIDE_NETWORK, idx
+    if idx == cfg[CFG_LOCAL_INDEX]:
+        return Verdict.DROP, Reason.LOCAL_DST, idx
+    if not table.present[idx]:
+        return Verdict.SLOW, Reason.NO_ROUTE, idx
+    return Verdict.FORWARD, Reason.OK, idx
+
+
 def _inner_ingress_checks(ip: bytes, src_ip: int, cfg: np.ndarray,
                           table: PeerTable) -> tuple[Reason, int]:
     """What both backends check on a received inner IPv4 packet, in the kernels' order: a sound
@@ -247,13 +263,9 @@ def vxlan_egress(frame: bytes, cfg: np.ndarray, table: PeerTable, ip_id: int = 0
     if problem != Reason.OK:
         return _drop(problem, frame)
     dst = int.from_bytes(ip[16:20], "big")
-    idx = subnet_index(dst, cfg, table)
-    if idx < 0:
-        return _slow(Reason.OUTSIDE_NETWORK, frame)
-    if idx == cfg[CFG_LOCAL_INDEX]:
-        return _drop(Reason.LOCAL_DST, frame)
-    if not table.present[idx]:
-        return _slow(Reason.NO_ROUTE, frame)
+    verdict, reason, idx = _egress_route(dst, cfg, table)
+    if reason != Reason.OK:
+        return StepResult(verdict, reason, bytes(frame))
     total = int.from_bytes(ip[2:4], "big")
     inner = bytearray(frame[: 14 + total])  # Ethernet padding is not carried
     outer_total = VXLAN_ENCAP + len(inner)
@@ -360,13 +372,9 @@ def udp_egress(packet: bytes, cfg: np.ndarray, table: PeerTable) -> StepResult:
     problem = ipv4_header_problem(packet)
     if problem != Reason.OK:
         return _drop(problem, packet)
-    idx = subnet_index(int.from_bytes(packet[16:20], "big"), cfg, table)
-    if idx < 0:
-        return _slow(Reason.OUTSIDE_NETWORK, packet)
-    if idx == cfg[CFG_LOCAL_INDEX]:
-        return _drop(Reason.LOCAL_DST, packet)
-    if not table.present[idx]:
-        return _slow(Reason.NO_ROUTE, packet)
+    verdict, reason, idx = _egress_route(int.from_bytes(packet[16:20], "big"), cfg, table)
+    if reason != Reason.OK:
+        return StepResult(verdict, reason, bytes(packet))
     if packet[8] <= 1:
         return _slow(Reason.TTL_EXCEEDED, packet)
     if int.from_bytes(packet[2:4], "big") > cfg[CFG_MTU] and packet[6] & 0x40:
