@@ -1,11 +1,19 @@
-"""host-gw: plain routes to each peer's subnet via its PublicIP; no data path of our own."""
+"""host-gw: plain routes to each peer's subnet via its PublicIP; no data path of our own.
+
+The kernel drops those routes when the external interface goes down (or loses its address);
+the reconciler (weft.backends.reconcile) puts them back once it is usable again.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
+from ipaddress import IPv4Address
 
 from weft.backends import BackendError, netlink
 from weft.backends.peers import PeerPrograms
+from weft.backends.reconcile import Reconciler, Route, Wanted
 from weft.control.config import NetworkConfig
 from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
@@ -24,15 +32,37 @@ class HostGwBackend:
         self.iface = iface
         self.mtu = iface.mtu
         self.peers = PeerPrograms("host-gw", self._program, self._unprogram)
+        self.lock = threading.RLock()  # peer programming and repair passes take turns
+        self.reconciler = Reconciler(self)
+        self.attrs_changed = threading.Event()  # our PublicIP changed: republish the lease
 
     def lease_attrs(self) -> LeaseAttrs:
         return LeaseAttrs(self.iface.public_ip, backend_type="host-gw")
 
     def start(self, lease: Lease) -> None:
-        pass
+        self.reconciler.start()
 
     def handle(self, events: LeaseEvents) -> None:
-        self.peers.handle(events)
+        with self.lock:
+            self.peers.handle(events)
+
+    # -- what the reconciler keeps in place (weft.backends.reconcile.Repairable) ---------------
+    def wanted(self) -> Wanted:
+        return Wanted(self.iface, tuple(self._route(lease)
+                                        for lease in self.peers.programmed.values()))
+
+    def setup_device(self) -> None:
+        pass  # no device of our own
+
+    def recreate_device(self) -> None:
+        pass
+
+    def public_ip_changed(self, address: IPv4Address) -> None:
+        self.iface = dataclasses.replace(self.iface, address=address, public_ip=address)
+        self.attrs_changed.set()
+
+    def _route(self, lease: Lease) -> Route:
+        return Route(lease.subnet, self.iface.index, lease.attrs.public_ip)
 
     def _program(self, lease: Lease) -> None:
         segments = netlink.connected_networks(self.iface.index)
@@ -41,7 +71,8 @@ class HostGwBackend:
                 f"PublicIP {lease.attrs.public_ip} is not on our L2 segment "
                 f"({', '.join(map(str, segments)) or 'none'} on {self.iface.name}); host-gw "
                 f"needs every host on one segment, use vxlan otherwise")
-        netlink.route_replace(lease.subnet, oif=self.iface.index, gateway=lease.attrs.public_ip)
+        route = self._route(lease)
+        netlink.route_replace(route.dst, oif=route.oif, gateway=route.gateway)
 
     def _unprogram(self, lease: Lease) -> None:
         netlink.route_delete(lease.subnet, oif=self.iface.index)
@@ -53,10 +84,11 @@ class HostGwBackend:
                       for s, lease in sorted(self.peers.programmed.items())],
             "unprogrammed": {str(k): v for k, v in self.peers.failed.items()},
             "datapath": {"mode": "kernel routes"},
+            **self.reconciler.status(),
         }
 
     def close(self) -> None:
-        pass  # routes stay, as flannel leaves them; a restart replaces them
+        self.reconciler.stop()  # routes stay, as flannel leaves them; a restart replaces them
 
 
 def create(config: NetworkConfig, iface: ExternalInterface, options: dict) -> HostGwBackend:

@@ -3,15 +3,21 @@ whole network into the device (so a destination no lease covers reaches us and g
 net-unreachable from the slow path), and the peer table fed from lease events.
 
 The backend programs the kernel and feeds the peer table; the device and the choice of driver
-(`--datapath`, passed through as options["datapath"]) belong to weft.drivers.ladder.
+(`--datapath`, passed through as options["datapath"]) belong to weft.drivers.ladder. A
+reconciler (weft.backends.reconcile) puts back what others remove: routes, neighbours, the
+device's address and state, the device itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
+from ipaddress import IPv4Address
 
 from weft.backends import netlink
 from weft.backends.peers import PeerPrograms
+from weft.backends.reconcile import Device, Neighbour, Reconciler, Route, Wanted
 from weft.control.config import NetworkConfig
 from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
@@ -50,6 +56,11 @@ class OverlayBackend:
         self.peers = PeerPrograms(self.lease_backend_type, self._program, self._unprogram)
         self.lease: Lease | None = None
         self.tracehub = TraceHub(self.kind)  # live trace; attached to the driver in start()
+        # Peer programming (daemon thread) and repair passes (reconciler thread) take turns.
+        self.lock = threading.RLock()
+        self.reconciler = Reconciler(self)
+        # Set when our PublicIP changed: the daemon then republishes lease_attrs().
+        self.attrs_changed = threading.Event()
         log.info("%s device %s (index %d), MTU %d, port %d", "reusing" if self.reused else
                  "created", device_name, self.index, mtu, port)
 
@@ -62,19 +73,63 @@ class OverlayBackend:
     def start(self, lease: Lease) -> None:
         assert self.config.network is not None
         self.lease = lease
-        netlink.configure_link(self.index, mtu=self.mtu, address=lease.subnet.network_address)
+        self.setup_device()
         netlink.route_replace(self.config.network, oif=self.index)
-        # The slow path writes ICMP errors from our tunnel address into the device; without
-        # accept_local the kernel drops them as martians (a local source arriving from outside).
-        netlink.set_ipv4_conf(self.device_name, "accept_local", 1)
         self.pipeline.set_local(lease.subnet, self.iface.public_ip, self.local_mac())
         driver = self.datapath.start(self.pipeline, self.port)
         self.tracehub.bind(driver, {
             "device": self.device_name, "subnet": str(lease.subnet),
             "public_ip": str(self.iface.public_ip), "port": self.port, "vni": self.vni})
+        self.reconciler.start()
 
     def handle(self, events: LeaseEvents) -> None:
-        self.peers.handle(events)
+        with self.lock:
+            self.peers.handle(events)
+
+    # -- what the reconciler keeps in place (weft.backends.reconcile.Repairable) ---------------
+    def setup_device(self) -> None:
+        assert self.lease is not None
+        netlink.configure_link(self.index, mtu=self.mtu, address=self.lease.subnet.network_address,
+                               mac=self.device_mac())
+        # The slow path writes ICMP errors from our tunnel address into the device; without
+        # accept_local the kernel drops them as martians (a local source arriving from outside).
+        netlink.set_ipv4_conf(self.device_name, "accept_local", 1)
+
+    def recreate_device(self) -> None:
+        driver = self.datapath.reopen()
+        index = netlink.link_index(self.device_name)
+        assert index is not None
+        self.index = index
+        self.setup_device()
+        self.tracehub.bind(driver)
+
+    def wanted(self) -> Wanted:
+        assert self.config.network is not None and self.lease is not None
+        routes = [Route(self.config.network, self.index)]
+        neighbours: list[Neighbour] = []
+        for lease in self.peers.programmed.values():
+            peer_routes, peer_neighbours = self.peer_kernel_state(lease)
+            routes += peer_routes
+            neighbours += peer_neighbours
+        device = Device(self.device_name, self.index, self.lease.subnet.network_address,
+                        self.mtu, self.device_mac())
+        return Wanted(self.iface, tuple(routes), tuple(neighbours), device)
+
+    def public_ip_changed(self, address: IPv4Address) -> None:
+        assert self.lease is not None
+        self.iface = dataclasses.replace(self.iface, address=address, public_ip=address)
+        # Outer headers leave with the new source address from the next batch on.
+        self.pipeline.set_local(self.lease.subnet, address, self.local_mac())
+        self.tracehub.info["public_ip"] = str(address)
+        self.attrs_changed.set()
+
+    def device_mac(self) -> str | None:
+        """The MAC the device must keep (vxlan's VtepMAC); None for a TUN."""
+        return None
+
+    def peer_kernel_state(self, lease: Lease) -> tuple[list[Route], list[Neighbour]]:
+        """The routes and neighbour entries _program puts in the kernel for one peer."""
+        return [], []
 
     def _program(self, lease: Lease) -> None:
         raise NotImplementedError
@@ -99,7 +154,9 @@ class OverlayBackend:
             "counters": counters,
             "datapath": self.datapath.status(),
             "trace": self.tracehub.stats(),
+            **self.reconciler.status(),
         }
 
     def close(self) -> None:
+        self.reconciler.stop()
         self.datapath.close()

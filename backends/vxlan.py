@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from weft.backends import netlink
 from weft.backends.overlay import OverlayBackend
+from weft.backends.reconcile import Neighbour, Route
 from weft.backends.vtep import random_mac
 from weft.control.config import NetworkConfig
 from weft.control.iface import ExternalInterface
@@ -44,15 +45,24 @@ class VxlanBackend(OverlayBackend):
     def local_mac(self) -> bytes:
         return parse_mac(self.mac)
 
+    def device_mac(self) -> str:
+        return self.mac
+
+    def peer_kernel_state(self, lease: Lease) -> tuple[list[Route], list[Neighbour]]:
+        gateway = lease.subnet.network_address
+        mac = lease.attrs.vtep_mac or ""
+        return ([Route(lease.subnet, self.index, gateway, onlink=True)],
+                [Neighbour(gateway, mac, self.index)])
+
     def _program(self, lease: Lease) -> None:
         mac = lease.attrs.vtep_mac
         if not mac:
             raise ValueError("vxlan lease has no VtepMAC")
         if lease.attrs.vni not in (None, self.vni):  # flannel <= 0.13 leases carry no VNI
             raise ValueError(f"peer VNI {lease.attrs.vni} differs from ours ({self.vni})")
-        gateway = lease.subnet.network_address
-        netlink.neigh_replace(gateway, mac, ifindex=self.index)
-        netlink.route_replace(lease.subnet, oif=self.index, gateway=gateway, onlink=True)
+        [route], [neighbour] = self.peer_kernel_state(lease)
+        netlink.neigh_replace(neighbour.ip, neighbour.mac, ifindex=neighbour.ifindex)
+        netlink.route_replace(route.dst, oif=route.oif, gateway=route.gateway, onlink=True)
         self.pipeline.table.set_peer(lease.subnet, lease.attrs.public_ip, parse_mac(mac))
 
     def _unprogram(self, lease: Lease) -> None:

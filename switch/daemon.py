@@ -179,6 +179,7 @@ class Daemon:
                 peers = self._peers_only(batch)
                 if peers.added or peers.removed or peers.reset:
                     backend.handle(peers)
+            self._republish_if_changed(backend)
             if time.time() >= renew_at and not self.stopping.is_set():
                 try:
                     self.lease = renew_lease(self.registry, self.lease, timing)
@@ -189,6 +190,25 @@ class Daemon:
                     renew_at = time.time() + timing.retry
         log.info("stopping; keeping lease %s", self.lease.subnet)
         return 0
+
+    def _republish_if_changed(self, backend: backends.Backend) -> None:
+        """Put the backend's new attrs in our lease when it says they changed (its repair pass
+        saw the external interface's address move): peers then follow our new PublicIP."""
+        changed = getattr(backend, "attrs_changed", None)  # a threading.Event, if it has one
+        if changed is None or not changed.is_set():
+            return
+        assert self.lease is not None
+        changed.clear()
+        attrs = backend.lease_attrs()
+        try:
+            self.lease = self.registry.update_lease(self.lease.subnet, attrs,
+                                                    self.options.timing.ttl,
+                                                    old_lease_id=self.lease.etcd_lease_id)
+        except RegistryUnavailable as exc:
+            log.error("republishing lease %s failed: %s; retrying", self.lease.subnet, exc)
+            changed.set()
+            return
+        log.info("republished lease %s with PublicIP %s", self.lease.subnet, attrs.public_ip)
 
     def _watch_failed(self, exc: BaseException) -> None:
         """Called once from the watch when it gave up; the loop then ends the daemon."""

@@ -46,6 +46,7 @@ class DeviceDatapath:
         self.refused: dict[str, str] = {}  # better modes that were tried and why they failed
         self.driver: Driver | None = None
         self.transport: Transport | None = None
+        self.pipeline: Pipeline | None = None
         may_offload = wanted in (modes.AUTO, modes.OFFLOAD)
         self.device, self.device_mode = open_device(name, tap, offload=may_offload)
         if may_offload and self.device_mode != DEVICE_OFFLOAD:
@@ -57,9 +58,29 @@ class DeviceDatapath:
 
     def start(self, pipeline: Pipeline, port: int) -> Driver:
         """Open the sockets on `port` and start the best driver; returns it."""
+        self.pipeline = pipeline
         self.transport = Transport(pipeline.kind, port)
         self.driver = self._start_driver(pipeline, self.transport)
         log.info("datapath %s: %s", self.mode, modes.IO[self.mode])
+        return self.driver
+
+    def reopen(self) -> Driver:
+        """Make the device again after it was deleted under us, and restart the driver on it.
+
+        A deleted TUN/TAP is gone for good: the open fd no longer reaches any device and the
+        driver's threads end on EBADFD. A new TUNSETIFF creates a fresh persistent device of
+        the same name (new index, random MAC, no address: the caller sets those up); the
+        sockets are unaffected and kept. The device is reopened in the mode it had.
+        """
+        assert self.pipeline is not None and self.transport is not None, "start() first"
+        if self.driver is not None:
+            self.driver.stop()
+            self.driver = None
+        self.device.close()
+        self.device, self.device_mode = open_device(
+            self.name, self.tap, offload=self.device_mode == DEVICE_OFFLOAD)
+        self.driver = self._start_driver(self.pipeline, self.transport)
+        log.info("device %s reopened; datapath %s", self.name, self.mode)
         return self.driver
 
     def _start_driver(self, pipeline: Pipeline, transport: Transport) -> Driver:

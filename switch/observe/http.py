@@ -141,9 +141,21 @@ def render_metrics(status: dict) -> str:
     if "mode" in datapath:
         dp_info.add(1, mode=datapath["mode"])
 
-    families = (packets, octets, drops, slow, peer_gauge, expiry, lease_info, ready, dp_info)
+    repairs = _repairs_family(status)
+
+    families = (packets, octets, drops, slow, peer_gauge, expiry, lease_info, ready, dp_info,
+                repairs)
     lines = [line for family in families for line in family.render()]
     return "\n".join(lines) + "\n"
+
+
+def _repairs_family(status: dict) -> _Family:
+    """Kernel state the daemon put back after something else removed it, by what."""
+    family = _Family("weft_repairs_total", "counter",
+                     "Kernel state restored by the repair pass, by what was restored.")
+    for what, value in sorted(_mapping(status.get("repairs")).items()):
+        family.add(value, what=what)
+    return family
 
 
 def not_ready_reason(status: dict) -> str:

@@ -103,8 +103,18 @@ def _datapath_lines(status: Mapping) -> list[str]:
     return [f"datapath:  {mode}" + (f" ({extra})" if extra else "")]
 
 
+def _repair_lines(status: Mapping) -> list[str]:
+    """Kernel state put back by the repair pass, and repairs the kernel still refuses."""
+    repairs = _mapping(status.get("repairs"))
+    done = ", ".join(f"{k}={v}" for k, v in sorted(repairs.items()) if v) or "none"
+    lines = [f"repairs:   {done}"]
+    for detail, why in sorted(_mapping(status.get("repair_failing")).items()):
+        lines.append(f"  failing: {detail}: {why}")
+    return lines
+
+
 def format_status(status: dict) -> str:
-    """The `weft status` report: lease, datapath, peers, counters."""
+    """The `weft status` report: lease, datapath, peers, counters, repairs."""
     sections = [_lease_lines(status), _datapath_lines(status), _peer_lines(status),
-                _counter_lines(status)]
+                _counter_lines(status), _repair_lines(status)]
     return "\n".join(line for section in sections for line in section) + "\n"
