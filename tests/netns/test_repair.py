@@ -137,8 +137,10 @@ def _neighbour_mac(ip: str, device: str) -> str | None:
 def _replace_address(device: str, old: str, new: str, prefixlen: int) -> None:
     with IPRoute() as ipr:
         index = ipr.link_lookup(ifname=device)[0]
-        ipr.addr("add", index=index, address=new, prefixlen=prefixlen)
+        # Deleting a primary address takes its secondaries along (promote_secondaries is off
+        # by default), so the old one goes first, as a DHCP client with a new lease does.
         ipr.addr("del", index=index, address=old, prefixlen=prefixlen)
+        ipr.addr("add", index=index, address=new, prefixlen=prefixlen)
 
 
 def _device(cluster: Cluster) -> str:
@@ -232,7 +234,7 @@ def test_changed_external_address_is_republished_and_followed(backend):
                     and _peer(cluster, 0, cluster.host(1).subnet).get("public_ip") == new):
                 break
             time.sleep(0.1)
-        assert _lease_attrs(cluster, 1).public_ip == IPv4Address(new)
+        assert _lease_attrs(cluster, 1).public_ip == IPv4Address(new), cluster.host_log(1)[-3000:]
         assert cluster.status(1)["lease"]["public_ip"] == new
         assert _peer(cluster, 0, cluster.host(1).subnet).get("public_ip") == new
         reachable = _reachable_after(cluster, 0, 1, t0)
