@@ -102,12 +102,12 @@ class EtcdMember:
         self.peer_url = f"http://127.0.0.1:{self.peer_port}"  # peers talk plain http on loopback
         self.proc: subprocess.Popen | None = None
 
-    def start(self, initial_cluster: str, token: str) -> None:
+    def start(self, initial_cluster: str, token: str, extra_args: tuple[str, ...] = ()) -> None:
         argv = [etcd_binary(), "--name", self.name, "--data-dir", os.path.join(self.dir, "data"),
                 "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
                 "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls",
                 self.peer_url, "--initial-cluster", initial_cluster,
-                "--initial-cluster-token", token, "--log-level", "warn"]
+                "--initial-cluster-token", token, "--log-level", "warn", *extra_args]
         if self.tls:
             argv += ["--cert-file", str(self.tls.server_cert), "--key-file",
                      str(self.tls.server_key), "--trusted-ca-file", str(self.tls.ca),
@@ -153,16 +153,18 @@ class EtcdMember:
 class EtcdCluster:
     """`size` etcd members on loopback; `endpoints` lists them all, comma-separated."""
 
-    def __init__(self, size: int = 3, tls: TlsFiles | None = None) -> None:
+    def __init__(self, size: int = 3, tls: TlsFiles | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.data_dir = tempfile.mkdtemp(prefix="weft-etcd-")
         self.tls = tls
+        self.extra_args = extra_args  # more etcd flags, e.g. ("--auth-token-ttl", "1")
         self.root_password: str | None = None  # set by enable_auth; etcdctl then logs in as root
         self.token = f"weft-{uuid.uuid4().hex[:12]}"
         self.members = [EtcdMember(f"m{i}", self.data_dir, tls) for i in range(size)]
         self.initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         try:
             for member in self.members:
-                member.start(self.initial_cluster, self.token)
+                member.start(self.initial_cluster, self.token, extra_args)
             for member in self.members:
                 self.wait_healthy(member)
         except BaseException:
@@ -178,7 +180,7 @@ class EtcdCluster:
 
     def restart(self, member: EtcdMember) -> None:
         member.kill()
-        member.start(self.initial_cluster, self.token)
+        member.start(self.initial_cluster, self.token, self.extra_args)
         self.wait_healthy(member)
 
     def wait_healthy(self, member: EtcdMember, timeout: float = 30.0) -> None:
@@ -250,8 +252,8 @@ class EtcdCluster:
 class EtcdServer(EtcdCluster):
     """A single etcd member, the common case: `endpoint`, `port`, `proc`."""
 
-    def __init__(self, tls: TlsFiles | None = None) -> None:
-        super().__init__(1, tls)
+    def __init__(self, tls: TlsFiles | None = None, extra_args: tuple[str, ...] = ()) -> None:
+        super().__init__(1, tls, extra_args)
         member = self.members[0]
         self.endpoint, self.port, self.proc = member.endpoint, member.port, member.proc
 
