@@ -92,6 +92,21 @@ class EtcdClient(pyetcd.MultiEndpointEtcd3Client):
         self.login()
         return fn(*args, **kwargs)
 
+    def _manage_grpc_errors(self, exc: grpc.RpcError):
+        # pyetcd marks an unreachable endpoint failed for `time_retry` seconds and keeps it
+        # current: a caller that retries later than that (weft retries after 1 s, renewals
+        # after up to 60 s) goes back to the dead member every time and never fails over.
+        # So the next call goes to the next endpoint in the list.
+        current = self.endpoint_in_use
+        try:
+            super()._manage_grpc_errors(exc)
+        finally:
+            if current is not None and current.last_failed and len(self.endpoints) > 1:
+                labels = list(self.endpoints)
+                following = labels[(labels.index(current.netloc) + 1) % len(labels)]
+                self._current_endpoint_label = following
+                log.debug("etcd at %s failed; next call goes to %s", current.netloc, following)
+
     def add_watch_callback(self, *args, **kwargs):
         # etcd checks a watch against the token its stream was opened with; a stream opened
         # now must carry a fresh one, since the watch may have outlived the previous token.

@@ -269,9 +269,11 @@ def connected_ports(pid: int) -> set[int]:
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
     ports = set()
-    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        # fields: sl local rem st ... inode (10th); state 01 is ESTABLISHED
-        if fields[3] == "01" and fields[9] in inodes:
-            ports.add(int(fields[2].split(":")[1], 16))
+    # grpc opens dual-stack sockets: loopback IPv4 peers show up in tcp6 as mapped addresses
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            # fields: sl local rem st ... inode (10th); state 01 is ESTABLISHED
+            if fields[3] == "01" and fields[9] in inodes:
+                ports.add(int(fields[2].rsplit(":", 1)[1], 16))
     return ports
