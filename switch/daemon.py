@@ -141,15 +141,21 @@ class Daemon:
         assert self.config is not None
         timing = self.options.timing
         previous = subnet_env.read_previous_subnet(self.options.subnet_file)
-        self.lease = acquire_lease(self.registry, self.config, backend.lease_attrs(), previous,
-                                   timing, self.rng)
+        self.lease = self._retry_unreachable(
+            "acquiring a subnet lease", acquire_lease, self.registry, self.config,
+            backend.lease_attrs(), previous, timing, self.rng)
+        if self.lease is None:
+            return 0
         backend.start(self.lease)
         subnet_env.write(self.options.subnet_file,
                          subnet_env.render(self.config, self.lease, backend.mtu,
                                            self.options.ip_masq))
         log.info("wrote %s for subnet %s (MTU %d)", self.options.subnet_file, self.lease.subnet,
                  backend.mtu)
-        leases, revision = self.registry.list_leases()
+        listed = self._retry_unreachable("listing leases", self.registry.list_leases)
+        if listed is None:
+            return 0
+        leases, revision = listed
         backend.handle(self._peers_only(LeaseEvents(tuple(leases), reset=True,
                                                     revision=revision)))
         stop_watch = self.registry.watch_leases(revision, self.events.put, self._watch_failed)
@@ -213,6 +219,17 @@ class Daemon:
             tuple(lease for lease in batch.removed if lease.subnet != own),
             batch.reset, batch.revision,
         )
+
+    def _retry_unreachable(self, what: str, fn, *args):
+        """`fn(*args)`, again every second while etcd is unreachable (e.g. a member died and
+        the client fails over); None if asked to stop meanwhile. Other errors end the daemon."""
+        while True:
+            try:
+                return fn(*args)
+            except RegistryUnavailable as exc:
+                log.warning("%s: %s (retrying in %.0fs)", what, exc, CONFIG_RETRY)
+            if self.stopping.wait(CONFIG_RETRY):
+                return None
 
     def _wait_for_config(self) -> NetworkConfig | None:
         """flanneld retries every second until the operator writes the config."""

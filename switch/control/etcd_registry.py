@@ -23,7 +23,14 @@ from pyetcd import events as etcd_events
 from pyetcd import exceptions as etcd_exc
 
 from weft.control.config import NetworkConfig, parse_config
-from weft.control.etcd_errors import TRANSIENT_ERRORS, describe, is_transient, status_code
+from weft.control.etcd_client import EtcdClient, tls_credentials
+from weft.control.etcd_errors import (
+    TRANSIENT_ERRORS,
+    describe,
+    explain,
+    is_transient,
+    status_code,
+)
 from weft.control.lease import Lease, LeaseAttrs, LeaseFormatError, parse_subnet_key, subnet_key
 from weft.control.registry import (
     CONFIG_MISSING,
@@ -59,40 +66,23 @@ class EtcdOptions:
     timeout: float = 5.0
 
 
-def connect(options: EtcdOptions) -> pyetcd.MultiEndpointEtcd3Client:
+def connect(options: EtcdOptions) -> EtcdClient:
     """A client over every endpoint in the comma-separated list, failing over between them."""
-    creds = None
-    if options.cafile or options.certfile:
-        creds = pyetcd.MultiEndpointEtcd3Client.get_secure_creds(
-            _read(options.cafile), _read(options.keyfile), _read(options.certfile)
-        )
+    tls = None
+    if options.cafile or options.certfile or options.keyfile:
+        tls = tls_credentials(options.cafile, options.certfile, options.keyfile)
     endpoints = []
     for url in options.endpoints.split(","):
         parts = urlsplit(url.strip() if "//" in url else "//" + url.strip())
         if not parts.hostname:
             raise RegistryError(f"bad etcd endpoint {url!r}: expected http(s)://host:port")
         secure = parts.scheme == "https"
-        if secure and creds is None:
-            creds = grpc.ssl_channel_credentials()
-        endpoints.append(
-            pyetcd.Endpoint(parts.hostname, parts.port or 2379, secure=secure,
-                            creds=creds if secure else None, time_retry=1.0)
-        )
-    try:
-        return pyetcd.MultiEndpointEtcd3Client(
-            endpoints, timeout=options.timeout, user=options.username,
-            password=options.password, failover=True,
-        )
-    except grpc.RpcError as exc:
-        error = RegistryUnavailable if is_transient(exc) else RegistryError
-        raise error(f"cannot reach etcd at {options.endpoints}: {describe(exc)}") from None
-
-
-def _read(path: str | None) -> bytes | None:
-    if not path:
-        return None
-    with open(path, "rb") as f:
-        return f.read()
+        if tls is not None and not secure:
+            log.warning("etcd endpoint %s is plain http: the TLS files are not used for it", url)
+        creds = (tls or grpc.ssl_channel_credentials()) if secure else None
+        endpoints.append(pyetcd.Endpoint(parts.hostname, parts.port or 2379, secure=secure,
+                                         creds=creds, time_retry=1.0))
+    return EtcdClient(endpoints, options.timeout, options.username, options.password)
 
 
 class EtcdRegistry:
@@ -172,10 +162,13 @@ class EtcdRegistry:
 
     def _call(self, fn, *args, **kwargs):
         try:
+            if isinstance(self.client, EtcdClient):  # logs in first, and again when stale
+                return self.client.call(fn, *args, **kwargs)
             return fn(*args, **kwargs)
         except (grpc.RpcError, etcd_exc.Etcd3Exception) as exc:
             error = RegistryUnavailable if is_transient(exc) else RegistryError
-            raise error(f"etcd at {self.options.endpoints}: {describe(exc)}") from None
+            raise error(explain(exc, self.options.endpoints, self.options.username,
+                                self.prefix)) from None
 
     # -- watch --------------------------------------------------------------------------------
     def watch_leases(
