@@ -40,6 +40,7 @@ class LeaseKeeper:
         self.renew_at = timing.renew_at(lease.expiration or now + timing.ttl)
         self.check_at = now + check_interval
         self.renewals = 0
+        self.checks = 0  # answered checks of our key
         self.renew_failures = 0  # failed renewal attempts, ever (a counter)
         self.renew_failing_since: float | None = None  # set while renewals keep failing
         self.recreated = 0  # our key was gone and we put it back
@@ -84,7 +85,8 @@ class LeaseKeeper:
         return None
 
     def status(self) -> dict[str, Any]:
-        return {"renewals": self.renewals, "renew_failures": self.renew_failures,
+        return {"renewals": self.renewals, "checks": self.checks,
+                "renew_failures": self.renew_failures,
                 "renew_failing_since": self.renew_failing_since,
                 "recreated": self.recreated, "next_renewal": self.renew_at}
 
@@ -112,6 +114,7 @@ class LeaseKeeper:
             log.debug("checking lease %s failed: %s", self.lease.subnet, exc)
             self.check_at = self.clock() + min(self.timing.retry, self.check_interval)
             return False
+        self.checks += 1
         if result.lease is not self.lease:
             self.lease = result.lease
             self.renew_failing_since = None

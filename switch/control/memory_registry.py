@@ -44,6 +44,7 @@ from weft.control.store_health import StoreHealth
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+_UNREACHABLE = "UNAVAILABLE: connection refused"
 
 
 class ManualClock:
@@ -100,7 +101,9 @@ class MemoryRegistry:
         with self._lock:
             self.reachable = reachable
             if not reachable:
+                # The watch stream ends and its first reconnect fails, as with a killed etcd.
                 self.health.set_watch("reconnecting")
+                self.health.failure("watch", _UNREACHABLE)
                 self.hold_watches()
                 return
             self.health.success()
@@ -124,9 +127,8 @@ class MemoryRegistry:
 
     def _check_reachable(self, what: str) -> None:
         if not self.reachable:
-            error = "etcd at memory: UNAVAILABLE: connection refused"
-            self.health.failure(what, error)
-            raise RegistryUnavailable(error)
+            self.health.failure(what, _UNREACHABLE)
+            raise RegistryUnavailable(f"etcd at memory: {_UNREACHABLE}")
 
     # -- config -------------------------------------------------------------------------------
     def get_network_config(self) -> NetworkConfig:
@@ -172,6 +174,13 @@ class MemoryRegistry:
             if entry is not None and not is_ours(entry.lease, attrs, old_lease_id):
                 raise LeaseTaken(subnet, entry.lease.attrs)
             return self._put(subnet, attrs, ttl)  # the old lease id is now attached to nothing
+
+    def put_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
+        """A blind put, as etcdctl or a flanneld renewal makes: no check of who holds the key."""
+        with self._lock:
+            self._check_reachable("put")
+            self.expire()
+            return self._put(subnet, attrs, ttl)
 
     def delete_lease(self, subnet: IPv4Network) -> None:
         with self._lock:

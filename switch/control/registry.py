@@ -46,7 +46,6 @@ class ConfigNotFound(RegistryError):
         super().__init__(CONFIG_MISSING)
 
 
-@dataclass(frozen=True)
 class LeaseTaken(RegistryError):
     """Another host now holds the subnet we renew: we lost it and must not overwrite it."""
 
