@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 from urllib.parse import urlsplit
 
@@ -147,7 +147,10 @@ class EtcdRegistry:
         value, meta = self._call(self.client.get, self.subnets_prefix + subnet_key(subnet))
         if value is None:
             return None
-        return self._decode(meta.key, value, meta.lease_id, time.time())
+        # No TTL lookup: callers need who holds the key, and a second request per check of
+        # every host would double the load of the periodic checks.
+        lease = self._decode(meta.key, value, 0, time.time())
+        return None if lease is None else replace(lease, etcd_lease_id=meta.lease_id)
 
     def update_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int,
                      old_lease_id: int = 0) -> Lease:
