@@ -41,7 +41,8 @@ def _flag(parser: argparse.ArgumentParser, flag: str, **kwargs) -> None:
 
 def _etcd_flags(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "--etcd-endpoints", default="http://127.0.0.1:2379",
-          help="comma-separated list of etcd endpoints")
+          help="comma-separated list of etcd endpoints (every member of the cluster; "
+               "https:// for TLS)")
     _flag(parser, "--etcd-prefix", default=DEFAULT_PREFIX, help="etcd prefix")
     _flag(parser, "--etcd-cafile", help="TLS CA file for etcd")
     _flag(parser, "--etcd-certfile", help="TLS client certificate for etcd")

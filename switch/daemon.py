@@ -2,8 +2,10 @@
 
 The loop is flanneld's: wait for the network config, set up the backend, acquire a lease, write
 subnet.env, program the current peers, then apply watch batches and renew before expiry until a
-signal (keep the lease, as flanneld does), the loss of our own lease, or a lease watch that
-failed on something other than connection trouble (both exit 1).
+signal (keep the lease, as flanneld does), the loss of our own lease to another host, or a lease
+watch that failed on something other than connection trouble (both exit 1). Unlike flanneld, a
+lease that expired or was deleted is put back while its subnet is free (LeaseKeeper), and a peer
+is unprogrammed only once its lease stayed gone for a grace period (PeerSync).
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from weft.control import subnet_env
 from weft.control.config import NetworkConfig
 from weft.control.iface import find_external_interface
 from weft.control.lease import Lease
-from weft.control.lease_manager import LeaseTiming, acquire_lease, renew_lease
+from weft.control.lease_keeper import CHECK_INTERVAL, LeaseKeeper
+from weft.control.lease_manager import LeaseTiming, acquire_lease
+from weft.control.peer_sync import REMOVAL_GRACE, PeerSync
 from weft.control.registry import (
     ConfigNotFound,
     LeaseEvents,
     LeaseRegistry,
+    LeaseTaken,
     RegistryUnavailable,
 )
 
@@ -52,6 +57,8 @@ class RunOptions:
     healthz_ip: str = "0.0.0.0"
     healthz_port: int = 0  # 0 = off, as flanneld
     control_socket: str | None = None
+    lease_check_interval: float = CHECK_INTERVAL  # seconds between checks of our key in etcd
+    peer_removal_grace: float = REMOVAL_GRACE  # seconds a peer stays after its lease is gone
 
 
 class Daemon:
@@ -65,6 +72,8 @@ class Daemon:
         self.config: NetworkConfig | None = None
         self.lease: Lease | None = None
         self.backend: backends.Backend | None = None
+        self.keeper: LeaseKeeper | None = None
+        self.peers: PeerSync | None = None
         self.ready = threading.Event()  # lease held, subnet.env written, peers synced
         self.rng = random.Random()
 
@@ -73,16 +82,30 @@ class Daemon:
 
     def status(self) -> dict:
         """The snapshot /readyz, /metrics and `weft status` are made from."""
-        # A dead watch means peers are no longer tracked: never ready, whatever else holds.
-        ready = self.ready.is_set() and self.watch_error is None
+        # Ready: our lease is safe and the data path runs. A dead watch (peers no longer
+        # tracked) or renewals failing inside the renew margin end it; etcd merely unreachable
+        # while the lease has time left does not (see README, "Failure behaviour").
+        keeper = self.keeper
+        risk = keeper.at_risk() if keeper is not None else None
+        lease = keeper.lease if keeper is not None else self.lease
+        ready = self.ready.is_set() and self.watch_error is None and risk is None
         status: dict[str, Any] = {"ready": ready, "lease": None}
         if self.watch_error is not None:
             status["reason"] = f"lease watch failed: {describe_error(self.watch_error)}"
-        if self.lease is not None:
-            expires = self.lease.expiration
+        elif risk is not None:
+            status["reason"] = risk
+        health = getattr(self.registry, "health", None)
+        if health is not None:
+            status["etcd"] = health.snapshot()
+        if keeper is not None:
+            status["lease_keeper"] = keeper.status()
+        if self.peers is not None:
+            status["peer_sync"] = self.peers.status()
+        if lease is not None:
+            expires = lease.expiration
             status["lease"] = {
-                "subnet": str(self.lease.subnet),
-                "public_ip": str(self.lease.attrs.public_ip),
+                "subnet": str(lease.subnet),
+                "public_ip": str(lease.attrs.public_ip),
                 "backend": self.config.backend_type if self.config else None,
                 "expires_in": None if expires is None else max(expires - time.time(), 0.0),
             }
@@ -141,74 +164,81 @@ class Daemon:
         assert self.config is not None
         timing = self.options.timing
         previous = subnet_env.read_previous_subnet(self.options.subnet_file)
-        self.lease = acquire_lease(self.registry, self.config, backend.lease_attrs(), previous,
-                                   timing, self.rng)
+        self.lease = self._retry_unreachable(
+            "acquiring a subnet lease", acquire_lease, self.registry, self.config,
+            backend.lease_attrs(), previous, timing, self.rng)
+        if self.lease is None:
+            return 0
         backend.start(self.lease)
         subnet_env.write(self.options.subnet_file,
                          subnet_env.render(self.config, self.lease, backend.mtu,
                                            self.options.ip_masq))
         log.info("wrote %s for subnet %s (MTU %d)", self.options.subnet_file, self.lease.subnet,
                  backend.mtu)
-        leases, revision = self.registry.list_leases()
-        backend.handle(self._peers_only(LeaseEvents(tuple(leases), reset=True,
-                                                    revision=revision)))
+        self.keeper = LeaseKeeper(self.registry, self.lease, timing,
+                                  self.options.lease_check_interval)
+        self.peers = PeerSync(self.lease.subnet, backend.handle, self.options.peer_removal_grace)
+        listed = self._retry_unreachable("listing leases", self.registry.list_leases)
+        if listed is None:
+            return 0
+        leases, revision = listed
+        self.peers.handle(LeaseEvents(tuple(leases), reset=True, revision=revision))
         stop_watch = self.registry.watch_leases(revision, self.events.put, self._watch_failed)
         self.ready.set()
         try:
-            return self._loop(backend, timing)
+            return self._loop(self.keeper, self.peers)
         finally:
             self.ready.clear()
             stop_watch()
 
-    def _loop(self, backend: backends.Backend, timing: LeaseTiming) -> int:
-        assert self.lease is not None
-        renew_at = timing.renew_at(self.lease.expiration or time.time() + timing.ttl)
+    def _loop(self, keeper: LeaseKeeper, peers: PeerSync) -> int:
         while not self.stopping.is_set():
-            wait = min(max(renew_at - time.time(), 0.0), 0.5)
+            due = [keeper.next_due() - time.time()]
+            if (peer_due := peers.next_due()) is not None:
+                due.append(peer_due - peers.clock())
             try:
-                batch = self.events.get(timeout=wait)
+                batch = self.events.get(timeout=min(max(min(due), 0.0), 0.5))
             except queue.Empty:
                 batch = None
             if isinstance(batch, BaseException):
                 log.error(WATCH_FAILED.format(describe_error(batch)))
                 return 1
             if batch is not None:
-                if self._own_lease_lost(batch):
-                    log.error(REVOKED)
-                    return 1
-                peers = self._peers_only(batch)
-                if peers.added or peers.removed or peers.reset:
-                    backend.handle(peers)
-            self._republish_if_changed(backend)
-            if time.time() >= renew_at and not self.stopping.is_set():
-                try:
-                    self.lease = renew_lease(self.registry, self.lease, timing)
-                    renew_at = timing.renew_at(self.lease.expiration or time.time() + timing.ttl)
-                except RegistryUnavailable as exc:  # any other refusal ends the daemon
-                    log.error("renewing lease %s failed: %s; retrying in %.0fs",
-                              self.lease.subnet, exc, timing.retry)
-                    renew_at = time.time() + timing.retry
-        log.info("stopping; keeping lease %s", self.lease.subnet)
+                if keeper.touched_by(batch):
+                    keeper.check_soon()  # judge on the store now, not on this event
+                peers.handle(batch)
+            if self.stopping.is_set():
+                break
+            try:
+                self._republish_if_changed(keeper)
+                keeper.tick()
+            except LeaseTaken as exc:  # another host holds our subnet: flannel's exit
+                log.error("%s", exc)
+                log.error(REVOKED)
+                return 1
+            self.lease = keeper.lease
+            peers.confirm_due(self.registry)
+        log.info("stopping; keeping lease %s", keeper.lease.subnet)
         return 0
 
-    def _republish_if_changed(self, backend: backends.Backend) -> None:
+    def _republish_if_changed(self, keeper: LeaseKeeper) -> None:
         """Put the backend's new attrs in our lease when it says they changed (its repair pass
         saw the external interface's address move): peers then follow our new PublicIP."""
-        changed = getattr(backend, "attrs_changed", None)  # a threading.Event, if it has one
-        if changed is None or not changed.is_set():
+        changed = getattr(self.backend, "attrs_changed", None)  # a threading.Event, if any
+        if self.backend is None or changed is None or not changed.is_set():
             return
-        assert self.lease is not None
         changed.clear()
-        attrs = backend.lease_attrs()
+        attrs = self.backend.lease_attrs()
+        old = keeper.lease
         try:
-            self.lease = self.registry.update_lease(self.lease.subnet, attrs,
-                                                    self.options.timing.ttl,
-                                                    old_lease_id=self.lease.etcd_lease_id)
-        except RegistryUnavailable as exc:
-            log.error("republishing lease %s failed: %s; retrying", self.lease.subnet, exc)
+            keeper.lease = self.registry.update_lease(old.subnet, attrs, self.options.timing.ttl,
+                                                      old_lease_id=old.etcd_lease_id)
+        except RegistryUnavailable as exc:  # retried on the next turn of the loop
+            log.warning("republishing lease %s failed: %s; retrying", old.subnet, exc)
             changed.set()
             return
-        log.info("republished lease %s with PublicIP %s", self.lease.subnet, attrs.public_ip)
+        self.lease = keeper.lease
+        log.info("republished lease %s with PublicIP %s", old.subnet, attrs.public_ip)
 
     def _watch_failed(self, exc: BaseException) -> None:
         """Called once from the watch when it gave up; the loop then ends the daemon."""
@@ -216,23 +246,16 @@ class Daemon:
         self.ready.clear()
         self.events.put(exc)
 
-    def _own_lease_lost(self, batch: LeaseEvents) -> bool:
-        assert self.lease is not None
-        subnet = self.lease.subnet
-        if batch.reset:
-            return not any(lease.subnet == subnet for lease in batch.added)
-        removed = any(lease.subnet == subnet for lease in batch.removed)
-        return removed and not any(lease.subnet == subnet for lease in batch.added)
-
-    def _peers_only(self, batch: LeaseEvents) -> LeaseEvents:
-        """Drop events about our own subnet: we do not route to ourselves."""
-        assert self.lease is not None
-        own = self.lease.subnet
-        return LeaseEvents(
-            tuple(lease for lease in batch.added if lease.subnet != own),
-            tuple(lease for lease in batch.removed if lease.subnet != own),
-            batch.reset, batch.revision,
-        )
+    def _retry_unreachable(self, what: str, fn, *args):
+        """`fn(*args)`, again every second while etcd is unreachable (e.g. a member died and
+        the client fails over); None if asked to stop meanwhile. Other errors end the daemon."""
+        while True:
+            try:
+                return fn(*args)
+            except RegistryUnavailable as exc:
+                log.warning("%s: %s (retrying in %.0fs)", what, exc, CONFIG_RETRY)
+            if self.stopping.wait(CONFIG_RETRY):
+                return None
 
     def _wait_for_config(self) -> NetworkConfig | None:
         """flanneld retries every second until the operator writes the config."""

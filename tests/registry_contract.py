@@ -16,7 +16,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from weft.control.lease import LeaseAttrs
-from weft.control.registry import ConfigNotFound, LeaseEvents
+from weft.control.registry import ConfigNotFound, LeaseEvents, LeaseTaken
 
 A = IPv4Network("10.1.1.0/24")
 B = IPv4Network("10.1.2.0/24")
@@ -100,6 +100,35 @@ class RegistryContract:
         assert renewed.expiration > first.expiration
         assert [(item.subnet, item.attrs) for item in reg.list_leases()[0]] == [(A, OTHER)]
         assert reg.create_lease(A, ATTRS, ttl=60) is None
+
+    def test_get_lease_reads_the_key_now(self, reg):
+        assert reg.get_lease(A) is None
+        lease = reg.create_lease(A, ATTRS, ttl=60)
+        got = reg.get_lease(A)
+        assert (got.subnet, got.attrs, got.etcd_lease_id) == (A, ATTRS, lease.etcd_lease_id)
+
+    def test_renewal_never_overwrites_another_hosts_lease(self, reg):
+        mine = reg.create_lease(A, ATTRS, ttl=60)
+        reg.delete_lease(A)  # our lease expired...
+        theirs = reg.create_lease(A, OTHER, ttl=60)  # ...and another host took the subnet
+        with pytest.raises(LeaseTaken, match="held by PublicIP 192.0.2.2") as taken:
+            reg.update_lease(A, ATTRS, ttl=60, old_lease_id=mine.etcd_lease_id)
+        assert taken.value.holder == OTHER
+        got = reg.get_lease(A)
+        assert (got.attrs, got.etcd_lease_id) == (OTHER, theirs.etcd_lease_id)
+
+    def test_renewal_puts_back_a_key_that_expired(self, reg):
+        mine = reg.create_lease(A, ATTRS, ttl=60)
+        reg.delete_lease(A)
+        renewed = reg.update_lease(A, ATTRS, ttl=60, old_lease_id=mine.etcd_lease_id)
+        assert reg.get_lease(A).etcd_lease_id == renewed.etcd_lease_id
+
+    def test_renewal_by_public_ip_when_the_lease_id_is_unknown(self, reg):
+        """A renewal whose reply was lost attached the key to an etcd lease we never learnt;
+        our PublicIP on the key still makes it ours."""
+        reg.create_lease(A, ATTRS, ttl=60)
+        renewed = reg.update_lease(A, ATTRS, ttl=60, old_lease_id=12345)
+        assert reg.get_lease(A).etcd_lease_id == renewed.etcd_lease_id
 
     def test_delete_frees_the_subnet(self, reg):
         reg.create_lease(A, ATTRS, ttl=60)

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 from urllib.parse import urlsplit
 
@@ -23,16 +23,26 @@ from pyetcd import events as etcd_events
 from pyetcd import exceptions as etcd_exc
 
 from weft.control.config import NetworkConfig, parse_config
-from weft.control.etcd_errors import TRANSIENT_ERRORS, describe, is_transient, status_code
+from weft.control.etcd_client import EtcdClient, tls_credentials
+from weft.control.etcd_errors import (
+    TRANSIENT_ERRORS,
+    describe,
+    explain,
+    is_transient,
+    status_code,
+)
 from weft.control.lease import Lease, LeaseAttrs, LeaseFormatError, parse_subnet_key, subnet_key
 from weft.control.registry import (
     CONFIG_MISSING,
     DEFAULT_PREFIX,
     ConfigNotFound,
     LeaseEvents,
+    LeaseTaken,
     RegistryError,
     RegistryUnavailable,
+    is_ours,
 )
+from weft.control.store_health import StoreHealth
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,7 @@ _UNKNOWN_ATTRS = LeaseAttrs(IPv4Address(0))  # attrs of a removed lease: not nee
 
 __all__ = ["CONFIG_MISSING", "ConfigNotFound", "EtcdOptions", "EtcdRegistry", "connect"]
 
+_CAS_ATTEMPTS = 5  # reads and conditional puts of one renewal before calling it contention
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
 # A watch stream may also end CANCELLED when the client drops its channel to fail over to
@@ -59,40 +70,23 @@ class EtcdOptions:
     timeout: float = 5.0
 
 
-def connect(options: EtcdOptions) -> pyetcd.MultiEndpointEtcd3Client:
+def connect(options: EtcdOptions) -> EtcdClient:
     """A client over every endpoint in the comma-separated list, failing over between them."""
-    creds = None
-    if options.cafile or options.certfile:
-        creds = pyetcd.MultiEndpointEtcd3Client.get_secure_creds(
-            _read(options.cafile), _read(options.keyfile), _read(options.certfile)
-        )
+    tls = None
+    if options.cafile or options.certfile or options.keyfile:
+        tls = tls_credentials(options.cafile, options.certfile, options.keyfile)
     endpoints = []
     for url in options.endpoints.split(","):
         parts = urlsplit(url.strip() if "//" in url else "//" + url.strip())
         if not parts.hostname:
             raise RegistryError(f"bad etcd endpoint {url!r}: expected http(s)://host:port")
         secure = parts.scheme == "https"
-        if secure and creds is None:
-            creds = grpc.ssl_channel_credentials()
-        endpoints.append(
-            pyetcd.Endpoint(parts.hostname, parts.port or 2379, secure=secure,
-                            creds=creds if secure else None, time_retry=1.0)
-        )
-    try:
-        return pyetcd.MultiEndpointEtcd3Client(
-            endpoints, timeout=options.timeout, user=options.username,
-            password=options.password, failover=True,
-        )
-    except grpc.RpcError as exc:
-        error = RegistryUnavailable if is_transient(exc) else RegistryError
-        raise error(f"cannot reach etcd at {options.endpoints}: {describe(exc)}") from None
-
-
-def _read(path: str | None) -> bytes | None:
-    if not path:
-        return None
-    with open(path, "rb") as f:
-        return f.read()
+        if tls is not None and not secure:
+            log.warning("etcd endpoint %s is plain http: the TLS files are not used for it", url)
+        creds = (tls or grpc.ssl_channel_credentials()) if secure else None
+        endpoints.append(pyetcd.Endpoint(parts.hostname, parts.port or 2379, secure=secure,
+                                         creds=creds, time_retry=1.0))
+    return EtcdClient(endpoints, options.timeout, options.username, options.password)
 
 
 class EtcdRegistry:
@@ -101,6 +95,7 @@ class EtcdRegistry:
         self.prefix = options.prefix.rstrip("/")
         self.subnets_prefix = self.prefix + "/subnets/"
         self.client = client or connect(options)
+        self.health = StoreHealth()
 
     # -- config -------------------------------------------------------------------------------
     def get_network_config(self) -> NetworkConfig:
@@ -138,18 +133,52 @@ class EtcdRegistry:
             return None
         return Lease(subnet, attrs, expiration=time.time() + ttl, etcd_lease_id=grant.id)
 
+    def get_lease(self, subnet: IPv4Network) -> Lease | None:
+        value, meta = self._call(self.client.get, self.subnets_prefix + subnet_key(subnet))
+        if value is None:
+            return None
+        # No TTL lookup: callers need who holds the key, and a second request per check of
+        # every host would double the load of the periodic checks.
+        lease = self._decode(meta.key, value, 0, time.time())
+        return None if lease is None else replace(lease, etcd_lease_id=meta.lease_id)
+
     def update_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int,
                      old_lease_id: int = 0) -> Lease:
-        """Grant a fresh etcd lease and put the value with it, as flannel renews."""
+        """Grant a fresh etcd lease and put the value with it, only while the key is ours.
+
+        Read the key, decide (absent or `is_ours`), then put in a transaction comparing the
+        key's mod revision (or its absence) with what was read: another host's create between
+        the read and the put makes the transaction fail, and the key is read again.
+        """
         key = self.subnets_prefix + subnet_key(subnet)
         grant = self._call(self.client.lease, ttl)
-        self._call(self.client.put, key, attrs.to_json(), lease=grant.id)
-        if old_lease_id and old_lease_id != grant.id:
-            try:  # the key moved to the new lease; drop the orphan so etcd does not pile them up
-                self.client.revoke_lease(old_lease_id)
-            except (grpc.RpcError, etcd_exc.Etcd3Exception) as exc:  # it expires on its own
-                log.debug("revoking old etcd lease %x: %s", old_lease_id, describe(exc))
-        return Lease(subnet, attrs, expiration=time.time() + ttl, etcd_lease_id=grant.id)
+        tx = self.client.transactions
+        for _ in range(_CAS_ATTEMPTS):
+            value, meta = self._call(self.client.get, key)
+            if value is None:
+                compare = tx.version(key) == 0
+            else:
+                holder = _attrs_or_none(value)
+                current = Lease(subnet, holder, etcd_lease_id=meta.lease_id) if holder else None
+                if current is None or not is_ours(current, attrs, old_lease_id):
+                    self._revoke(grant.id)
+                    raise LeaseTaken(subnet, holder)
+                compare = tx.mod(key) == meta.mod_revision
+            ok, _ = self._call(self.client.transaction, compare=[compare],
+                               success=[tx.put(key, attrs.to_json(), lease=grant.id)], failure=[])
+            if ok:
+                if old_lease_id and old_lease_id != grant.id:
+                    # The key moved to the new lease; drop the orphan so etcd does not pile them.
+                    self._revoke(old_lease_id)
+                return Lease(subnet, attrs, expiration=time.time() + ttl, etcd_lease_id=grant.id)
+        self._revoke(grant.id)
+        raise RegistryUnavailable(f"lease {subnet} kept changing while we renewed it; retrying")
+
+    def _revoke(self, lease_id: int) -> None:
+        try:
+            self.client.revoke_lease(lease_id)
+        except (grpc.RpcError, etcd_exc.Etcd3Exception) as exc:  # it expires on its own
+            log.debug("revoking etcd lease %x: %s", lease_id, describe(exc))
 
     def delete_lease(self, subnet: IPv4Network) -> None:
         self._call(self.client.delete, self.subnets_prefix + subnet_key(subnet))
@@ -172,10 +201,18 @@ class EtcdRegistry:
 
     def _call(self, fn, *args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            if isinstance(self.client, EtcdClient):  # logs in first, and again when stale
+                result = self.client.call(fn, *args, **kwargs)
+            else:
+                result = fn(*args, **kwargs)
         except (grpc.RpcError, etcd_exc.Etcd3Exception) as exc:
-            error = RegistryUnavailable if is_transient(exc) else RegistryError
-            raise error(f"etcd at {self.options.endpoints}: {describe(exc)}") from None
+            message = explain(exc, self.options.endpoints, self.options.username, self.prefix)
+            if is_transient(exc):
+                self.health.failure(getattr(fn, "__name__", "request"), describe(exc))
+                raise RegistryUnavailable(message) from None
+            raise RegistryError(message) from None
+        self.health.success()
+        return result
 
     # -- watch --------------------------------------------------------------------------------
     def watch_leases(
@@ -187,6 +224,13 @@ class EtcdRegistry:
         watch = LeaseWatch(self, revision, deliver, on_error)
         watch.start()
         return watch.stop
+
+
+def _attrs_or_none(value: bytes) -> LeaseAttrs | None:
+    try:
+        return LeaseAttrs.from_json(value)
+    except LeaseFormatError:
+        return None
 
 
 class LeaseWatch:
@@ -231,6 +275,8 @@ class LeaseWatch:
 
     def _keep_watching(self) -> None:
         backoff = BACKOFF_MIN
+        health = self.registry.health
+        connects = 0
         while not self.stopped.is_set():
             self.wake.clear()
             try:
@@ -245,12 +291,19 @@ class LeaseWatch:
                 if not is_transient(exc):
                     raise
                 self.retries += 1
-                log.warning("lease watch: %s; retrying in %.1fs", describe(exc), backoff)
+                health.set_watch("reconnecting")
+                health.failure("watch", describe(exc))  # logs, rate-limited
+                log.debug("lease watch: %s; retrying in %.1fs", describe(exc), backoff)
                 if self.stopped.wait(backoff):
                     return
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             backoff = BACKOFF_MIN
+            health.success()
+            health.set_watch("connected")
+            connects += 1
+            if connects > 1:
+                health.watch_restarted()
             self.wake.wait()
             self._cancel()
             if not self.stopped.is_set():
@@ -261,6 +314,7 @@ class LeaseWatch:
             if self.error is not None or self.stopped.is_set():
                 return  # stop() was asked for, or the failure is already reported
             self.error = exc
+            self.registry.health.set_watch("failed")
             self.stopped.set()
             self.wake.set()
         log.error("lease watch failed, not retrying: %s", describe(exc), exc_info=exc)
@@ -297,6 +351,7 @@ class LeaseWatch:
                 raise response
             log.warning("lease watch stream ended: %s",
                         "closed" if response is None else describe(response))
+            self.registry.health.set_watch("reconnecting")
             self.wake.set()
             return
         added, removed = [], []
@@ -325,12 +380,13 @@ class LeaseWatch:
     def _relist(self, compacted: int) -> None:
         """The watch fell behind a compaction: list again and deliver the whole set."""
         self.relists += 1
+        self.registry.health.watch_restarted()
         log.warning("lease watch fell behind compaction at revision %d; re-listing", compacted)
         while not self.stopped.is_set():
             try:
                 leases, revision = self.registry.list_leases()
-            except RegistryUnavailable as exc:
-                log.warning("re-list failed: %s", exc)
+            except RegistryUnavailable as exc:  # reported to health by list_leases
+                log.debug("re-list failed: %s", exc)
                 self.stopped.wait(BACKOFF_MAX)
                 continue
             self.revision = revision

@@ -1,4 +1,5 @@
-"""Acquiring and renewing our subnet lease (flannel's local_manager, with bounded race retries)."""
+"""Acquiring, renewing and reclaiming our subnet lease (flannel's local_manager, with bounded race
+retries, and without dying when an outage let the lease expire)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from ipaddress import IPv4Network
 from weft.control.allocator import choose_subnet
 from weft.control.config import NetworkConfig
 from weft.control.lease import Lease, LeaseAttrs
-from weft.control.registry import LeaseRegistry
+from weft.control.registry import LeaseRegistry, LeaseTaken, is_ours
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,43 @@ def acquire_lease(
 
 
 def renew_lease(registry: LeaseRegistry, lease: Lease, timing: LeaseTiming) -> Lease:
+    """Renew in place; LeaseTaken when another host holds the subnet now."""
     renewed = registry.update_lease(
         lease.subnet, lease.attrs, timing.ttl, old_lease_id=lease.etcd_lease_id
     )
     log.info("renewed lease %s for %ds", lease.subnet, timing.ttl)
     return renewed
+
+
+KEPT, RECREATED, RENEWED = "kept", "recreated", "renewed"
+
+
+@dataclass(frozen=True)
+class Reclaim:
+    outcome: str  # KEPT (the key is ours as we know it), RECREATED or RENEWED
+    lease: Lease
+
+
+def reclaim_lease(registry: LeaseRegistry, lease: Lease, timing: LeaseTiming) -> Reclaim:
+    """Make sure the store holds our lease, judged on the store now, not on a watch event.
+
+    An event about our key may be stale (a deletion from an expiry that happened before our
+    renewal put the key back), so the key is read: absent -> create it again with the same
+    subnet and attributes; ours -> keep (or renew, when it hangs on an etcd lease we do not
+    know); another host's -> LeaseTaken, the only case where the lease is really lost.
+    """
+    for _ in range(RACE_ATTEMPTS):
+        current = registry.get_lease(lease.subnet)
+        if current is None:
+            created = registry.create_lease(lease.subnet, lease.attrs, timing.ttl)
+            if created is not None:
+                log.warning("our lease %s was gone (expired or deleted) and the subnet was "
+                            "free: re-created it", lease.subnet)
+                return Reclaim(RECREATED, created)
+            continue  # somebody created it between our read and our create: read again
+        if not is_ours(current, lease.attrs, lease.etcd_lease_id):
+            raise LeaseTaken(lease.subnet, current.attrs)
+        if current.etcd_lease_id == lease.etcd_lease_id:
+            return Reclaim(KEPT, lease)
+        return Reclaim(RENEWED, renew_lease(registry, lease, timing))
+    raise LeaseTaken(lease.subnet, None)  # unreadable or contended at every attempt

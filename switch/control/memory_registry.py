@@ -5,12 +5,18 @@ What it keeps from etcd, because the lease logic depends on it:
 - create-if-absent (etcd's Txn on Version == 0): `create_lease` on a held subnet returns None;
 - a TTL per lease, measured on an injectable clock; an expired lease is deleted (at a new
   revision, with a delete event) when the registry is next used or `expire()` is called;
-- renewal grants a new lease id and revokes the old one, as EtcdRegistry does;
+- renewal grants a new lease id and revokes the old one, as EtcdRegistry does, and is
+  conditional: it puts the key back when it is absent, renews it while it is ours, and raises
+  LeaseTaken when another host holds it;
+- an outage (`set_reachable(False)`): every call raises RegistryUnavailable and is reported to
+  `health`, watch batches are held back and delivered in order when the store is back, as an
+  etcd watch resumes from its revision;
 - watches replay history from `revision`+1, deliver adds and removes in revision order, and
   re-list (a `reset` batch) when asked to start before a compaction.
 
 Watch batches are delivered synchronously, in the thread that made the change, one batch per
-revision; so a test sees every event as soon as the call that caused it returns.
+revision; so a test sees every event as soon as the call that caused it returns. `hold_watches()`
+and `release_watches()` delay them, to make a watch lag behind the store as a real one can.
 """
 
 from __future__ import annotations
@@ -25,11 +31,20 @@ from ipaddress import IPv4Network
 
 from weft.control.config import NetworkConfig, parse_config
 from weft.control.lease import Lease, LeaseAttrs
-from weft.control.registry import ConfigNotFound, LeaseEvents, RegistryError
+from weft.control.registry import (
+    ConfigNotFound,
+    LeaseEvents,
+    LeaseTaken,
+    RegistryError,
+    RegistryUnavailable,
+    is_ours,
+)
+from weft.control.store_health import StoreHealth
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+_UNREACHABLE = "UNAVAILABLE: connection refused"
 
 
 class ManualClock:
@@ -76,10 +91,49 @@ class MemoryRegistry:
         self._ids = itertools.count(0x7A000001)  # etcd lease ids are opaque non-zero ints
         self._watch_ids = itertools.count(1)
         self._lock = threading.RLock()  # re-entrant: a deliver callback may call back in
+        self.health = StoreHealth(clock)
+        self.reachable = True
+        self._held: list[tuple[int, LeaseEvents]] | None = None  # batches not delivered yet
+
+    # -- outages ------------------------------------------------------------------------------
+    def set_reachable(self, reachable: bool) -> None:
+        """Simulate the store going away and coming back (held watch batches then arrive)."""
+        with self._lock:
+            self.reachable = reachable
+            if not reachable:
+                # The watch stream ends and its first reconnect fails, as with a killed etcd.
+                self.health.set_watch("reconnecting")
+                self.health.failure("watch", _UNREACHABLE)
+                self.hold_watches()
+                return
+            self.health.success()
+            self.health.watch_restarted()
+            self.health.set_watch("connected")
+            self.expire()  # what ran out during the outage goes now, as etcd does on return
+            self.release_watches()
+
+    def hold_watches(self) -> None:
+        with self._lock:
+            if self._held is None:
+                self._held = []
+
+    def release_watches(self) -> None:
+        with self._lock:
+            held, self._held = self._held or [], None
+            for watch_id, batch in held:
+                watcher = self._watchers.get(watch_id)
+                if watcher is not None:
+                    self._send(watch_id, watcher, batch)
+
+    def _check_reachable(self, what: str) -> None:
+        if not self.reachable:
+            self.health.failure(what, _UNREACHABLE)
+            raise RegistryUnavailable(f"etcd at memory: {_UNREACHABLE}")
 
     # -- config -------------------------------------------------------------------------------
     def get_network_config(self) -> NetworkConfig:
         with self._lock:
+            self._check_reachable("config")
             if self._config is None:
                 raise ConfigNotFound()
             return parse_config(self._config)
@@ -92,11 +146,20 @@ class MemoryRegistry:
     # -- leases -------------------------------------------------------------------------------
     def list_leases(self) -> tuple[list[Lease], int]:
         with self._lock:
+            self._check_reachable("list")
             self.expire()
             return [entry.lease for entry in self._entries.values()], self.revision
 
+    def get_lease(self, subnet: IPv4Network) -> Lease | None:
+        with self._lock:
+            self._check_reachable("get")
+            self.expire()
+            entry = self._entries.get(subnet)
+            return None if entry is None else entry.lease
+
     def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease | None:
         with self._lock:
+            self._check_reachable("create")
             self.expire()
             if subnet in self._entries:
                 return None
@@ -105,11 +168,23 @@ class MemoryRegistry:
     def update_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int,
                      old_lease_id: int = 0) -> Lease:
         with self._lock:
+            self._check_reachable("renew")
             self.expire()
+            entry = self._entries.get(subnet)
+            if entry is not None and not is_ours(entry.lease, attrs, old_lease_id):
+                raise LeaseTaken(subnet, entry.lease.attrs)
             return self._put(subnet, attrs, ttl)  # the old lease id is now attached to nothing
+
+    def put_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
+        """A blind put, as etcdctl or a flanneld renewal makes: no check of who holds the key."""
+        with self._lock:
+            self._check_reachable("put")
+            self.expire()
+            return self._put(subnet, attrs, ttl)
 
     def delete_lease(self, subnet: IPv4Network) -> None:
         with self._lock:
+            self._check_reachable("delete")
             self.expire()
             entry = self._entries.pop(subnet, None)
             if entry is not None:  # etcd makes no revision for deleting a missing key
@@ -160,6 +235,8 @@ class MemoryRegistry:
     ) -> Callable[[], None]:
         with self._lock:
             self.expire()
+            self._check_reachable("watch")
+            self.health.set_watch("connected")
             watch_id = next(self._watch_ids)
             watcher = _Watcher(deliver, on_error)
             self._watchers[watch_id] = watcher
@@ -182,6 +259,9 @@ class MemoryRegistry:
     def _send(self, watch_id: int, watcher: _Watcher, batch: LeaseEvents) -> None:
         if watch_id not in self._watchers:
             return  # ended by an earlier failure in this same change
+        if self._held is not None:
+            self._held.append((watch_id, batch))
+            return
         try:
             watcher.deliver(batch)
         except Exception as exc:  # noqa: BLE001 - not swallowed: the watch ends and reports it

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from weft.control.config import NetworkConfig, parse_config
 from weft.control.lease import Lease, LeaseAttrs, LeaseFormatError, parse_subnet_cidr
+from weft.control.store_health import StoreHealth
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,28 @@ class ConfigNotFound(RegistryError):
 
     def __init__(self) -> None:
         super().__init__(CONFIG_MISSING)
+
+
+class LeaseTaken(RegistryError):
+    """Another host now holds the subnet we renew: we lost it and must not overwrite it."""
+
+    def __init__(self, subnet: IPv4Network, holder: LeaseAttrs | None) -> None:
+        who = f"PublicIP {holder.public_ip}" if holder is not None else "a malformed value"
+        super().__init__(f"lease {subnet} is now held by {who}")
+        self.subnet = subnet
+        self.holder = holder
+
+
+def is_ours(current: Lease, attrs: LeaseAttrs, our_etcd_lease: int) -> bool:
+    """Whether the stored lease is still ours to renew.
+
+    Ours means attached to the etcd lease we hold, or carrying our PublicIP (the identity flannel
+    reuses a lease by; it also covers a renewal whose reply was lost, which attached the key to
+    an etcd lease id we never learnt).
+    """
+    if our_etcd_lease and current.etcd_lease_id == our_etcd_lease:
+        return True
+    return current.attrs.public_ip == attrs.public_ip
 
 
 @dataclass(frozen=True)
@@ -77,6 +100,8 @@ class Snapshot:
 
 
 class LeaseRegistry(Protocol):
+    health: StoreHealth  # every call and the watch report reachability here
+
     def get_network_config(self) -> NetworkConfig: ...
 
     def list_leases(self) -> tuple[list[Lease], int]:
@@ -87,10 +112,19 @@ class LeaseRegistry(Protocol):
         """Create atomically; None when somebody else holds the subnet."""
         ...
 
+    def get_lease(self, subnet: IPv4Network) -> Lease | None:
+        """The lease stored for `subnet` now, or None."""
+        ...
+
     def update_lease(
         self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int, old_lease_id: int = 0
     ) -> Lease:
-        """Put (or renew) a lease we own with a fresh TTL."""
+        """Renew a lease we own with a fresh TTL, atomically and only while it is ours.
+
+        The put happens in a transaction that checks the key did not change since we read it:
+        absent (it expired: we put it back) or ours (`is_ours`). A key another host holds is
+        left alone and LeaseTaken is raised.
+        """
         ...
 
     def delete_lease(self, subnet: IPv4Network) -> None: ...

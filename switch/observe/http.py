@@ -141,10 +141,8 @@ def render_metrics(status: dict) -> str:
     if "mode" in datapath:
         dp_info.add(1, mode=datapath["mode"])
 
-    repairs = _repairs_family(status)
-
     families = (packets, octets, drops, slow, peer_gauge, expiry, lease_info, ready, dp_info,
-                repairs)
+                *_store_families(status), _repairs_family(status))
     lines = [line for family in families for line in family.render()]
     return "\n".join(lines) + "\n"
 
@@ -156,6 +154,39 @@ def _repairs_family(status: dict) -> _Family:
     for what, value in sorted(_mapping(status.get("repairs")).items()):
         family.add(value, what=what)
     return family
+
+
+def _store_families(status: dict) -> tuple[_Family, ...]:
+    """etcd reachability, the lease watch and our lease's upkeep (absent before they exist)."""
+    etcd = _mapping(status.get("etcd"))
+    keeper = _mapping(status.get("lease_keeper"))
+    peer_sync = _mapping(status.get("peer_sync"))
+    up = _Family("weft_etcd_up", "gauge", "1 while etcd answers, 0 once a request failed.")
+    retries = _Family("weft_etcd_retries", "gauge",
+                      "Failed etcd requests in the current outage (0 while etcd answers).")
+    restarts = _Family("weft_watch_restarts_total", "counter",
+                       "Times the lease watch had to reconnect or re-list.")
+    watch = _Family("weft_watch_up", "gauge", "1 while the lease watch stream is connected.")
+    if etcd:
+        up.add(1 if etcd.get("up") else 0)
+        retries.add(etcd.get("retries", 0))
+        restarts.add(etcd.get("watch_restarts", 0))
+        watch.add(1 if etcd.get("watch") == "connected" else 0)
+    renew_failures = _Family("weft_lease_renew_failures_total", "counter",
+                             "Renewals of our lease that etcd did not answer.")
+    recreated = _Family("weft_lease_recreated_total", "counter",
+                        "Times our lease key was gone (expired or deleted) and we put it back.")
+    if keeper:
+        renew_failures.add(keeper.get("renew_failures", 0))
+        recreated.add(keeper.get("recreated", 0))
+    pending = _Family("weft_peers_pending_removal", "gauge",
+                      "Peers whose lease is gone, kept for the removal grace period.")
+    deferred = _Family("weft_peer_removals_cancelled_total", "counter",
+                       "Peer removals cancelled because the lease came back within the grace.")
+    if peer_sync:
+        pending.add(len(peer_sync.get("pending_removal") or ()))
+        deferred.add(peer_sync.get("cancelled", 0))
+    return (up, retries, restarts, watch, renew_failures, recreated, pending, deferred)
 
 
 def not_ready_reason(status: dict) -> str:

@@ -6,6 +6,7 @@ the daemon reports what it has (no lease while waiting for etcd, no datapath bef
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from ipaddress import ip_network
 from typing import Any
@@ -41,6 +42,8 @@ def _table(headers: list[str], rows: list[list[str]], indent: str = "  ") -> lis
 def _lease_lines(status: Mapping) -> list[str]:
     lease = _mapping(status.get("lease"))
     state = "ready" if status.get("ready") else "not ready"
+    if status.get("reason") and not status.get("ready"):
+        state += f" ({status['reason']})"
     if not lease:
         return [f"state:     {state}", "lease:     none"]
     expires = lease.get("expires_in")
@@ -94,6 +97,35 @@ def _counter_lines(status: Mapping) -> list[str]:
     return lines
 
 
+def _etcd_lines(status: Mapping) -> list[str]:
+    etcd = _mapping(status.get("etcd"))
+    if not etcd:
+        return []
+    if etcd.get("up"):
+        line = "etcd:      reachable"
+    else:
+        since = etcd.get("down_since")
+        when = time.strftime("%H:%M:%S", time.localtime(since)) if isinstance(
+            since, int | float) else "?"
+        down_for = etcd.get("down_for")
+        ago = f" ({format_duration(float(down_for))} ago)" if isinstance(
+            down_for, int | float) else ""
+        line = (f"etcd:      unreachable since {when}{ago}, {etcd.get('retries', 0)} retries: "
+                f"{etcd.get('last_error') or '?'}")
+    lines = [line, f"watch:     {etcd.get('watch', '?')} "
+                   f"({etcd.get('watch_restarts', 0)} restarts)"]
+    keeper = _mapping(status.get("lease_keeper"))
+    if keeper:
+        lines.append(f"renewals:  {keeper.get('renewals', 0)} ok, "
+                     f"{keeper.get('renew_failures', 0)} failed, "
+                     f"{keeper.get('recreated', 0)} re-created after expiry/deletion")
+    pending = _mapping(status.get("peer_sync")).get("pending_removal") or []
+    if pending:
+        lines.append(f"pending:   peers {', '.join(map(str, pending))} lost their lease; "
+                     "removed after the grace period unless they come back")
+    return lines
+
+
 def _datapath_lines(status: Mapping) -> list[str]:
     datapath = _mapping(status.get("datapath"))
     if not datapath:
@@ -114,7 +146,7 @@ def _repair_lines(status: Mapping) -> list[str]:
 
 
 def format_status(status: dict) -> str:
-    """The `weft status` report: lease, datapath, peers, counters, repairs."""
-    sections = [_lease_lines(status), _datapath_lines(status), _peer_lines(status),
-                _counter_lines(status), _repair_lines(status)]
+    """The `weft status` report: lease, etcd, datapath, peers, counters, repairs."""
+    sections = [_lease_lines(status), _etcd_lines(status), _datapath_lines(status),
+                _peer_lines(status), _counter_lines(status), _repair_lines(status)]
     return "\n".join(line for section in sections for line in section) + "\n"

@@ -10,10 +10,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
 import pytest
+
+from weft.control.lease import LeaseAttrs, subnet_key
 
 WEFT = [sys.executable, "-m", "weft.cli"]
 
@@ -226,7 +228,8 @@ def wait_ready(proc: subprocess.Popen, port: int, timeout: float = 30) -> None:
     raise AssertionError("weft run never became ready")
 
 
-def test_deleting_our_lease_stops_run(env, tmp_path, registry):
+def test_deleting_our_lease_puts_it_back_and_another_holder_stops_run(env, tmp_path,
+                                                                     registry):
     put_config(env, '{"Network":"10.1.0.0/16","Backend":{"Type":"alloc"}}')
     port = free_port()
     proc = start_run(env, "192.0.2.33", tmp_path / "s.env", "--healthz-ip", "127.0.0.1",
@@ -234,9 +237,20 @@ def test_deleting_our_lease_stops_run(env, tmp_path, registry):
     subnet = wait_for_subnet(proc, tmp_path / "s.env")
     wait_ready(proc, port)  # ready means the watch is set up from a revision after our lease
     registry.delete_lease(subnet)
+    deadline = time.time() + 15
+    while (back := registry.get_lease(subnet)) is None:  # re-created, same subnet
+        assert time.time() < deadline and proc.poll() is None, "our lease was not put back"
+        time.sleep(0.05)
+    assert str(back.attrs.public_ip) == "192.0.2.33"
+    wait_ready(proc, port)
+    # A blind put of another host's value (etcdctl, or an old flanneld) on our key: lost.
+    other = LeaseAttrs(IPv4Address("192.0.2.77"))
+    registry.client.put(registry.subnets_prefix + subnet_key(subnet), other.to_json())
     code = proc.wait(timeout=15)
     out = proc.stdout.read()
     assert code == 1 and "Lease has been revoked" in out
+    assert "re-created it" in out and "held by PublicIP 192.0.2.77" in out
+    assert registry.get_lease(subnet).attrs == other  # left to its holder
 
 
 def test_malformed_lease_in_etcd_is_skipped_by_run_and_leases(env, tmp_path, registry):

@@ -51,9 +51,12 @@ def test_removed_lease_stops_routing_and_answers_unreachable(cluster):
     src = cluster.hosts[0].pods[0]
     target = str(gone.pods[0].ip)
     assert any(probe.ping(src.ns, target, count=2))
+    # A host that stopped (SIGTERM keeps its lease) and whose lease is then deleted: a running
+    # weft would put its own lease back. Peers drop it after the removal grace (10 s).
+    assert cluster.stop_weft(gone.index) == 0
     cluster.lab.etcdctl("del", f"/coreos.com/network/subnets/{gone.subnet.network_address}-"
                                f"{gone.subnet.prefixlen}")
-    deadline = time.time() + 15
+    deadline = time.time() + 40
     while time.time() < deadline:
         peers = {p["subnet"] for p in cluster.status(0)["peers"]}
         if str(gone.subnet) not in peers:
@@ -63,8 +66,6 @@ def test_removed_lease_stops_routing_and_answers_unreachable(cluster):
     answers = probe.ping_detail(src.ns, target, count=2, timeout=1.0)
     assert not any(a.ok for a in answers)
     assert any(a.error and a.error[0] == 3 for a in answers), answers
-    assert gone.proc.wait(timeout=15) == 1  # its own daemon saw the lease revoked
-    assert "Lease has been revoked" in cluster.host_log(gone.index)
 
 
 def test_status_and_counters(cluster):

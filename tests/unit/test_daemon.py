@@ -9,12 +9,13 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from weft import daemon as daemon_module
-from weft.control.lease import LeaseAttrs
+from weft.control.lease import Lease, LeaseAttrs
 from weft.control.lease_manager import LeaseTiming
 from weft.control.memory_registry import MemoryRegistry
-from weft.control.registry import RegistryError, RegistryUnavailable
+from weft.control.registry import LeaseEvents, RegistryError, RegistryUnavailable
 from weft.daemon import Daemon, RunOptions
 from weft.observe.http import HealthServer
+from weft.observe.status_text import format_status
 
 NETWORK = '{"Network":"10.1.0.0/16","Backend":{"Type":"alloc"}}'
 PEER = LeaseAttrs(IPv4Address("192.0.2.99"))
@@ -31,10 +32,12 @@ def wait_until(condition, what: str) -> None:
 class Running:
     """A Daemon on its own thread; `result` is run()'s return value or exception."""
 
-    def __init__(self, registry, tmp_path, timing: LeaseTiming | None = None) -> None:
+    def __init__(self, registry, tmp_path, timing: LeaseTiming | None = None,
+                 **options_kwargs) -> None:
         options = RunOptions(iface="lo", public_ip=IPv4Address("192.0.2.10"),
                              subnet_file=str(tmp_path / "subnet.env"),
-                             timing=timing or LeaseTiming(ttl=3600, renew_margin=600))
+                             timing=timing or LeaseTiming(ttl=3600, renew_margin=600),
+                             **options_kwargs)
         self.daemon = Daemon(registry, options)
         self.result: object = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -73,7 +76,7 @@ def running():
 
 def test_peers_follow_the_watch_and_a_stop_keeps_the_lease(running, tmp_path):
     registry = MemoryRegistry(NETWORK)
-    run = running(registry, tmp_path)
+    run = running(registry, tmp_path, peer_removal_grace=0.05)
     run.wait_ready()
     own = run.daemon.lease.subnet
     peer = IPv4Network("10.1.200.0/24")
@@ -87,13 +90,64 @@ def test_peers_follow_the_watch_and_a_stop_keeps_the_lease(running, tmp_path):
     assert [lease.subnet for lease in registry.list_leases()[0]] == [own]
 
 
-def test_losing_our_lease_ends_the_daemon(running, tmp_path, caplog):
+def test_a_deleted_own_lease_is_put_back_with_the_same_subnet(running, tmp_path, caplog):
     registry = MemoryRegistry(NETWORK)
     run = running(registry, tmp_path)
     run.wait_ready()
-    registry.delete_lease(run.daemon.lease.subnet)
+    own = run.daemon.lease
+    registry.delete_lease(own.subnet)
+    wait_until(lambda: run.daemon.status()["lease_keeper"]["recreated"] == 1, "a re-create")
+    back = registry.get_lease(own.subnet)
+    assert back is not None and back.attrs == own.attrs and run.thread.is_alive()
+    assert "re-created it" in caplog.text and daemon_module.REVOKED not in caplog.text
+    assert "weft_lease_recreated_total 1" in HealthServer(
+        "127.0.0.1", 0, run.daemon.status).respond("/metrics")[2]
+
+
+def test_another_host_holding_our_subnet_ends_the_daemon(running, tmp_path, caplog):
+    registry = MemoryRegistry(NETWORK)
+    run = running(registry, tmp_path)
+    run.wait_ready()
+    own = run.daemon.lease.subnet
+    registry.hold_watches()  # the daemon sees the deletion only once PEER holds the subnet
+    registry.delete_lease(own)
+    registry.create_lease(own, PEER, ttl=60)
+    registry.release_watches()
     assert run.join() == 1
-    assert daemon_module.REVOKED in caplog.text
+    assert daemon_module.REVOKED in caplog.text and "held by PublicIP 192.0.2.99" in caplog.text
+    assert registry.get_lease(own).attrs == PEER  # left alone, not overwritten
+
+
+def test_another_hosts_value_on_our_key_ends_the_daemon(running, tmp_path, caplog):
+    """An add event with another PublicIP on our key is a loss too, not one of our renewals."""
+    registry = MemoryRegistry(NETWORK)
+    run = running(registry, tmp_path)
+    run.wait_ready()
+    own = run.daemon.lease.subnet
+    registry.put_lease(own, PEER, ttl=60)  # as a blind etcdctl put would
+    assert run.join() == 1 and daemon_module.REVOKED in caplog.text
+
+
+def test_a_stale_deletion_after_our_renewal_is_not_a_loss(running, tmp_path, caplog):
+    """etcd back from an outage: the expiry's deletion reaches us after our renewal put the key
+    back. The key is ours in the store, so nothing is lost and nothing is re-created."""
+    registry = MemoryRegistry(NETWORK)
+    run = running(registry, tmp_path, timing=FAST_RENEWAL)
+    run.wait_ready()
+    own = run.daemon.lease.subnet
+    registry.hold_watches()
+    registry.delete_lease(own)  # as the expiry would
+    renewals = run.daemon.status()["lease_keeper"]["renewals"]
+    wait_until(lambda: run.daemon.status()["lease_keeper"]["renewals"] > renewals, "a renewal")
+    checks = run.daemon.status()["lease_keeper"]["checks"]
+    registry.release_watches()  # the deletion, then our put
+    wait_until(lambda: run.daemon.status()["lease_keeper"]["checks"] > checks,
+               "a check of our key, prompted by the stale deletion")
+    run.daemon.stop()
+    assert run.join() == 0
+    assert daemon_module.REVOKED not in caplog.text
+    assert run.daemon.status()["lease_keeper"]["recreated"] == 0
+    assert registry.get_lease(own).attrs.public_ip == IPv4Address("192.0.2.10")
 
 
 def test_a_failed_watch_ends_the_daemon_and_readiness(running, tmp_path, caplog):
@@ -170,3 +224,111 @@ def test_refused_renewal_ends_the_daemon(running, tmp_path):
     run = running(registry, tmp_path, timing=FAST_RENEWAL)
     result = run.join()
     assert isinstance(result, RegistryError) and registry.calls == 1
+
+
+class Recording:
+    """Wraps the backend's handle() to keep every batch the daemon applied to it."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.removed: list[IPv4Network] = []
+        self._apply = daemon.peers.apply
+        daemon.peers.apply = self
+
+    def __call__(self, batch) -> None:
+        self.removed += [lease.subnet for lease in batch.removed]
+        self._apply(batch)
+
+
+def test_a_peer_that_comes_back_within_the_grace_is_never_unprogrammed(running, tmp_path):
+    registry = MemoryRegistry(NETWORK)
+    run = running(registry, tmp_path, peer_removal_grace=3600)
+    run.wait_ready()
+    record = Recording(run.daemon)
+    peer = IPv4Network("10.1.200.0/24")
+    registry.create_lease(peer, PEER, ttl=60)
+    wait_until(lambda: peer in run.daemon.backend.peers, "the peer to be programmed")
+    registry.delete_lease(peer)
+    wait_until(lambda: run.daemon.status()["peer_sync"]["pending_removal"] == [str(peer)],
+               "the removal to be deferred")
+    registry.create_lease(peer, PEER, ttl=60)
+    wait_until(lambda: run.daemon.status()["peer_sync"]["cancelled"] == 1, "the cancel")
+    assert record.removed == [] and peer in run.daemon.backend.peers
+
+
+def test_a_peer_removal_waits_for_the_grace_and_the_store(running, tmp_path):
+    """Once the grace has run out the store is asked: present -> kept, absent -> removed."""
+    registry = MemoryRegistry(NETWORK)
+    run = running(registry, tmp_path, peer_removal_grace=0.2)
+    run.wait_ready()
+    record = Recording(run.daemon)
+    peer = IPv4Network("10.1.200.0/24")
+    registry.create_lease(peer, PEER, ttl=60)
+    wait_until(lambda: peer in run.daemon.backend.peers, "the peer to be programmed")
+    registry.hold_watches()  # the deletion arrives, the re-create does not (a lagging watch)
+    registry.delete_lease(peer)
+    registry.create_lease(peer, PEER, ttl=60)
+    run.daemon.events.put(LeaseEvents(removed=(Lease(peer, PEER),)))
+    wait_until(lambda: run.daemon.status()["peer_sync"]["deferred"] == 1, "the deferral")
+    wait_until(lambda: run.daemon.status()["peer_sync"]["pending_removal"] == [],
+               "the store to be asked")
+    assert record.removed == [] and peer in run.daemon.backend.peers  # still in the store
+    registry.release_watches()
+    registry.delete_lease(peer)
+    wait_until(lambda: record.removed == [peer], "the removal")
+    assert peer not in run.daemon.backend.peers
+
+
+def test_etcd_outage_is_visible_and_readiness_follows_the_lease(running, tmp_path, caplog):
+    """Unreachable: status/metrics say so at once; readiness ends only when renewal fails
+    inside the renew margin, and comes back with the store, with one summary line."""
+    registry = MemoryRegistry(NETWORK)
+    run = running(registry, tmp_path, timing=FAST_RENEWAL)
+    run.wait_ready()
+    server = HealthServer("127.0.0.1", 0, run.daemon.status)
+    registry.set_reachable(False)
+    status = run.daemon.status()
+    assert status["etcd"]["up"] is False and status["etcd"]["watch"] == "reconnecting"
+    wait_until(lambda: server.respond("/readyz")[0] == 503, "not ready once renewal fails")
+    body = server.respond("/readyz")[2]
+    assert "renewing lease" in body and "has failed" in body
+    metrics = server.respond("/metrics")[2]
+    assert "weft_etcd_up 0" in metrics and "weft_watch_up 0" in metrics
+    failures = run.daemon.status()["lease_keeper"]["renew_failures"]
+    assert failures >= 1 and f"weft_lease_renew_failures_total {failures}" in metrics
+    text = format_status(run.daemon.status())
+    assert "etcd:      unreachable since" in text and "watch:     reconnecting" in text
+    wait_until(lambda: run.daemon.status()["etcd"]["retries"] >= 8, "several retries")
+    registry.set_reachable(True)
+    wait_until(lambda: server.respond("/readyz")[0] == 200, "ready again")
+    metrics = server.respond("/metrics")[2]
+    assert "weft_etcd_up 1" in metrics and "weft_watch_restarts_total 1" in metrics
+    assert caplog.text.count("etcd reachable again after") == 1
+    retries = run.daemon.status()["lease_keeper"]["renew_failures"]
+    # rate-limited: one line per doubling of the retry count, not one per retry
+    assert caplog.text.count("unreachable") <= 2 + retries.bit_length() + 1
+    assert run.thread.is_alive()
+
+
+def test_an_outage_past_the_ttl_keeps_our_subnet_and_the_peer(running, tmp_path, caplog):
+    """The issue's scenario on MemoryRegistry: the store comes back after our lease and the
+    peer's expired; etcd deletes both. We put ours back, the peer puts its own back, and the
+    peer is never unprogrammed; nobody exits."""
+    registry = MemoryRegistry(NETWORK)
+    run = running(registry, tmp_path, timing=FAST_RENEWAL, peer_removal_grace=3600)
+    run.wait_ready()
+    own = run.daemon.lease.subnet
+    record = Recording(run.daemon)
+    peer = IPv4Network("10.1.200.0/24")
+    peer_lease = registry.create_lease(peer, PEER, ttl=FAST_RENEWAL.ttl)
+    wait_until(lambda: peer in run.daemon.backend.peers, "the peer to be programmed")
+    registry.set_reachable(False)
+    expiry = max(registry._entries[own].lease.expiration, peer_lease.expiration)
+    wait_until(lambda: time.time() > expiry, "both leases to run out in the outage")
+    registry.set_reachable(True)  # etcd deletes both: events for both
+    assert registry.get_lease(peer) is None
+    registry.create_lease(peer, PEER, ttl=60)  # the peer host puts its own back
+    wait_until(lambda: run.daemon.status()["lease_keeper"]["recreated"] == 1, "our re-create")
+    wait_until(lambda: run.daemon.status()["peer_sync"]["cancelled"] == 1, "the peer back")
+    assert record.removed == [] and run.thread.is_alive()
+    assert registry.get_lease(own).attrs.public_ip == IPv4Address("192.0.2.10")
+    assert daemon_module.REVOKED not in caplog.text

@@ -181,7 +181,8 @@ def test_registry_calls_tell_unreachable_from_refused():
                             client=ScriptedClient())
     with pytest.raises(RegistryUnavailable, match="etcd at http://etcd.example:2379: etcd conn"):
         registry._call(unavailable)
-    with pytest.raises(RegistryError, match="PERMISSION_DENIED: scripted") as refused:
+    with pytest.raises(RegistryError, match=r"permission denied on /coreos.com/network/\.\.\.: "
+                       "the etcd role of this client must allow read-write") as refused:
         registry._call(denied)
     assert not isinstance(refused.value, RegistryUnavailable)
 

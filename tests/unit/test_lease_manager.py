@@ -11,8 +11,18 @@ import pytest
 from weft.control.allocator import OutOfSubnets, fits
 from weft.control.config import parse_config
 from weft.control.lease import LeaseAttrs
-from weft.control.lease_manager import AcquireError, LeaseTiming, acquire_lease, renew_lease
+from weft.control.lease_manager import (
+    KEPT,
+    RECREATED,
+    RENEWED,
+    AcquireError,
+    LeaseTiming,
+    acquire_lease,
+    reclaim_lease,
+    renew_lease,
+)
 from weft.control.memory_registry import ManualClock, MemoryRegistry
+from weft.control.registry import LeaseTaken
 
 NETWORK = '{"Network":"10.1.0.0/16"}'
 CONFIG = parse_config(NETWORK)
@@ -144,3 +154,63 @@ def test_renewal_keeps_the_lease_past_its_first_ttl(reg, clock):
 def test_renewal_time(ttl, margin, before_expiry):
     timing = LeaseTiming(ttl=ttl, renew_margin=margin)
     assert timing.renew_at(1000.0) == 1000.0 - before_expiry
+
+
+# -- reclaim: our key judged on the store now, not on the event that made us look ----------
+
+def test_reclaim_keeps_a_key_that_is_ours(reg):
+    lease = acquire(reg)
+    result = reclaim_lease(reg, lease, TIMING)
+    assert result.outcome == KEPT and result.lease is lease
+
+
+def test_reclaim_recreates_an_expired_key_with_the_same_subnet_and_attrs(reg, clock):
+    lease = acquire(reg)
+    clock.advance(TIMING.ttl)  # the store was away past the TTL; it expires the key
+    result = reclaim_lease(reg, lease, TIMING)
+    assert result.outcome == RECREATED and result.lease.subnet == lease.subnet
+    assert result.lease.attrs == lease.attrs and result.lease.expiration == clock() + TIMING.ttl
+    assert held(reg) == {lease.subnet: ME.public_ip}
+
+
+def test_reclaim_renews_our_key_on_an_etcd_lease_we_do_not_know(reg):
+    lease = acquire(reg)
+    reg.delete_lease(lease.subnet)
+    stray = reg.create_lease(lease.subnet, ME, ttl=60)  # e.g. a renewal whose reply was lost
+    result = reclaim_lease(reg, lease, TIMING)
+    assert result.outcome == RENEWED
+    assert reg.get_lease(lease.subnet).etcd_lease_id == result.lease.etcd_lease_id
+    assert result.lease.etcd_lease_id != stray.etcd_lease_id
+
+
+def test_reclaim_of_a_subnet_another_host_holds_is_a_loss_and_leaves_it(reg, clock):
+    lease = acquire(reg)
+    clock.advance(TIMING.ttl)
+    reg.create_lease(lease.subnet, OTHER, ttl=60)
+    with pytest.raises(LeaseTaken, match="held by PublicIP 192.0.2.99"):
+        reclaim_lease(reg, lease, TIMING)
+    assert held(reg) == {lease.subnet: OTHER.public_ip}
+
+
+def test_reclaim_that_loses_the_create_race_reads_again(reg, clock):
+    lease = acquire(reg)
+    clock.advance(TIMING.ttl)
+    real_create = reg.create_lease
+
+    def racing_create(subnet, attrs, ttl):  # another host creates between our read and ours
+        real_create(subnet, OTHER, ttl)
+        return real_create(subnet, attrs, ttl)
+
+    reg.create_lease = racing_create
+    with pytest.raises(LeaseTaken):
+        reclaim_lease(reg, lease, TIMING)
+    assert held(reg) == {lease.subnet: OTHER.public_ip}
+
+
+def test_renewal_of_a_lease_another_host_took_raises_and_leaves_it(reg, clock):
+    lease = acquire(reg)
+    clock.advance(TIMING.ttl)
+    reg.create_lease(lease.subnet, OTHER, ttl=60)
+    with pytest.raises(LeaseTaken):
+        renew_lease(reg, lease, TIMING)
+    assert held(reg) == {lease.subnet: OTHER.public_ip}

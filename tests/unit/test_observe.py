@@ -191,3 +191,43 @@ def test_stop_releases_the_port():
     again = HealthServer("127.0.0.1", port, lambda: {})
     again.start()
     again.stop()
+
+
+OUTAGE = {**STATUS, "ready": False, "reason": "renewing lease 10.1.15.0/24 has failed for 9s",
+          "etcd": {"up": False, "down_since": 1_700_000_000.0, "down_for": 12.3, "retries": 7,
+                   "last_error": "UNAVAILABLE: connection refused", "outages": 1,
+                   "watch": "reconnecting", "watch_restarts": 2},
+          "lease_keeper": {"renewals": 4, "checks": 9, "renew_failures": 3, "recreated": 1},
+          "peer_sync": {"pending_removal": ["10.1.16.0/24"], "deferred": 1, "cancelled": 5}}
+
+
+def test_metrics_say_etcd_is_down_and_count_the_lease_upkeep():
+    samples = parse_samples(render_metrics(OUTAGE))
+    assert samples["weft_etcd_up"] == 0 and samples["weft_etcd_retries"] == 7
+    assert samples["weft_watch_up"] == 0 and samples["weft_watch_restarts_total"] == 2
+    assert samples["weft_lease_renew_failures_total"] == 3
+    assert samples["weft_lease_recreated_total"] == 1
+    assert samples["weft_peers_pending_removal"] == 1
+    assert samples["weft_peer_removals_cancelled_total"] == 5
+    assert samples["weft_ready"] == 0
+    assert "weft_etcd_up" not in parse_samples(render_metrics(STATUS))  # no registry: no sample
+
+
+def test_status_text_says_etcd_is_unreachable_and_why_not_ready():
+    from weft.observe.status_text import format_status
+
+    text = format_status(OUTAGE)
+    assert "state:     not ready (renewing lease 10.1.15.0/24 has failed for 9s)" in text
+    assert "etcd:      unreachable since " in text
+    assert "(12s ago), 7 retries: UNAVAILABLE: connection refused" in text
+    assert "watch:     reconnecting (2 restarts)" in text
+    assert "renewals:  4 ok, 3 failed, 1 re-created" in text
+    assert "pending:   peers 10.1.16.0/24 lost their lease" in text
+    healthy = format_status({**OUTAGE, "ready": True, "etcd": {**OUTAGE["etcd"], "up": True}})
+    assert "etcd:      reachable" in healthy and "state:     ready\n" in healthy
+
+
+def test_readyz_gives_the_reason():
+    server = HealthServer("127.0.0.1", 0, lambda: OUTAGE)
+    code, _, body = server.respond("/readyz")
+    assert code == 503 and body == "not ready: renewing lease 10.1.15.0/24 has failed for 9s\n"

@@ -255,6 +255,22 @@ class Lab:
         self.etcd_endpoint = url
         return url
 
+    def signal_etcd(self, sig: int) -> None:
+        """Send `sig` to the lab's etcd: SIGSTOP freezes it (connections stay open, nothing
+        answers), SIGCONT thaws it. For fault tests."""
+        if self._etcd is None:
+            raise RuntimeError("start_etcd() first")
+        os.killpg(self._etcd.pid, sig)
+
+    def kill_etcd(self) -> None:
+        """SIGKILL the lab's etcd; start_etcd() brings it back on the same data dir."""
+        proc, self._etcd = self._etcd, None
+        if proc is None:
+            return
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        self.procs.remove(proc)
+
     def etcdctl(self, *args: str, check: bool = True) -> str:
         """Run etcdctl (v3 API) in the fabric namespace against the lab's etcd; returns stdout."""
         if self.etcd_endpoint is None:

@@ -1,0 +1,86 @@
+"""Feeding the backend peer changes, with removals deferred by a grace period.
+
+After an etcd outage longer than the lease TTL, etcd deletes every lease that expired while it
+was away, and each host puts its own back as soon as it sees the deletion. Unprogramming a peer
+on the deletion would drop its traffic for that moment. So a removal (or a peer missing from a
+re-list) only marks the peer; an add for the same subnet within `grace` seconds cancels it, and
+when the grace has run out the store is asked whether the subnet is still absent before the
+peer is unprogrammed. A peer whose subnet another host took is replaced at once (that is an
+add). Our own subnet never reaches the backend: we do not route to ourselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Network
+
+from weft.control.lease import Lease, LeaseAttrs
+from weft.control.registry import LeaseEvents, LeaseRegistry, RegistryUnavailable
+
+log = logging.getLogger(__name__)
+
+# Longer than the watch's longest reconnect backoff (5 s) plus a renewal round trip, so a peer
+# that re-creates its key when it sees the deletion is back well before the grace runs out.
+REMOVAL_GRACE = 10.0
+_ABSENT_ATTRS = LeaseAttrs(IPv4Address(0))  # a removal needs only the subnet
+
+
+class PeerSync:
+    def __init__(self, own: IPv4Network, apply: Callable[[LeaseEvents], None],
+                 grace: float = REMOVAL_GRACE, clock: Callable[[], float] = time.monotonic) -> None:
+        self.own = own
+        self.apply = apply  # the backend's handle()
+        self.grace = grace
+        self.clock = clock
+        self.known: set[IPv4Network] = set()  # subnets handed to the backend as present
+        self.pending: dict[IPv4Network, float] = {}  # subnet -> when its grace runs out
+        self.deferred = 0  # removals that waited for the grace (a counter)
+        self.cancelled = 0  # ... and were cancelled by the peer coming back
+
+    def handle(self, batch: LeaseEvents) -> None:
+        added = [lease for lease in batch.added if lease.subnet != self.own]
+        gone = {lease.subnet for lease in batch.removed if lease.subnet != self.own}
+        if batch.reset:
+            gone |= self.known - {lease.subnet for lease in added}
+        for lease in added:
+            gone.discard(lease.subnet)
+            if self.pending.pop(lease.subnet, None) is not None:
+                self.cancelled += 1
+                log.info("peer %s is back within the grace period: kept", lease.subnet)
+        deadline = self.clock() + self.grace
+        for subnet in gone:
+            if subnet in self.known and subnet not in self.pending:
+                self.pending[subnet] = deadline
+                self.deferred += 1
+                log.info("peer %s's lease is gone; removing it in %.0fs unless it comes back",
+                         subnet, self.grace)
+        if added:
+            self.known |= {lease.subnet for lease in added}
+            self.apply(LeaseEvents(tuple(added), revision=batch.revision))
+
+    def next_due(self) -> float | None:
+        return min(self.pending.values(), default=None)
+
+    def confirm_due(self, registry: LeaseRegistry) -> None:
+        """Unprogram each peer whose grace ran out and whose subnet the store still lacks."""
+        now = self.clock()
+        for subnet in [s for s, due in self.pending.items() if due <= now]:
+            try:
+                current = registry.get_lease(subnet)
+            except RegistryUnavailable:
+                # Unknown is not absent: keep the peer and ask again after another grace.
+                self.pending[subnet] = now + self.grace
+                continue
+            del self.pending[subnet]
+            if current is not None:
+                log.info("peer %s is still in the store: kept", subnet)
+                self.apply(LeaseEvents((current,)))  # reprogrammed only if it changed
+                continue
+            self.known.discard(subnet)
+            self.apply(LeaseEvents(removed=(Lease(subnet, _ABSENT_ATTRS),)))
+
+    def status(self) -> dict:
+        return {"pending_removal": sorted(map(str, self.pending)), "deferred": self.deferred,
+                "cancelled": self.cancelled, "grace": self.grace}
