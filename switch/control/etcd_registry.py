@@ -70,6 +70,12 @@ class EtcdOptions:
     timeout: float = 5.0
 
 
+# HTTP/2 pings on the etcd connection: a connection whose local address went away (the
+# external interface got a new one) gets no error, only silence; the pings find it dead so
+# gRPC connects again from the new address. etcd refuses pings more often than every 5 s.
+KEEPALIVE = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
+
+
 def connect(options: EtcdOptions) -> EtcdClient:
     """A client over every endpoint in the comma-separated list, failing over between them."""
     tls = None
@@ -85,7 +91,7 @@ def connect(options: EtcdOptions) -> EtcdClient:
             log.warning("etcd endpoint %s is plain http: the TLS files are not used for it", url)
         creds = (tls or grpc.ssl_channel_credentials()) if secure else None
         endpoints.append(pyetcd.Endpoint(parts.hostname, parts.port or 2379, secure=secure,
-                                         creds=creds, time_retry=1.0))
+                                         creds=creds, time_retry=1.0, opts=KEEPALIVE))
     return EtcdClient(endpoints, options.timeout, options.username, options.password)
 
 
