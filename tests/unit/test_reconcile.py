@@ -1,0 +1,265 @@
+"""The repair pass without root: a fake kernel (dumps as netlink.dump_kernel returns them, and
+the replace calls recorded) and a fake backend."""
+
+from __future__ import annotations
+
+import struct
+import threading
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from weft.backends import reconcile
+from weft.backends.reconcile import (
+    Device,
+    KernelView,
+    Neighbour,
+    Reconciler,
+    Route,
+    Wanted,
+    device_problems,
+    message_types,
+    missing_neighbours,
+    missing_routes,
+    new_public_address,
+)
+from weft.control.iface import ExternalInterface
+from weft.observe.http import render_metrics
+from weft.observe.status_text import format_status
+
+pytestmark = pytest.mark.unit
+
+ETH0 = ExternalInterface("eth0", 2, IPv4Address("192.0.2.10"), 1500, IPv4Address("192.0.2.10"))
+TAP = Device("weft.1", 5, IPv4Address("10.1.7.0"), 1450, "02:00:00:00:00:07")
+PEER_NET = IPv4Network("10.1.8.0/24")
+PEER_GW = IPv4Address("10.1.8.0")
+PEER_MAC = "02:00:00:00:00:08"
+NETWORK = IPv4Network("10.1.0.0/16")
+
+
+def healthy_dump() -> dict:
+    return {
+        "links": [{"index": 2, "name": "eth0", "up": True, "mtu": 1500, "mac": "aa:bb:cc:00:00:01"},
+                  {"index": 5, "name": "weft.1", "up": True, "mtu": 1450, "mac": TAP.mac}],
+        "addrs": [{"index": 2, "address": "192.0.2.10", "prefixlen": 24},
+                  {"index": 5, "address": "10.1.7.0", "prefixlen": 32}],
+        "routes": [{"dst": "10.1.0.0/16", "oif": 5, "gateway": None, "flags": 0},
+                   {"dst": "10.1.8.0/24", "oif": 5, "gateway": "10.1.8.0", "flags": 4},
+                   {"dst": "192.0.2.0/24", "oif": 2, "gateway": None, "flags": 0}],
+        "neighbours": [{"ifindex": 5, "ip": "10.1.8.0", "mac": PEER_MAC, "state": 0x80},
+                       {"ifindex": 2, "ip": "192.0.2.1", "mac": "aa:aa:aa:aa:aa:aa",
+                        "state": 0x02}],
+    }
+
+
+def vxlan_wanted(external: ExternalInterface = ETH0, device: Device = TAP) -> Wanted:
+    return Wanted(external,
+                  (Route(NETWORK, device.index), Route(PEER_NET, device.index, PEER_GW, True)),
+                  (Neighbour(PEER_GW, PEER_MAC, device.index),), device)
+
+
+# -- the comparisons ------------------------------------------------------------------------------
+
+def test_a_healthy_kernel_needs_nothing():
+    view = KernelView(healthy_dump())
+    wanted = vxlan_wanted()
+    assert missing_routes(wanted, view) == []
+    assert missing_neighbours(wanted, view) == []
+    assert device_problems(TAP, view) == []
+    assert new_public_address(ETH0, view) is None
+
+
+def test_a_deleted_route_or_one_with_another_gateway_or_without_onlink_is_missing():
+    dump = healthy_dump()
+    dump["routes"] = [r for r in dump["routes"] if r["dst"] != "10.1.8.0/24"]
+    assert missing_routes(vxlan_wanted(), KernelView(dump)) == [
+        Route(PEER_NET, 5, PEER_GW, True)]
+    for change in ({"gateway": "10.1.9.0"}, {"flags": 0}, {"oif": 2}):
+        dump = healthy_dump()
+        dump["routes"][1].update(change)
+        assert missing_routes(vxlan_wanted(), KernelView(dump)) == [
+            Route(PEER_NET, 5, PEER_GW, True)], change
+
+
+def test_a_neighbour_gone_changed_or_no_longer_permanent_is_missing():
+    for change in (None, {"mac": "02:00:00:00:00:99"}, {"state": 0x02}):
+        dump = healthy_dump()
+        if change is None:
+            dump["neighbours"].pop(0)
+        else:
+            dump["neighbours"][0].update(change)
+        assert missing_neighbours(vxlan_wanted(), KernelView(dump)) == [
+            Neighbour(PEER_GW, PEER_MAC, 5)], change
+    dump = healthy_dump()
+    dump["neighbours"][0]["mac"] = PEER_MAC.upper()  # same MAC, other spelling
+    assert missing_neighbours(vxlan_wanted(), KernelView(dump)) == []
+
+
+def test_device_gone_renamed_down_or_without_its_address():
+    dump = healthy_dump()
+    dump["links"].pop(1)
+    assert device_problems(TAP, KernelView(dump)) == ["device"]
+    dump = healthy_dump()
+    dump["links"][1]["index"] = 9  # another device took the name: ours is gone
+    assert device_problems(TAP, KernelView(dump)) == ["device"]
+    dump = healthy_dump()
+    dump["links"][1]["up"] = False
+    dump["addrs"].pop(1)
+    assert device_problems(TAP, KernelView(dump)) == ["link", "address"]
+    dump = healthy_dump()
+    dump["links"][1]["mac"] = "02:00:00:00:00:99"
+    assert device_problems(TAP, KernelView(dump)) == ["link"]
+    tun = Device("weft0", 5, IPv4Address("10.1.7.0"), 1450)  # a TUN has no MAC to keep
+    dump = healthy_dump()
+    dump["links"][1].update(name="weft0", mac=None)
+    assert device_problems(tun, KernelView(dump)) == []
+
+
+def test_public_address_change_only_when_a_new_one_is_there_and_not_overridden():
+    dump = healthy_dump()
+    dump["addrs"][0]["address"] = "192.0.2.30"
+    assert new_public_address(ETH0, KernelView(dump)) == IPv4Address("192.0.2.30")
+    dump["addrs"].pop(0)  # no address at all (a DHCP renewal in progress): wait
+    assert new_public_address(ETH0, KernelView(dump)) is None
+    nat = ExternalInterface("eth0", 2, IPv4Address("192.0.2.10"), 1500,
+                            IPv4Address("198.51.100.1"))  # --public-ip: the operator's word
+    dump = healthy_dump()
+    dump["addrs"][0]["address"] = "192.0.2.30"
+    assert new_public_address(nat, KernelView(dump)) is None
+
+
+# -- a pass ---------------------------------------------------------------------------------------
+
+class FakeKernel:
+    def __init__(self, dump: dict) -> None:
+        self.dump = dump
+        self.calls: list[tuple] = []
+        self.refuse_routes: Exception | None = None
+
+    def dump_kernel(self) -> dict:
+        return self.dump
+
+    def route_replace(self, dst, *, oif, gateway=None, onlink=False) -> None:
+        if self.refuse_routes is not None:
+            raise self.refuse_routes
+        self.calls.append(("route", dst, oif, gateway, onlink))
+
+    def neigh_replace(self, ip, mac, *, ifindex) -> None:
+        self.calls.append(("neigh", ip, mac, ifindex))
+
+
+class FakeBackend:
+    def __init__(self, kernel: FakeKernel) -> None:
+        self.lock = threading.RLock()
+        self.kernel = kernel
+        self.device = TAP
+        self.external = ETH0
+        self.events: list = []
+
+    def wanted(self) -> Wanted:
+        return vxlan_wanted(self.external, self.device)
+
+    def setup_device(self) -> None:
+        self.events.append("setup")
+
+    def recreate_device(self) -> None:
+        self.events.append("recreate")
+        self.device = Device(TAP.name, 11, TAP.address, TAP.mtu, TAP.mac)
+        self.kernel.dump = healthy_dump()  # a fresh device: up, addressed, nothing else
+        self.kernel.dump["links"][1]["index"] = 11
+        self.kernel.dump["addrs"][1]["index"] = 11
+        self.kernel.dump["routes"] = self.kernel.dump["routes"][2:]
+        self.kernel.dump["neighbours"] = self.kernel.dump["neighbours"][1:]
+
+    def public_ip_changed(self, address) -> None:
+        self.events.append(("public_ip", address))
+
+
+def test_a_pass_over_a_healthy_kernel_changes_nothing():
+    kernel = FakeKernel(healthy_dump())
+    backend = FakeBackend(kernel)
+    assert Reconciler(backend, kernel=kernel).run_once() == {}
+    assert kernel.calls == [] and backend.events == []
+
+
+def test_a_pass_restores_routes_and_neighbours_and_counts_them():
+    kernel = FakeKernel(healthy_dump())
+    kernel.dump["routes"] = kernel.dump["routes"][2:]
+    kernel.dump["neighbours"] = kernel.dump["neighbours"][1:]
+    reconciler = Reconciler(FakeBackend(kernel), kernel=kernel)
+    assert reconciler.run_once() == {"route": 2, "neighbour": 1}
+    assert ("neigh", PEER_GW, PEER_MAC, 5) in kernel.calls
+    assert ("route", PEER_NET, 5, PEER_GW, True) in kernel.calls
+    assert ("route", NETWORK, 5, None, False) in kernel.calls
+    assert reconciler.status()["repairs"] == {"route": 2, "neighbour": 1}
+
+
+def test_a_deleted_device_is_recreated_then_everything_on_it_restored():
+    kernel = FakeKernel(healthy_dump())
+    kernel.dump["links"].pop(1)
+    kernel.dump["routes"] = kernel.dump["routes"][2:]
+    kernel.dump["neighbours"] = kernel.dump["neighbours"][1:]
+    kernel.dump["addrs"].pop(1)
+    backend = FakeBackend(kernel)
+    done = Reconciler(backend, kernel=kernel).run_once()
+    assert done == {"device": 1, "route": 2, "neighbour": 1}
+    assert backend.events == ["recreate"]
+    assert {c[2] if c[0] == "route" else c[3] for c in kernel.calls} == {11}  # the new index
+
+
+def test_link_and_address_are_one_setup_counted_twice():
+    kernel = FakeKernel(healthy_dump())
+    kernel.dump["links"][1]["up"] = False
+    kernel.dump["addrs"].pop(1)
+    backend = FakeBackend(kernel)
+    assert Reconciler(backend, kernel=kernel).run_once() == {"link": 1, "address": 1}
+    assert backend.events == ["setup"]
+
+
+def test_a_refused_repair_is_retried_and_logged_once(caplog):
+    kernel = FakeKernel(healthy_dump())
+    kernel.dump["routes"] = [r for r in kernel.dump["routes"] if r["dst"] != "10.1.8.0/24"]
+    kernel.refuse_routes = OSError(101, "Network is unreachable")
+    reconciler = Reconciler(FakeBackend(kernel), kernel=kernel)
+    with caplog.at_level("WARNING", logger=reconcile.__name__):
+        for _ in range(3):
+            assert reconciler.run_once() == {}
+    failed = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert len(failed) == 1
+    assert list(reconciler.status()["repair_failing"]) == [f"route {PEER_NET} via {PEER_GW} "
+                                                            f"dev #5"]
+    kernel.refuse_routes = None  # the interface is back
+    assert reconciler.run_once() == {"route": 1}
+    assert reconciler.status() == {"repairs": {"route": 1}, "repair_failing": {}}
+
+
+def test_a_moved_public_address_is_reported_to_the_backend():
+    kernel = FakeKernel(healthy_dump())
+    kernel.dump["addrs"][0]["address"] = "192.0.2.30"
+    backend = FakeBackend(kernel)
+    assert Reconciler(backend, kernel=kernel).run_once() == {"public_ip": 1}
+    assert backend.events == [("public_ip", IPv4Address("192.0.2.30"))]
+
+
+def test_notifications_that_wake_a_pass():
+    def msg(kind: int, body: bytes = b"") -> bytes:
+        length = 16 + len(body)
+        return struct.pack("=IHHII", length, kind, 0, 0, 0) + body + bytes(-length % 4)
+
+    data = msg(24, b"x" * 5) + msg(25) + msg(17)
+    assert message_types(data) == [24, 25, 17]
+    assert message_types(b"\x00" * 8) == []
+
+
+# -- where repairs show ---------------------------------------------------------------------------
+
+def test_repairs_in_metrics_and_status_text():
+    status = {"repairs": {"route": 3, "device": 1},
+              "repair_failing": {"route 10.1.8.0/24 via 192.0.2.11 dev #2": "unreachable"}}
+    metrics = render_metrics(status)
+    assert 'weft_repairs_total{what="device"} 1' in metrics
+    assert 'weft_repairs_total{what="route"} 3' in metrics
+    text = format_status(status)
+    assert "repairs:   device=1, route=3" in text
+    assert "failing: route 10.1.8.0/24 via 192.0.2.11 dev #2: unreachable" in text
+    assert "repairs:   none" in format_status({})
