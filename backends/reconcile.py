@@ -20,6 +20,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 INTERVAL = 3.0  # seconds between passes when no notification comes
 SETTLE = 0.05  # after a notification, let a burst (a device delete removes many) finish first
+# pyroute2 parses ~0.7 ms per dumped entry: with thousands of peers a pass takes seconds, so
+# the timer waits at least this many pass-durations (notifications still wake a pass at once).
+PASS_SPACING = 5
 # What a repair restores, the label of weft_repairs_total.
 ROUTE, NEIGHBOUR, ADDRESS, DEVICE, LINK, PUBLIC_IP = (
     "route", "neighbour", "address", "device", "link", "public_ip")
@@ -263,11 +267,13 @@ class Reconciler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 self.run_once()
             except Exception:  # noqa: BLE001 - a failed dump must not end repairs for good
                 log.exception("kernel state check failed; next pass in %.0fs", self.interval)
-            self._wake.wait(self.interval)
+            took = time.monotonic() - started
+            self._wake.wait(max(self.interval, PASS_SPACING * took))
             self._wake.clear()
             self._stop.wait(SETTLE)
 
