@@ -189,6 +189,7 @@ def cmd_leases(args) -> int:
     if args.json:
         print(json.dumps(Snapshot(config, revision, leases).to_json(), indent=2))
         return 0
+    leases = registry.with_expirations(leases)  # the listing carries no TTLs (one trip each)
     rows = [("SUBNET", "PUBLIC-IP", "BACKEND", "VTEP-MAC", "EXPIRES-IN")]
     now = time.time()
     for lease in leases:
