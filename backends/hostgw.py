@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 from weft.backends import BackendError, netlink
+from weft.backends.nlbatch import NetlinkBatch
 from weft.backends.peers import PeerPrograms
 from weft.backends.reconcile import Reconciler, Route, Wanted
 from weft.control.config import NetworkConfig
@@ -31,7 +32,9 @@ class HostGwBackend:
             raise BackendError(NAT_ERROR)
         self.iface = iface
         self.mtu = iface.mtu
-        self.peers = PeerPrograms("host-gw", self._program, self._unprogram)
+        self.peers = PeerPrograms("host-gw", self._program, self._unprogram,
+                                  program_many=self._program_many,
+                                  unprogram_many=self._unprogram_many)
         self.lock = threading.RLock()  # peer programming and repair passes take turns
         self.reconciler = Reconciler(self)
         self.attrs_changed = threading.Event()  # our PublicIP changed: republish the lease
@@ -65,17 +68,37 @@ class HostGwBackend:
         return Route(lease.subnet, self.iface.index, lease.attrs.public_ip)
 
     def _program(self, lease: Lease) -> None:
-        segments = netlink.connected_networks(self.iface.index)
-        if not any(lease.attrs.public_ip in net for net in segments):
-            raise ValueError(
-                f"PublicIP {lease.attrs.public_ip} is not on our L2 segment "
-                f"({', '.join(map(str, segments)) or 'none'} on {self.iface.name}); host-gw "
-                f"needs every host on one segment, use vxlan otherwise")
-        route = self._route(lease)
-        netlink.route_replace(route.dst, oif=route.oif, gateway=route.gateway)
+        failures = self._program_many([lease])
+        if failures:
+            raise ValueError(failures[lease.subnet])
 
     def _unprogram(self, lease: Lease) -> None:
-        netlink.route_delete(lease.subnet, oif=self.iface.index)
+        failures = self._unprogram_many([lease])
+        if failures:
+            raise OSError(failures[lease.subnet])
+
+    def _program_many(self, leases: list[Lease]) -> dict[IPv4Network, str]:
+        """A route per peer via its PublicIP, for peers on our L2 segment (read once a round)."""
+        segments = netlink.connected_networks(self.iface.index)
+        failures: dict[IPv4Network, str] = {}
+        batch = NetlinkBatch()
+        for lease in leases:
+            if not any(lease.attrs.public_ip in net for net in segments):
+                failures[lease.subnet] = (
+                    f"PublicIP {lease.attrs.public_ip} is not on our L2 segment "
+                    f"({', '.join(map(str, segments)) or 'none'} on {self.iface.name}); host-gw "
+                    f"needs every host on one segment, use vxlan otherwise")
+                continue
+            route = self._route(lease)
+            batch.route_replace(lease.subnet, route.dst, oif=route.oif, gateway=route.gateway)
+        failures.update(batch.commit())
+        return failures
+
+    def _unprogram_many(self, leases: list[Lease]) -> dict[IPv4Network, str]:
+        batch = NetlinkBatch()
+        for lease in leases:
+            batch.route_delete(lease.subnet, lease.subnet, oif=self.iface.index)
+        return batch.commit()
 
     def status(self) -> dict:
         return {

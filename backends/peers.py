@@ -1,8 +1,12 @@
 """Per-peer programming shared by the backends (flannel's route network, trimmed).
 
-Turns LeaseEvents into program/unprogram calls: a reset diffs against what is programmed, a
-changed lease is reprogrammed, a lease of another backend type is skipped with a warning, and
-one failing peer is logged while the others go on.
+Turns LeaseEvents into program/unprogram rounds: a reset diffs against what is programmed, a
+changed lease is reprogrammed (removed, then programmed), a lease of another backend type is
+skipped with a warning, and one failing peer is logged while the others go on.
+
+A backend may program a whole round at once (`program_many`/`unprogram_many`: thousands of peers
+in a few netlink system calls instead of a round trip each); it then reports failures per peer.
+Without them each peer goes through `program`/`unprogram` on its own.
 """
 
 from __future__ import annotations
@@ -16,62 +20,98 @@ from weft.control.registry import LeaseEvents
 
 log = logging.getLogger(__name__)
 
+# leases -> {subnet: why it failed}; every lease not in the answer succeeded
+ProgramMany = Callable[[list[Lease]], dict[IPv4Network, str]]
+LOG_EACH = 16  # rounds larger than this log one summary line; each peer at debug level
+
 
 class PeerPrograms:
     def __init__(self, backend_type: str, program: Callable[[Lease], None],
-                 unprogram: Callable[[Lease], None]) -> None:
+                 unprogram: Callable[[Lease], None], *, program_many: ProgramMany | None = None,
+                 unprogram_many: ProgramMany | None = None) -> None:
         self.backend_type = backend_type
-        self._program = program
-        self._unprogram = unprogram
+        self._program_many = program_many or _one_by_one(program)
+        self._unprogram_many = unprogram_many or _one_by_one(unprogram)
         self.programmed: dict[IPv4Network, Lease] = {}
         self.failed: dict[IPv4Network, str] = {}  # subnet -> why it is not programmed
 
     def handle(self, events: LeaseEvents) -> None:
+        gone = {lease.subnet for lease in events.removed}
         if events.reset:
             current = {lease.subnet for lease in events.added}
-            for subnet in list(self.programmed):
-                if subnet not in current:
-                    self._remove(subnet)
+            gone |= {subnet for subnet in self.programmed if subnet not in current}
             for subnet in list(self.failed):
                 if subnet not in current:
                     del self.failed[subnet]
         for lease in events.removed:
-            self._remove(lease.subnet)
             self.failed.pop(lease.subnet, None)
-        for lease in events.added:
-            self._add(lease)
+        wanted: dict[IPv4Network, Lease] = {}
+        for lease in events.added:  # in order: a later event for a subnet wins
+            if lease.attrs.effective_backend != self.backend_type:
+                log.warning("ignoring lease %s of PublicIP %s: backend %s, we run %s",
+                            lease.subnet, lease.attrs.public_ip, lease.attrs.effective_backend,
+                            self.backend_type)
+                self.failed[lease.subnet] = f"backend type {lease.attrs.effective_backend}"
+                wanted.pop(lease.subnet, None)
+                continue
+            wanted[lease.subnet] = lease
+        for subnet, lease in list(wanted.items()):
+            old = self.programmed.get(subnet)
+            if old is None or subnet in gone:
+                continue
+            if old.attrs == lease.attrs:
+                del wanted[subnet]  # a replayed event: nothing to do
+            else:
+                gone.add(subnet)  # changed: out with the old, then in with the new
+        self._remove([self.programmed[s] for s in gone if s in self.programmed])
+        self._add(list(wanted.values()))
 
-    def _add(self, lease: Lease) -> None:
-        if lease.attrs.effective_backend != self.backend_type:
-            log.warning("ignoring lease %s of PublicIP %s: backend %s, we run %s",
-                        lease.subnet, lease.attrs.public_ip, lease.attrs.effective_backend,
-                        self.backend_type)
-            self.failed[lease.subnet] = f"backend type {lease.attrs.effective_backend}"
+    def _add(self, leases: list[Lease]) -> None:
+        if not leases:
             return
-        old = self.programmed.get(lease.subnet)
-        if old is not None and old.attrs == lease.attrs:
-            return
-        if old is not None:
-            self._remove(lease.subnet)
-        try:
-            self._program(lease)
-        except Exception as exc:  # noqa: BLE001 - one bad peer must not stop the others
-            log.error("programming peer %s (%s) failed: %s", lease.subnet,
-                      lease.attrs.public_ip, exc)
-            self.failed[lease.subnet] = str(exc)
-            return
-        self.failed.pop(lease.subnet, None)
-        self.programmed[lease.subnet] = lease
-        log.info("peer %s via %s programmed", lease.subnet, lease.attrs.public_ip)
+        failures = self._program_many(leases)
+        for lease in leases:
+            why = failures.get(lease.subnet)
+            if why is not None:
+                log.error("programming peer %s (%s) failed: %s", lease.subnet,
+                          lease.attrs.public_ip, why)
+                self.failed[lease.subnet] = why
+                continue
+            self.failed.pop(lease.subnet, None)
+            self.programmed[lease.subnet] = lease
+            _each(len(leases), "peer %s via %s programmed", lease.subnet, lease.attrs.public_ip)
+        if len(leases) > LOG_EACH:
+            log.info("programmed %d peers (%d failed)", len(leases) - len(failures),
+                     len(failures))
 
-    def _remove(self, subnet: IPv4Network) -> None:
-        lease = self.programmed.get(subnet)
-        if lease is None:
+    def _remove(self, leases: list[Lease]) -> None:
+        if not leases:
             return
-        try:
-            self._unprogram(lease)
-            log.info("peer %s removed", subnet)
-        except Exception as exc:  # noqa: BLE001
-            log.error("removing peer %s failed: %s", subnet, exc)
-        # Forget it only now: status must not report a peer gone while its routes still work.
-        del self.programmed[subnet]
+        failures = self._unprogram_many(leases)
+        for lease in leases:
+            why = failures.get(lease.subnet)
+            if why is not None:
+                log.error("removing peer %s failed: %s", lease.subnet, why)
+            else:
+                _each(len(leases), "peer %s removed", lease.subnet)
+            # Forget it only now: status must not report a peer gone while its routes work.
+            del self.programmed[lease.subnet]
+        if len(leases) > LOG_EACH:
+            log.info("removed %d peers (%d failed)", len(leases), len(failures))
+
+
+def _each(count: int, message: str, *args: object) -> None:
+    log.log(logging.INFO if count <= LOG_EACH else logging.DEBUG, message, *args)
+
+
+def _one_by_one(fn: Callable[[Lease], None]) -> ProgramMany:
+    def run(leases: list[Lease]) -> dict[IPv4Network, str]:
+        failures = {}
+        for lease in leases:
+            try:
+                fn(lease)
+            except Exception as exc:  # noqa: BLE001 - one bad peer must not stop the others
+                failures[lease.subnet] = str(exc)
+        return failures
+
+    return run

@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--veth-offloads", action="store_true",
                        help="keep veth's GSO/checksum offloads on the hosts' links (not wire-like)")
+    bench.add_argument("--scale", type=int, metavar="N",
+                       help="instead: one `weft run` against N other hosts' leases in etcd "
+                            "(time to subnet.env and to all peers programmed, RSS, per-packet "
+                            "cost at 2 and N peers, lease events applied per second)")
+    bench.add_argument("--event-rate", type=float, default=100.0,
+                       help="with --scale: lease changes written per second")
     bench.set_defaults(func=cmd_bench)
 
     from weft.tools.replay import add_replay_parser
@@ -189,6 +195,7 @@ def cmd_leases(args) -> int:
     if args.json:
         print(json.dumps(Snapshot(config, revision, leases).to_json(), indent=2))
         return 0
+    leases = registry.with_expirations(leases)  # the listing carries no TTLs (one trip each)
     rows = [("SUBNET", "PUBLIC-IP", "BACKEND", "VTEP-MAC", "EXPIRES-IN")]
     now = time.time()
     for lease in leases:
@@ -232,6 +239,15 @@ def cmd_bench(args) -> int:
     if os.geteuid() != 0:
         print("weft: bench builds network namespaces and needs root", file=sys.stderr)
         return EXIT_FAILURE
+    if args.scale is not None:
+        if not 1 <= args.scale <= 65534:
+            print("weft: --scale must be 1..65534", file=sys.stderr)
+            return EXIT_USAGE
+        from weft.tools.lab.scale import run_scale
+
+        return run_scale(args.scale, as_json=args.json, rate=args.event_rate,
+                         seconds=min(args.seconds, 5.0),
+                         log=lambda line: print(line, file=sys.stderr))
     from weft.tools.lab.bench import run_bench
 
     return run_bench(seconds=args.seconds, as_json=args.json,

@@ -53,17 +53,26 @@ def choose_subnet(
         if fits(config, lease.subnet) and lease.subnet not in exclude:
             return Choice(lease.subnet, reuse=lease, stale=stale)
     held = [lease.subnet for lease in leases if lease not in stale]
+    # Leases of our subnet size are found in a set; only others (left over from a config
+    # change) need the overlap test. Testing every candidate against every lease was
+    # O(subnets x leases): 10 s before subnet.env with 4,095 hosts in a /12.
+    same = {subnet for subnet in held if subnet.prefixlen == config.subnet_len}
+    odd = [subnet for subnet in held if subnet.prefixlen != config.subnet_len]
+
+    def taken(subnet: IPv4Network) -> bool:
+        return subnet in same or any(subnet.overlaps(other) for other in odd)
+
     if (
         previous is not None
         and previous not in exclude
         and fits(config, previous)
-        and not any(previous.overlaps(subnet) for subnet in held)
+        and not taken(previous)
     ):
         return Choice(previous, stale=stale)
     free = []
     for number in config.subnets():
         subnet = config.subnet_at(number)
-        if subnet in exclude or any(subnet.overlaps(other) for other in held):
+        if subnet in exclude or taken(subnet):
             continue
         free.append(subnet)
         if len(free) == CANDIDATES:

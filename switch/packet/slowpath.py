@@ -15,6 +15,10 @@ Policy choices:
   solicitations included: the kernel sees the address as unresolved, which is the truth. The
   summary names the ND/MLD message for traces.
 - ICMP errors as a router sends them (RFC 792, 1122, 1191, 1812); see `_icmp_error`.
+
+scapy is imported on first use, not with this module: it costs ~50 MB of RSS and a quarter of a
+second at start, and a daemon whose pods never ARP for an unleased address or hit an ICMP case
+never needs it. The per-call imports after the first are dictionary lookups.
 """
 
 from __future__ import annotations
@@ -23,11 +27,6 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
-
-from scapy.layers.inet import ICMP, IP
-from scapy.layers.inet6 import IPv6
-from scapy.layers.l2 import ARP, Ether
-from scapy.packet import Raw
 
 from weft.packet.checksum import inet_checksum
 from weft.packet.reasons import Reason, reason_name
@@ -128,6 +127,10 @@ def describe(packet: bytes, linktype: str) -> str:
             return f"{len(data)} bytes, unsupported link type {linktype!r}"
         if not data:
             return "empty packet"
+        from scapy.layers.inet import IP
+        from scapy.layers.inet6 import IPv6
+        from scapy.layers.l2 import Ether
+
         if kind == "ether":
             pkt = Ether(data)
         elif data[0] >> 4 == 4:
@@ -256,6 +259,9 @@ def _icmp_error(quote: bytes, icmp_type: int, code: int, ctx: SlowPathContext) -
     packet's TOS bits with internetwork-control precedence (RFC 1812, as Linux does); ID 0 and
     DF clear, since there is no per-host counter in a pure function and the packet is small.
     """
+    from scapy.layers.inet import ICMP, IP
+    from scapy.packet import Raw
+
     if (icmp_type, code) == (3, 4):  # RFC 1191: unused(16) + next-hop MTU(16)
         icmp = ICMP(type=icmp_type, code=code, nexthopmtu=ctx.overlay_mtu & 0xFFFF)
     else:
@@ -295,6 +301,8 @@ def _arp(frame: bytes, ctx: SlowPathContext) -> SlowResult:
         return _drop(Reason.PEER_LOOKUP_MISS, f"{question}: peer MAC {peer_mac!r} unusable")
     else:
         answer, whose = bytes(peer_mac), "peer VtepMAC"
+    from scapy.layers.l2 import ARP, Ether
+
     reply = Ether(dst=_mac(sha), src=_mac(answer), type=ETH_P_ARP) / ARP(
         hwtype=1, ptype=ETH_P_IP, hwlen=6, plen=4, op=2,
         hwsrc=_mac(answer), psrc=str(tpa), hwdst=_mac(sha), pdst=str(spa))

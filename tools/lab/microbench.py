@@ -17,7 +17,7 @@ from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 
 from weft.backends.defaults import VXLAN_PORT
-from weft.packet.fastpath import Batch
+from weft.packet.fastpath import HEADROOM, Batch
 from weft.packet.pipeline import Pipeline
 
 LOCAL, PEER = IPv4Network("10.1.1.0/24"), IPv4Network("10.1.2.0/24")
@@ -110,6 +110,61 @@ def format_results(results: list[dict]) -> str:
                      f"{r['numba_decap_fps'] / 1e6:8.2f} M/s  "
                      f"{r['scapy_decap_fps'] / 1e3:8.1f} k/s  {r['decap_ratio']:5.0f}x")
     return "\n".join(lines)
+
+
+def scaling_network(peers: int, subnet_len: int = 24) -> IPv4Network:
+    """The smallest network (at least a /16) with room for `peers` subnets plus our own."""
+    prefix = min(16, subnet_len - (peers + 1 - 1).bit_length())
+    return IPv4Network(f"10.0.0.0/{prefix}")
+
+
+def per_packet_ns(peers: int, seconds: float = 0.5, batch_size: int = 64,
+                  frames: int = 4096) -> dict:
+    """Egress fast-path time per packet with `peers` peers, destinations cycling over all of them.
+
+    At least one frame per peer, so successive batches hit every table entry; the lookup is one
+    shift and one array read by subnet number, so the figure should not grow with the number of
+    peers. The same number of frames (`frames`, in batches) for every peer count, so that only
+    the table differs and not how much packet memory the loop walks through.
+    """
+    network = scaling_network(peers)
+    subnets = network.subnets(new_prefix=24)
+    local = next(subnets)
+    pipeline = Pipeline("vxlan", network, 24)
+    pipeline.set_local(local, IPv4Address("192.0.2.1"), MAC_LOCAL)
+    targets = []
+    for k in range(peers):
+        subnet = next(subnets)
+        mac = MAC_PEER[:4] + k.to_bytes(2, "big")
+        pipeline.table.set_peer(subnet, IPv4Address(int(IPv4Address("198.18.0.1")) + k), mac)
+        targets.append((subnet, mac))
+    rows = max(peers, frames, batch_size)
+    rows += -rows % batch_size
+    batches, size = [], 0
+    for start in range(0, rows, batch_size):
+        batch = Batch(batch_size, bufsize=HEADROOM + 256)
+        for i in range(batch_size):
+            subnet, mac = targets[(start + i) % peers]
+            frame = bytes(Ether(src=_mac(MAC_LOCAL), dst=_mac(mac)) / IP(
+                src=str(local[2]), dst=str(subnet[2])) / UDP(sport=1234, dport=5678) / Raw(
+                b"x" * 22))
+            batch.load(i, frame)
+            size = len(frame)
+        batches.append(batch)
+    forwarded = sum(pipeline.egress(batch, batch_size) for batch in batches)  # compile/load
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for batch in batches:
+            batch.lens[:] = size  # egress only rewrites MACs and fills the headroom
+            pipeline.egress(batch, batch_size)
+        done += len(batches) * batch_size
+    elapsed = time.perf_counter() - start
+    return {"peers": peers, "ns_per_packet": elapsed / done * 1e9, "frames": rows,
+            "forwarded_first_pass": forwarded, "network": str(network)}
+
+
+def _mac(raw: bytes) -> str:
+    return raw.hex(":")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,168 @@
+"""Many rtnetlink requests in few system calls, each answered on its own: peer programming at scale.
+
+`netlink.py` opens an IPRoute per call and waits for its answer: ~2 ms a request, 16 s for the two
+requests of each of 4,096 peers. Here requests are packed into one datagram per chunk, the kernel
+handles them in order during that one sendmsg and queues one acknowledgement per request, and the
+acks are matched back to their requests by sequence number. A request that fails fails alone: the
+kernel goes on with the next message, so one bad peer never stops the others.
+
+The messages are the ones pyroute2 sends for the same calls in netlink.py (proto static, scope
+global, main table, NUD_PERMANENT neighbours), with replace semantics, so both kinds of call
+program identical kernel state and either may replace what the other made.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from collections.abc import Hashable
+from ipaddress import IPv4Address, IPv4Network
+
+from weft.backends.netlink import NUD_PERMANENT, RTNH_F_ONLINK
+
+RTM_NEWROUTE, RTM_DELROUTE, RTM_NEWNEIGH, RTM_DELNEIGH = 24, 25, 28, 29
+NLMSG_ERROR = 2
+NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
+NLM_F_REPLACE, NLM_F_CREATE = 0x100, 0x400
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10  # acks carry the request's header only, not the whole request
+RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
+NDA_DST, NDA_LLADDR = 1, 2
+RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 4, 0, 1
+
+# Every ack of a chunk is queued before sendmsg returns, one skb (~1 KiB of buffer) each: a chunk
+# must fit the receive buffer or acks are lost (ENOBUFS). 256 acks fit well within RCVBUF.
+CHUNK = 256
+RCVBUF = 4 << 20
+SO_RCVBUFFORCE = 33  # Linux; not exported by the socket module
+ACK_TIMEOUT = 5.0  # seconds; the kernel answers within the sendmsg, this only guards a bug
+# A deletion of something already gone is what the caller wanted.
+GONE = frozenset({errno.ESRCH, errno.ENOENT, errno.ENODEV, errno.EADDRNOTAVAIL})
+
+_NLMSGHDR = struct.Struct("=IHHII")
+_NLMSGERR = struct.Struct("=i")
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    size = 4 + len(payload)
+    return struct.pack("=HH", size, kind) + payload + b"\0" * (-size & 3)
+
+
+def _ip(addr: IPv4Address) -> bytes:
+    return addr.packed
+
+
+class NetlinkBatch:
+    """Collects requests tagged with a key (e.g. a peer's subnet); `commit` says which failed.
+
+    Not thread-safe; one batch per programming round.
+    """
+
+    def __init__(self) -> None:
+        self._requests: list[tuple[int, int, bytes, Hashable, bool]] = []  # type, flags, body..
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    def neigh_replace(self, key: Hashable, ip: IPv4Address, mac: bytes, *, ifindex: int) -> None:
+        body = struct.pack("=BBHiHBB", socket.AF_INET, 0, 0, ifindex, NUD_PERMANENT, 0, 0)
+        body += _attr(NDA_DST, _ip(ip)) + _attr(NDA_LLADDR, bytes(mac))
+        self._add(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body, key)
+
+    def neigh_delete(self, key: Hashable, ip: IPv4Address, *, ifindex: int) -> None:
+        body = struct.pack("=BBHiHBB", socket.AF_INET, 0, 0, ifindex, 0, 0, 0)
+        self._add(RTM_DELNEIGH, 0, body + _attr(NDA_DST, _ip(ip)), key, missing_ok=True)
+
+    def route_replace(self, key: Hashable, dst: IPv4Network, *, oif: int,
+                      gateway: IPv4Address | None = None, onlink: bool = False) -> None:
+        body = self._rtmsg(dst, RTN_UNICAST, RTNH_F_ONLINK if onlink else 0)
+        body += _attr(RTA_DST, _ip(dst.network_address)) + _attr(RTA_OIF, struct.pack("=i", oif))
+        if gateway is not None:
+            body += _attr(RTA_GATEWAY, _ip(gateway))
+        self._add(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body, key)
+
+    def route_delete(self, key: Hashable, dst: IPv4Network, *, oif: int | None = None) -> None:
+        body = self._rtmsg(dst, 0, 0) + _attr(RTA_DST, _ip(dst.network_address))
+        if oif is not None:
+            body += _attr(RTA_OIF, struct.pack("=i", oif))
+        self._add(RTM_DELROUTE, 0, body, key, missing_ok=True)
+
+    @staticmethod
+    def _rtmsg(dst: IPv4Network, kind: int, flags: int) -> bytes:
+        return struct.pack("=BBBBBBBBI", socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN,
+                           RTPROT_STATIC, RT_SCOPE_UNIVERSE, kind, flags)
+
+    def _add(self, kind: int, flags: int, body: bytes, key: Hashable,
+             missing_ok: bool = False) -> None:
+        self._requests.append((kind, flags, body, key, missing_ok))
+
+    def commit(self) -> dict[Hashable, str]:
+        """Send every request; key -> why its first failed request failed (absent: all fine).
+
+        Requests are handled in the order they were added, so a neighbour added before the route
+        that uses it is there when the route is checked.
+        """
+        failures: dict[Hashable, str] = {}
+        if not self._requests:
+            return failures
+        with _socket() as sock:
+            for start in range(0, len(self._requests), CHUNK):
+                _exchange(sock, self._requests[start:start + CHUNK], failures)
+        self._requests.clear()
+        return failures
+
+
+def _socket() -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                         socket.NETLINK_ROUTE)
+    try:
+        sock.bind((0, 0))
+        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        try:  # root may raise the limit beyond rmem_max; others get what rmem_max allows
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        sock.settimeout(ACK_TIMEOUT)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _exchange(sock: socket.socket, chunk: list, failures: dict[Hashable, str]) -> None:
+    """Send one chunk as one datagram and read one ack per request."""
+    pending: dict[int, tuple[int, Hashable, bool]] = {}
+    parts = []
+    for seq, (kind, flags, body, key, missing_ok) in enumerate(chunk, start=1):
+        parts.append(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind,
+                                    NLM_F_REQUEST | NLM_F_ACK | flags, seq, 0) + body)
+        pending[seq] = (kind, key, missing_ok)
+    try:
+        sock.send(b"".join(parts))
+        while pending:
+            _read_acks(sock.recv(1 << 16), pending, failures)
+    except OSError as exc:  # lost acks or a refused send: the rest is unknown, so failed
+        why = f"netlink: {os.strerror(exc.errno) if exc.errno else exc}"
+        for _kind, key, _missing_ok in pending.values():
+            failures.setdefault(key, why)
+
+
+def _read_acks(data: bytes, pending: dict, failures: dict[Hashable, str]) -> None:
+    offset = 0
+    while offset + _NLMSGHDR.size <= len(data):
+        length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+        if length < _NLMSGHDR.size:
+            break
+        if kind == NLMSG_ERROR and seq in pending:
+            (code,) = _NLMSGERR.unpack_from(data, offset + _NLMSGHDR.size)
+            request, key, missing_ok = pending.pop(seq)
+            if code and not (missing_ok and -code in GONE):
+                failures.setdefault(key, f"{_NAMES.get(request, request)}: "
+                                         f"{os.strerror(-code)} (errno {-code})")
+        offset += (length + 3) & ~3
+
+
+_NAMES = {RTM_NEWROUTE: "route replace", RTM_DELROUTE: "route delete",
+          RTM_NEWNEIGH: "neighbour replace", RTM_DELNEIGH: "neighbour delete"}

@@ -1,0 +1,67 @@
+"""PeerPrograms with a backend that programs whole rounds at once."""
+
+from ipaddress import IPv4Address, IPv4Network
+
+from weft.backends.peers import PeerPrograms
+from weft.control.lease import Lease, LeaseAttrs
+from weft.control.registry import LeaseEvents
+
+
+def lease(subnet: str, ip: str, mac: str = "7e:81:33:71:e9:51") -> Lease:
+    return Lease(IPv4Network(subnet), LeaseAttrs(IPv4Address(ip), backend_type="vxlan",
+                                                 backend_data={"VNI": 1, "VtepMAC": mac}))
+
+
+class Rounds:
+    def __init__(self, fail: set[str] = frozenset()):
+        self.rounds: list[tuple[str, list[str]]] = []
+        self.fail = fail
+
+    def program_many(self, leases):
+        self.rounds.append(("add", [str(x.subnet) for x in leases]))
+        return {x.subnet: "said no" for x in leases if str(x.subnet) in self.fail}
+
+    def unprogram_many(self, leases):
+        self.rounds.append(("del", [str(x.subnet) for x in leases]))
+        return {}
+
+
+def never(_lease):
+    raise AssertionError("a per-peer call where a round was expected")
+
+
+def peers_with(rounds: Rounds) -> PeerPrograms:
+    return PeerPrograms("vxlan", never, never, program_many=rounds.program_many,
+                        unprogram_many=rounds.unprogram_many)
+
+
+def test_a_listing_is_one_round_and_one_failure_stays_alone():
+    rounds = Rounds(fail={"10.1.3.0/24"})
+    peers = peers_with(rounds)
+    listing = tuple(lease(f"10.1.{i}.0/24", f"192.0.2.{i}") for i in range(2, 100))
+    peers.handle(LeaseEvents(added=listing, reset=True))
+    assert rounds.rounds == [("add", [str(x.subnet) for x in listing])]
+    assert len(peers.programmed) == 97
+    assert peers.failed == {IPv4Network("10.1.3.0/24"): "said no"}
+
+
+def test_change_removes_then_programs_and_replay_does_nothing():
+    rounds = Rounds()
+    peers = peers_with(rounds)
+    a, b = lease("10.1.2.0/24", "192.0.2.2"), lease("10.1.4.0/24", "192.0.2.4")
+    peers.handle(LeaseEvents(added=(a, b)))
+    changed = lease("10.1.2.0/24", "192.0.2.2", mac="02:00:00:00:00:09")
+    peers.handle(LeaseEvents(added=(changed, b)))
+    assert rounds.rounds == [("add", ["10.1.2.0/24", "10.1.4.0/24"]),
+                             ("del", ["10.1.2.0/24"]), ("add", ["10.1.2.0/24"])]
+    assert peers.programmed[IPv4Network("10.1.2.0/24")] == changed
+
+
+def test_reset_removes_the_missing_in_one_round():
+    rounds = Rounds()
+    peers = peers_with(rounds)
+    leases = [lease(f"10.1.{i}.0/24", f"192.0.2.{i}") for i in range(2, 6)]
+    peers.handle(LeaseEvents(added=tuple(leases)))
+    peers.handle(LeaseEvents(added=(leases[0],), reset=True))
+    assert sorted(rounds.rounds[-1][1]) == ["10.1.3.0/24", "10.1.4.0/24", "10.1.5.0/24"]
+    assert rounds.rounds[-1][0] == "del" and set(peers.programmed) == {leases[0].subnet}
