@@ -190,3 +190,11 @@ def test_undecodable_conf_is_a_decoding_failure(cluster: Cluster) -> None:
     code, out = netns.call_in(cluster.hosts[0].ns, _exec_raw, [_installed(cluster)],
                               "{\"cniVersion\": ", _env(cluster, "ADD", "nothing"))
     assert code == 1 and json.loads(out)["code"] == 6
+
+
+def test_demo_with_cni_builds_pods_through_the_plugin_and_all_pairs_answer() -> None:
+    from weft.tools.lab.demo import run_demo
+
+    lines: list[str] = []
+    assert run_demo(hosts=2, pods=1, cni=True, out=lines.append) == 0, "\n".join(lines)
+    assert any(line.startswith("[cni] pods added by weft's CNI plugin") for line in lines)

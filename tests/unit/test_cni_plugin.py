@@ -184,3 +184,14 @@ def test_the_plugin_imports_nothing_heavy() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_weft_cni_install_command(tmp_path: Path, capsys) -> None:
+    from weft.cli import main
+
+    assert main(["cni", "install", "--conf-dir", str(tmp_path / "c"), "--bin-dir",
+                 str(tmp_path / "b"), "--subnet-file", "/run/weft/subnet.env"]) == 0
+    conf = json.loads((tmp_path / "c" / "10-weft.conflist").read_text())
+    assert conf["plugins"][0]["subnetFile"] == "/run/weft/subnet.env"
+    assert os.access(tmp_path / "b" / "weft", os.X_OK)
+    assert "10-weft.conflist" in capsys.readouterr().out
