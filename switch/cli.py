@@ -114,7 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--hosts", type=int, default=3)
     demo.add_argument("--pods", type=int, default=2, help="pods per host")
     demo.add_argument("--backend", choices=("vxlan", "udp", "host-gw"), default="vxlan")
+    demo.add_argument("--cni", action="store_true",
+                      help="create the pods through weft's CNI plugin (needs the reference "
+                           "plugins bridge, host-local, portmap in /usr/lib/cni or /opt/cni/bin)")
     demo.set_defaults(func=cmd_demo)
+
+    cni = sub.add_parser("cni", help="weft's CNI plugin (type weft; binary weft-cni)")
+    cni_sub = cni.add_subparsers(dest="cni_command", required=True, metavar="ACTION")
+    cni_sub.add_parser = functools.partial(cni_sub.add_parser,  # type: ignore
+                                           parents=[common])
+    cni_install = cni_sub.add_parser(
+        "install", help="write the conflist (plugin + portmap) and put the plugin in the bin dir")
+    cni_install.add_argument("--conf-dir", default="/etc/cni/net.d")
+    cni_install.add_argument("--bin-dir", default="/opt/cni/bin")
+    cni_install.add_argument("--name", default="weft",
+                             help="plugin type and binary name; flannel takes over flannel's "
+                                  "conflist and binary")
+    cni_install.add_argument("--subnet-file", default=None,
+                             help="subnet file weft run writes, if not /run/flannel/subnet.env")
+    cni_install.set_defaults(func=cmd_cni_install)
 
     bench = sub.add_parser("bench", help="pod-to-pod RTT, TCP and UDP for weft's backends beside "
                                          "the kernel's VXLAN, in one run (root)")
@@ -232,7 +250,20 @@ def cmd_demo(args) -> int:
         return EXIT_USAGE
     from weft.tools.lab.demo import run_demo
 
-    return run_demo(hosts=args.hosts, pods=args.pods, backend=args.backend)
+    return run_demo(hosts=args.hosts, pods=args.pods, backend=args.backend, cni=args.cni)
+
+
+def cmd_cni_install(args) -> int:
+    from weft.cni.install import install
+
+    extra = {"subnetFile": args.subnet_file} if args.subnet_file else None
+    try:
+        conf, binary = install(args.conf_dir, args.bin_dir, name=args.name, extra=extra)
+    except (OSError, ValueError) as exc:
+        print(f"weft: cni install: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"wrote {conf} and {binary}")
+    return 0
 
 
 def cmd_bench(args) -> int:

@@ -39,7 +39,8 @@ def test_every_package_folder_is_listed() -> None:
 
 
 def test_console_script_points_into_weft() -> None:
-    assert _pyproject()["project"]["scripts"] == {"weft": "weft.cli:main"}
+    assert _pyproject()["project"]["scripts"] == {"weft": "weft.cli:main",
+                                                  "weft-cni": "weft.cni.plugin:main"}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_wheel_installs_weft_and_no_generic_names(wheel_target: Path) -> None:
     assert top == ["bin", "weft"] or top == ["weft"], top
     probe = (
         "import importlib, weft, weft.cli, weft.daemon, weft.backends.vxlan, weft.tools.replay, "
-        "weft.tools.lab.demo\n"
+        "weft.tools.lab.demo, weft.cni.plugin\n"
         "print(weft.__file__)\n"
         "for name in ('switch', 'backends', 'tools'):\n"
         "    try:\n"

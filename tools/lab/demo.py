@@ -3,18 +3,48 @@
 Builds the lab (fabric namespace with etcd, host namespaces, pod namespaces), runs `weft run` on
 every host, then pings every pod from every pod (ICMP sent from Python inside the pod
 namespaces) and prints the reachability matrix. Exit 0 only if every pair answered.
+With cni=True the pods are made by weft's CNI plugin (conflist installed per host under the
+lab's temp dir, delegating to the reference bridge and host-local plugins), as a container
+runtime would make them.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from weft.cni.install import install
+from weft.cni.runtime import Runtime
 from weft.tools.lab import probe
 from weft.tools.lab.cluster import Cluster
 from weft.tools.lab.topology import Lab
+
+# Where distributions put the reference plugins (Debian: /usr/lib/cni; upstream: /opt/cni/bin).
+REFERENCE_PLUGIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
+REFERENCE_PLUGINS = ("bridge", "host-local", "portmap")
+
+
+def reference_plugin_dir() -> str | None:
+    """The first directory holding bridge, host-local and portmap, None if none does."""
+    for directory in REFERENCE_PLUGIN_DIRS:
+        if all(os.access(os.path.join(directory, p), os.X_OK) for p in REFERENCE_PLUGINS):
+            return directory
+    return None
+
+
+def cni_runtime(cluster: Cluster, host: int, plugin_dirs: Sequence[str],
+                name: str = "weft") -> Runtime:
+    """Install weft's conflist and plugin for `host` under the lab's temp dir (subnet file,
+    delegate store and host-local's leases all per host there); the runtime that uses it."""
+    base = cluster.dir / "cni"
+    host_dir = base / f"h{host}"
+    extra = {"subnetFile": str(cluster.subnet_file(host)), "dataDir": str(host_dir / "weft"),
+             "ipam": {"type": "host-local", "dataDir": str(host_dir / "ipam")}}
+    conf, _ = install(str(host_dir / "net.d"), str(base / "bin"), name=name, extra=extra)
+    return Runtime.from_file(conf, [str(base / "bin"), *plugin_dirs])
 
 
 def reachability(cluster: Cluster, count: int = 3) -> dict[tuple[str, str], float | None]:
@@ -48,8 +78,13 @@ def format_matrix(cluster: Cluster, results: dict[tuple[str, str], float | None]
 
 
 def run_demo(hosts: int = 3, pods: int = 2, backend: str = "vxlan",
-             out: Callable[[str], None] = print) -> int:
+             out: Callable[[str], None] = print, cni: bool = False) -> int:
     started = time.time()
+    plugin_dir = reference_plugin_dir() if cni else None
+    if cni and plugin_dir is None:
+        out(f"[cni] reference plugins ({', '.join(REFERENCE_PLUGINS)}) not found in "
+            f"{' or '.join(REFERENCE_PLUGIN_DIRS)}; building the pods directly "
+            f"(Debian: apt-get install containernetworking-plugins)")
     with Lab(hosts=hosts) as lab:
         out(f"[lab] fabric {lab.fabric}, hosts {', '.join(lab.hosts)}")
         cluster = Cluster(lab, backend=backend)
@@ -62,7 +97,14 @@ def run_demo(hosts: int = 3, pods: int = 2, backend: str = "vxlan",
             out(f"[weft] {h.ns} {h.public_ip}: lease {h.subnet}, MTU {h.mtu}")
         cluster.wait_synced()
         out("[weft] every host has every other host as a peer")
-        cluster.add_pods(pods)
+        if plugin_dir is None:
+            cluster.add_pods(pods)
+        else:
+            for h in cluster.hosts:
+                runtime = cni_runtime(cluster, h.index, [plugin_dir])
+                h.pods = lab.add_pods(h.index, h.subnet, count=pods, cni=runtime)
+            out(f"[cni] pods added by weft's CNI plugin through {plugin_dir} "
+                f"(bridge, host-local, portmap)")
         out(f"[pods] {len(cluster.pods())} pods: "
             + ", ".join(f"{p.ip}" for p in cluster.pods()))
         results = reachability(cluster)

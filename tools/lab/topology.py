@@ -28,6 +28,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from weft.backends.defaults import VXLAN_OVERHEAD
+from weft.cni.runtime import Runtime
 from weft.tools.lab import netns
 from weft.tools.lab.etcd import etcd_binary
 
@@ -107,6 +108,7 @@ class Lab:
         self.hosts = [f"{self.prefix}h{i}" for i in range(hosts)]
         self.host_ips = [FABRIC_NET[10 + i] for i in range(hosts)]
         self.pods: dict[str, list[Pod]] = {h: [] for h in self.hosts}
+        self.cni_results: dict[str, dict] = {}  # pod namespace -> CNI ADD result
         self.procs: list[subprocess.Popen] = []
         self.tmpdir = tempfile.mkdtemp(prefix=self.prefix)
         self.etcd_endpoint: str | None = None
@@ -163,9 +165,15 @@ class Lab:
         return self.hosts[ref] if isinstance(ref, int) else ref
 
     def add_pods(self, host: int | str, subnet: IPv4Network | str, count: int = 1,
-                 mtu: int = POD_MTU) -> list[Pod]:
-        """Build cni0 (subnet .1) in `host` and `count` more pods (.2, .3, ...), like CNI bridge."""
+                 mtu: int = POD_MTU, cni: Runtime | None = None) -> list[Pod]:
+        """Build cni0 (subnet .1) in `host` and `count` more pods (.2, .3, ...), like CNI bridge.
+
+        With `cni` the pods are added through that conflist's plugins instead (run in `host`
+        as a container runtime runs them): address, MTU and cni0 then come from the plugins.
+        """
         host = self.host(host)
+        if cni is not None:
+            return [self.add_cni_pod(host, cni) for _ in range(count)]
         subnet = ipaddress.ip_network(subnet)
         gw = subnet.network_address + 1
         existing = self.pods[host]
@@ -190,6 +198,25 @@ class Lab:
                 existing.append(pod)
                 new.append(pod)
         return new
+
+    def add_cni_pod(self, host: int | str, cni: Runtime, ifname: str = "eth0") -> Pod:
+        """One more pod in `host`, its network made by CNI ADD; the pod's namespace is the
+        container id. The ADD result is kept in cni_results for DEL and CHECK."""
+        host = self.host(host)
+        pod_ns = f"{host}p{len(self.pods[host])}"
+        netns.create(pod_ns)
+        self.pods[host].append(Pod(ns=pod_ns, host=host, ip=IPv4Address(0), veth=""))
+        try:
+            result = netns.call_in(host, cni.add, pod_ns, os.path.join(netns.NETNS_DIR, pod_ns),
+                                   ifname)
+        except BaseException:
+            self.pods[host].pop()
+            netns.remove(pod_ns)
+            raise
+        pod = Pod(ns=pod_ns, host=host, ip=cni_pod_ip(result), veth=cni_host_veth(result))
+        self.pods[host][-1] = pod
+        self.cni_results[pod_ns] = result
+        return pod
 
     @staticmethod
     def _setup_pod(pod: Pod, subnet: IPv4Network, gw: IPv4Address) -> None:
@@ -321,6 +348,21 @@ class Lab:
             if marker.startswith(prefix) and _is_stale(marker, False):
                 os.unlink(os.path.join(MARKER_DIR, marker))
         return stale
+
+
+def cni_pod_ip(result: dict) -> IPv4Address:
+    """The pod's IPv4 address from a CNI result (0.3.x, 0.4.0 and 1.0.0 alike)."""
+    for ip in result.get("ips", []):
+        address = ipaddress.ip_interface(ip["address"])
+        if address.version == 4:
+            return address.ip
+    raise ValueError(f"no IPv4 address in the CNI result {result}")
+
+
+def cni_host_veth(result: dict) -> str:
+    """The host side of the pod's veth: the bridge plugin lists bridge, host veth, pod eth0."""
+    host_side = [i["name"] for i in result.get("interfaces", []) if not i.get("sandbox")]
+    return host_side[-1] if host_side else ""
 
 
 def _etcd_healthy(host: str, port: int) -> bool:
