@@ -18,24 +18,70 @@ from weft.control import subnet_env
 from weft.control.config import ConfigError, parse_config
 from weft.control.registry import DEFAULT_PREFIX, RegistryError
 from weft.drivers import modes as datapath_modes
+from weft.flanneld_flags import FLANNELD_FLAGS, UNSUPPORTED, checked, notices
+from weft.goflags import go_bool, normalize
 
 EXIT_USAGE = 2  # invalid input (config, flags): fix it and run again
 EXIT_FAILURE = 1
 
 
-def env_name(flag: str) -> str:
-    return "WEFT_" + flag.lstrip("-").upper().replace("-", "_")
+def env_name(flag: str, prefix: str = "WEFT_") -> str:
+    return prefix + flag.lstrip("-").upper().replace("-", "_")
+
+
+def _env_value(flag: str) -> tuple[str, str] | None:
+    """(variable, value) for a flag from the environment: WEFT_<FLAG>, else FLANNELD_<FLAG>
+    for flanneld's own flags. An empty FLANNELD_ variable counts as unset, as in flanneld; an
+    empty WEFT_ one is a value (WEFT_CONTROL_SOCKET= turns the socket off)."""
+    name = env_name(flag)
+    if name in os.environ:
+        return name, os.environ[name]
+    if flag.lstrip("-") in FLANNELD_FLAGS:
+        name = env_name(flag, "FLANNELD_")
+        if os.environ.get(name):
+            return name, os.environ[name]
+    return None
+
+
+class _Repeatable(argparse.Action):
+    """Like action="append", except that the first use on the command line replaces a default
+    from the environment instead of adding to it (the command line wins, see _flag)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest)
+        items = [] if current is self.default or current is None else list(current)
+        setattr(namespace, self.dest, [*items, values])
+
+
+def _optional(parse):
+    """A type for flags whose empty value means unset, as in flanneld (`-public-ip=$UNSET`)."""
+    def convert(text: str):
+        return None if text == "" else parse(text)
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
 
 
 def _flag(parser: argparse.ArgumentParser, flag: str, **kwargs) -> None:
-    """Add a flag whose default comes from WEFT_<FLAG> when that is set."""
-    env = os.environ.get(env_name(flag))
+    """Add a flag whose default comes from the environment (see _env_value).
+
+    Precedence: command line > WEFT_<FLAG> > FLANNELD_<FLAG> > built-in default. Booleans take
+    Go's `--flag=false`; a string default goes through the flag's type, so a bad value in the
+    environment is an argparse error like a bad value on the command line."""
+    if kwargs.get("type") is go_bool:
+        kwargs.update(nargs="?", const=True, metavar="BOOL")
+        kwargs.setdefault("default", False)
+    env = _env_value(flag)
     if env is not None:
-        if kwargs.get("action") == "store_true":
-            kwargs["default"] = env.lower() in ("1", "true", "yes", "on")
+        if kwargs.get("action") is _Repeatable:
+            kwargs["default"] = [env[1]]
+        elif kwargs.get("action") == "store_true":
+            kwargs["default"] = env[1].lower() in ("1", "true", "yes", "on")
         else:
-            kwargs["default"] = kwargs.get("type", str)(env)
-    kwargs["help"] = (kwargs.get("help") or "") + f" [env {env_name(flag)}]"
+            kwargs["default"] = env[1]
+    names = env_name(flag)
+    if flag.lstrip("-") in FLANNELD_FLAGS:
+        names += ", " + env_name(flag, "FLANNELD_")
+    kwargs["help"] = (kwargs.get("help") or "") + f" [env {names}]"
     parser.add_argument(flag, **kwargs)
 
 
@@ -66,22 +112,61 @@ def _renew_margin(text: str) -> int:
     return value
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("weft")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _log_format_flag(parser: argparse.ArgumentParser) -> None:
+    _flag(parser, "--log-format", choices=("text", "json"), default="text",
+          help="log lines as text, or one JSON object per line for log shippers")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="weft", description="Userspace overlay-network switch, a drop-in peer of flannel.")
+    parser.add_argument("--version", action="version", version=f"weft {_version()}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _log_format_flag(common)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser = functools.partial(sub.add_parser, parents=[common])  # type: ignore
 
-    run = sub.add_parser("run", help="take a subnet lease and carry this host's pod traffic")
+    # `run` takes flanneld's command line: -v is flanneld's log level (-v=N, -v N; >0 = debug).
+    run_common = argparse.ArgumentParser(add_help=False)
+    run_common.add_argument("-v", "--verbose", nargs="?", const=1, default=0, type=int,
+                            metavar="LEVEL", help="log level as flanneld's -v: >0 is debug")
+    _log_format_flag(run_common)
+    run = sub.add_parser("run", parents=[run_common],
+                         help="take a subnet lease and carry this host's pod traffic",
+                         epilog="flanneld's syntax works too: -flag=value, -flag value, "
+                                "--bool=false. Precedence: command line > WEFT_<FLAG> > "
+                                "FLANNELD_<FLAG> > default.")
+    run.add_argument("--version", action="version", version=f"weft {_version()}")
     _etcd_flags(run)
-    _flag(run, "--iface", help="interface (name or IPv4 address) for inter-host traffic")
-    _flag(run, "--public-ip", type=IPv4Address, help="IP other hosts reach us at")
+    _flag(run, "--iface", action=_Repeatable,
+          help="interface (name or IPv4 address) for inter-host traffic; repeatable: the first "
+               "that exists is used")
+    _flag(run, "--iface-regex", action=_Repeatable,
+          help="regex for the interface's IPv4 address or name, when no --iface; repeatable: "
+               "the first interface one matches is used")
+    _flag(run, "--iface-can-reach", type=_optional(IPv4Address),
+          help="use the interface the kernel routes this address through (no --iface/-regex)")
+    _flag(run, "--public-ip", type=_optional(IPv4Address), help="IP other hosts reach us at")
     _flag(run, "--subnet-file", default=subnet_env.DEFAULT_PATH, help="subnet file to write")
     _flag(run, "--subnet-lease-renew-margin", type=_renew_margin, default=60,
           help="minutes before expiry to renew the lease (1-1439)")
-    _flag(run, "--ip-masq", action="store_true", help="written to subnet.env as FLANNEL_IPMASQ")
+    _flag(run, "--ip-masq", type=go_bool, help="written to subnet.env as FLANNEL_IPMASQ")
+    _flag(run, "--ip-blackhole-route", type=go_bool,
+          help="add a blackhole route for our subnet (left in place at exit, as flanneld)")
+    for spec in UNSUPPORTED:
+        _flag(run, f"--{spec.flag}", type=checked(spec), metavar="VALUE" if spec.parse is not
+              go_bool else "BOOL", help=f"flanneld's; weft lacks {spec.why}: only "
+              f"{', '.join(map(_go_text, spec.accepted))} accepted")
     _flag(run, "--lease-ttl", type=int, default=24 * 3600,
           help="etcd lease TTL in seconds (flannel: 24 h; shorten for tests)")
     _flag(run, "--healthz-ip", default="0.0.0.0", help="address for /healthz, /readyz, /metrics")
@@ -160,6 +245,36 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print a snapshot for offline tools (--leases FILE)")
     leases.set_defaults(func=cmd_leases)
     return parser
+
+
+def _go_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return '""' if value == "" else str(value)
+
+
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise KeyError(name)
+
+
+def normalize_run_argv(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """flanneld's Go flag syntax after `run` rewritten for argparse (see weft.goflags)."""
+    first = next((i for i, token in enumerate(argv) if not token.startswith("-")), None)
+    if first is None or argv[first] != "run":
+        return argv
+    booleans, valued = set(), set()
+    for action in _subcommand(parser, "run")._actions:
+        names = {o.lstrip("-") for o in action.option_strings if o.startswith("--")}
+        if action.dest == "verbose" or not names:
+            continue
+        if action.type is go_bool or getattr(action.type, "boolean", False):
+            booleans |= names
+        elif action.nargs is None:
+            valued |= names
+    return [*argv[:first + 1], *normalize(argv[first + 1:], booleans, valued)]
 
 
 def _registry(args):
@@ -301,7 +416,11 @@ def cmd_run(args) -> int:
         return EXIT_USAGE
     timing = LeaseTiming(ttl=args.lease_ttl, renew_margin=args.subnet_lease_renew_margin * 60.0,
                          retry=min(60.0, args.lease_ttl / 4))
-    options = RunOptions(iface=args.iface, public_ip=args.public_ip,
+    for line in notices(vars(args)):
+        logging.getLogger("weft").warning("%s", line)
+    options = RunOptions(iface=args.iface or [], iface_regex=args.iface_regex or [],
+                         iface_can_reach=args.iface_can_reach,
+                         ip_blackhole_route=args.ip_blackhole_route, public_ip=args.public_ip,
                          subnet_file=args.subnet_file, ip_masq=args.ip_masq, timing=timing,
                          healthz_ip=args.healthz_ip, healthz_port=args.healthz_port,
                          control_socket=args.control_socket or None,
@@ -319,14 +438,12 @@ def cmd_run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from weft.observe.logformat import setup_logging
+
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if args.verbose:  # the "weft" logger tree only: pyroute2 and grpc would drown it
-        logging.getLogger("weft").setLevel(logging.DEBUG)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(normalize_run_argv(parser, argv))
+    setup_logging(args.log_format, debug=bool(args.verbose))
     from weft.control.allocator import OutOfSubnets
     from weft.control.iface import InterfaceError
     from weft.control.lease_manager import AcquireError

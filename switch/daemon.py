@@ -21,6 +21,7 @@ from typing import Any
 
 from weft import backends
 from weft.control import subnet_env
+from weft.control.blackhole import add_blackhole_route
 from weft.control.config import NetworkConfig
 from weft.control.iface import find_external_interface
 from weft.control.lease import Lease
@@ -34,6 +35,7 @@ from weft.control.registry import (
     LeaseTaken,
     RegistryUnavailable,
 )
+from weft.observe.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,10 @@ CONFIG_RETRY = 1.0  # seconds between reads of a missing config, as flanneld
 
 @dataclass
 class RunOptions:
-    iface: str | None = None
+    iface: str | list[str] | None = None  # names or addresses; the first that exists is used
+    iface_regex: list[str] = field(default_factory=list)
+    iface_can_reach: IPv4Address | None = None
+    ip_blackhole_route: bool = False
     public_ip: IPv4Address | None = None
     subnet_file: str = subnet_env.DEFAULT_PATH
     ip_masq: bool = False
@@ -76,6 +81,7 @@ class Daemon:
         self.peers: PeerSync | None = None
         self.ready = threading.Event()  # lease held, subnet.env written, peers synced
         self.rng = random.Random()
+        self.notifier = Notifier.from_environment()  # systemd, when it started us
 
     def stop(self) -> None:
         self.stopping.set()
@@ -116,9 +122,12 @@ class Daemon:
     def run(self) -> int:
         """Run until stopped; 0 on a requested stop, 1 when our lease is lost."""
         servers = self._start_servers()
+        code = 1
         try:
-            return self._run()
+            code = self._run()
+            return code
         finally:
+            self.notifier.stopping("stopping" if code == 0 else "exiting on an error")
             for server in servers:
                 server.stop()
 
@@ -151,7 +160,8 @@ class Daemon:
         if self.config is None:
             return 0
         backends.check_type(self.config.backend_type)
-        iface = find_external_interface(self.options.iface, self.options.public_ip)
+        iface = find_external_interface(self.options.iface, self.options.public_ip,
+                                        self.options.iface_regex, self.options.iface_can_reach)
         log.info("using interface %s (index %d), PublicIP %s", iface.name, iface.index,
                  iface.public_ip)
         self.backend = backends.create(self.config, iface, self.options.backend_options)
@@ -164,11 +174,14 @@ class Daemon:
         assert self.config is not None
         timing = self.options.timing
         previous = subnet_env.read_previous_subnet(self.options.subnet_file)
+        self.notifier.status("acquiring a subnet lease")
         self.lease = self._retry_unreachable(
             "acquiring a subnet lease", acquire_lease, self.registry, self.config,
             backend.lease_attrs(), previous, timing, self.rng)
         if self.lease is None:
             return 0
+        if self.options.ip_blackhole_route:
+            add_blackhole_route(self.lease.subnet)
         backend.start(self.lease)
         subnet_env.write(self.options.subnet_file,
                          subnet_env.render(self.config, self.lease, backend.mtu,
@@ -185,6 +198,8 @@ class Daemon:
         self.peers.handle(LeaseEvents(tuple(leases), reset=True, revision=revision))
         stop_watch = self.registry.watch_leases(revision, self.events.put, self._watch_failed)
         self.ready.set()
+        self.notifier.ready(f"subnet {self.lease.subnet}, backend {self.config.backend_type}, "
+                            f"{self.options.subnet_file} written")
         try:
             return self._loop(self.keeper, self.peers)
         finally:
@@ -193,7 +208,10 @@ class Daemon:
 
     def _loop(self, keeper: LeaseKeeper, peers: PeerSync) -> int:
         while not self.stopping.is_set():
+            self.notifier.watchdog()  # here only: a loop that hangs stops the pings
             due = [keeper.next_due() - time.time()]
+            if self.notifier.watchdog_interval:
+                due.append(self.notifier.watchdog_interval / 2)
             if (peer_due := peers.next_due()) is not None:
                 due.append(peer_due - peers.clock())
             try:
@@ -250,6 +268,7 @@ class Daemon:
         """`fn(*args)`, again every second while etcd is unreachable (e.g. a member died and
         the client fails over); None if asked to stop meanwhile. Other errors end the daemon."""
         while True:
+            self.notifier.watchdog()  # waiting for etcd is healthy: systemd must not restart us
             try:
                 return fn(*args)
             except RegistryUnavailable as exc:
@@ -261,11 +280,13 @@ class Daemon:
         """flanneld retries every second until the operator writes the config."""
         logged = False
         while not self.stopping.is_set():
+            self.notifier.watchdog()
             try:
                 return self.registry.get_network_config()
             except ConfigNotFound as exc:
                 if not logged:
                     log.warning("%s (retrying every second)", exc)
+                    self.notifier.status(f"waiting for the network config: {exc}")
                     logged = True
             except RegistryUnavailable as exc:  # anything else is not cured by waiting
                 log.warning("%s (retrying)", exc)

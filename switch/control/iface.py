@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger(__name__)
 
 
 class InterfaceError(RuntimeError):
@@ -22,12 +28,20 @@ class ExternalInterface:
 
 
 def find_external_interface(
-    iface: str | None, public_ip: IPv4Address | None
+    iface: str | Sequence[str] | None, public_ip: IPv4Address | None,
+    iface_regex: Sequence[str] = (), can_reach: IPv4Address | None = None,
 ) -> ExternalInterface:
-    """`--iface` by name or address, else the default route's interface (as flanneld)."""
+    """The interface as flanneld chooses it: the first `--iface` (name or address) that exists,
+    else the first interface an `--iface-regex` matches (by address, then by name), else the
+    one the kernel routes `--iface-can-reach` through, else the default route's."""
+    names = [iface] if isinstance(iface, str) else list(iface or ())
     with IPRoute() as ipr:
-        if iface:
-            index = _lookup(ipr, iface)
+        if names:
+            index = _first(ipr, names, _lookup, "--iface")
+        elif iface_regex:
+            index = _first(ipr, list(iface_regex), _regex_lookup, "--iface-regex")
+        elif can_reach is not None:
+            index = _route_index(ipr, can_reach)
         else:
             index = _default_route_index(ipr)
         link = ipr.get_links(index)[0]
@@ -42,6 +56,51 @@ def find_external_interface(
             )
         public_ip = address
     return ExternalInterface(name, index, address, mtu, public_ip)
+
+
+def _first(ipr: IPRoute, candidates: list[str], lookup, flag: str) -> int:
+    """The first candidate that finds an interface; flanneld logs the misses and goes on."""
+    errors = []
+    for candidate in candidates:
+        try:
+            return lookup(ipr, candidate)
+        except InterfaceError as exc:
+            if len(candidates) == 1:
+                raise
+            log.info("%s", exc)
+            errors.append(candidate)
+    raise InterfaceError(f"no interface matches any {flag} given ({', '.join(errors)})")
+
+
+def _regex_lookup(ipr: IPRoute, pattern: str) -> int:
+    """Go's regexp.MatchString semantics (a search, not anchored): IPv4 addresses first, then
+    names of interfaces that have an IPv4 address, in index order (as flanneld)."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise InterfaceError(f"invalid --iface-regex {pattern!r}: {exc}") from None
+    addrs = sorted(ipr.get_addr(family=2), key=lambda a: a["index"])
+    for addr in addrs:
+        if regex.search(addr.get_attr("IFA_ADDRESS")):
+            return addr["index"]
+    with_ipv4 = {addr["index"] for addr in addrs}
+    for link in sorted(ipr.get_links(), key=lambda link: link["index"]):
+        if link["index"] in with_ipv4 and regex.search(link.get_attr("IFLA_IFNAME")):
+            return link["index"]
+    raise InterfaceError(f"no interface with an IPv4 address matches --iface-regex {pattern!r}")
+
+
+def _route_index(ipr: IPRoute, destination: IPv4Address) -> int:
+    """The interface of the kernel's route to `destination` (`ip route get`)."""
+    try:
+        routes = ipr.route("get", dst=str(destination))
+    except NetlinkError as exc:
+        raise InterfaceError(f"no route to --iface-can-reach {destination}: "
+                             f"{exc.args[-1] if exc.args else exc}") from None
+    for route in routes:
+        if oif := route.get_attr("RTA_OIF"):
+            return oif
+    raise InterfaceError(f"the route to --iface-can-reach {destination} names no interface")
 
 
 def _lookup(ipr: IPRoute, iface: str) -> int:
