@@ -1,8 +1,10 @@
 """A rogue VXLAN flood (100k+ pps from a host that holds no lease) while pods exchange TCP.
 
 What must hold: not one rogue packet reaches a pod, and every rogue datagram the kernel handed to
-weft is counted as unknown_sender. What is measured, not asserted: the offered rate and how much
-of the pods' TCP throughput survived the flood (iperf3 with and without it, in the same run).
+weft is counted as unknown_sender (the kernel may drop some when weft's socket buffer is full;
+those are counted by the kernel, not by weft). What is measured, not asserted: the offered rate
+and how much of the pods' TCP throughput survived the flood (iperf3 with and without it, in the
+same run).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.netns
 
 # Two senders, each as fast as it can: on a small shared machine one process alone may not
 # reach 100k pps (the sender also pays for the receiving side's softirq work over veth).
-FLOOD_PROCESSES = 2
+FLOOD_PROCESSES = 4
 IPERF_SECONDS = 4
 
 
@@ -91,14 +93,14 @@ def test_rogue_flood_reaches_no_pod_is_counted_and_tcp_goes_on():
 
         # Wait until weft has judged everything the kernel delivered; then compare.
         expected = offered["sent"]
-        deadline = time.time() + 20
-        last = -1
+        deadline = time.time() + 30
+        history: list[int] = []
         while time.time() < deadline:
             counted = _unknown_sender(cluster) - drops_before
             kernel = _kernel_drops(victim.ns) - kernel_before
-            if counted + kernel >= expected or counted == last:
-                break
-            last = counted
+            history.append(counted)
+            if counted + kernel >= expected or history[-4:] == [counted] * 4:
+                break  # all accounted for, or no progress for 1.5 s: a real shortfall
             time.sleep(0.5)
         icmp_after = netns.call_in(pod.ns, _snmp, "Icmp", "InMsgs")
         print(f"\nflood: offered {offered['pps'] / 1e3:.0f} kpps ({offered['sent']} datagrams in "
@@ -106,5 +108,8 @@ def test_rogue_flood_reaches_no_pod_is_counted_and_tcp_goes_on():
               f"rogue packets at the pod: {icmp_after - icmp_before}; TCP {quiet:.2f} Gbit/s "
               f"quiet, {flooded:.2f} under flood ({flooded / quiet:.0%} kept)")
         assert icmp_after == icmp_before, "a rogue packet reached the pod"
-        assert counted + kernel == expected
+        # Every rogue datagram the kernel delivered was counted, and nothing else was: the
+        # kernel's receive-buffer drops are shared with the peer's legitimate VXLAN on the same
+        # socket, so they bound the rogue ones from above rather than giving them exactly.
+        assert counted <= expected <= counted + kernel
         assert flooded > 0  # TCP went on; how fast is reported, not asserted
