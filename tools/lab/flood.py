@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import os
 import socket
 import time
 from typing import Any
@@ -38,12 +39,16 @@ _libc.sendmmsg.restype = ctypes.c_int
 
 
 def udp_flood(dst: str, port: int, payload: bytes, seconds: float,
-              rate: float | None = None) -> dict[str, Any]:
+              rate: float | None = None, nice: int = 0) -> dict[str, Any]:
     """Send `payload` to dst:port as fast as possible (or at `rate` pps) for `seconds`.
 
     Returns {"sent": datagrams the kernel accepted, "seconds": elapsed, "pps": achieved}.
-    Run it inside a namespace with netns.call_in / spawn_in.
+    Run it inside a namespace with netns.call_in / spawn_in, in a child of its own: `nice`
+    (negative: more CPU, as root) changes the calling process's priority for good. An attacker
+    does not share the CPU fairly, and on a small machine a fair share may not reach the rate.
     """
+    if nice:
+        os.nice(nice)
     buf = ctypes.create_string_buffer(payload, len(payload))
     iov = _IoVec(ctypes.cast(buf, ctypes.c_void_p), len(payload))
     msgs = (_MMsgHdr * BATCH)()
