@@ -289,17 +289,22 @@ def _registry(args):
 
 def cmd_config_put(args) -> int:
     source = args.source
+    # Read bytes and decode here: text-mode reads raise UnicodeDecodeError on bad UTF-8,
+    # which would end `weft config put` with a traceback instead of exit 2.
+    text: str | bytes
     if source == "-":
-        text = sys.stdin.read()
+        text = sys.stdin.buffer.read()
     elif source.lstrip().startswith("{"):
         text = source
     else:
         try:
-            text = Path(source).read_text()
+            text = Path(source).read_bytes()
         except OSError as exc:
             print(f"weft: cannot read config file {source}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
     try:
+        if isinstance(text, bytes):
+            text = _utf8(text)
         config = parse_config(text)
         backends.check_type(config.backend_type)
     except (ConfigError, backends.BackendError) as exc:
@@ -310,6 +315,13 @@ def cmd_config_put(args) -> int:
           f"/{config.subnet_len} subnets {config.subnet_min}..{config.subnet_max}, "
           f"backend {config.backend_type}")
     return 0
+
+
+def _utf8(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"network config is not UTF-8 text: {exc}") from None
 
 
 def cmd_config_show(args) -> int:

@@ -82,6 +82,7 @@ class Daemon:
         self.ready = threading.Event()  # lease held, subnet.env written, peers synced
         self.rng = random.Random()
         self.notifier = Notifier.from_environment()  # systemd, when it started us
+        self.servers: dict[str, Any] = {}  # "control"/"http" -> server, for their client stats
 
     def stop(self) -> None:
         self.stopping.set()
@@ -117,6 +118,10 @@ class Daemon:
             }
         if self.backend is not None:
             status.update(self.backend.status())
+        # Refused and cut-off clients of the control socket and health endpoints, by reason.
+        guards = {name: server.stats() for name, server in self.servers.items()}
+        if guards:
+            status["clients"] = guards
         return status
 
     def run(self) -> int:
@@ -143,6 +148,8 @@ class Daemon:
             servers.append(ControlServer(self.options.control_socket, self.control_handlers()))
         for server in servers:
             server.start()
+        self.servers = {("http" if isinstance(server, HealthServer) else "control"): server
+                        for server in servers}
         return servers
 
     def control_handlers(self) -> dict:

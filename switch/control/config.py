@@ -83,8 +83,10 @@ def parse_config(text: str | bytes) -> NetworkConfig:
     """Parse and validate a flannel network config; raise ConfigError with flannel's message."""
     try:
         raw = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"invalid JSON in network config: {exc}") from None
+    # ValueError: bad JSON, bad UTF-8, or an integer over Python's digit limit; RecursionError:
+    # nesting deeper than the parser goes. Either is the operator's input, not our bug.
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"invalid JSON in network config: {str(exc)[:200]}") from None
     if not isinstance(raw, dict):
         raise ConfigError("network config must be a JSON object")
     fields: dict[str, Any] = {}

@@ -61,14 +61,20 @@ class LeaseAttrs:
     def from_json(cls, text: str | bytes) -> LeaseAttrs:
         try:
             raw = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise LeaseFormatError(f"lease value is not JSON: {exc}") from None
+        # ValueError covers bad JSON and bad UTF-8, and also an integer over Python's digit
+        # limit; RecursionError is nesting deeper than the parser goes. Values come from etcd,
+        # where anyone with write access may put anything.
+        except (ValueError, RecursionError) as exc:
+            raise LeaseFormatError(f"lease value is not JSON: {str(exc)[:200]}") from None
         if not isinstance(raw, dict):
             raise LeaseFormatError("lease value is not a JSON object")
         fields = {k.lower(): v for k, v in raw.items()}
+        v4, v6 = fields.get("publicip"), fields.get("publicipv6")
+        # Addresses are JSON strings (Go's net.IP); IPv4Address(167772161) would take a number.
+        if not isinstance(v4, str) or not isinstance(v6, str | None):
+            raise LeaseFormatError("lease PublicIP/PublicIPv6 is not a string")
         try:
-            public_ip = IPv4Address(fields.get("publicip"))
-            v6 = fields.get("publicipv6")
+            public_ip = IPv4Address(v4)
             public_ipv6 = IPv6Address(v6) if v6 else None
         except (ValueError, TypeError) as exc:
             raise LeaseFormatError(f"lease value has a bad address: {exc}") from None

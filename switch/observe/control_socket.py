@@ -20,6 +20,8 @@ import selectors
 import socket
 import stat
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,6 +29,18 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONTROL_SOCKET = "/run/weft/weft.sock"
 MAX_REQUEST = 1 << 20  # one request line; anything longer is a confused or hostile client
+REQUEST_TIMEOUT = 5.0  # seconds from connect to a complete request line
+MAX_PENDING = 256  # connections still sending their request (one fd each, no thread)
+MAX_ACTIVE = 64  # requests being answered at once, one thread each
+MAX_STREAMS = 16  # of those, long-lived streams (live trace)
+SEND_TIMEOUT = 30.0  # a client that stops reading its answer is dropped after this
+LISTEN_BACKLOG = 128
+ACCEPT_BATCH = 64
+# What stats() always reports, zero or not: connections accepted and answered, and each reason
+# a connection was refused or cut off.
+COUNTED = ("accepted", "served", "bad_request", "too_long", "timed_out", "evicted", "busy",
+           "accept_failed", "internal_error")
+WARN_INTERVAL = 60.0
 
 Handler = Callable[[dict], dict | Iterator[dict | None]]
 
@@ -39,8 +53,28 @@ def _encode(message: dict) -> bytes:
     return json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n"
 
 
+class _Pending:
+    """A connection whose request line is still arriving."""
+
+    __slots__ = ("deadline", "data")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.data = bytearray()
+
+
 class ControlServer:
-    """Serves `handlers` on a 0600 Unix socket at `path`, one thread per connection."""
+    """Serves `handlers` on a 0600 Unix socket at `path`.
+
+    Hostile or broken clients must not starve `weft status`, so connections are handled in two
+    stages. Until its request line is complete a connection costs one fd and no thread: the
+    accept thread reads all of them with one selector, gives each REQUEST_TIMEOUT seconds from
+    connect, and when MAX_PENDING are waiting it closes the oldest to admit the newest (a client
+    that sends its request at once is never the oldest for long). A complete request gets a
+    thread, at most MAX_ACTIVE at a time and at most MAX_STREAMS of them long-lived streams
+    (live trace); beyond that the client is told the daemon is busy. Every refusal is counted
+    (`stats()`, shown by `weft status`).
+    """
 
     def __init__(self, path: str, handlers: dict[str, Handler]) -> None:
         self.path = path
@@ -49,8 +83,19 @@ class ControlServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._conns: set[socket.socket] = set()
+        self._conns: set[socket.socket] = set()  # connections being answered by a thread
         self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._pending_count = 0
+        self._streams = 0
+        self._warned: dict[str, float] = {}
+
+    def stats(self) -> dict[str, int]:
+        """Connections accepted and refused by reason, and how many are open right now."""
+        with self._lock:
+            counts = {reason: self._counts.get(reason, 0) for reason in COUNTED}
+            return {**counts, **self._counts, "pending": self._pending_count,
+                    "active": len(self._conns), "streams": self._streams}
 
     def start(self) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
@@ -64,7 +109,8 @@ class ControlServer:
                 os.unlink(tmp)
             listener.bind(tmp)
             os.chmod(tmp, 0o600)
-            listener.listen(16)
+            listener.listen(LISTEN_BACKLOG)
+            listener.setblocking(False)  # accept drains a burst, then goes back to select
             os.rename(tmp, self.path)
         except BaseException:
             listener.close()
@@ -119,57 +165,159 @@ class ControlServer:
             probe.close()
         raise ControlError(f"another weft daemon is listening at {self.path}")
 
+    # -- stage one: reading request lines, all in the accept thread --------------------------
+
     def _accept_loop(self) -> None:
         assert self._listener is not None
+        pending: dict[socket.socket, _Pending] = {}  # insertion order is age: oldest first
         with selectors.DefaultSelector() as sel:
             sel.register(self._listener, selectors.EVENT_READ)
             sel.register(self._wake_r, selectors.EVENT_READ)
-            while not self._stopping.is_set():
-                ready = [key.fileobj for key, _ in sel.select()]
-                if self._listener not in ready:
-                    continue
-                try:
-                    conn, _ = self._listener.accept()
-                except OSError:
-                    continue
-                with self._lock:
-                    self._conns.add(conn)
-                threading.Thread(target=self._serve_conn, args=(conn,), name="weft-control-conn",
-                                 daemon=True).start()
+            try:
+                while not self._stopping.is_set():
+                    timeout = None
+                    if pending:
+                        oldest = next(iter(pending.values()))
+                        timeout = max(oldest.deadline - time.monotonic(), 0.0)
+                    for key, _ in sel.select(timeout):
+                        if key.fileobj is self._listener:
+                            self._accept(sel, pending)
+                        elif key.fileobj in pending:  # not evicted earlier in this batch
+                            self._receive_guarded(sel, pending, key.fileobj)
+                    self._expire(sel, pending)
+            finally:
+                for conn in pending:
+                    conn.close()
+                self._set_pending(0)
 
-    def _serve_conn(self, conn: socket.socket) -> None:
+    def _accept(self, sel: selectors.BaseSelector, pending: dict) -> None:
+        assert self._listener is not None
+        for _ in range(ACCEPT_BATCH):  # then back to select, so requests get read between
+            try:
+                conn, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: refuse this one, keep serving
+                self._count("accept_failed", f"accept failed: {exc}")
+                return
+            self._count("accepted")
+            if len(pending) >= MAX_PENDING:
+                victim = next(iter(pending))
+                self._receive_guarded(sel, pending, victim)  # its request may be waiting
+                if victim in pending:
+                    self._drop(sel, pending, victim)
+                    self._reject(victim, "evicted: too many clients still sending their "
+                                 "request", "evicted")
+            conn.setblocking(False)
+            pending[conn] = _Pending(time.monotonic() + REQUEST_TIMEOUT)
+            sel.register(conn, selectors.EVENT_READ)
+            self._set_pending(len(pending))
+
+    def _receive_guarded(self, sel: selectors.BaseSelector, pending: dict,
+                         conn: socket.socket) -> None:
+        # This thread serves every client: one client's surprise must cost only that client.
         try:
-            request = self._read_request(conn)
-            if request is not None:
-                self._dispatch(conn, request)
+            self._receive(sel, pending, conn)
+        except Exception as exc:
+            log.exception("control socket: reading a request failed")
+            if conn in pending:
+                self._drop(sel, pending, conn)
+            self._reject(conn, f"internal error reading the request: {exc}", "internal_error")
+
+    def _receive(self, sel: selectors.BaseSelector, pending: dict, conn: socket.socket) -> None:
+        entry = pending[conn]
+        try:
+            chunk = conn.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            entry.data += chunk
+        if b"\n" in chunk or (not chunk and entry.data):
+            # A complete line, or a client that half-closed after writing its request.
+            self._drop(sel, pending, conn)
+            self._start_request(conn, bytes(entry.data.split(b"\n", 1)[0]))
+        elif not chunk:
+            self._drop(sel, pending, conn)
+            conn.close()  # connected and hung up without a word
+        elif len(entry.data) > MAX_REQUEST:
+            self._drop(sel, pending, conn)
+            self._reject(conn, f"request too long (over {MAX_REQUEST} bytes)", "too_long")
+
+    def _expire(self, sel: selectors.BaseSelector, pending: dict) -> None:
+        now = time.monotonic()
+        while pending:
+            conn, entry = next(iter(pending.items()))
+            if entry.deadline > now:
+                return
+            self._drop(sel, pending, conn)
+            self._reject(conn, f"no complete request within {REQUEST_TIMEOUT:g}s", "timed_out")
+
+    def _drop(self, sel: selectors.BaseSelector, pending: dict, conn: socket.socket) -> None:
+        sel.unregister(conn)
+        del pending[conn]
+        self._set_pending(len(pending))
+
+    def _start_request(self, conn: socket.socket, line: bytes) -> None:
+        try:
+            request = json.loads(line)
+        except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested deep
+            self._reject(conn, f"request is not JSON: {exc}", "bad_request")
+            return
+        if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+            self._reject(conn, 'request must be an object with a "cmd" string', "bad_request")
+            return
+        with self._lock:
+            busy = len(self._conns) >= MAX_ACTIVE
+            if not busy:
+                self._conns.add(conn)
+        if busy:
+            self._reject(conn, f"busy: {MAX_ACTIVE} requests in progress, try again", "busy")
+            return
+        conn.setblocking(True)
+        conn.settimeout(SEND_TIMEOUT)  # a client that stops reading its answer lets go of us
+        threading.Thread(target=self._serve_conn, args=(conn, request),
+                         name="weft-control-conn", daemon=True).start()
+
+    def _reject(self, conn: socket.socket, message: str, reason: str) -> None:
+        """Count, answer with an error line if the socket takes it without blocking, close."""
+        self._count(reason, message)
+        try:
+            conn.setblocking(False)
+            conn.send(_encode({"error": message}))
+        except OSError:
+            pass
+        conn.close()
+
+    def _count(self, reason: str, message: str = "") -> None:
+        with self._lock:
+            self._counts[reason] += 1
+        if not message:
+            return
+        # One warning per reason per minute: a flood of bad clients must not flood the log.
+        now = time.monotonic()
+        if now - self._warned.get(reason, -WARN_INTERVAL) >= WARN_INTERVAL:
+            self._warned[reason] = now
+            log.warning("control socket: %s (%s; counted in weft status, warned once a minute)",
+                        message, reason)
+
+    def _set_pending(self, n: int) -> None:
+        with self._lock:
+            self._pending_count = n
+
+    # -- stage two: answering, one thread per complete request ------------------------------
+
+    def _serve_conn(self, conn: socket.socket, request: dict) -> None:
+        try:
+            self._dispatch(conn, request)
+            self._count("served")
         except OSError as exc:
             log.debug("control client went away: %s", exc)
         finally:
             with self._lock:
                 self._conns.discard(conn)
             conn.close()
-
-    def _read_request(self, conn: socket.socket) -> dict | None:
-        conn.settimeout(10.0)  # a client that connects and says nothing must not pin a thread
-        data = b""
-        while b"\n" not in data:
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-            if len(data) > MAX_REQUEST:
-                conn.sendall(_encode({"error": "request too long"}))
-                return None
-        conn.settimeout(None)
-        try:
-            request = json.loads(data.split(b"\n", 1)[0])
-        except ValueError as exc:
-            conn.sendall(_encode({"error": f"request is not JSON: {exc}"}))
-            return None
-        if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-            conn.sendall(_encode({"error": 'request must be an object with a "cmd" string'}))
-            return None
-        return request
 
     def _dispatch(self, conn: socket.socket, request: dict) -> None:
         args = dict(request)
@@ -187,8 +335,25 @@ class ControlServer:
             return
         if isinstance(result, dict):
             conn.sendall(_encode(result))
-        else:
+            return
+        with self._lock:
+            busy = self._streams >= MAX_STREAMS
+            if not busy:
+                self._streams += 1
+        if busy:
+            # Streams hold their thread for as long as the client likes; cap them below
+            # MAX_ACTIVE so one-shot requests such as `status` always find a free slot.
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+            self._count("busy", f"{MAX_STREAMS} streams open")
+            conn.sendall(_encode({"error": f"busy: {MAX_STREAMS} streams open, try again"}))
+            return
+        try:
             self._stream(conn, cmd, result)
+        finally:
+            with self._lock:
+                self._streams -= 1
 
     def _stream(self, conn: socket.socket, cmd: str, items: Iterator[dict | None]) -> None:
         try:
@@ -231,7 +396,7 @@ def _connect(path: str, timeout: float | None) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        sock.connect(path)
+        _connect_retrying(sock, path, timeout)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         sock.close()
         raise ControlError(f"no weft daemon at {path}: is `weft run` running?") from exc
@@ -243,6 +408,23 @@ def _connect(path: str, timeout: float | None) -> socket.socket:
         sock.close()
         raise ControlError(f"cannot connect to {path}: {exc}") from exc
     return sock
+
+
+def _connect_retrying(sock: socket.socket, path: str, timeout: float | None) -> None:
+    """connect(), waiting out a full listen backlog (a burst of other clients).
+
+    A Unix socket with a timeout fails at once with EAGAIN when the backlog is full, where
+    a blocking one would wait; the daemon drains the backlog continuously, so keep trying.
+    """
+    deadline = time.monotonic() + (timeout if timeout is not None else 3600.0)
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
 
 
 def _send_request(sock: socket.socket, path: str, cmd: str, args: dict) -> None:

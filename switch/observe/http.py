@@ -12,9 +12,9 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from weft.observe.http_guard import GuardedHandler, GuardedHTTPServer
 from weft.packet.reasons import reason_name
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,7 @@ class HealthServer:
         self.host = host
         self._requested_port = port
         self.status_provider = status_provider
-        self._httpd: ThreadingHTTPServer | None = None
+        self._httpd: GuardedHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -217,13 +217,17 @@ class HealthServer:
         return self._httpd.server_address[1]
 
     def start(self) -> None:
-        httpd = ThreadingHTTPServer((self.host, self._requested_port), _make_handler(self))
-        httpd.daemon_threads = True  # a stuck scrape must not block process exit
+        # Connection cap, request deadline, head size and method limits: see http_guard.
+        httpd = GuardedHTTPServer((self.host, self._requested_port), _make_handler(self))
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="weft-health", daemon=True)
         self._thread.start()
         log.info("health and metrics on http://%s:%d/", self.host, self.port)
+
+    def stats(self) -> dict[str, int]:
+        """Connections accepted, and refused or cut off by reason (see http_guard)."""
+        return self._httpd.stats() if self._httpd is not None else {}
 
     def stop(self) -> None:
         if self._httpd is None:
@@ -256,10 +260,8 @@ class HealthServer:
         return 503, text, f"not ready: {not_ready_reason(status)}\n"
 
 
-def _make_handler(server: HealthServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+def _make_handler(server: HealthServer) -> type[GuardedHandler]:
+    class Handler(GuardedHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server naming)
             self._reply(send_body=True)
 
