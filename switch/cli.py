@@ -66,6 +66,23 @@ def _renew_margin(text: str) -> int:
     return value
 
 
+def _bool(text: str) -> bool:
+    """A Go-style boolean flag value (--flag=false)."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "t", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "f", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="weft", description="Userspace overlay-network switch, a drop-in peer of flannel.")
@@ -81,7 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(run, "--subnet-file", default=subnet_env.DEFAULT_PATH, help="subnet file to write")
     _flag(run, "--subnet-lease-renew-margin", type=_renew_margin, default=60,
           help="minutes before expiry to renew the lease (1-1439)")
-    _flag(run, "--ip-masq", action="store_true", help="written to subnet.env as FLANNEL_IPMASQ")
+    _flag(run, "--ip-masq", action="store_true",
+          help="masquerade pod traffic leaving the cluster network (iptables nat rules in "
+               "chain WEFT-POSTRTG); also written to subnet.env as FLANNEL_IPMASQ")
+    _flag(run, "--ip-masq-fully-random-disable", action="store_true",
+          help="masquerade without --random-fully even where iptables supports it")
+    _flag(run, "--iptables-resync", type=_positive_int, default=5,
+          help="seconds between checks that our iptables rules are still in place")
+    _flag(run, "--iptables-forward-rules", type=_bool, nargs="?", const=True, default=True,
+          help="accept forwarding from and to the cluster network (filter chain WEFT-FWD); "
+               "--iptables-forward-rules=false turns it off")
     _flag(run, "--lease-ttl", type=int, default=24 * 3600,
           help="etcd lease TTL in seconds (flannel: 24 h; shorten for tests)")
     _flag(run, "--healthz-ip", default="0.0.0.0", help="address for /healthz, /readyz, /metrics")
@@ -305,7 +331,10 @@ def cmd_run(args) -> int:
                          subnet_file=args.subnet_file, ip_masq=args.ip_masq, timing=timing,
                          healthz_ip=args.healthz_ip, healthz_port=args.healthz_port,
                          control_socket=args.control_socket or None,
-                         backend_options={"datapath": args.datapath})
+                         backend_options={"datapath": args.datapath},
+                         ip_masq_random_fully=not args.ip_masq_fully_random_disable,
+                         iptables_forward_rules=args.iptables_forward_rules,
+                         iptables_resync=float(args.iptables_resync))
     daemon = Daemon(_registry(args), options)
 
     def on_signal(signum, _frame):
