@@ -66,10 +66,10 @@ def iptables(cluster: Cluster, host: int, *args: str) -> str:
                             check=True).stdout
 
 
-@pytest.fixture(scope="module")
-def masq():
+@pytest.fixture(scope="module", params=["vxlan", "host-gw"])
+def masq(request):
     with Lab(hosts=2) as lab:
-        cluster = Cluster(lab, backend="vxlan")
+        cluster = Cluster(lab, backend=request.param)
         cluster.start_etcd()
         for h in cluster.hosts:
             cluster.start_weft(h.index, "--ip-masq", "--iptables-resync", str(RESYNC))
@@ -141,3 +141,12 @@ def test_forward_policy_drop_does_not_break_pod_traffic(masq):
     finally:
         for h in cluster.hosts:
             iptables(cluster, h.index, "-P", "FORWARD", "ACCEPT")
+
+
+def test_rules_stay_when_weft_stops(masq):
+    """As flanneld's: pods keep their way out while the daemon restarts."""
+    cluster, outside = masq
+    assert cluster.stop_weft(1) == 0
+    assert "WEFT-POSTRTG" in iptables(cluster, 1, "-t", "nat", "-S", "POSTROUTING")
+    assert seen_by(cluster, cluster.hosts[1].pods[0].ns, outside,
+                   str(OUTSIDE_IP)) == cluster.hosts[1].public_ip

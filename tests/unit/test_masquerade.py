@@ -205,3 +205,21 @@ def test_metric_and_status_line():
     assert "iptables:  nat/WEFT-POSTRTG applied, 3 resyncs\n" in format_status(status)
     failing = {"iptables": {"chains": [], "applied": False, "resyncs": 0, "error": "boom"}}
     assert "  failing: boom" in format_status(failing)
+
+
+def test_cli_flags():
+    from weft.cli import build_parser
+
+    parse = build_parser().parse_args
+    args = parse(["run"])
+    assert (args.ip_masq, args.iptables_forward_rules, args.iptables_resync,
+            args.ip_masq_fully_random_disable) == (False, True, 5, False)
+    args = parse(["run", "--ip-masq", "--iptables-forward-rules=false", "--iptables-resync",
+                  "2", "--ip-masq-fully-random-disable"])
+    assert (args.ip_masq, args.iptables_forward_rules, args.iptables_resync,
+            args.ip_masq_fully_random_disable) == (True, False, 2, True)
+    assert parse(["run", "--iptables-forward-rules"]).iptables_forward_rules is True
+    with pytest.raises(SystemExit):
+        parse(["run", "--iptables-forward-rules=maybe"])
+    with pytest.raises(SystemExit):
+        parse(["run", "--iptables-resync", "0"])
