@@ -126,6 +126,13 @@ def _log_format_flag(parser: argparse.ArgumentParser) -> None:
           help="log lines as text, or one JSON object per line for log shippers")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="weft", description="Userspace overlay-network switch, a drop-in peer of flannel.")
@@ -160,7 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(run, "--subnet-file", default=subnet_env.DEFAULT_PATH, help="subnet file to write")
     _flag(run, "--subnet-lease-renew-margin", type=_renew_margin, default=60,
           help="minutes before expiry to renew the lease (1-1439)")
-    _flag(run, "--ip-masq", type=go_bool, help="written to subnet.env as FLANNEL_IPMASQ")
+    _flag(run, "--ip-masq", type=go_bool,
+          help="masquerade pod traffic leaving the cluster network (iptables nat rules in "
+               "chain WEFT-POSTRTG); also written to subnet.env as FLANNEL_IPMASQ")
+    _flag(run, "--ip-masq-fully-random-disable", type=go_bool,
+          help="masquerade without --random-fully even where iptables supports it")
+    _flag(run, "--iptables-resync", type=_positive_int, default=5,
+          help="seconds between checks that our iptables rules are still in place")
+    _flag(run, "--iptables-forward-rules", type=go_bool, default=True,
+          help="accept forwarding from and to the cluster network (filter chain WEFT-FWD); "
+               "--iptables-forward-rules=false turns it off")
     _flag(run, "--ip-blackhole-route", type=go_bool,
           help="add a blackhole route for our subnet (left in place at exit, as flanneld)")
     for spec in UNSUPPORTED:
@@ -436,7 +452,10 @@ def cmd_run(args) -> int:
                          subnet_file=args.subnet_file, ip_masq=args.ip_masq, timing=timing,
                          healthz_ip=args.healthz_ip, healthz_port=args.healthz_port,
                          control_socket=args.control_socket or None,
-                         backend_options={"datapath": args.datapath})
+                         backend_options={"datapath": args.datapath},
+                         ip_masq_random_fully=not args.ip_masq_fully_random_disable,
+                         iptables_forward_rules=args.iptables_forward_rules,
+                         iptables_resync=float(args.iptables_resync))
     daemon = Daemon(_registry(args), options)
 
     def on_signal(signum, _frame):

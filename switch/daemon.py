@@ -20,6 +20,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from weft import backends
+from weft.backends.masquerade import TrafficRules, start_traffic_rules
 from weft.control import subnet_env
 from weft.control.blackhole import add_blackhole_route
 from weft.control.config import NetworkConfig
@@ -64,6 +65,11 @@ class RunOptions:
     control_socket: str | None = None
     lease_check_interval: float = CHECK_INTERVAL  # seconds between checks of our key in etcd
     peer_removal_grace: float = REMOVAL_GRACE  # seconds a peer stays after its lease is gone
+    # iptables (backends/masquerade.py). Forward rules default off here so that a Daemon built
+    # in code never touches the host's iptables; `weft run` defaults them on, as flanneld.
+    ip_masq_random_fully: bool = True
+    iptables_forward_rules: bool = False
+    iptables_resync: float = 5.0  # seconds between checks of our rules
 
 
 class Daemon:
@@ -79,6 +85,7 @@ class Daemon:
         self.backend: backends.Backend | None = None
         self.keeper: LeaseKeeper | None = None
         self.peers: PeerSync | None = None
+        self.traffic: TrafficRules | None = None  # masquerade/forward rules, when asked for
         self.ready = threading.Event()  # lease held, subnet.env written, peers synced
         self.rng = random.Random()
         self.notifier = Notifier.from_environment()  # systemd, when it started us
@@ -122,6 +129,8 @@ class Daemon:
         guards = {name: server.stats() for name, server in self.servers.items()}
         if guards:
             status["clients"] = guards
+        if self.traffic is not None:
+            status["iptables"] = self.traffic.status()
         return status
 
     def run(self) -> int:
@@ -175,6 +184,8 @@ class Daemon:
         try:
             return self._serve(self.backend)
         finally:
+            if self.traffic is not None:
+                self.traffic.stop()  # the rules stay, as flanneld's do
             self.backend.close()
 
     def _serve(self, backend: backends.Backend) -> int:
@@ -190,6 +201,15 @@ class Daemon:
         if self.options.ip_blackhole_route:
             add_blackhole_route(self.lease.subnet)
         backend.start(self.lease)
+        opts = self.options
+        if self.config.backend_type == "alloc":
+            # Leases only: no pod traffic crosses this host for weft, so there is nothing to
+            # masquerade or forward (and tests of the lease logic leave the host's iptables be).
+            log.info("backend alloc carries no pod traffic: no iptables rules installed")
+        else:
+            self.traffic = start_traffic_rules(self.config.network, self.lease.subnet, previous,
+                                               opts.ip_masq, opts.iptables_forward_rules,
+                                               opts.ip_masq_random_fully, opts.iptables_resync)
         subnet_env.write(self.options.subnet_file,
                          subnet_env.render(self.config, self.lease, backend.mtu,
                                            self.options.ip_masq))

@@ -4,11 +4,11 @@ An operator replacing flanneld keeps the unit file. Two rules decide whether a f
 implement stops `weft run` (exit 2, "not supported (yet) by weft: ..."):
 
 - a value that asks for something weft does not do stops it: silently running without what the
-  unit asked for (an IPv6 PublicIP, iptables rules resynced every N s) would be worse;
+  unit asked for (an IPv6 PublicIP, the Kubernetes subnet manager) would be worse;
 - flanneld's own default, or a value that asks for exactly what weft does, is accepted: units
-  often spell defaults out (`-iptables-forward-rules=true`), and refusing them would only make
-  the operator edit a line that changes nothing. Such a value is logged once at start
-  (notices()) when weft's behaviour differs from flanneld's, e.g. weft adds no FORWARD rules.
+  often spell defaults out (`-kube-subnet-mgr=false`), and refusing them would only make the
+  operator edit a line that changes nothing. Such a value is logged once at start (notices())
+  when weft's behaviour differs from flanneld's.
 """
 
 from __future__ import annotations
@@ -41,15 +41,6 @@ class Unsupported:
 
 UNSUPPORTED = (
     Unsupported("public-ipv6", str, ("",), "IPv6 (weft carries IPv4 only)"),
-    Unsupported("ip-masq-fully-random-disable", go_bool, (False,),
-                "masquerade rules (weft installs no iptables rules yet)"),
-    Unsupported("iptables-resync", int, (5,),
-                "iptables rules to resync (weft installs none yet)"),
-    Unsupported("iptables-forward-rules", go_bool, (True, False),
-                "iptables FORWARD rules",
-                notice="weft adds no iptables FORWARD rules (flanneld's "
-                       "--iptables-forward-rules=true adds ACCEPT rules for the network): with a "
-                       "FORWARD policy of DROP, allow the pod network yourself"),
     Unsupported("kube-subnet-mgr", go_bool, (False,),
                 "the Kubernetes subnet manager (weft takes leases from etcd)"),
 )

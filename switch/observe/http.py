@@ -142,7 +142,7 @@ def render_metrics(status: dict) -> str:
         dp_info.add(1, mode=datapath["mode"])
 
     families = (packets, octets, drops, slow, peer_gauge, expiry, lease_info, ready, dp_info,
-                *_store_families(status), _repairs_family(status))
+                *_store_families(status), _repairs_family(status), _iptables_family(status))
     lines = [line for family in families for line in family.render()]
     return "\n".join(lines) + "\n"
 
@@ -153,6 +153,18 @@ def _repairs_family(status: dict) -> _Family:
                      "Kernel state restored by the repair pass, by what was restored.")
     for what, value in sorted(_mapping(status.get("repairs")).items()):
         family.add(value, what=what)
+    return family
+
+
+def _iptables_family(status: dict) -> _Family:
+    """Re-applications of our iptables rules after something changed them (absent when
+    weft installs none)."""
+    family = _Family("weft_iptables_resyncs_total", "counter",
+                     "Times the masquerade/forward iptables rules were found changed and "
+                     "re-applied.")
+    iptables = _mapping(status.get("iptables"))
+    if iptables:
+        family.add(iptables.get("resyncs", 0))
     return family
 
 

@@ -145,8 +145,22 @@ def _repair_lines(status: Mapping) -> list[str]:
     return lines
 
 
+def _iptables_lines(status: Mapping) -> list[str]:
+    """Our masquerade/forward rules: which chains, how often re-applied, a failing apply."""
+    iptables = _mapping(status.get("iptables"))
+    if not iptables:
+        return []
+    chains = ", ".join(map(str, iptables.get("chains") or [])) or "none"
+    state = "applied" if iptables.get("applied") else "not applied"
+    lines = [f"iptables:  {chains} {state}, {iptables.get('resyncs', 0)} resyncs"]
+    if iptables.get("error"):
+        lines.append(f"  failing: {iptables['error']}")
+    return lines
+
+
 def format_status(status: dict) -> str:
     """The `weft status` report: lease, etcd, datapath, peers, counters, repairs."""
     sections = [_lease_lines(status), _etcd_lines(status), _datapath_lines(status),
-                _peer_lines(status), _counter_lines(status), _repair_lines(status)]
+                _peer_lines(status), _counter_lines(status), _repair_lines(status),
+                _iptables_lines(status)]
     return "\n".join(line for section in sections for line in section) + "\n"

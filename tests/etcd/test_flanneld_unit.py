@@ -95,7 +95,8 @@ def test_fedora_unit_exec_start_runs_unchanged(etcd_server, etcd_prefix, registr
     finally:
         code, out = stop(proc)
     assert code == 0, out
-    assert "weft adds no iptables FORWARD rules" in out  # what -iptables-forward-rules lacks
+    # -ip-masq and -iptables-forward-rules=true are taken; alloc carries no pod traffic to filter
+    assert "backend alloc carries no pod traffic: no iptables rules installed" in out
 
 
 def test_flanneld_environment_variables_alone_configure_run(etcd_server, etcd_prefix, registry,

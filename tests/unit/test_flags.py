@@ -126,8 +126,6 @@ def test_empty_public_ip_means_unset():
 
 @pytest.mark.parametrize("argv, message", [
     (["-public-ipv6=fd00::1"], "not supported (yet) by weft: --public-ipv6=fd00::1"),
-    (["-iptables-resync=10"], "not supported (yet) by weft: --iptables-resync=10"),
-    (["-ip-masq-fully-random-disable"], "--ip-masq-fully-random-disable=true"),
     (["-kube-subnet-mgr"], "not supported (yet) by weft: --kube-subnet-mgr=true"),
 ])
 def test_unimplemented_flags_exit_2_with_the_reason(capsys, argv, message):
@@ -146,11 +144,12 @@ def test_flanneld_defaults_of_unimplemented_flags_start():
     assert parse("run", "-iptables-forward-rules=false").iptables_forward_rules is False
 
 
-def test_forward_rules_notice_unless_turned_off():
-    from weft.flanneld_flags import notices
-
-    assert any("FORWARD" in line for line in notices(vars(parse("run"))))
-    assert notices(vars(parse("run", "-iptables-forward-rules=false"))) == []
+def test_masquerade_flags_in_flanneld_syntax(capsys):
+    args = parse("run", "-ip-masq", "-iptables-resync", "10", "-ip-masq-fully-random-disable")
+    assert args.ip_masq is True and args.iptables_resync == 10
+    assert args.ip_masq_fully_random_disable is True
+    assert parse("run").iptables_forward_rules is True  # flanneld's default
+    assert "must be at least 1" in usage_error(capsys, "run", "-iptables-resync=0")
 
 
 def test_go_bool_spellings():
