@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
+from weft.control.json_object import json_object
+
 
 class ConfigError(ValueError):
     """The network config is invalid; the message is flannel's where flannel has one."""
@@ -81,14 +83,8 @@ class NetworkConfig:
 
 def parse_config(text: str | bytes) -> NetworkConfig:
     """Parse and validate a flannel network config; raise ConfigError with flannel's message."""
-    try:
-        raw = json.loads(text)
-    # ValueError: bad JSON, bad UTF-8, or an integer over Python's digit limit; RecursionError:
-    # nesting deeper than the parser goes. Either is the operator's input, not our bug.
-    except (ValueError, RecursionError) as exc:
-        raise ConfigError(f"invalid JSON in network config: {str(exc)[:200]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError("network config must be a JSON object")
+    raw = json_object(text, ConfigError, "invalid JSON in network config",
+                      "network config must be a JSON object")
     fields: dict[str, Any] = {}
     for key, value in raw.items():
         name = _FIELDS.get(str(key).lower())
