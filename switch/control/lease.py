@@ -37,16 +37,20 @@ class LeaseAttrs:
 
     @property
     def vtep_mac(self) -> str | None:
-        data = self.backend_data
-        if isinstance(data, dict) and isinstance(data.get("VtepMAC"), str):
-            return data["VtepMAC"]
-        return None
+        return self._backend_field("VtepMAC", str)
 
     @property
     def vni(self) -> int | None:
+        return self._backend_field("VNI", int)
+
+    def _backend_field(self, name: str, kind: type) -> Any:
+        """BackendData[name] if BackendData is an object and the field is a `kind`; else None.
+
+        BackendData is whatever the peer wrote: a missing or mistyped field is "not known".
+        """
         data = self.backend_data
-        if isinstance(data, dict) and isinstance(data.get("VNI"), int):
-            return data["VNI"]
+        if isinstance(data, dict) and isinstance(data.get(name), kind):
+            return data[name]
         return None
 
     def to_json(self) -> str:
