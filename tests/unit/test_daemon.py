@@ -245,12 +245,20 @@ class Recording:
         self._apply(batch)
 
 
-def test_a_peer_that_comes_back_within_the_grace_is_never_unprogrammed(running, tmp_path):
+def running_with_a_peer(running, tmp_path, peer_removal_grace: float):
+    """A ready daemon with the peer programmed and, from before the peer, its batches recorded.
+
+    Returns (registry, run, record, the peer's subnet).
+    """
     registry = MemoryRegistry(NETWORK)
-    run = running(registry, tmp_path, peer_removal_grace=3600)
+    run = running(registry, tmp_path, peer_removal_grace=peer_removal_grace)
     run.wait_ready()
     record = Recording(run.daemon)
-    peer = program_peer(registry, run).subnet
+    return registry, run, record, program_peer(registry, run).subnet
+
+
+def test_a_peer_that_comes_back_within_the_grace_is_never_unprogrammed(running, tmp_path):
+    registry, run, record, peer = running_with_a_peer(running, tmp_path, 3600)
     registry.delete_lease(peer)
     wait_until(lambda: run.daemon.status()["peer_sync"]["pending_removal"] == [str(peer)],
                "the removal to be deferred")
@@ -261,11 +269,7 @@ def test_a_peer_that_comes_back_within_the_grace_is_never_unprogrammed(running, 
 
 def test_a_peer_removal_waits_for_the_grace_and_the_store(running, tmp_path):
     """Once the grace has run out the store is asked: present -> kept, absent -> removed."""
-    registry = MemoryRegistry(NETWORK)
-    run = running(registry, tmp_path, peer_removal_grace=0.2)
-    run.wait_ready()
-    record = Recording(run.daemon)
-    peer = program_peer(registry, run).subnet
+    registry, run, record, peer = running_with_a_peer(running, tmp_path, 0.2)
     registry.hold_watches()  # the deletion arrives, the re-create does not (a lagging watch)
     registry.delete_lease(peer)
     registry.create_lease(peer, PEER, ttl=60)
