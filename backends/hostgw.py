@@ -32,9 +32,7 @@ class HostGwBackend:
             raise BackendError(NAT_ERROR)
         self.iface = iface
         self.mtu = iface.mtu
-        self.peers = PeerPrograms("host-gw", self._program, self._unprogram,
-                                  program_many=self._program_many,
-                                  unprogram_many=self._unprogram_many)
+        self.peers = PeerPrograms("host-gw", self._program_many, self._unprogram_many)
         self.lock = threading.RLock()  # peer programming and repair passes take turns
         self.reconciler = Reconciler(self)
         self.attrs_changed = threading.Event()  # our PublicIP changed: republish the lease
@@ -66,16 +64,6 @@ class HostGwBackend:
 
     def _route(self, lease: Lease) -> Route:
         return Route(lease.subnet, self.iface.index, lease.attrs.public_ip)
-
-    def _program(self, lease: Lease) -> None:
-        failures = self._program_many([lease])
-        if failures:
-            raise ValueError(failures[lease.subnet])
-
-    def _unprogram(self, lease: Lease) -> None:
-        failures = self._unprogram_many([lease])
-        if failures:
-            raise OSError(failures[lease.subnet])
 
     def _program_many(self, leases: list[Lease]) -> dict[IPv4Network, str]:
         """A route per peer via its PublicIP, for peers on our L2 segment (read once a round)."""

@@ -53,7 +53,8 @@ class OverlayBackend:
         self.index = index
         self.pipeline = Pipeline(self.kind, config.network, config.subnet_len, vni=vni,
                                  port=port, mtu=mtu)
-        self.peers = PeerPrograms(self.lease_backend_type, self._program, self._unprogram)
+        self.peers = PeerPrograms.one_at_a_time(self.lease_backend_type, self._program,
+                                                  self._unprogram)
         self.lease: Lease | None = None
         self.tracehub = TraceHub(self.kind)  # live trace; attached to the driver in start()
         # Peer programming (daemon thread) and repair passes (reconciler thread) take turns.

@@ -6,7 +6,8 @@ skipped with a warning, and one failing peer is logged while the others go on.
 
 A backend may program a whole round at once (`program_many`/`unprogram_many`: thousands of peers
 in a few netlink system calls instead of a round trip each); it then reports failures per peer.
-Without them each peer goes through `program`/`unprogram` on its own.
+A backend without them has each peer go through `program`/`unprogram` on its own
+(`PeerPrograms.one_at_a_time`).
 """
 
 from __future__ import annotations
@@ -26,14 +27,24 @@ LOG_EACH = 16  # rounds larger than this log one summary line; each peer at debu
 
 
 class PeerPrograms:
-    def __init__(self, backend_type: str, program: Callable[[Lease], None],
-                 unprogram: Callable[[Lease], None], *, program_many: ProgramMany | None = None,
-                 unprogram_many: ProgramMany | None = None) -> None:
+    """Programs whole rounds of peers through `program_many`/`unprogram_many`.
+
+    A backend that programs one peer at a time builds it with `PeerPrograms.one_at_a_time`.
+    """
+
+    def __init__(self, backend_type: str, program_many: ProgramMany,
+                 unprogram_many: ProgramMany) -> None:
         self.backend_type = backend_type
-        self._program_many = program_many or _one_by_one(program)
-        self._unprogram_many = unprogram_many or _one_by_one(unprogram)
+        self._program_many = program_many
+        self._unprogram_many = unprogram_many
         self.programmed: dict[IPv4Network, Lease] = {}
         self.failed: dict[IPv4Network, str] = {}  # subnet -> why it is not programmed
+
+    @classmethod
+    def one_at_a_time(cls, backend_type: str, program: Callable[[Lease], None],
+                      unprogram: Callable[[Lease], None]) -> PeerPrograms:
+        """For a backend whose calls take one lease and raise on failure."""
+        return cls(backend_type, _one_by_one(program), _one_by_one(unprogram))
 
     def handle(self, events: LeaseEvents) -> None:
         gone = {lease.subnet for lease in events.removed}

@@ -42,9 +42,8 @@ class VxlanBackend(OverlayBackend):
             self.mac = random_mac()
             netlink.configure_link(self.index, mtu=mtu, mac=self.mac)
         # Whole rounds of peers in a few netlink calls: 4,096 peers in well under a second.
-        self.peers = PeerPrograms(self.lease_backend_type, self._program, self._unprogram,
-                                  program_many=self._program_many,
-                                  unprogram_many=self._unprogram_many)
+        self.peers = PeerPrograms(self.lease_backend_type, self._program_many,
+                                  self._unprogram_many)
 
     def lease_attrs(self) -> LeaseAttrs:
         return LeaseAttrs(self.iface.public_ip, backend_type="vxlan",
@@ -71,16 +70,6 @@ class VxlanBackend(OverlayBackend):
         if lease.attrs.vni not in (None, self.vni):  # flannel <= 0.13 leases carry no VNI
             raise ValueError(f"peer VNI {lease.attrs.vni} differs from ours ({self.vni})")
         return parse_mac(mac)
-
-    def _program(self, lease: Lease) -> None:
-        failures = self._program_many([lease])
-        if failures:
-            raise ValueError(failures[lease.subnet])
-
-    def _unprogram(self, lease: Lease) -> None:
-        failures = self._unprogram_many([lease])
-        if failures:
-            raise OSError(failures[lease.subnet])
 
     def _program_many(self, leases: list[Lease]) -> dict[IPv4Network, str]:
         """Neighbour then onlink route per peer, as flanneld; the peer table for those that took."""
@@ -111,7 +100,7 @@ class VxlanBackend(OverlayBackend):
     def _unprogram_many(self, leases: list[Lease]) -> dict[IPv4Network, str]:
         batch = NetlinkBatch()
         for lease in leases:
-            OverlayBackend._unprogram(self, lease)  # the table first: no packet goes out half-done
+            self._unprogram(lease)  # the peer table first: no packet goes out half-done
             batch.route_delete(lease.subnet, lease.subnet, oif=self.index)
             batch.neigh_delete(lease.subnet, lease.subnet.network_address, ifindex=self.index)
         return batch.commit()

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
+from weft.control.json_object import json_object
+
 
 class ConfigError(ValueError):
     """The network config is invalid; the message is flannel's where flannel has one."""
@@ -81,14 +83,8 @@ class NetworkConfig:
 
 def parse_config(text: str | bytes) -> NetworkConfig:
     """Parse and validate a flannel network config; raise ConfigError with flannel's message."""
-    try:
-        raw = json.loads(text)
-    # ValueError: bad JSON, bad UTF-8, or an integer over Python's digit limit; RecursionError:
-    # nesting deeper than the parser goes. Either is the operator's input, not our bug.
-    except (ValueError, RecursionError) as exc:
-        raise ConfigError(f"invalid JSON in network config: {str(exc)[:200]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError("network config must be a JSON object")
+    raw = json_object(text, ConfigError, "invalid JSON in network config",
+                      "network config must be a JSON object")
     fields: dict[str, Any] = {}
     for key, value in raw.items():
         name = _FIELDS.get(str(key).lower())
@@ -100,12 +96,12 @@ def parse_config(text: str | bytes) -> NetworkConfig:
     network = subnet_min = subnet_max = None
     subnet_len = 0
     if enable_ipv4:
-        network = _v4_network(fields.get("Network"))
+        network = _network(fields, _V4)
         subnet_len, subnet_min, subnet_max = _subnets(network, fields, _V4)
     ipv6_network = ipv6_min = ipv6_max = None
     ipv6_len = 0
     if enable_ipv6:
-        ipv6_network = _v6_network(fields.get("IPv6Network"))
+        ipv6_network = _network(fields, _V6)
         ipv6_len, ipv6_min, ipv6_max = _subnets(ipv6_network, fields, _V6)
     backend_type, backend = _backend(fields.get("Backend"))
     return NetworkConfig(
@@ -130,25 +126,18 @@ def _int(fields: dict[str, Any], name: str) -> int:
     return value
 
 
-def _v4_network(value: Any) -> IPv4Network:
+def _network(fields: dict[str, Any], family: _Family) -> IPv4Network | IPv6Network:
+    """Network (or IPv6Network), host bits allowed, or ConfigError with flannel's words."""
+    name = f"{family.prefix}Network"
+    value = fields.get(name)
     if value in (None, ""):
-        raise ConfigError("please define a correct Network parameter in the flannel config")
+        raise ConfigError(f"please define a correct {name} parameter in the flannel config")
     try:
-        return IPv4Network(str(value), strict=False)
+        return family.network(str(value), strict=False)
     except ValueError:
         raise ConfigError(
-            f"invalid Network {json.dumps(value)}: expected an IPv4 CIDR such as 10.1.0.0/16"
-        ) from None
-
-
-def _v6_network(value: Any) -> IPv6Network:
-    if value in (None, ""):
-        raise ConfigError("please define a correct IPv6Network parameter in the flannel config")
-    try:
-        return IPv6Network(str(value), strict=False)
-    except ValueError:
-        raise ConfigError(
-            f"invalid IPv6Network {json.dumps(value)}: expected an IPv6 CIDR such as fd00::/48"
+            f"invalid {name} {json.dumps(value)}: expected an {family.name} CIDR such as "
+            f"{family.example}"
         ) from None
 
 
@@ -166,14 +155,19 @@ def _address(fields: dict[str, Any], name: str, kind: type) -> Any:
 class _Family:
     """flannel's per-family subnet rules: same logic, different widths and words."""
 
-    prefix: str  # "" or "IPv6": field names are <prefix>SubnetLen, <prefix>SubnetMin, ...
+    prefix: str  # "" or "IPv6": field names are <prefix>Network, <prefix>SubnetLen, ...
+    name: str  # "IPv4" or "IPv6", for messages
+    network: type[IPv4Network] | type[IPv6Network]
+    example: str  # a network to show in the message for a bad one
     bits: int  # 32 or 128
     default_len: int  # the subnet each host gets when the network is big enough
     too_small: str  # flannel's message when the network is too small to split
 
 
-_V4 = _Family("", 32, 24, "network is too small. Minimum useful network prefix is /28")
-_V6 = _Family("IPv6", 128, 64, "IPv6Network is too small. Minimum useful network prefix is /124")
+_V4 = _Family("", "IPv4", IPv4Network, "10.1.0.0/16", 32, 24,
+              "network is too small. Minimum useful network prefix is /28")
+_V6 = _Family("IPv6", "IPv6", IPv6Network, "fd00::/48", 128, 64,
+              "IPv6Network is too small. Minimum useful network prefix is /124")
 
 
 def _subnets(network, fields: dict[str, Any], family: _Family):

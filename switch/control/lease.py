@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
+from weft.control.json_object import json_object
+
 KEY_RE = re.compile(r"(\d+\.\d+\.\d+\.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$")
 
 
@@ -35,16 +37,20 @@ class LeaseAttrs:
 
     @property
     def vtep_mac(self) -> str | None:
-        data = self.backend_data
-        if isinstance(data, dict) and isinstance(data.get("VtepMAC"), str):
-            return data["VtepMAC"]
-        return None
+        return self._backend_field("VtepMAC", str)
 
     @property
     def vni(self) -> int | None:
+        return self._backend_field("VNI", int)
+
+    def _backend_field(self, name: str, kind: type) -> Any:
+        """BackendData[name] if BackendData is an object and the field is a `kind`; else None.
+
+        BackendData is whatever the peer wrote: a missing or mistyped field is "not known".
+        """
         data = self.backend_data
-        if isinstance(data, dict) and isinstance(data.get("VNI"), int):
-            return data["VNI"]
+        if isinstance(data, dict) and isinstance(data.get(name), kind):
+            return data[name]
         return None
 
     def to_json(self) -> str:
@@ -59,15 +65,8 @@ class LeaseAttrs:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> LeaseAttrs:
-        try:
-            raw = json.loads(text)
-        # ValueError covers bad JSON and bad UTF-8, and also an integer over Python's digit
-        # limit; RecursionError is nesting deeper than the parser goes. Values come from etcd,
-        # where anyone with write access may put anything.
-        except (ValueError, RecursionError) as exc:
-            raise LeaseFormatError(f"lease value is not JSON: {str(exc)[:200]}") from None
-        if not isinstance(raw, dict):
-            raise LeaseFormatError("lease value is not a JSON object")
+        raw = json_object(text, LeaseFormatError, "lease value is not JSON",
+                          "lease value is not a JSON object")
         fields = {k.lower(): v for k, v in raw.items()}
         v4, v6 = fields.get("publicip"), fields.get("publicipv6")
         # Addresses are JSON strings (Go's net.IP); IPv4Address(167772161) would take a number.

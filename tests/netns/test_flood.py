@@ -14,9 +14,9 @@ import subprocess
 import time
 
 import pytest
+from rogue import forged_frame, link_counter, rogue_lab, unknown_sender
 
 from weft.tools.lab import netns, probe
-from weft.tools.lab.cluster import Cluster
 from weft.tools.lab.flood import udp_flood
 from weft.tools.lab.topology import Lab
 
@@ -36,11 +36,6 @@ def _snmp(section: str, field: str) -> int:
     return int(rows[1][rows[0].index(field)])
 
 
-def _counter(ifname: str, name: str) -> int:
-    with open(f"/sys/class/net/{ifname}/statistics/{name}") as f:
-        return int(f.read())
-
-
 def _iperf3_gbit_s(lab: Lab, src, dst, seconds: int) -> float:
     server = lab.run(dst.ns, ["iperf3", "-s", "-1", "-B", str(dst.ip)],
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -54,35 +49,22 @@ def _iperf3_gbit_s(lab: Lab, src, dst, seconds: int) -> float:
         server.wait()
 
 
-def _unknown_sender(cluster: Cluster) -> int:
-    return cluster.status(0)["counters"]["drops"].get("unknown_sender", 0)
-
-
 def _kernel_drops(host_ns: str) -> int:
     """Datagrams to the victim host that the kernel dropped before weft could read them."""
     return netns.call_in(host_ns, lambda: (_snmp("Udp", "RcvbufErrors")
-                                           + _counter("eth0", "rx_dropped")))
+                                           + link_counter("eth0", "rx_dropped")))
 
 
 def test_rogue_flood_reaches_no_pod_is_counted_and_tcp_goes_on():
-    from scapy.layers.inet import ICMP, IP
-    from scapy.layers.l2 import Ether
-    from scapy.layers.vxlan import VXLAN
-
-    with Lab(hosts=3) as lab:
-        cluster = Cluster(lab, backend="vxlan")
-        cluster.start(pods_per_host=1, idle_hosts=(2,))
-        rogue = lab.hosts[2]
+    with rogue_lab() as (lab, cluster, rogue):
         victim, other = cluster.host(0), cluster.host(1)
         pod, sender_pod = victim.pods[0], other.pods[0]
-        # Inner packet as a real peer's pod would send it: only the outer source gives it away.
-        frame = bytes(VXLAN(flags=0x08, vni=1) / Ether(dst="ff:ff:ff:ff:ff:ff") /
-                      IP(src=str(sender_pod.ip), dst=str(pod.ip)) / ICMP())
+        frame = forged_frame(sender_pod.ip, pod.ip)
         probe.wait_reachable(sender_pod.ns, str(pod.ip), timeout=10)
         quiet = _iperf3_gbit_s(lab, sender_pod, pod, IPERF_SECONDS)
 
         icmp_before = netns.call_in(pod.ns, _snmp, "Icmp", "InMsgs")
-        drops_before = _unknown_sender(cluster)
+        drops_before = unknown_sender(cluster)
         kernel_before = _kernel_drops(victim.ns)
         floods = [netns.spawn_in(rogue, udp_flood, victim.public_ip, 8472, frame,
                                  IPERF_SECONDS + 1.5, nice=FLOOD_NICE)
@@ -99,7 +81,7 @@ def test_rogue_flood_reaches_no_pod_is_counted_and_tcp_goes_on():
         deadline = time.time() + 30
         history: list[int] = []
         while time.time() < deadline:
-            counted = _unknown_sender(cluster) - drops_before
+            counted = unknown_sender(cluster) - drops_before
             kernel = _kernel_drops(victim.ns) - kernel_before
             history.append(counted)
             if counted + kernel >= expected or history[-4:] == [counted] * 4:

@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest
+from rogue import forged_frame, link_counter, rogue_lab, unknown_sender
 
 from weft.tools.lab import netns, probe
 from weft.tools.lab.cluster import Cluster
@@ -170,40 +171,22 @@ def _send_vxlan(dst: str, port: int, payloads: list[bytes]) -> int:
     return len(payloads)
 
 
-def _rx_packets(ifname: str) -> int:
-    with open(f"/sys/class/net/{ifname}/statistics/rx_packets") as f:
-        return int(f.read())
-
-
 def test_rogue_vxlan_sender_reaches_no_pod_and_is_counted():
-    from scapy.layers.inet import ICMP, IP
-    from scapy.layers.l2 import Ether
-    from scapy.layers.vxlan import VXLAN
-
-    with Lab(hosts=3) as lab:
-        cluster = Cluster(lab, backend="vxlan")
-        cluster.start(pods_per_host=1, idle_hosts=(2,))
-        rogue = lab.hosts[2]
+    with rogue_lab() as (_lab, cluster, rogue):
         victim_host, other = cluster.host(0), cluster.host(1)
         pod = victim_host.pods[0]
         vtep = cluster.status(0)
-        frames = [
-            bytes(VXLAN(flags=0x08, vni=1) / Ether(dst="ff:ff:ff:ff:ff:ff") /
-                  IP(src=str(other.pods[0].ip), dst=str(pod.ip)) / ICMP(seq=i))
-            for i in range(50)
-        ]
+        frames = [forged_frame(other.pods[0].ip, pod.ip, seq=i) for i in range(50)]
         assert vtep["ready"]
-        before = netns.call_in(pod.ns, _rx_packets, "eth0")
+        before = netns.call_in(pod.ns, link_counter, "eth0", "rx_packets")
         sent = netns.call_in(rogue, _send_vxlan, victim_host.public_ip, 8472, frames)
         # Wait until the datapath has judged every frame; only then is "nothing reached the
         # pod" a finding rather than "nothing arrived yet".
         deadline = time.time() + 15
-        while (cluster.status(0)["counters"]["drops"].get("unknown_sender", 0) < sent
-               and time.time() < deadline):
+        while unknown_sender(cluster) < sent and time.time() < deadline:
             time.sleep(0.05)
-        drops = cluster.status(0)["counters"]["drops"]
-        after = netns.call_in(pod.ns, _rx_packets, "eth0")
-        assert drops.get("unknown_sender", 0) == sent
+        after = netns.call_in(pod.ns, link_counter, "eth0", "rx_packets")
+        assert unknown_sender(cluster) == sent
         assert after == before
 
 

@@ -19,6 +19,7 @@ from weft.observe.status_text import format_status
 
 NETWORK = '{"Network":"10.1.0.0/16","Backend":{"Type":"alloc"}}'
 PEER = LeaseAttrs(IPv4Address("192.0.2.99"))
+PEER_SUBNET = IPv4Network("10.1.200.0/24")
 WAIT = 15.0  # upper bound for conditions that hold long before
 
 
@@ -27,6 +28,13 @@ def wait_until(condition, what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
+
+
+def program_peer(registry: MemoryRegistry, run, ttl: int = 60) -> Lease:
+    """Put the peer's lease in the store; return it once the daemon has programmed it."""
+    lease = registry.create_lease(PEER_SUBNET, PEER, ttl=ttl)
+    wait_until(lambda: PEER_SUBNET in run.daemon.backend.peers, "the peer to be programmed")
+    return lease
 
 
 class Running:
@@ -79,9 +87,7 @@ def test_peers_follow_the_watch_and_a_stop_keeps_the_lease(running, tmp_path):
     run = running(registry, tmp_path, peer_removal_grace=0.05)
     run.wait_ready()
     own = run.daemon.lease.subnet
-    peer = IPv4Network("10.1.200.0/24")
-    registry.create_lease(peer, PEER, ttl=60)
-    wait_until(lambda: peer in run.daemon.backend.peers, "the peer to be programmed")
+    peer = program_peer(registry, run).subnet
     registry.delete_lease(peer)
     wait_until(lambda: peer not in run.daemon.backend.peers, "the peer to be removed")
     assert own not in run.daemon.backend.peers  # we never route to ourselves
@@ -239,14 +245,20 @@ class Recording:
         self._apply(batch)
 
 
-def test_a_peer_that_comes_back_within_the_grace_is_never_unprogrammed(running, tmp_path):
+def running_with_a_peer(running, tmp_path, peer_removal_grace: float):
+    """A ready daemon with the peer programmed and, from before the peer, its batches recorded.
+
+    Returns (registry, run, record, the peer's subnet).
+    """
     registry = MemoryRegistry(NETWORK)
-    run = running(registry, tmp_path, peer_removal_grace=3600)
+    run = running(registry, tmp_path, peer_removal_grace=peer_removal_grace)
     run.wait_ready()
     record = Recording(run.daemon)
-    peer = IPv4Network("10.1.200.0/24")
-    registry.create_lease(peer, PEER, ttl=60)
-    wait_until(lambda: peer in run.daemon.backend.peers, "the peer to be programmed")
+    return registry, run, record, program_peer(registry, run).subnet
+
+
+def test_a_peer_that_comes_back_within_the_grace_is_never_unprogrammed(running, tmp_path):
+    registry, run, record, peer = running_with_a_peer(running, tmp_path, 3600)
     registry.delete_lease(peer)
     wait_until(lambda: run.daemon.status()["peer_sync"]["pending_removal"] == [str(peer)],
                "the removal to be deferred")
@@ -257,13 +269,7 @@ def test_a_peer_that_comes_back_within_the_grace_is_never_unprogrammed(running, 
 
 def test_a_peer_removal_waits_for_the_grace_and_the_store(running, tmp_path):
     """Once the grace has run out the store is asked: present -> kept, absent -> removed."""
-    registry = MemoryRegistry(NETWORK)
-    run = running(registry, tmp_path, peer_removal_grace=0.2)
-    run.wait_ready()
-    record = Recording(run.daemon)
-    peer = IPv4Network("10.1.200.0/24")
-    registry.create_lease(peer, PEER, ttl=60)
-    wait_until(lambda: peer in run.daemon.backend.peers, "the peer to be programmed")
+    registry, run, record, peer = running_with_a_peer(running, tmp_path, 0.2)
     registry.hold_watches()  # the deletion arrives, the re-create does not (a lagging watch)
     registry.delete_lease(peer)
     registry.create_lease(peer, PEER, ttl=60)
@@ -318,9 +324,8 @@ def test_an_outage_past_the_ttl_keeps_our_subnet_and_the_peer(running, tmp_path,
     run.wait_ready()
     own = run.daemon.lease.subnet
     record = Recording(run.daemon)
-    peer = IPv4Network("10.1.200.0/24")
-    peer_lease = registry.create_lease(peer, PEER, ttl=FAST_RENEWAL.ttl)
-    wait_until(lambda: peer in run.daemon.backend.peers, "the peer to be programmed")
+    peer_lease = program_peer(registry, run, ttl=FAST_RENEWAL.ttl)
+    peer = peer_lease.subnet
     registry.set_reachable(False)
     expiry = max(registry._entries[own].lease.expiration, peer_lease.expiration)
     wait_until(lambda: time.time() > expiry, "both leases to run out in the outage")

@@ -15,6 +15,7 @@ import threading
 import time
 
 import pytest
+from polling import wait_for
 
 from weft.observe import control_socket
 from weft.observe.control_socket import ControlError, ControlServer, control_request
@@ -62,15 +63,6 @@ def read_all(s: socket.socket) -> bytes:
 
 def status_ok(path: str) -> bool:
     return control_request(path, "status", io_timeout=5.0) == {"ready": True}
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 GARBAGE = [

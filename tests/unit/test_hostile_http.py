@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+from polling import wait_for
 
 from weft.observe import http_guard
 from weft.observe.http import HealthServer
@@ -57,15 +58,6 @@ def raw(srv: HealthServer, payload: bytes) -> bytes:
 
 def status_of(reply: bytes) -> int:
     return int(reply.split(b" ", 2)[1])
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 @pytest.mark.parametrize("payload", [

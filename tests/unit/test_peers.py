@@ -26,7 +26,7 @@ class Recorder:
 
 def test_add_change_remove_and_replay():
     rec = Recorder()
-    peers = PeerPrograms("vxlan", rec.program, rec.unprogram)
+    peers = PeerPrograms.one_at_a_time("vxlan", rec.program, rec.unprogram)
     a = vxlan_lease("10.1.2.0/24", "192.0.2.2")
     peers.handle(LeaseEvents(added=(a,)))
     peers.handle(LeaseEvents(added=(a,)))  # replayed event: nothing to do
@@ -40,7 +40,7 @@ def test_add_change_remove_and_replay():
 
 def test_reset_removes_what_is_gone():
     rec = Recorder()
-    peers = PeerPrograms("vxlan", rec.program, rec.unprogram)
+    peers = PeerPrograms.one_at_a_time("vxlan", rec.program, rec.unprogram)
     a, b = vxlan_lease("10.1.2.0/24", "192.0.2.2"), vxlan_lease("10.1.3.0/24", "192.0.2.3")
     peers.handle(LeaseEvents(added=(a, b)))
     peers.handle(LeaseEvents(added=(b,), reset=True))
@@ -50,7 +50,7 @@ def test_reset_removes_what_is_gone():
 
 def test_one_failing_peer_does_not_stop_the_others():
     rec = Recorder(fail_on={"10.1.2.0/24"})
-    peers = PeerPrograms("vxlan", rec.program, rec.unprogram)
+    peers = PeerPrograms.one_at_a_time("vxlan", rec.program, rec.unprogram)
     peers.handle(LeaseEvents(added=(vxlan_lease("10.1.2.0/24", "192.0.2.2"),
                                     vxlan_lease("10.1.3.0/24", "192.0.2.3"))))
     assert set(peers.programmed) == {IPv4Network("10.1.3.0/24")}
@@ -59,7 +59,7 @@ def test_one_failing_peer_does_not_stop_the_others():
 
 def test_lease_of_another_backend_is_skipped():
     rec = Recorder()
-    peers = PeerPrograms("vxlan", rec.program, rec.unprogram)
+    peers = PeerPrograms.one_at_a_time("vxlan", rec.program, rec.unprogram)
     udp = Lease(IPv4Network("10.1.4.0/24"), LeaseAttrs(IPv4Address("192.0.2.4")))
     peers.handle(LeaseEvents(added=(udp,)))
     assert rec.log == [] and "backend type udp" in peers.failed[IPv4Network("10.1.4.0/24")]

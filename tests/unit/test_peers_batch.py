@@ -26,13 +26,8 @@ class Rounds:
         return {}
 
 
-def never(_lease):
-    raise AssertionError("a per-peer call where a round was expected")
-
-
 def peers_with(rounds: Rounds) -> PeerPrograms:
-    return PeerPrograms("vxlan", never, never, program_many=rounds.program_many,
-                        unprogram_many=rounds.unprogram_many)
+    return PeerPrograms("vxlan", rounds.program_many, rounds.unprogram_many)
 
 
 def test_a_listing_is_one_round_and_one_failure_stays_alone():
