@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from pyroute2 import IPRoute
-
 from weft.tools.lab import netns
 from weft.tools.lab.topology import FABRIC_NET, Lab
 
@@ -21,14 +19,5 @@ def add_outside(lab: Lab, name: str = "out", ip: IPv4Address = OUTSIDE_IP) -> st
     """Create namespace <prefix><name> with eth0 = `ip` on the fabric bridge; returns its name."""
     ns = lab.prefix + name
     netns.create(ns)
-    port = f"o-{name}"[:15]
-    with IPRoute(netns=lab.fabric) as ipr:
-        ipr.link("add", ifname=port, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns})
-        idx = ipr.link_lookup(ifname=port)[0]
-        ipr.link("set", index=idx, master=ipr.link_lookup(ifname="br0")[0], state="up")
-    with IPRoute(netns=ns) as ipr:
-        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        eth0 = ipr.link_lookup(ifname="eth0")[0]
-        ipr.addr("add", index=eth0, address=str(ip), prefixlen=FABRIC_NET.prefixlen)
-        ipr.link("set", index=eth0, state="up")
+    lab.plug_into_fabric(ns, f"o-{name}"[:15], ip)
     return ns

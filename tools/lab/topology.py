@@ -137,23 +137,25 @@ class Lab:
         for i, host in enumerate(self.hosts):
             self._build_host(i, host)
 
+    def plug_into_fabric(self, ns: str, port: str, ip: IPv4Address) -> None:
+        """Give namespace `ns` an eth0 with `ip` on the fabric bridge (veth `port` on br0)."""
+        with IPRoute(netns=self.fabric) as ipr:
+            ipr.link("add", ifname=port, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns})
+            idx = ipr.link_lookup(ifname=port)[0]
+            ipr.link("set", index=idx, master=ipr.link_lookup(ifname="br0")[0], state="up")
+        with IPRoute(netns=ns) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+            eth0 = ipr.link_lookup(ifname="eth0")[0]
+            ipr.addr("add", index=eth0, address=str(ip), prefixlen=FABRIC_NET.prefixlen)
+            ipr.link("set", index=eth0, state="up")
+
     def _build_host(self, i: int, host: str) -> None:
         netns.create(host)
         # Set before devices exist, so that eth0 inherits the defaults too.
         for key, value in (("net.ipv4.ip_forward", 1), ("net.ipv4.conf.all.rp_filter", 0),
                            ("net.ipv4.conf.default.rp_filter", 0)):
             netns.sysctl(host, key, value)
-        port = f"h{i}"
-        with IPRoute(netns=self.fabric) as ipr:
-            ipr.link("add", ifname=port, kind="veth", peer={"ifname": "eth0", "net_ns_fd": host})
-            idx = ipr.link_lookup(ifname=port)[0]
-            ipr.link("set", index=idx, master=ipr.link_lookup(ifname="br0")[0], state="up")
-        with IPRoute(netns=host) as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-            eth0 = ipr.link_lookup(ifname="eth0")[0]
-            ipr.addr("add", index=eth0, address=str(self.host_ips[i]),
-                     prefixlen=FABRIC_NET.prefixlen)
-            ipr.link("set", index=eth0, state="up")
+        self.plug_into_fabric(host, f"h{i}", self.host_ips[i])
         # eth0 stands for the host's NIC on a real wire: segments and checksums are finished
         # before they cross (the kernel's VXLAN would otherwise hand 64 KiB GSO packets with
         # partial checksums to the peer namespace, as no wire does).
