@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from weft.tools.lab import netns
+from weft.tools.lab import netns, probe
 from weft.tools.lab.cluster import Cluster
 from weft.tools.lab.outside import OUTSIDE_IP, add_outside
 from weft.tools.lab.topology import Lab
@@ -25,11 +25,7 @@ RESYNC = 1  # seconds: --iptables-resync of the hosts
 
 def _whoami_server(ip: str, port: int, lifetime: float) -> None:
     """Answer every connection with the peer's address, until killed (or `lifetime` ends)."""
-    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lsock.bind((ip, port))
-    lsock.listen(16)
-    lsock.settimeout(lifetime)
+    lsock = probe.listening_socket(ip, port, lifetime, backlog=16)
     while True:
         conn, peer = lsock.accept()
         conn.sendall(peer[0].encode())

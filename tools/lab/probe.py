@@ -143,12 +143,18 @@ def wait_reachable(ns: str, dst: str, timeout: float = 10.0, step: float = 0.2) 
 _REPORT = struct.Struct("!Q32s")
 
 
-def _tcp_server(ip: str, port: int, timeout: float) -> dict:
+def listening_socket(ip: str, port: int, timeout: float, backlog: int = 1) -> socket.socket:
+    """A TCP socket listening on ip:port whose accept() gives up after `timeout` seconds."""
     lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     lsock.bind((ip, port))
-    lsock.listen(1)
+    lsock.listen(backlog)
     lsock.settimeout(timeout)
+    return lsock
+
+
+def _tcp_server(ip: str, port: int, timeout: float) -> dict:
+    lsock = listening_socket(ip, port, timeout)
     conn, _ = lsock.accept()
     conn.settimeout(timeout)
     digest, received = hashlib.sha256(), 0
