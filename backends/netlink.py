@@ -12,6 +12,8 @@ from ipaddress import IPv4Address, IPv4Network
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from weft.backends import nldump
+
 RTNH_F_ONLINK = 4
 NUD_PERMANENT = 0x80
 
@@ -102,33 +104,8 @@ def set_ipv4_conf(ifname: str, key: str, value: int) -> None:
         f.write(str(value))
 
 
-# -- batched reads for the reconciler: one dump per kind, whatever the number of peers ---------
-
-RT_TABLE_MAIN = 254
-IFF_UP = 1
-
-
-def dump_kernel() -> dict:
-    """Links, IPv4 addresses, main-table IPv4 routes and IPv4 neighbours, as plain values.
-
-    Four netlink dumps in one socket: the reconciler compares these with what it programmed,
-    so the cost per pass does not grow with one request per peer.
-    """
-    with IPRoute() as ipr:
-        links = [{"index": m["index"], "name": m.get_attr("IFLA_IFNAME"),
-                  "up": bool(m["flags"] & IFF_UP), "mtu": m.get_attr("IFLA_MTU"),
-                  "mac": m.get_attr("IFLA_ADDRESS")} for m in ipr.get_links()]
-        addrs = [{"index": m["index"], "address": m.get_attr("IFA_ADDRESS"),
-                  "prefixlen": m["prefixlen"]} for m in ipr.get_addr(family=2)]
-        routes = [{"dst": f"{m.get_attr('RTA_DST') or '0.0.0.0'}/{m['dst_len']}",
-                   "oif": m.get_attr("RTA_OIF"), "gateway": m.get_attr("RTA_GATEWAY"),
-                   "flags": m["flags"]}
-                  for m in ipr.get_routes(family=2, table=RT_TABLE_MAIN)
-                  if m.get_attr("RTA_TABLE", m["table"]) == RT_TABLE_MAIN]
-        neighbours = [{"ifindex": m["ifindex"], "ip": m.get_attr("NDA_DST"),
-                       "mac": m.get_attr("NDA_LLADDR"), "state": m["state"]}
-                      for m in ipr.get_neighbours(family=2)]
-    return {"links": links, "addrs": addrs, "routes": routes, "neighbours": neighbours}
+# The reconciler's one read of links, addresses, routes and neighbours (parsed without pyroute2).
+dump_kernel = nldump.dump_kernel
 
 
 def address_add(index: int, address: IPv4Address, prefixlen: int = 32) -> None:

@@ -1,7 +1,7 @@
 """Per-peer programming shared by the backends (flannel's route network, trimmed).
 
 Turns LeaseEvents into program/unprogram rounds: a reset diffs against what is programmed, a
-changed lease is reprogrammed (removed, then programmed), a lease of another backend type is
+changed lease is programmed over the old one (replace semantics), a lease of another backend type is
 skipped with a warning, and one failing peer is logged while the others go on.
 
 A backend may program a whole round at once (`program_many`/`unprogram_many`: thousands of peers
@@ -68,25 +68,28 @@ class PeerPrograms:
             wanted[lease.subnet] = lease
         for subnet, lease in list(wanted.items()):
             old = self.programmed.get(subnet)
-            if old is None or subnet in gone:
-                continue
-            if old.attrs == lease.attrs:
+            if old is not None and subnet not in gone and old.attrs == lease.attrs:
                 del wanted[subnet]  # a replayed event: nothing to do
-            else:
-                gone.add(subnet)  # changed: out with the old, then in with the new
-        self._remove([self.programmed[s] for s in gone if s in self.programmed])
+        # A changed lease is programmed over the old one: every backend programs with replace
+        # semantics (the kernel state and the table entry follow from the lease alone), so the
+        # peer never goes missing between an unprogram and a program.
+        self._remove([self.programmed[s] for s in gone
+                      if s in self.programmed and s not in wanted])
         self._add(list(wanted.values()))
 
     def _add(self, leases: list[Lease]) -> None:
         if not leases:
             return
         failures = self._program_many(leases)
+        stale = []
         for lease in leases:
             why = failures.get(lease.subnet)
             if why is not None:
                 log.error("programming peer %s (%s) failed: %s", lease.subnet,
                           lease.attrs.public_ip, why)
                 self.failed[lease.subnet] = why
+                if lease.subnet in self.programmed:  # do not keep routing by the old lease
+                    stale.append(self.programmed[lease.subnet])
                 continue
             self.failed.pop(lease.subnet, None)
             self.programmed[lease.subnet] = lease
@@ -94,6 +97,7 @@ class PeerPrograms:
         if len(leases) > LOG_EACH:
             log.info("programmed %d peers (%d failed)", len(leases) - len(failures),
                      len(failures))
+        self._remove(stale)
 
     def _remove(self, leases: list[Lease]) -> None:
         if not leases:

@@ -26,6 +26,7 @@ from weft.dev.udpopts import enable_udp_gro, probe_udp_offloads
 from weft.dev.vnet_hdr import VNET_HDR_LEN
 from weft.drivers.compiled_loops import egress_loop, ingress_loop
 from weft.drivers.driver import CompiledLoopUnavailable, Observer
+from weft.drivers.jitmem import release_compiler_pages
 from weft.drivers.loopio import (
     CTL_EACH_BATCH,
     CTL_STOP,
@@ -208,6 +209,7 @@ class HotLoop:
             self.observer = self._observer
         for thread in self.threads:
             thread.start()
+        release_compiler_pages()  # the loops are linked: LLVM's code is idle from here on
 
     def stop(self, timeout: float = 2.0) -> None:
         for side in (self.egress, self.ingress):

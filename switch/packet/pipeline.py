@@ -9,6 +9,7 @@ Its steps are the compiled ones of steps.py; the compiled loops call those same 
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
@@ -51,7 +52,8 @@ class Pipeline:
         self.peers = steps.peer_arrays(self.table)
         self.state = PipelineState(self.dpcfg.cfg, self.counters, self.drops)
         # (step, id(batch)) -> (batch, its arrays, the compiled step for their types); see _run
-        self._steps: dict[tuple, tuple] = {}
+        # per batch, per step: (the batch's arrays, the compiled function for their types)
+        self._steps: weakref.WeakKeyDictionary[Batch, dict] = weakref.WeakKeyDictionary()
         self._slow_ctx: slowpath.SlowPathContext | None = None
 
     @property
@@ -91,18 +93,19 @@ class Pipeline:
         so the first call through the dispatcher picks the compiled function and later calls go
         to it directly.
         """
-        cached = self._steps.get((step, id(batch)))
-        if cached is None or cached[0] is not batch:
+        per_batch = self._steps.get(batch)
+        if per_batch is None:
+            per_batch = self._steps[batch] = {}
+        cached = per_batch.get(step)
+        if cached is None:
             args = (self.kind_code, n, steps.batch_arrays(batch), self.peers, self.state)
             forwarded, _ = step(*args)
             overloads = getattr(step, "overloads", None)  # absent under NUMBA_DISABLE_JIT
             sig = tuple(step.typeof_pyval(a) for a in args) if overloads is not None else None
             entry = overloads[sig].entry_point if sig in (overloads or {}) else step
-            if len(self._steps) >= 8:  # drivers keep one or two batches; never grow with callers
-                self._steps.clear()
-            self._steps[(step, id(batch))] = (batch, args[2], entry)
+            per_batch[step] = (args[2], entry)
             return forwarded
-        _, arrays, entry = cached
+        arrays, entry = cached
         forwarded, _ = entry(self.kind_code, n, arrays, self.peers, self.state)
         return forwarded
 

@@ -97,12 +97,14 @@ class PeerTable:
             raise ValueError("PublicIP 0.0.0.0 cannot be a peer")
         if vtep_mac is not None and len(vtep_mac) != 6:
             raise ValueError("VtepMAC must be 6 bytes")
-        if self.present[idx]:
-            self._drop_sender(int(self.public_ip[idx]))
+        old_ip = int(self.public_ip[idx]) if self.present[idx] else 0
         self.public_ip[idx] = ip
         self.vtep_mac[idx] = np.frombuffer(vtep_mac or bytes(6), dtype=np.uint8)
         self.present[idx] = 1
-        self._add_sender(ip)
+        if old_ip != ip:  # a new VtepMAC alone leaves the sender set as it is
+            self._add_sender(ip)
+            if old_ip:
+                self._drop_sender(old_ip)
 
     def remove_peer(self, subnet: IPv4Network) -> bool:
         """Forget a subnet's lease; False when there was none."""
@@ -149,12 +151,7 @@ class PeerTable:
         if count > 1:
             self._senders[ip] = count - 1
             return
-        # Linear probing cannot simply blank a slot; removals are rare, so rebuild the set aside
-        # and copy it in at once, keeping the window a concurrent kernel could see short.
-        keys = np.zeros_like(self.sender_keys)
-        for key in self._senders:
-            _insert_key(keys, key)
-        self.sender_keys[:] = keys
+        _delete_key(self.sender_keys, ip)
 
     def _insert_key(self, ip: int) -> None:
         _insert_key(self.sender_keys, ip)
@@ -204,3 +201,29 @@ class DatapathConfig:
         self.cfg[CFG_LOCAL_INDEX] = off >> (32 - self.subnet_len)
         self.cfg[CFG_LOCAL_PUBLIC_IP] = int(public_ip)
         self.cfg[CFG_LOCAL_VTEP_MAC] = mac_to_int(vtep_mac) if vtep_mac else 0
+
+
+def _delete_key(keys: np.ndarray, ip: int) -> None:
+    """Remove `ip` by shifting later keys of its probe run back (no tombstones, no rebuild).
+
+    Each moved key is written to its new slot before its old slot is reused or blanked, so a
+    kernel probing concurrently may see a key twice for a moment but never misses one.
+    """
+    mask = len(keys) - 1
+    hole = sender_hash(ip, mask)
+    while keys[hole] != ip:
+        if keys[hole] == 0:
+            return
+        hole = (hole + 1) & mask
+    probe = hole
+    while True:
+        probe = (probe + 1) & mask
+        key = int(keys[probe])
+        if key == 0:
+            break
+        home = sender_hash(key, mask)
+        # `key` may fill the hole unless its home lies cyclically in (hole, probe].
+        if (home - hole - 1) & mask >= (probe - hole) & mask:
+            keys[hole] = key
+            hole = probe
+    keys[hole] = 0

@@ -40,16 +40,26 @@ def test_a_listing_is_one_round_and_one_failure_stays_alone():
     assert peers.failed == {IPv4Network("10.1.3.0/24"): "said no"}
 
 
-def test_change_removes_then_programs_and_replay_does_nothing():
+def test_change_is_programmed_over_the_old_lease_and_replay_does_nothing():
+    """No unprogram between old and new: the peer never goes missing while it changes."""
     rounds = Rounds()
     peers = peers_with(rounds)
     a, b = lease("10.1.2.0/24", "192.0.2.2"), lease("10.1.4.0/24", "192.0.2.4")
     peers.handle(LeaseEvents(added=(a, b)))
     changed = lease("10.1.2.0/24", "192.0.2.2", mac="02:00:00:00:00:09")
     peers.handle(LeaseEvents(added=(changed, b)))
-    assert rounds.rounds == [("add", ["10.1.2.0/24", "10.1.4.0/24"]),
-                             ("del", ["10.1.2.0/24"]), ("add", ["10.1.2.0/24"])]
+    assert rounds.rounds == [("add", ["10.1.2.0/24", "10.1.4.0/24"]), ("add", ["10.1.2.0/24"])]
     assert peers.programmed[IPv4Network("10.1.2.0/24")] == changed
+
+
+def test_a_change_that_fails_unprograms_the_old_lease():
+    rounds = Rounds()
+    peers = peers_with(rounds)
+    peers.handle(LeaseEvents(added=(lease("10.1.2.0/24", "192.0.2.2"),)))
+    rounds.fail = {"10.1.2.0/24"}
+    peers.handle(LeaseEvents(added=(lease("10.1.2.0/24", "192.0.2.9"),)))
+    assert rounds.rounds[-2:] == [("add", ["10.1.2.0/24"]), ("del", ["10.1.2.0/24"])]
+    assert peers.programmed == {} and peers.failed == {IPv4Network("10.1.2.0/24"): "said no"}
 
 
 def test_reset_removes_the_missing_in_one_round():

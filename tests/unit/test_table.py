@@ -4,6 +4,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from weft.packet import fastpath
 from weft.packet.table import (
@@ -94,6 +96,37 @@ def test_sender_set_matches_kernel_probe() -> None:
         t.remove_peer(t.subnet_at(k))
     for public in ips + [int(x) for x in rng.integers(1, 2**32, size=200)]:
         assert fastpath._sender_known(t.sender_keys, public) == t.has_sender(public)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 15), st.integers(1, 40)), min_size=1, max_size=120))
+def test_sender_set_survives_any_add_remove_sequence(ops: list[tuple[int, int]]) -> None:
+    """A 16-subnet table has a 32-slot set; 40 PublicIPs force long probe runs that wrap around.
+
+    Each op sets subnet k to PublicIP p, or removes subnet k when it already holds p, so the
+    backward-shift deletion is exercised on every shape of run.
+    """
+    t = PeerTable(IPv4Network("10.1.0.0/20"), 24)
+    for k, p in ops:
+        sub, public = t.subnet_at(k), IPv4Address(0x0A000000 + p * 7919)
+        if t.peer(sub) == (public, None):
+            t.remove_peer(sub)
+        else:
+            t.set_peer(sub, public, None)
+        held = {int(addr) for _, addr, _ in t.peers()}
+        assert np.count_nonzero(t.sender_keys) == len(held)
+        for q in range(1, 41):
+            candidate = 0x0A000000 + q * 7919
+            assert fastpath._sender_known(t.sender_keys, candidate) == (candidate in held)
+
+
+def test_new_vtep_mac_leaves_sender_set_untouched() -> None:
+    t = PeerTable(NET, 24)
+    sub = IPv4Network("10.1.16.0/24")
+    t.set_peer(sub, IPv4Address("192.0.2.2"), MAC)
+    before = t.sender_keys.copy()
+    t.set_peer(sub, IPv4Address("192.0.2.2"), bytes.fromhex("0a0b0c0d0e0f"))
+    assert (t.sender_keys == before).all() and t.peer(sub)[1] == bytes.fromhex("0a0b0c0d0e0f")
 
 
 def test_rejects_bad_input() -> None:

@@ -19,6 +19,7 @@ from scapy.packet import Raw
 from weft.backends.defaults import VXLAN_PORT
 from weft.packet.fastpath import HEADROOM, Batch
 from weft.packet.pipeline import Pipeline
+from weft.tools.lab.scale import network_for
 
 LOCAL, PEER = IPv4Network("10.1.1.0/24"), IPv4Network("10.1.2.0/24")
 MAC_LOCAL, MAC_PEER = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
@@ -112,12 +113,6 @@ def format_results(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def scaling_network(peers: int, subnet_len: int = 24) -> IPv4Network:
-    """The smallest network (at least a /16) with room for `peers` subnets plus our own."""
-    prefix = min(16, subnet_len - (peers + 1 - 1).bit_length())
-    return IPv4Network(f"10.0.0.0/{prefix}")
-
-
 def per_packet_ns(peers: int, seconds: float = 0.5, batch_size: int = 64,
                   frames: int = 4096) -> dict:
     """Egress fast-path time per packet with `peers` peers, destinations cycling over all of them.
@@ -127,7 +122,7 @@ def per_packet_ns(peers: int, seconds: float = 0.5, batch_size: int = 64,
     peers. The same number of frames (`frames`, in batches) for every peer count, so that only
     the table differs and not how much packet memory the loop walks through.
     """
-    network = scaling_network(peers)
+    network = network_for(peers)
     subnets = network.subnets(new_prefix=24)
     local = next(subnets)
     pipeline = Pipeline("vxlan", network, 24)

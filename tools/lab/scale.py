@@ -30,11 +30,15 @@ DEVICE = "weft.1"
 TXN_OPS = 128  # etcd's default --max-txn-ops
 
 
-def network_for(peers: int) -> IPv4Network:
-    """The smallest network (at least a /16) of /24s with room for `peers` and us."""
-    from weft.tools.lab.microbench import scaling_network
+def network_for(peers: int, subnet_len: int = 24) -> IPv4Network:
+    """The smallest network (at least a /16) with room for `peers` subnets plus our own.
 
-    return scaling_network(peers)
+    Here and not in microbench, which loads numba: this process must not map the compiler
+    while the daemon's RSS is measured (pages two processes map count in both, and the daemon
+    could not hand them back to the kernel).
+    """
+    prefix = min(16, subnet_len - peers.bit_length())
+    return IPv4Network(f"10.0.0.0/{prefix}")
 
 
 def peer_mac(k: int, generation: int = 0) -> str:
