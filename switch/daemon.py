@@ -193,11 +193,12 @@ class Daemon:
         timing = self.options.timing
         previous = subnet_env.read_previous_subnet(self.options.subnet_file)
         self.notifier.status("acquiring a subnet lease")
-        self.lease = self._retry_unreachable(
+        acquired = self._retry_unreachable(
             "acquiring a subnet lease", acquire_lease, self.registry, self.config,
             backend.lease_attrs(), previous, timing, self.rng)
-        if self.lease is None:
+        if acquired is None:
             return 0
+        self.lease = acquired.lease
         if self.options.ip_blackhole_route:
             add_blackhole_route(self.lease.subnet)
         backend.start(self.lease)
@@ -218,12 +219,11 @@ class Daemon:
         self.keeper = LeaseKeeper(self.registry, self.lease, timing,
                                   self.options.lease_check_interval)
         self.peers = PeerSync(self.lease.subnet, backend.handle, self.options.peer_removal_grace)
-        listed = self._retry_unreachable("listing leases", self.registry.list_leases)
-        if listed is None:
-            return 0
-        leases, revision = listed
-        self.peers.handle(LeaseEvents(tuple(leases), reset=True, revision=revision))
-        stop_watch = self.registry.watch_leases(revision, self.events.put, self._watch_failed)
+        # The listing the subnet was chosen on: changes since come through the watch.
+        self.peers.handle(LeaseEvents(tuple(acquired.listed), reset=True,
+                                      revision=acquired.revision))
+        stop_watch = self.registry.watch_leases(acquired.revision, self.events.put,
+                                                self._watch_failed)
         self.ready.set()
         self.notifier.ready(f"subnet {self.lease.subnet}, backend {self.config.backend_type}, "
                             f"{self.options.subnet_file} written")

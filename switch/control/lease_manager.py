@@ -7,6 +7,7 @@ import logging
 import random
 from dataclasses import dataclass
 from ipaddress import IPv4Network
+from typing import NamedTuple
 
 from weft.control.allocator import choose_subnet
 from weft.control.config import NetworkConfig
@@ -36,6 +37,12 @@ class LeaseTiming:
         return expiration - min(self.renew_margin, self.ttl / 2)
 
 
+class Acquired(NamedTuple):
+    lease: Lease
+    listed: list[Lease]  # every lease as listed when the subnet was chosen (ours not yet new)
+    revision: int  # the store's revision of that listing: watch for changes after it
+
+
 def acquire_lease(
     registry: LeaseRegistry,
     config: NetworkConfig,
@@ -44,25 +51,30 @@ def acquire_lease(
     timing: LeaseTiming,
     rng: random.Random | None = None,
     attempts: int = RACE_ATTEMPTS,
-) -> Lease:
-    """Take a subnet lease for `attrs.public_ip`, retrying with another subnet on a lost race."""
+) -> Acquired:
+    """Take a subnet lease for `attrs.public_ip`, retrying with another subnet on a lost race.
+
+    Also returns the listing the choice was made on: the daemon programs its peers from it and
+    watches from its revision, instead of listing every host a second time.
+    """
     rng = rng or random.Random()
     lost: set[IPv4Network] = set()
     for _ in range(attempts):
-        leases, _revision = registry.list_leases()
+        leases, revision = registry.list_leases()
         choice = choose_subnet(config, leases, attrs.public_ip, previous, rng, frozenset(lost))
         for stale in choice.stale:
             log.info("deleting our lease %s: it no longer fits the network config", stale.subnet)
             registry.delete_lease(stale.subnet)
         if choice.reuse is not None:
             log.info("found lease %s for our PublicIP %s, reusing", choice.subnet, attrs.public_ip)
-            return registry.update_lease(
+            lease = registry.update_lease(
                 choice.subnet, attrs, timing.ttl, old_lease_id=choice.reuse.etcd_lease_id
             )
+            return Acquired(lease, leases, revision)
         lease = registry.create_lease(choice.subnet, attrs, timing.ttl)
         if lease is not None:
             log.info("allocated lease %s", lease.subnet)
-            return lease
+            return Acquired(lease, leases, revision)
         log.info("another host took %s first; choosing another subnet", choice.subnet)
         lost.add(choice.subnet)
     raise AcquireError(

@@ -42,7 +42,7 @@ def reg(clock):
 
 
 def acquire(reg, previous=None, attrs=ME, config=CONFIG, **kwargs):
-    return acquire_lease(reg, config, attrs, previous, TIMING, random.Random(7), **kwargs)
+    return acquire_lease(reg, config, attrs, previous, TIMING, random.Random(7), **kwargs).lease
 
 
 def held(reg) -> dict[IPv4Network, IPv4Address]:
@@ -67,6 +67,17 @@ def test_our_lease_that_no_longer_fits_is_deleted_and_replaced(reg):
     reg.create_lease(IPv4Network("10.1.0.0/24"), ME, ttl=60)  # below SubnetMin
     lease = acquire(reg)
     assert held(reg) == {lease.subnet: ME.public_ip} and lease.subnet != IPv4Network("10.1.0.0/24")
+
+
+def test_the_listing_the_choice_was_made_on_comes_back_with_its_revision(reg):
+    """The daemon programs its peers from it and watches after its revision."""
+    other = reg.create_lease(IPv4Network("10.1.7.0/24"), OTHER, ttl=60)
+    _, revision_before = reg.list_leases()
+    acquired = acquire_lease(reg, CONFIG, ME, None, TIMING, random.Random(7))
+    assert [lease.subnet for lease in acquired.listed] == [other.subnet]
+    assert acquired.revision == revision_before
+    _, revision_after = reg.list_leases()
+    assert revision_after > acquired.revision  # our create comes after: the watch sees it
 
 
 def test_old_subnet_file_is_honoured_when_free(reg):
