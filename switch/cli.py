@@ -249,8 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --scale: lease changes written per second")
     bench.set_defaults(func=cmd_bench)
 
-    from weft.tools.replay import add_replay_parser
-    from weft.tools.trace import add_trace_parser
+    from weft.tools.commands import add_replay_parser, add_trace_parser
 
     add_replay_parser(sub, parents=[common])
     add_trace_parser(sub, [common])

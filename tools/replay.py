@@ -48,6 +48,7 @@ from weft.packet.outer import find_datagram, is_ingress, wrap_udp
 from weft.packet.reasons import Reason, Verdict, reason_name, verdict_name
 from weft.packet.slowpath import describe
 from weft.packet.table import CFG_PORT
+from weft.tools.commands import add_replay_parser
 from weft.tools.offline import OfflineError, OfflineHost, host_from_snapshot
 from weft.tools.pcapio import (
     LINKTYPE_ETHERNET,
@@ -322,31 +323,6 @@ def write_outputs(outcomes: list[Outcome], out: str | Path, nano: bool, wire_lin
                 target.write(data, sec, frac)
     if device is not None:
         device.close()
-
-
-def add_replay_parser(subparsers, parents: list[argparse.ArgumentParser] | None = None
-                      ) -> argparse.ArgumentParser:
-    """Add `replay` to a subparsers object (as in switch/cli.py); sets func=cmd_replay."""
-    p = subparsers.add_parser(
-        "replay", parents=list(parents or []),
-        help="run the pipeline over a capture as the host holding a subnet",
-        description=__doc__.split("\n\n")[0])
-    p.add_argument("capture", metavar="IN.pcap", help="pcap or pcapng to replay")
-    p.add_argument("--leases", metavar="SNAPSHOT.json", help="`weft leases --json` snapshot")
-    p.add_argument("--as", dest="as_subnet", metavar="SUBNET",
-                   help="replay as the host holding this subnet lease")
-    p.add_argument("--out", metavar="OUT.pcap",
-                   help="wire-side output (raw IPv4); the device side goes to OUT.device.pcap")
-    p.add_argument("--json", action="store_true", help="one JSON record per input packet")
-    p.add_argument("--decap-only", action="store_true",
-                   help="ignore leases; remove exactly one VXLAN layer (inner Ethernet frames)")
-    p.add_argument("--udp-raw", action="store_true",
-                   help="with --decap-only: remove one flannel-UDP layer (raw IPv4 out)")
-    p.add_argument("--port", type=int, help=f"with --decap-only: UDP destination port "
-                                            f"(default {DEFAULT_PORTS['vxlan']}, or "
-                                            f"{DEFAULT_PORTS['udp']} with --udp-raw)")
-    p.set_defaults(func=cmd_replay)
-    return p
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

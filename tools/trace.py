@@ -20,8 +20,6 @@ tshark decodes VXLAN on 8472 with `-d udp.port==8472,vxlan`, tcpdump with `-T vx
 
 from __future__ import annotations
 
-import argparse
-import os
 import struct
 import sys
 import time
@@ -31,7 +29,7 @@ from typing import Any
 from weft.backends.defaults import device_name
 from weft.control.lease import subnet_key
 from weft.control.registry import DEFAULT_PREFIX, RegistryError, load_snapshot
-from weft.observe.control_socket import DEFAULT_CONTROL_SOCKET, ControlError, control_stream
+from weft.observe.control_socket import ControlError, control_stream
 from weft.observe.tracehub import FilterError, event_frames, parse_filter
 from weft.packet import twins
 from weft.packet.fastpath import SLOT_IP_ID, Batch
@@ -444,32 +442,6 @@ class EventPcap:
 
 
 # ---- command line -----------------------------------------------------------------------------
-
-
-def add_trace_parser(subparsers, parents=()) -> argparse.ArgumentParser:
-    """Add `weft trace` to an argparse subparsers object; args.func(args) returns an exit code."""
-    p = subparsers.add_parser(
-        "trace", parents=list(parents), help="trace a packet through the pipeline (offline) or "
-        "watch a running daemon's packets (--live)",
-        description="Offline: weft trace --leases SNAPSHOT --as SUBNET PACKET. "
-                    "Live: weft trace --live [--filter EXPR].")
-    p.add_argument("packet", nargs="?", help="scapy expression (Ether()/IP(...)/ICMP()) or hex")
-    p.add_argument("--leases", help="lease snapshot (weft leases --json)")
-    p.add_argument("--as", dest="as_subnet", metavar="SUBNET", help="trace as the host of SUBNET")
-    p.add_argument("--direction", choices=("egress", "ingress"), help="default: inferred")
-    p.add_argument("--src-ip", help="outer source (the sending peer) of an ingress packet")
-    p.add_argument("--pcap", help="take the packet from this pcap")
-    p.add_argument("--index", type=int, default=0, help="packet number in --pcap, from 0")
-    p.add_argument("--json", action="store_true", help="the trace as a JSON document")
-    p.add_argument("--live", action="store_true", help="stream events from a running daemon")
-    p.add_argument("--socket", default=os.environ.get("WEFT_CONTROL_SOCKET",
-                                                      DEFAULT_CONTROL_SOCKET),
-                   help="the daemon's control socket [env WEFT_CONTROL_SOCKET]")
-    p.add_argument("--filter", help="e.g. 'host 10.1.16.2 and proto icmp and verdict drop'")
-    p.add_argument("--count", type=int, default=0, help="stop after N events (0: never)")
-    p.add_argument("--write", metavar="FILE.pcap", help="save traced packets (inner and outer)")
-    p.set_defaults(func=cmd_trace)
-    return p
 
 
 def cmd_trace(args) -> int:

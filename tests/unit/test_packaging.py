@@ -75,3 +75,13 @@ def test_wheel_installs_weft_and_no_generic_names(wheel_target: Path) -> None:
     lines = out.stdout.split()
     assert Path(lines[0]).is_relative_to(wheel_target)
     assert lines[1:] == ["absent", "switch", "absent", "backends", "absent", "tools"]
+
+
+def test_the_cli_loads_no_compiler_until_a_command_needs_it():
+    """`weft status`, `weft leases` and the others build every subcommand's parser; numba (and
+    LLVM, ~60 MB) must load only with the commands that run the pipeline."""
+    code = ("import sys; from weft.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('numba', 'llvmlite', 'scapy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "[]"

@@ -182,7 +182,7 @@ def test_pcapng_input_gives_the_same_verdicts(tmp_path):
 
 def test_python_c_entry_point():
     """The function is usable from a plain `python -c`, as the lead wires it into the CLI."""
-    code = ("import argparse, sys; from weft.tools.replay import add_replay_parser; "
+    code = ("import argparse, sys; from weft.tools.commands import add_replay_parser; "
             "p = argparse.ArgumentParser(); add_replay_parser(p.add_subparsers(), []); "
             "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")
     result = subprocess.run(

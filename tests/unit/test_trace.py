@@ -17,6 +17,7 @@ from weft.control.registry import load_snapshot
 from weft.observe.tracehub import FilterError, TraceHub, event_frames, parse_filter, row_key
 from weft.packet.fastpath import Batch
 from weft.tools import trace
+from weft.tools.commands import add_trace_parser
 from weft.tools.offline import host_from_snapshot
 
 LOCAL_MAC, PEER_MAC = "02:00:00:00:15:01", "7e:81:33:71:e9:51"
@@ -48,7 +49,7 @@ def fields(doc: dict) -> dict:
 
 def cli(*argv: str) -> int:
     parser = argparse.ArgumentParser()
-    trace.add_trace_parser(parser.add_subparsers())
+    add_trace_parser(parser.add_subparsers())
     args = parser.parse_args(["trace", *argv])
     return args.func(args)
 
