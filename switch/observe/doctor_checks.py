@@ -238,9 +238,10 @@ def peer(probe: PeerProbe, backend: str) -> Finding:
                        "no ICMP error (a listener, or filtered)"))
     found = "; ".join(said)
     if probe.port_refused:
-        return Finding(name, FAIL, found + f": nothing listens on udp/{probe.port} there",
-                       f"start weft run (or flanneld) on {ip}; check its Backend.Port "
-                       f"matches ({backend})")
+        return Finding(name, FAIL, found + f": nothing listens on udp/{probe.port} there, "
+                       "or a firewall there rejects it",
+                       f"start weft run (or flanneld) on {ip}, or let udp/{probe.port} through "
+                       f"its firewall; both ends must use the config's Backend.Port ({backend})")
     if probe.echo_ms is not None:
         return Finding(name, OK, found)
     if probe.neighbour_failed:
