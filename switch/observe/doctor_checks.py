@@ -229,7 +229,7 @@ def peer(probe: PeerProbe, backend: str) -> Finding:
         return Finding(name, FAIL, f"no route to PublicIP {ip}: {probe.route_error}",
                        f"add a route to {ip} (the underlay must connect the hosts)")
     said = [f"route via {probe.route}"]
-    said.append(f"ICMP echo to {ip}: " + (f"reply in {probe.echo_ms:.1f} ms"
+    said.append(f"ICMP echo to {ip}: " + (f"reply in {probe.echo_ms:.2f} ms"
                                           if probe.echo_ms is not None
                                           else f"no reply in {probe.timeout:g} s"))
     if probe.port is not None:
