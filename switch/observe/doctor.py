@@ -141,8 +141,7 @@ def _kernel_findings(backend: str, device: str | None, links: dict[str, host_fac
         dev_link = links.get(device) if device else None
         out.append(checks.mtu(backend, OVERHEADS.get(backend, 0), pod_mtu, device or "device",
                               dev_link.mtu if dev_link else None,
-                              iface.name if iface else None,
-                              links[iface.name].mtu if iface and iface.name in links else None))
+                              iface.name if iface else None, iface.mtu if iface else None))
     vxlans = sorted(name for name, link in links.items() if link.kind == "vxlan")
     out.append(checks.vxlan_offload([(name, host_facts.feature(name)) for name in vxlans]))
     return out

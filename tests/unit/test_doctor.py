@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -263,3 +264,36 @@ def test_subnet_file_reader(tmp_path):
     values = doctor.read_subnet_file(str(path))
     assert values == {"FLANNEL_NETWORK": "10.1.0.0/16", "FLANNEL_SUBNET": "10.1.5.1/24",
                       "FLANNEL_MTU": "1450"}
+
+
+def test_backend_from_the_config_else_guessed_from_weft_device():
+    from weft.control.config import parse_config
+    from weft.observe.host_facts import Link
+
+    udp = parse_config('{"Network":"10.1.0.0/16","Backend":{"Type":"udp","Port":9000}}')
+    assert doctor._backend(udp, {}) == ("udp", 1, 9000)
+    vxlan = parse_config('{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan","VNI":4}}')
+    assert doctor._backend(vxlan, {}) == ("vxlan", 4, 8472)
+    hostgw = parse_config('{"Network":"10.1.0.0/16","Backend":{"Type":"host-gw"}}')
+    assert doctor._backend(hostgw, {}) == ("host-gw", 1, None)
+    assert doctor._backend(None, {"weft0": Link("weft0", 3, "tun", 1472)}) == ("udp", 0, 8285)
+    assert doctor._backend(None, {"weft.2": Link("weft.2", 3, "tun", 1450)}) == ("vxlan", 2, 8472)
+    assert doctor._backend(None, {}) == ("vxlan", 1, 8472)
+
+
+def test_etcd_is_asked_once_within_a_bounded_time(monkeypatch):
+    from weft.control.etcd_registry import EtcdOptions
+
+    bad = doctor.ask_etcd(EtcdOptions(endpoints="http://:2379"), None, None)
+    assert bad.error is not None and "bad etcd endpoint" in bad.error  # no traffic sent
+    calls = []
+
+    def hung(options, subnet, public_ip, facts):  # a client library that never returns
+        calls.append(options)
+        time.sleep(30)
+
+    monkeypatch.setattr(doctor, "_converse", hung)
+    start = time.monotonic()
+    facts = doctor.ask_etcd(EtcdOptions(endpoints="http://e:2379", timeout=0.05), None, None)
+    assert time.monotonic() - start < 2 and len(calls) == 1
+    assert facts.error == "etcd at http://e:2379 did not answer within 1.2 s"
