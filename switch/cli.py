@@ -97,6 +97,18 @@ def _etcd_flags(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "--etcd-password", help="etcd password")
 
 
+def _iface_flags(parser: argparse.ArgumentParser) -> None:
+    _flag(parser, "--iface", action=_Repeatable,
+          help="interface (name or IPv4 address) for inter-host traffic; repeatable: the first "
+               "that exists is used")
+    _flag(parser, "--iface-regex", action=_Repeatable,
+          help="regex for the interface's IPv4 address or name, when no --iface; repeatable: "
+               "the first interface one matches is used")
+    _flag(parser, "--iface-can-reach", type=_optional(IPv4Address),
+          help="use the interface the kernel routes this address through (no --iface/-regex)")
+    _flag(parser, "--public-ip", type=_optional(IPv4Address), help="IP other hosts reach us at")
+
+
 def _control_flag(parser: argparse.ArgumentParser) -> None:
     from weft.observe.control_socket import DEFAULT_CONTROL_SOCKET
 
@@ -155,15 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "FLANNELD_<FLAG> > default.")
     run.add_argument("--version", action="version", version=f"weft {_version()}")
     _etcd_flags(run)
-    _flag(run, "--iface", action=_Repeatable,
-          help="interface (name or IPv4 address) for inter-host traffic; repeatable: the first "
-               "that exists is used")
-    _flag(run, "--iface-regex", action=_Repeatable,
-          help="regex for the interface's IPv4 address or name, when no --iface; repeatable: "
-               "the first interface one matches is used")
-    _flag(run, "--iface-can-reach", type=_optional(IPv4Address),
-          help="use the interface the kernel routes this address through (no --iface/-regex)")
-    _flag(run, "--public-ip", type=_optional(IPv4Address), help="IP other hosts reach us at")
+    _iface_flags(run)
     _flag(run, "--subnet-file", default=subnet_env.DEFAULT_PATH, help="subnet file to write")
     _flag(run, "--subnet-lease-renew-margin", type=_renew_margin, default=60,
           help="minutes before expiry to renew the lease (1-1439)")
@@ -254,6 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_replay_parser(sub, parents=[common])
     add_trace_parser(sub, [common])
 
+    doctor = sub.add_parser("doctor", help="check this host for what breaks pod networking "
+                                           "and name the fix (exit 1 on a FAIL)")
+    _etcd_flags(doctor)
+    _iface_flags(doctor)
+    _flag(doctor, "--subnet-file", default=subnet_env.DEFAULT_PATH, help="subnet file weft run "
+          "writes")
+    _flag(doctor, "--subnet-lease-renew-margin", type=_renew_margin, default=60,
+          help="minutes before expiry weft run renews; less time left is a warning")
+    doctor.add_argument("--json", action="store_true",
+                        help="a list of {check, status, found, fix}")
+    doctor.set_defaults(func=cmd_doctor)
+
     leases = sub.add_parser("leases", help="list subnet leases")
     _etcd_flags(leases)
     leases.add_argument("--json", action="store_true",
@@ -276,12 +292,13 @@ def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.Argument
 
 
 def normalize_run_argv(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
-    """flanneld's Go flag syntax after `run` rewritten for argparse (see weft.goflags)."""
+    """flanneld's Go flag syntax after `run` (or `doctor`) rewritten for argparse (see
+    weft.goflags)."""
     first = next((i for i, token in enumerate(argv) if not token.startswith("-")), None)
-    if first is None or argv[first] != "run":
+    if first is None or argv[first] not in ("run", "doctor"):
         return argv
     booleans, valued = set(), set()
-    for action in _subcommand(parser, "run")._actions:
+    for action in _subcommand(parser, argv[first])._actions:
         names = {o.lstrip("-") for o in action.option_strings if o.startswith("--")}
         if action.dest == "verbose" or not names:
             continue
@@ -368,6 +385,12 @@ def cmd_leases(args) -> int:
         print("  ".join(cells).rstrip())
     print(f"{len(leases)} lease(s) at revision {revision}")
     return 0
+
+
+def cmd_doctor(args) -> int:
+    from weft.observe.doctor import main as doctor_main
+
+    return doctor_main(args)
 
 
 def cmd_status(args) -> int:
