@@ -34,16 +34,22 @@ class Runtime:
         except OSError as exc:
             raise CniError(IO_FAILURE, f"cannot read {path}: {exc.strerror}") from None
 
-    def add(self, container_id: str, netns: str, ifname: str = "eth0") -> dict | None:
+    def add(self, container_id: str, netns: str, ifname: str = "eth0",
+            capability_args: Mapping[str, object] | None = None) -> dict | None:
+        """`capability_args` (e.g. {"portMappings": [...]}) reach, as runtimeConfig, each
+        plugin whose `capabilities` names them, as libcni passes them."""
         result = None
         for plugin in self.conflist["plugins"]:
-            result = self._invoke("ADD", plugin, result, container_id, netns, ifname)
+            result = self._invoke("ADD", plugin, result, container_id, netns, ifname,
+                                  capability_args)
         return result
 
     def delete(self, container_id: str, netns: str, ifname: str = "eth0",
-               prev_result: dict | None = None) -> None:
+               prev_result: dict | None = None,
+               capability_args: Mapping[str, object] | None = None) -> None:
         for plugin in reversed(self.conflist["plugins"]):
-            self._invoke("DEL", plugin, prev_result, container_id, netns, ifname)
+            self._invoke("DEL", plugin, prev_result, container_id, netns, ifname,
+                         capability_args)
 
     def check(self, container_id: str, netns: str, prev_result: dict,
               ifname: str = "eth0") -> None:
@@ -51,11 +57,17 @@ class Runtime:
             self._invoke("CHECK", plugin, prev_result, container_id, netns, ifname)
 
     def _invoke(self, command: str, plugin: dict, prev: dict | None, container_id: str,
-                netns: str, ifname: str) -> dict | None:
+                netns: str, ifname: str,
+                capability_args: Mapping[str, object] | None = None) -> dict | None:
         conf = {**plugin, "name": self.conflist["name"],
                 "cniVersion": self.conflist["cniVersion"]}
         if prev is not None:
             conf["prevResult"] = prev
+        wanted = plugin.get("capabilities") or {}
+        runtime_config = {key: value for key, value in (capability_args or {}).items()
+                          if wanted.get(key)}
+        if runtime_config:
+            conf["runtimeConfig"] = runtime_config
         env = {**self.env, "CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
                "CNI_NETNS": netns, "CNI_IFNAME": ifname, "CNI_ARGS": "",
                "CNI_PATH": os.pathsep.join(self.cni_path)}

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -169,6 +171,60 @@ def _plugin_error(cluster: Cluster, conf: dict) -> CniError:
 
 def _installed(cluster: Cluster) -> str:
     return str(cluster.dir / "cni" / "bin" / "weft")
+
+
+def _answer_once(ip: str, port: int, timeout: float) -> str:
+    """In a pod: accept one connection, say who we are, return the client's address."""
+    with probe.listening_socket(ip, port, timeout) as lsock:
+        conn, peer = lsock.accept()
+        with conn:
+            conn.sendall(f"pod {ip}".encode())
+    return peer[0]
+
+
+def _ask(ip: str, port: int, timeout: float) -> bytes:
+    """On a host: connect (the pod's server may still be starting) and read the answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((ip, port), timeout=timeout) as sock:
+                return sock.recv(100)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _refused(ip: str, port: int) -> bool:
+    try:
+        socket.create_connection((ip, port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_portmap_from_the_conflist_publishes_a_pod_port_on_its_host(cluster: Cluster) -> None:
+    """The conflist `weft cni install` writes chains Debian's portmap after weft: a runtime's
+    portMappings reach it as runtimeConfig, another host reaches the pod through host 1's
+    address, and DEL takes the mapping away again."""
+    runtime, h, other = cluster.runtimes[1], cluster.hosts[1], cluster.hosts[0]
+    assert [p["type"] for p in runtime.conflist["plugins"]] == ["weft", "portmap"]
+    mappings = {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}
+    name = f"{h.ns}pm"
+    path = f"{netns.NETNS_DIR}/{name}"
+    netns.create(name)
+    try:
+        result = netns.call_in(h.ns, runtime.add, name, path, "eth0", mappings)
+        pod_ip = result["ips"][0]["address"].split("/")[0]
+        server = netns.spawn_in(name, _answer_once, pod_ip, 80, 20.0)
+        reply = netns.call_in(other.ns, _ask, h.public_ip, 8080, 10.0)
+        client = server.result(timeout=20)
+        assert reply == f"pod {pod_ip}".encode()
+        assert client == other.public_ip  # DNAT only: the pod sees who asked
+        netns.call_in(h.ns, runtime.delete, name, path, "eth0", result, mappings)
+        assert netns.call_in(other.ns, _refused, h.public_ip, 8080)
+    finally:
+        netns.remove(name)
 
 
 def test_missing_subnet_env_is_try_again_later(cluster: Cluster) -> None:

@@ -14,7 +14,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from weft.control.lease import LeaseAttrs, subnet_key
-from weft.observe.http import render_metrics
+from weft.observe.metrics import render_metrics
 from weft.tools.lab import netns, probe
 from weft.tools.lab.cluster import PREFIX, Cluster
 from weft.tools.lab.topology import Lab

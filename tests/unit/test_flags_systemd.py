@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from importlib.resources import files
 
 from weft.cli import build_parser, env_name
@@ -35,3 +37,32 @@ def test_every_variable_in_the_environment_file_is_a_run_flag():
     known = {env_name(o) for a in run._actions for o in a.option_strings if o.startswith("--")}
     names = re.findall(r"^#?(WEFT_\w+)=", (SYSTEMD / "weft.env").read_text(), re.MULTILINE)
     assert names and set(names) - {"WEFT_OPTIONS"} <= known, set(names) - known
+
+
+def _verify(unit_text: str, tmp_path) -> str:
+    """systemd's own parser on the unit (ExecStart pointed at the installed weft): its
+    complaints, empty when systemd takes every line."""
+    path = tmp_path / "weft.service"
+    path.write_text(unit_text.replace("/usr/local/bin/weft", shutil.which("weft") or "weft"))
+    done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    return (done.stderr + ("" if done.returncode == 0 else f"exit {done.returncode}")).strip()
+
+
+def test_systemd_accepts_every_line_of_the_unit(tmp_path):
+    unit = (SYSTEMD / "weft.service").read_text()
+    assert _verify(unit, tmp_path) == ""
+    # the check can fail: one misspelt setting is reported
+    assert "notifyy" in _verify(unit.replace("Type=notify", "Type=notifyy"), tmp_path)
+
+
+def test_systemd_rates_the_hardening(tmp_path):
+    """`systemd-analyze security` scores exposure from 0 (locked down) to 10; the unit needs
+    CAP_NET_ADMIN and the host's network namespace, and stays in the "OK" band."""
+    path = tmp_path / "weft.service"
+    path.write_text((SYSTEMD / "weft.service").read_text())
+    done = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
+                           str(path)], capture_output=True, text=True, timeout=60)
+    level = re.search(r"Overall exposure level for weft.service: ([0-9.]+) (\w+)", done.stdout)
+    assert level, done.stdout[-500:] + done.stderr
+    assert float(level[1]) <= 4.0 and level[2] == "OK", level[0]

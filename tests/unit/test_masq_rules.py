@@ -10,7 +10,7 @@ import pytest
 from weft.backends.iptables import IptablesError
 from weft.backends.masq_rules import drifted, forward_chain, masq_chain, restore_text
 from weft.backends.masquerade import TrafficRules, start_traffic_rules, wanted_chains
-from weft.observe.http import render_metrics
+from weft.observe.metrics import render_metrics
 from weft.observe.status_text import format_status
 
 pytestmark = pytest.mark.unit
@@ -200,7 +200,7 @@ def test_nothing_wanted_nothing_started():
 
 def test_metric_and_status_line():
     status = {"iptables": {"chains": ["nat/WEFT-POSTRTG"], "applied": True, "resyncs": 3}}
-    assert "weft_iptables_resyncs_total 3\n" in render_metrics(status)
+    assert "\nweft_iptables_resyncs_total 3.0\n" in render_metrics(status)
     assert "\nweft_iptables_resyncs_total " not in render_metrics({})
     assert "iptables:  nat/WEFT-POSTRTG applied, 3 resyncs\n" in format_status(status)
     failing = {"iptables": {"chains": [], "applied": False, "resyncs": 0, "error": "boom"}}

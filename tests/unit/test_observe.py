@@ -1,10 +1,14 @@
-import re
 import urllib.error
 import urllib.request
 
 import pytest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.parser import text_string_to_metric_families
 
-from weft.observe.http import HealthServer, escape_label_value, render_metrics
+from weft.observe.http import HealthServer
+from weft.observe.metrics import render_metrics
 
 STATUS = {
     "ready": True,
@@ -20,33 +24,16 @@ STATUS = {
     "datapath": {"mode": "plain"},
 }
 
-# name{labels} value, where label values may contain escaped quotes/backslashes/newlines.
-SAMPLE = re.compile(
-    r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)'
-    r'(?:\{(?P<labels>[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
-    r'(?:,[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*")*)\})?'
-    r' (?P<value>[-+]?(?:[0-9.e+-]+|Inf|NaN))$'
-)
-
-
 def parse_samples(text: str) -> dict[str, float]:
-    """Every line is a comment (HELP/TYPE) or a valid sample; returns 'name{labels}' -> value."""
+    """'name{labels}' -> value, read by prometheus_client's own parser (which rejects anything
+    that is not valid exposition text)."""
     assert text.endswith("\n")
     samples = {}
-    typed = set()
-    for line in text.splitlines():
-        if line.startswith("# HELP "):
-            continue
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split(" ")
-            assert kind in ("counter", "gauge")
-            typed.add(name)
-            continue
-        match = SAMPLE.match(line)
-        assert match, f"not a sample line: {line!r}"
-        assert match["name"] in typed, f"sample before its TYPE: {line!r}"
-        key = match["name"] + (f"{{{match['labels']}}}" if match["labels"] else "")
-        samples[key] = float(match["value"])
+    for family in text_string_to_metric_families(text):
+        assert family.type in ("counter", "gauge"), family
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
     return samples
 
 
@@ -62,8 +49,8 @@ def test_render_metrics_full_status():
     assert samples["weft_lease_expiry_seconds"] == 86000
     assert samples["weft_ready"] == 1
     assert samples['weft_datapath_info{mode="plain"}'] == 1
-    assert samples['weft_lease_info{subnet="10.1.15.0/24",public_ip="192.0.2.11",'
-                   'backend="vxlan"}'] == 1
+    assert samples['weft_lease_info{backend="vxlan",public_ip="192.0.2.11",'
+                   'subnet="10.1.15.0/24"}'] == 1
 
 
 def test_render_metrics_help_and_type_once_per_family():
@@ -106,10 +93,10 @@ def test_numeric_reason_keys_are_named():
 
 
 def test_label_values_are_escaped():
-    assert escape_label_value('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
-    text = render_metrics({"datapath": {"mode": 'we"ird\\\nmode'}})
-    assert 'weft_datapath_info{mode="we\\"ird\\\\\\nmode"} 1' in text
-    parse_samples(text)
+    weird = 'we"ird\\\nmode'
+    [family] = [f for f in text_string_to_metric_families(
+        render_metrics({"datapath": {"mode": weird}})) if f.name == "weft_datapath_info"]
+    assert family.samples[0].labels == {"mode": weird}
 
 
 @pytest.fixture
@@ -165,6 +152,22 @@ def test_metrics_over_http(server):
     assert code == 200
     assert content_type.startswith("text/plain; version=0.0.4")
     assert parse_samples(body)["weft_ready"] == 1
+
+
+def test_openmetrics_when_the_scraper_asks_for_it(server):
+    """Prometheus sends Accept: application/openmetrics-text first; the answer follows it."""
+    srv, _ = server
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{srv.port}/metrics",
+        headers={"Accept": "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        content_type, body = resp.headers["Content-Type"], resp.read().decode()
+    assert content_type.startswith("application/openmetrics-text")
+    assert body.endswith("# EOF\n")
+    families = {f.name: f for f in openmetrics_families(body)}
+    assert families["weft_packets"].type == "counter"
+    assert {s.labels["direction"]: s.value for s in families["weft_packets"].samples} == {
+        "egress": 10, "ingress": 7}
 
 
 def test_unknown_path_is_404(server):

@@ -24,7 +24,7 @@ from weft.backends.reconcile import (
     new_public_address,
 )
 from weft.control.iface import ExternalInterface
-from weft.observe.http import render_metrics
+from weft.observe.metrics import render_metrics
 from weft.observe.status_text import format_status
 
 pytestmark = pytest.mark.unit
