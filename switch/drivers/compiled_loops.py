@@ -29,9 +29,11 @@ import errno
 import numpy as np
 from numba import njit
 
+from weft.dev.vnet_hdr import GSO_TCPV4, VNET_GSO_TYPE
 from weft.drivers import jitcache  # noqa: F401 - jitcache: the cache locator, before cache=True
 from weft.drivers.libc import (
     EAGAIN,
+    EBADF,
     EINTR,
     EIO,
     IOV_BASE,
@@ -54,6 +56,7 @@ from weft.drivers.libc import (
     read,
     recvmmsg,
     sockaddr_ip,
+    write,
 )
 from weft.drivers.loopio import (
     CTL_EACH_BATCH,
@@ -67,11 +70,14 @@ from weft.drivers.loopio import (
     ST_COALESCE_FAILED,
     ST_DEVICE_IO,
     ST_GSO_REFUSED,
+    ST_LAST_ERRNO,
     ST_MESSAGES,
     ST_PACKETS,
     ST_RETURNS,
     ST_SENT,
     ST_SYSCALLS,
+    ST_TUNNEL_REFUSED,
+    ST_TUNNEL_SENT,
     count_error,
     count_split,
     is_hard,
@@ -94,12 +100,49 @@ from weft.packet.offload import ERR_NO_ROOM, coalesce, split_super, unit_segment
 from weft.packet.reasons import Verdict
 from weft.packet.steps import KIND_VXLAN
 from weft.packet.table import CFG_MTU
+from weft.packet.tunnel_gso import INFO_SEGMENTS, SUP_HEAD, count_sent, encap_super, restore_read
 
 _FORWARD = int(Verdict.FORWARD)
 _SLOW = int(Verdict.SLOW)
 
 
 # ---- egress: device -> peers --------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _send_whole(p, io, peers, state, got):
+    """Hand the TCP super-frame read into io.sup to the TX TAP as one tunnel-GSO frame.
+
+    Returns 1 when it was written (or dropped on a counted write error, as a full socket
+    drops), 0 when it must be split as usual (encap_super declined it, or the kernel refused
+    the write: tunnel GSO is then off for good), or -errno for an errno that ends the loop.
+    """
+    stats = io.stats
+    t = encap_super(io.sup, got, io.probe, state.cfg, peers.present, peers.public_ip,
+                    peers.vtep_mac, state.counters, p.tnl_mac, io.tnl_info)
+    if t <= 0:
+        return 0
+    while True:
+        stats[ST_SYSCALLS] += ONE
+        w = write(p.tnl_fd, io.sup.ctypes.data, t)
+        if w >= 0:
+            count_sent(state.counters, io.tnl_info)
+            nseg = np.uint64(io.tnl_info[INFO_SEGMENTS])
+            stats[ST_TUNNEL_SENT] += ONE
+            stats[ST_PACKETS] += nseg
+            stats[ST_SENT] += nseg
+            return 1
+        e = get_errno()
+        if e == EINTR:
+            continue
+        if e == errno.EINVAL or e == EBADF or e == errno.EBADFD or e == errno.EFAULT:
+            # This kernel (or a TX TAP gone) will not take it: split from now on.
+            stats[ST_TUNNEL_REFUSED] += ONE
+            stats[ST_LAST_ERRNO] = np.uint64(e)
+            restore_read(io.sup)
+            return 0
+        count_error(stats, e)
+        return 1
 
 
 @njit(cache=True, nogil=True)
@@ -121,8 +164,11 @@ def egress_loop(p, io, b, peers, state):
     cap = bufs.shape[1] - HEADROOM
     base = bufs.ctypes.data
     offload = p.l3_off >= 0
+    head = SUP_HEAD if offload else 0
+    src = io.sup[head:]  # where a device read lands (after room for a tunnel frame's headers)
     sup_base = io.sup.ctypes.data
-    sup_cap = io.sup.shape[0]
+    sup_cap = src.shape[0]
+    tunnel = offload and p.tnl_fd >= 0 and p.kind == KIND_VXLAN
     pending = 0  # length of a frame waiting in sup: it did not fit the rows the batch had left
     full = False  # the last batch filled every row: more is likely queued, skip poll()
     rev = 0
@@ -138,14 +184,15 @@ def egress_loop(p, io, b, peers, state):
                 continue
         n = 0
         err = 0
-        while n < rows:
+        whole = 0  # super-frames handed whole to the TX TAP since the last poll
+        while n < rows and whole < rows:
             if offload and pending:
                 got = pending
                 pending = 0
             else:
                 stats[ST_SYSCALLS] += ONE
                 if offload:
-                    got = read(p.dev_fd, sup_base, sup_cap)
+                    got = read(p.dev_fd, sup_base + head, sup_cap)
                 else:
                     got = read(p.dev_fd, base + n * stride + HEADROOM, cap)
                 if got <= 0:
@@ -160,7 +207,21 @@ def egress_loop(p, io, b, peers, state):
                 b.lens[n] = got
                 n += 1
                 continue
-            r = split_super(io.sup, got, p.l3_off, bufs, b.lens, n)
+            if (tunnel and src[VNET_GSO_TYPE] == GSO_TCPV4 and stats[ST_TUNNEL_REFUSED] == 0
+                    and io.ctl[CTL_EACH_BATCH] == 0):
+                # A TCP super-frame: the kernel can cut it as it leaves (tunnel GSO), unless
+                # the egress kernel would not forward its first segment. The rows read before
+                # it leave first, so a flow keeps its order.
+                if n > 0:
+                    pending = got
+                    break
+                w = _send_whole(p, io, peers, state, got)
+                if w > 0:
+                    whole += 1
+                    continue
+                if w < 0:
+                    return RET_ERROR, 0, -w
+            r = split_super(src, got, p.l3_off, bufs, b.lens, n)
             if r > 0:
                 n += r
             elif r == ERR_NO_ROOM and n > 0:
@@ -168,7 +229,7 @@ def egress_loop(p, io, b, peers, state):
                 break
             else:
                 count_split(stats, r)
-        full = n == rows or pending > 0
+        full = n == rows or pending > 0 or whole == rows
         if n == 0:
             if err != 0:
                 return RET_ERROR, 0, err

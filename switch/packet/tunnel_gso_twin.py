@@ -1,0 +1,90 @@
+"""Readable pure-Python twin of the tunnel-GSO kernel (tunnel_gso.py): bytes in, bytes out.
+
+`encap_super(data, cfg, table, ip_id, tx_mac)` is the twin of tunnel_gso.encap_super on the
+read data = sup[SUP_HEAD:SUP_HEAD + got]: the frame it writes at sup[0:] with the segment count
+and byte counts it reports, or None where the kernel returns 0. Tests hold them byte-identical;
+when they disagree, this file is the specification.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from weft.dev.vnet_hdr import GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR_LEN
+from weft.packet.checksum import fold16, inet_checksum
+from weft.packet.fastpath import BUFSIZE, HEADROOM, VXLAN_ENCAP
+from weft.packet.offload_twin import VnetHdr, _tso_geometry, split_super, tcp_pseudo_sum
+from weft.packet.reasons import Verdict
+from weft.packet.table import CFG_LOCAL_VTEP_MAC, PeerTable
+from weft.packet.tunnel_gso import (
+    FRAME_INNER,
+    GSO_UDP_TUNNEL_IPV4,
+    OUTER_ETH,
+    TNL_HDR_LEN,
+    TNL_TTL_EXTRA,
+)
+from weft.packet.twins import vxlan_egress
+
+
+@dataclass(frozen=True)
+class TunnelFrame:
+    frame: bytes  # tunnel virtio header + outer Ethernet/IPv4/UDP/VXLAN + inner frame
+    segments: int  # datagrams the kernel cuts it into
+    rx_bytes: int  # inner bytes of those segments (as the egress kernel counts its input)
+    tx_bytes: int  # their outer IPv4 bytes
+
+
+def tunnel_header(hdr_len: int, gso_size: int, csum_start: int, outer_th: int,
+                  inner_nh: int) -> bytes:
+    """struct virtio_net_hdr_v1_hash_tunnel for a TCPV4 super-frame over UDP/IPv4."""
+    head = VnetHdr(VNET_F_NEEDS_CSUM, GSO_TCPV4 | GSO_UDP_TUNNEL_IPV4, hdr_len, gso_size,
+                   csum_start, 16).pack()
+    # num_buffers (v1), hash_value, hash_report, padding: unused on a write
+    return head + bytes(2 + 4 + 2 + 2) + struct.pack("<HH", outer_th, inner_nh)
+
+
+def encap_super(data: bytes, cfg: np.ndarray, table: PeerTable, ip_id: int, tx_mac: bytes,
+                row_cap: int = BUFSIZE - HEADROOM) -> TunnelFrame | None:
+    """Twin of tunnel_gso.encap_super; `row_cap` is the probe row's room after HEADROOM."""
+    if len(data) < VNET_HDR_LEN:
+        return None
+    hdr = VnetHdr.unpack(data)
+    if hdr.gso_type != GSO_TCPV4:
+        return None
+    pkt = data[VNET_HDR_LEN:]
+    code, ihl, doff, tot = _tso_geometry(pkt, 14, hdr.gso_size)
+    if code:
+        return None
+    mss = hdr.gso_size
+    payload = tot - ihl - doff
+    nseg = -(-payload // mss)
+    hlen = 14 + ihl + doff
+    if nseg < 2 or hlen + mss > row_cap or VXLAN_ENCAP + 14 + tot > 0xFFFF:
+        return None
+    first = split_super(data, 14)[0]  # what the egress kernel would have seen first
+    step = vxlan_egress(first, cfg, table, ip_id)
+    if step.verdict != Verdict.FORWARD:
+        return None
+
+    # The first segment's outer IPv4/UDP/VXLAN and inner Ethernet header, sized for the whole.
+    head = bytearray(step.out[: VXLAN_ENCAP + 14])
+    outer_total = VXLAN_ENCAP + 14 + tot
+    struct.pack_into("!H", head, 2, outer_total)
+    head[8] += TNL_TTL_EXTRA  # the host's forwarding takes it back
+    head[10:12] = b"\0\0"
+    head[10:12] = inet_checksum(bytes(head[:20])).to_bytes(2, "big")
+    struct.pack_into("!H", head, 24, outer_total - 20)
+    inner_ip = bytearray(pkt[14 : 14 + tot])
+    partial = fold16(tcp_pseudo_sum(inner_ip, tot - ihl))
+    inner_ip[ihl + 16 : ihl + 18] = partial.to_bytes(2, "big")
+    local_mac = int(cfg[CFG_LOCAL_VTEP_MAC]).to_bytes(6, "big")
+    eth = tx_mac + local_mac + b"\x08\x00"
+    frame = eth + bytes(head) + bytes(inner_ip)
+    tnl = tunnel_header(FRAME_INNER + hlen, mss, FRAME_INNER + 14 + ihl, OUTER_ETH + 20,
+                        FRAME_INNER + 14)
+    assert len(tnl) == TNL_HDR_LEN
+    return TunnelFrame(tnl + frame, nseg, nseg * hlen + payload,
+                       nseg * (VXLAN_ENCAP + hlen) + payload)

@@ -1,0 +1,194 @@
+"""Tunnel-GSO kernel (tunnel_gso.encap_super) against its twin and against the split path.
+
+The byte-exact check against what the kernel puts on the wire is in
+tests/netns/test_tundev.py (a real TAP, forwarded out a wire-like veth).
+"""
+
+from __future__ import annotations
+
+import struct
+from ipaddress import IPv4Address, IPv4Network
+
+import numpy as np
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
+from test_offload import ETH, MSS, super_frame
+
+from weft.dev.vnet_hdr import GSO_NONE, GSO_TCPV4, VNET_HDR_LEN
+from weft.packet import tunnel_gso
+from weft.packet import tunnel_gso_twin as twin
+from weft.packet.fastpath import BUFSIZE, HEADROOM, PATH_VXLAN_EGRESS, SLOT_IP_ID, Batch
+from weft.packet.offload_twin import VnetHdr
+from weft.packet.pipeline import Pipeline
+from weft.packet.tunnel_gso import SUP_HEAD, TNL_HDR_LEN
+
+LOCAL, PEER = IPv4Network("10.1.15.0/24"), IPv4Network("10.1.16.0/24")
+LOCAL_MAC, PEER_MAC = bytes.fromhex("020000000001"), bytes.fromhex("0200000000aa")
+TX_MAC = bytes.fromhex("0200000000fe")
+BIG = 0xFFFF - 50 - 20 - 32  # the largest inner payload whose encapsulation fits 64 KiB
+
+
+def pipeline(mtu: int = 1500) -> Pipeline:
+    p = Pipeline("vxlan", IPv4Network("10.1.0.0/16"), 24, mtu=mtu)
+    p.set_local(LOCAL, IPv4Address("192.0.2.1"), LOCAL_MAC)
+    p.table.set_peer(PEER, IPv4Address("192.0.2.2"), PEER_MAC)
+    return p
+
+
+def kernel(p: Pipeline, data: bytes) -> tuple[bytes | None, np.ndarray, bytes]:
+    """encap_super on data as a TAP read; (frame or None, info, sup bytes after)."""
+    sup = tunnel_gso.new_sup()
+    sup[SUP_HEAD : SUP_HEAD + len(data)] = np.frombuffer(data, np.uint8)
+    probe = np.zeros(BUFSIZE, np.uint8)
+    info = np.zeros(tunnel_gso.INFO_SIZE, np.int64)
+    before = sup.copy()
+    t = tunnel_gso.encap_super(sup, len(data), probe, p.cfg, p.table.present,
+                               p.table.public_ip, p.table.vtep_mac, p.counters,
+                               int.from_bytes(TX_MAC, "big"), info)
+    if t == 0:
+        assert (sup == before).all()
+        return None, info, sup.tobytes()
+    return sup[:t].tobytes(), info, sup.tobytes()
+
+
+def split_path(p: Pipeline, data: bytes) -> list[bytes]:
+    """What the ordinary path sends for the same read: split_super + the egress kernel."""
+    batch = Batch(128)
+    from weft.packet import offload
+
+    src = np.frombuffer(data, np.uint8).copy()
+    n = offload.split_super(src, len(data), 14, batch.bufs, batch.lens, 0)
+    assert n > 0
+    p.egress(batch, n)
+    return [batch.bufs[i, batch.out_off[i] : batch.out_off[i] + batch.out_len[i]].tobytes()
+            for i in range(n)]
+
+
+def gso_model(frame: bytes) -> list[bytes]:
+    """Cut a tunnel-GSO frame as Linux does (skb_udp_tunnel_segment + tcp_gso_segment), minus
+    the outer Ethernet and the TTL the host's forwarding takes: the outer IPv4 datagrams."""
+    hdr = frame[:TNL_HDR_LEN]
+    _, gso_type, hdr_len, mss, csum_start, _ = struct.unpack_from("<BBHHHH", hdr)
+    outer_th, inner_nh = struct.unpack_from("<HH", hdr, 20)
+    f = frame[TNL_HDR_LEN:]
+    outer = Ether(f)
+    inner_ip = outer[VXLAN].payload[IP]
+    payload = bytes(inner_ip[TCP].payload)
+    out = []
+    for i in range(-(-len(payload) // mss)):
+        chunk = payload[i * mss : (i + 1) * mss]
+        tcp = inner_ip[TCP].copy()
+        tcp.remove_payload()
+        tcp.seq = (tcp.seq + i * mss) & 0xFFFFFFFF
+        if i != -(-len(payload) // mss) - 1:
+            tcp.flags = int(tcp.flags) & ~0x09
+        if i:
+            tcp.flags = int(tcp.flags) & ~0x80
+        tcp.chksum = None
+        ip = inner_ip.copy()
+        ip.remove_payload()
+        ip.id = (ip.id + i) & 0xFFFF
+        ip.len = ip.chksum = None
+        seg = Ether(bytes(outer[VXLAN].payload)[:14]) / ip / tcp / chunk
+        o = outer[IP].copy()
+        o.remove_payload()
+        o.id = (o.id + i) & 0xFFFF
+        o.ttl -= 1
+        o.len = o.chksum = None
+        u = outer[UDP].copy()
+        u.remove_payload()
+        u.len = None
+        out.append(bytes(o / u / VXLAN(bytes(outer[VXLAN])[:8]) / bytes(seg)))
+    return out
+
+
+def test_frame_matches_twin_and_cuts_into_what_the_split_path_sends() -> None:
+    data = super_frame(14, payload=BIG)
+    p = pipeline()
+    frame, info, _ = kernel(p, data)
+    assert frame is not None
+    want = twin.encap_super(data, p.cfg, p.table, 0, TX_MAC)
+    assert want is not None and frame == want.frame
+    assert (info[0], info[1], info[2]) == (want.segments, want.rx_bytes, want.tx_bytes)
+    hdr = frame[:TNL_HDR_LEN]
+    assert hdr[1] == GSO_TCPV4 | tunnel_gso.GSO_UDP_TUNNEL_IPV4
+    assert struct.unpack_from("<HH", hdr, 20) == (34, 64)
+    assert frame[TNL_HDR_LEN : TNL_HDR_LEN + 6] == TX_MAC
+    # Cut as the kernel cuts it, the frame is byte for byte the datagrams we used to send.
+    rows = split_path(pipeline(), data)
+    assert gso_model(frame) == rows
+    assert info[0] == len(rows)
+
+
+def test_count_sent_adds_what_the_egress_kernel_would_have_counted() -> None:
+    data = super_frame(14, payload=10 * MSS + 7)
+    p, q = pipeline(), pipeline()
+    frame, info, _ = kernel(p, data)
+    assert frame is not None
+    tunnel_gso.count_sent(p.counters, info)
+    split_path(q, data)
+    assert (p.counters == q.counters).all()
+    assert p.counters[PATH_VXLAN_EGRESS, SLOT_IP_ID] == 11
+
+
+def test_restore_read_gives_split_super_its_header_back() -> None:
+    data = super_frame(14, payload=5 * MSS)
+    p = pipeline()
+    frame, _, after = kernel(p, data)
+    assert frame is not None
+    sup = np.frombuffer(after, np.uint8).copy()
+    tunnel_gso.restore_read(sup)
+    hdr = VnetHdr.unpack(sup[SUP_HEAD : SUP_HEAD + VNET_HDR_LEN].tobytes())
+    assert (hdr.gso_type, hdr.gso_size, hdr.csum_start) == (GSO_TCPV4, MSS, 14 + 20)
+    read = sup[SUP_HEAD : SUP_HEAD + len(data)].tobytes()
+    assert split_path(pipeline(), read) == split_path(pipeline(), data)
+
+
+def _not_ours() -> dict[str, bytes]:
+    plain = VnetHdr(0, GSO_NONE).pack() + ETH + bytes(IP(src="10.1.15.2", dst="10.1.16.3")
+                                                      / TCP() / (b"x" * 100))
+    return {
+        "plain read": plain,
+        "one segment": super_frame(14, payload=MSS),
+        "no route": super_frame(14, payload=BIG, dst="10.1.99.3"),
+        "too big for the MTU": super_frame(14, payload=BIG),  # pipeline(mtu=1400) below
+        "truncated": super_frame(14)[:500],
+        "local destination": super_frame(14, payload=BIG, dst="10.1.15.9"),
+        "outer IPv4 would pass 64 KiB": super_frame(14, payload=BIG + 1),
+    }
+
+
+@pytest.mark.parametrize("name", list(_not_ours()))
+def test_reads_it_does_not_take_are_left_alone(name: str) -> None:
+    data = _not_ours()[name]
+    p = pipeline(mtu=1400 if name == "too big for the MTU" else 1500)
+    frame, _, _ = kernel(p, data)
+    assert frame is None
+    assert twin.encap_super(data, p.cfg, p.table, 0, TX_MAC) is None
+    assert not p.counters.any()
+
+
+@pytest.mark.parametrize("payload", [2 * MSS, 2 * MSS + 1, 30000, BIG])
+@pytest.mark.parametrize("mss", [536, 1398, MSS])
+def test_sizes_agree_with_twin_and_split_path(payload: int, mss: int) -> None:
+    data = super_frame(14, payload=payload, mss=mss, flags="PA")
+    p = pipeline(mtu=1500)
+    frame, _, _ = kernel(p, data)
+    want = twin.encap_super(data, p.cfg, p.table, 0, TX_MAC)
+    assert frame is not None and want is not None and frame == want.frame
+    assert gso_model(frame) == split_path(pipeline(mtu=1500), data)
+    assert len(frame) == TNL_HDR_LEN + 14 + 36 + len(data) - VNET_HDR_LEN
+
+
+def test_probe_row_too_small_is_left_alone() -> None:
+    data = super_frame(14, payload=BIG)
+    p = pipeline()
+    sup = tunnel_gso.new_sup()
+    sup[SUP_HEAD : SUP_HEAD + len(data)] = np.frombuffer(data, np.uint8)
+    info = np.zeros(tunnel_gso.INFO_SIZE, np.int64)
+    t = tunnel_gso.encap_super(sup, len(data), np.zeros(HEADROOM + 500, np.uint8), p.cfg,
+                               p.table.present, p.table.public_ip, p.table.vtep_mac,
+                               p.counters, 1, info)
+    assert t == 0
