@@ -76,8 +76,10 @@ from weft.drivers.loopio import (
     ST_RETURNS,
     ST_SENT,
     ST_SYSCALLS,
+    ST_TUNNEL_GSO,
     ST_TUNNEL_REFUSED,
     ST_TUNNEL_SENT,
+    ST_TUNNEL_WRITTEN,
     count_error,
     count_split,
     is_hard,
@@ -100,7 +102,15 @@ from weft.packet.offload import ERR_NO_ROOM, coalesce, split_super, unit_segment
 from weft.packet.reasons import Verdict
 from weft.packet.steps import KIND_VXLAN
 from weft.packet.table import CFG_MTU
-from weft.packet.tunnel_gso import INFO_SEGMENTS, SUP_HEAD, count_sent, encap_super, restore_read
+from weft.packet.tunnel_gso import (
+    INFO_SEGMENTS,
+    SUP_HEAD,
+    count_received,
+    count_sent,
+    decap_super,
+    encap_super,
+    restore_read,
+)
 
 _FORWARD = int(Verdict.FORWARD)
 _SLOW = int(Verdict.SLOW)
@@ -284,6 +294,31 @@ def _aim_receive_buffers(p, io, b):
 
 
 @njit(cache=True, nogil=True)
+def _write_whole(p, io, gi, peers, state):
+    """Write GRO message gi, a tunnel-GSO packet received whole, to the TAP as one TSO frame.
+
+    Returns 1 when handled (written, or dropped on a counted write error), 0 when it must be
+    split as usual (tunnel_gso.decap_super declined it), or -errno that ends the loop.
+    """
+    stats = io.stats
+    t = decap_super(io.gro[gi], io.gro_len[gi], io.gro_src[gi], io.probe, state.cfg,
+                    peers.present, peers.public_ip, peers.sender_keys, io.tnl_info)
+    if t <= 0:
+        return 0
+    r = write_one(p.dev_fd, io.gro.ctypes.data + gi * io.gro.strides[0], t, stats)
+    if r < 0:
+        return r
+    count_received(state.counters, io.tnl_info)
+    nseg = np.uint64(io.tnl_info[INFO_SEGMENTS])
+    stats[ST_TUNNEL_GSO] += ONE
+    stats[ST_TUNNEL_WRITTEN] += ONE
+    stats[ST_PACKETS] += nseg
+    if r:
+        stats[ST_SENT] += nseg
+    return 1
+
+
+@njit(cache=True, nogil=True)
 def ingress_loop(p, io, b, peers, state):
     """recvmmsg batches, check/decapsulate, write the FORWARD rows; returns (code, rows, errno).
 
@@ -306,6 +341,7 @@ def ingress_loop(p, io, b, peers, state):
     out_base = io.out.ctypes.data
     out_stride = io.out.strides[0]
     gro_on = p.gro_n > 0
+    whole_rx = gro_on and p.l3_off == 14 and p.kind == KIND_VXLAN
     slots = _aim_receive_buffers(p, io, b)  # messages per recvmmsg
     full = False
     got = 0  # GRO messages received by the last recvmmsg, gi/gpos: how far they are split
@@ -361,7 +397,18 @@ def ingress_loop(p, io, b, peers, state):
                     b.lens[i] = cap + 1 if truncated else ln  # too long: dropped as TRUNCATED
                     b.src_ip[i] = sockaddr_ip(io.addrs[i])
         if gro_on:
-            n, gi, gpos = gro_split(p.kind, io, got, gi, gpos, b, cap, state.cfg[CFG_MTU])
+            whole = whole_rx and io.ctl[CTL_EACH_BATCH] == 0
+            if whole and gi < got and gpos == 0 and io.gro_seg[gi] > cap:
+                # A tunnel-GSO packet received whole: one TSO write, if the ingress kernel
+                # passes its first segment; else it is split below.
+                w = _write_whole(p, io, gi, peers, state)
+                if w < 0:
+                    return RET_ERROR, 0, -w
+                if w > 0:
+                    gi += 1
+                    continue
+            n, gi, gpos = gro_split(p.kind, io, got, gi, gpos, b, cap, state.cfg[CFG_MTU],
+                                    whole)
         else:
             n = got
             got = 0

@@ -56,6 +56,7 @@ from weft.drivers.loopio import (
     ST_TUNNEL_GSO,
     ST_TUNNEL_REFUSED,
     ST_TUNNEL_SENT,
+    ST_TUNNEL_WRITTEN,
     ST_WAKEUPS,
 )
 from weft.drivers.scratch import (
@@ -279,7 +280,8 @@ class HotLoop:
                 "sent": int(s[ST_SENT]), "device_io": int(s[ST_DEVICE_IO]),
                 "returns": int(s[ST_RETURNS]), "last_errno": int(s[ST_LAST_ERRNO]),
                 "messages": int(s[ST_MESSAGES]),
-                **({"tunnel_gso": int(s[ST_TUNNEL_GSO])} if side is self.ingress else
+                **({"tunnel_gso": int(s[ST_TUNNEL_GSO]),
+                    "tunnel_gso_whole": int(s[ST_TUNNEL_WRITTEN])} if side is self.ingress else
                    {"tunnel_frames": int(s[ST_TUNNEL_SENT])}),
             }
         return out

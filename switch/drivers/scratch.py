@@ -73,6 +73,8 @@ class IngressIO(NamedTuple):
     gro_len: np.ndarray  # int64[gro_n]: bytes each message held
     gro_seg: np.ndarray  # int64[gro_n]: its UDP_GRO segment size
     gro_src: np.ndarray  # int64[gro_n]: its sender (host-order IPv4)
+    probe: np.ndarray  # uint8[BUFSIZE]: the first segment of a tunnel-GSO packet received whole
+    tnl_info: np.ndarray  # int64[INFO_SIZE]: what tunnel_gso.decap_super reports
 
 
 def _common(rows: int) -> dict[str, np.ndarray]:
@@ -110,4 +112,6 @@ def new_ingress_io(rows: int, offload: bool, gro: bool) -> IngressIO:
                      gro_ctrl=np.zeros((slots, GRO_CMSG), dtype=np.uint8),
                      gro_len=np.zeros(slots, dtype=np.int64),
                      gro_seg=np.zeros(slots, dtype=np.int64),
-                     gro_src=np.zeros(slots, dtype=np.int64))
+                     gro_src=np.zeros(slots, dtype=np.int64),
+                     probe=np.zeros(BUFSIZE if gro and offload else 1, dtype=np.uint8),
+                     tnl_info=np.zeros(INFO_SIZE, dtype=np.int64))

@@ -41,6 +41,7 @@ from weft.packet.fastpath import HEADROOM
 from weft.packet.offload import ERR_MALFORMED, ERR_NO_ROOM, split_super
 from weft.packet.reasons import Verdict
 from weft.packet.steps import KIND_VXLAN
+from weft.packet.tunnel_gso import RX_PAD
 
 UDP_SEGMENT_DATA = 2  # the UDP_SEGMENT cmsg carries a u16 segment size
 GSO_CMSG = cmsg_space(UDP_SEGMENT_DATA)  # 24: the UDP_SEGMENT cmsg of one message
@@ -59,6 +60,7 @@ GRO_BUF = 65536  # the largest UDP datagram (GRO never merges past it) fits
 # Spare bytes before each GRO receive buffer: VXLAN header (8) + 2 is the 10-byte room a
 # virtio_net_hdr needs in front of the inner frame (see split_tunnel_gso).
 GRO_PAD = 2
+assert GRO_PAD == RX_PAD  # tunnel_gso.decap_super writes its virtio header there too
 VXLAN_OUTER = 28  # outer IPv4 + UDP written by the kernel; a UDP socket writes its own
 _FORWARD = int(Verdict.FORWARD)
 
@@ -240,7 +242,7 @@ def split_tunnel_gso(msg, total, mtu, bufs, lens, first):
 
 
 @njit(cache=True, nogil=True)
-def gro_split(kind, io, got, gi, gpos, b, cap, mtu):
+def gro_split(kind, io, got, gi, gpos, b, cap, mtu, whole_first=False):
     """Copy the datagrams of received GRO messages gi.. (in io, IngressIO) into the rows of
     batch b; returns (n, gi, gpos).
 
@@ -249,6 +251,8 @@ def gro_split(kind, io, got, gi, gpos, b, cap, mtu):
     cursor (gi, gpos) says where the next batch starts, so nothing is dropped for lack of rows.
     A datagram longer than a row is a kernel VXLAN's GSO packet (split_tunnel_gso) or else
     one row of length cap + 1, which the kernel drops as TRUNCATED, as the plain path does.
+    whole_first: the loop tries such a packet whole first (tunnel_gso.decap_super), so one
+    met after other rows ends the batch and is left for the next call (rows keep their order).
     """
     gro, gro_len, gro_seg, gro_src = io.gro, io.gro_len, io.gro_seg, io.gro_src
     bufs, lens, src_ip = b.bufs, b.lens, b.src_ip
@@ -259,6 +263,8 @@ def gro_split(kind, io, got, gi, gpos, b, cap, mtu):
         seg = gro_seg[gi]
         take = min(seg, total - gpos)
         if seg > cap:
+            if whole_first and n > 0 and kind == KIND_VXLAN:
+                break
             take = total - gpos
             r = -1
             if kind == KIND_VXLAN and total <= GRO_BUF:

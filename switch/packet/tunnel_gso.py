@@ -110,8 +110,9 @@ def encap_super(sup, got, probe, cfg, present, public_ip, vtep_mac, counters, tx
 
     Returns the frame's length (tunnel header included), or 0 when the read is not one for
     this path (not a TCPV4 super-frame of 2+ segments whose encapsulation fits 64 KiB, or its
-    first segment is not FORWARD for the egress kernel): then sup is unchanged and the read is split as usual. `probe` is
-    a scratch row (HEADROOM + a segment) for the first segment; `info` gets INFO_*.
+    first segment is not FORWARD for the egress kernel): then sup is unchanged and the read
+    is split as usual. `probe` is a scratch row (HEADROOM + a segment) for the first
+    segment; `info` gets INFO_*.
     Nothing is counted here (count_sent, after the write).
     """
     got = np.int64(got)

@@ -2,7 +2,8 @@
 
 `encap_super(data, cfg, table, ip_id, tx_mac)` is the twin of tunnel_gso.encap_super on the
 read data = sup[SUP_HEAD:SUP_HEAD + got]: the frame it writes at sup[0:] with the segment count
-and byte counts it reports, or None where the kernel returns 0. Tests hold them byte-identical;
+and byte counts it reports, or None where the kernel returns 0; `decap_super` likewise for the
+receiving end. Tests hold them byte-identical;
 when they disagree, this file is the specification.
 """
 
@@ -15,10 +16,10 @@ import numpy as np
 
 from weft.dev.vnet_hdr import GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR_LEN
 from weft.packet.checksum import fold16, inet_checksum
-from weft.packet.fastpath import BUFSIZE, HEADROOM, VXLAN_ENCAP
+from weft.packet.fastpath import BUFSIZE, HEADROOM, VXLAN_ENCAP, VXLAN_HDR
 from weft.packet.offload_twin import VnetHdr, _tso_geometry, split_super, tcp_pseudo_sum
 from weft.packet.reasons import Verdict
-from weft.packet.table import CFG_LOCAL_VTEP_MAC, PeerTable
+from weft.packet.table import CFG_LOCAL_VTEP_MAC, CFG_MTU, PeerTable
 from weft.packet.tunnel_gso import (
     FRAME_INNER,
     GSO_UDP_TUNNEL_IPV4,
@@ -26,7 +27,7 @@ from weft.packet.tunnel_gso import (
     TNL_HDR_LEN,
     TNL_TTL_EXTRA,
 )
-from weft.packet.twins import vxlan_egress
+from weft.packet.twins import vxlan_egress, vxlan_ingress
 
 
 @dataclass(frozen=True)
@@ -88,3 +89,42 @@ def encap_super(data: bytes, cfg: np.ndarray, table: PeerTable, ip_id: int, tx_m
     assert len(tnl) == TNL_HDR_LEN
     return TunnelFrame(tnl + frame, nseg, nseg * hlen + payload,
                        nseg * (VXLAN_ENCAP + hlen) + payload)
+
+
+def decap_super(datagram: bytes, sender: int, cfg: np.ndarray, table: PeerTable,
+                row_cap: int = BUFSIZE - HEADROOM) -> TunnelFrame | None:
+    """Twin of tunnel_gso.decap_super on datagram = msg[RX_PAD:RX_PAD + total] (VXLAN header +
+    a TCP super-frame): the TAP write it makes at msg[0:], or None where the kernel returns 0.
+    rx_bytes/tx_bytes are what the ingress kernel counts for the segments (in and out)."""
+    if len(datagram) < VXLAN_HDR + 14 + 40:
+        return None
+    frame = datagram[VXLAN_HDR:]
+    if frame[14] >> 4 != 4 or frame[14] & 0x0F < 5:
+        return None
+    ihl = (frame[14] & 0x0F) * 4
+    if 14 + ihl + 13 >= len(frame):
+        return None
+    doff = (frame[14 + ihl + 12] >> 4) * 4
+    mss = int(cfg[CFG_MTU]) - ihl - doff
+    if mss <= 0:
+        return None
+    code, ihl, doff, tot = _tso_geometry(frame, 14, mss)
+    if code:
+        return None
+    payload = tot - ihl - doff
+    nseg = -(-payload // mss)
+    hlen = 14 + ihl + doff
+    if nseg < 2 or VXLAN_HDR + hlen + mss > row_cap:
+        return None
+    first = split_super(VnetHdr(0, GSO_TCPV4, 0, mss).pack() + frame, 14)[0]
+    step = vxlan_ingress(datagram[:VXLAN_HDR] + first, sender, cfg, table)
+    if step.verdict != Verdict.FORWARD:
+        return None
+    out = bytearray(frame[: 14 + tot])
+    out[24:26] = b"\0\0"
+    out[24:26] = inet_checksum(bytes(out[14 : 14 + ihl])).to_bytes(2, "big")
+    partial = fold16(tcp_pseudo_sum(out[14:], tot - ihl))
+    out[14 + ihl + 16 : 14 + ihl + 18] = partial.to_bytes(2, "big")
+    hdr = VnetHdr(VNET_F_NEEDS_CSUM, GSO_TCPV4, hlen, mss, 14 + ihl, 16).pack()
+    return TunnelFrame(hdr + bytes(out), nseg, nseg * (VXLAN_HDR + hlen) + payload,
+                       nseg * hlen + payload)

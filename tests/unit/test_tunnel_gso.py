@@ -192,3 +192,90 @@ def test_probe_row_too_small_is_left_alone() -> None:
                                p.table.present, p.table.public_ip, p.table.vtep_mac,
                                p.counters, 1, info)
     assert t == 0
+
+
+# ---- ingress: a tunnel-GSO packet received whole -> one TSO write ------------------------------
+
+PEER_IP = int(IPv4Address("192.0.2.2"))
+VXLAN_1 = bytes([0x08, 0, 0, 0, 0, 0, 1, 0])
+
+
+def received(payload: int = BIG, mss: int = 1398, flags: str = "A", src: str = "10.1.16.3",
+             dst: str = "10.1.15.2") -> bytes:
+    """A peer's tunnel-GSO packet as our socket gets it: VXLAN header + TCP super-frame (inner
+    checksum partial, as the sender's stack left it) from the peer's pod to ours."""
+    data = super_frame(14, payload=payload, mss=mss, flags=flags, src=src, dst=dst)
+    frame = bytearray(data[VNET_HDR_LEN:])
+    frame[0:6] = LOCAL_MAC
+    return VXLAN_1 + bytes(frame)
+
+
+def kernel_decap(p: Pipeline, datagram: bytes, sender: int = PEER_IP):
+    from weft.drivers.udpgso import GRO_BUF, GRO_PAD
+
+    msg = np.zeros(GRO_PAD + GRO_BUF, np.uint8)
+    msg[GRO_PAD : GRO_PAD + len(datagram)] = np.frombuffer(datagram, np.uint8)
+    before = msg.copy()
+    info = np.zeros(tunnel_gso.INFO_SIZE, np.int64)
+    t = tunnel_gso.decap_super(msg, len(datagram), sender, np.zeros(BUFSIZE, np.uint8), p.cfg,
+                               p.table.present, p.table.public_ip, p.table.sender_keys, info)
+    if t == 0:
+        assert (msg == before).all()
+        return None, info
+    return msg[:t].tobytes(), info
+
+
+def old_path(p: Pipeline, datagram: bytes) -> list[bytes]:
+    """What the loop wrote before: split_tunnel_gso into rows, the ingress kernel, coalesce."""
+    from weft.drivers.udpgso import GRO_BUF, GRO_PAD, split_tunnel_gso
+    from weft.packet import offload
+
+    msg = np.zeros(GRO_PAD + GRO_BUF, np.uint8)
+    msg[GRO_PAD : GRO_PAD + len(datagram)] = np.frombuffer(datagram, np.uint8)
+    batch = Batch(128)
+    n = split_tunnel_gso(msg, len(datagram), int(p.cfg[8]), batch.bufs, batch.lens, 0)
+    assert n > 0
+    batch.src_ip[:n] = PEER_IP
+    p.ingress(batch, n)
+    out, out_lens = offload.new_units(128)
+    units = offload.coalesce(batch.bufs, batch.out_off, batch.out_len, batch.verdict, n, 14, out,
+                             out_lens)
+    return [out[m, : out_lens[m]].tobytes() for m in range(units)]
+
+
+@pytest.mark.parametrize("payload", [2 * 1398, 30000, BIG])
+@pytest.mark.parametrize("flags", ["A", "PA"])
+def test_whole_write_is_what_split_and_coalesce_wrote(payload: int, flags: str) -> None:
+    p, q = pipeline(mtu=1450), pipeline(mtu=1450)
+    datagram = received(payload, flags=flags)
+    got, info = kernel_decap(p, datagram)
+    want = twin.decap_super(datagram, PEER_IP, p.cfg, p.table)
+    assert got is not None and want is not None and got == want.frame
+    assert (info[0], info[1], info[2]) == (want.segments, want.rx_bytes, want.tx_bytes)
+    assert [got] == old_path(q, datagram)
+    tunnel_gso.count_received(p.counters, info)
+    assert (p.counters == q.counters).all()
+
+
+def _not_taken() -> dict[str, tuple[bytes, int]]:
+    return {
+        "unknown sender": (received(), PEER_IP + 1),
+        "wrong VNI": (bytes([0x08, 0, 0, 0, 0, 0, 2, 0]) + received()[8:], PEER_IP),
+        "not for us": (received(dst="10.1.17.2"), PEER_IP),
+        "spoofed inner source": (received(src="10.1.20.3"), PEER_IP),
+        "one segment": (received(payload=1000), PEER_IP),
+        "truncated": (received()[:3000], PEER_IP),
+        "not TCP": (VXLAN_1 + LOCAL_MAC + bytes(Ether(src="02:00:00:00:00:aa")
+                    / IP(src="10.1.16.3", dst="10.1.15.2") / UDP() / (b"u" * 5000))[6:],
+                    PEER_IP),
+    }
+
+
+@pytest.mark.parametrize("name", list(_not_taken()))
+def test_whole_write_declines_what_the_ingress_kernel_would_not_pass(name: str) -> None:
+    datagram, sender = _not_taken()[name]
+    p = pipeline(mtu=1450)
+    got, _ = kernel_decap(p, datagram, sender)
+    assert got is None
+    assert twin.decap_super(datagram, sender, p.cfg, p.table) is None
+    assert not p.counters.any()
