@@ -91,25 +91,37 @@ from weft.drivers.loopio import (
 from weft.drivers.udpgso import (
     GRO_CMSG,
     GRO_PAD,
+    UDP_VIEW,
+    VX_VIEW,
     gro_size,
     gro_split,
     gso_messages,
     row_messages,
 )
 from weft.packet import steps
-from weft.packet.fastpath import HEADROOM
-from weft.packet.offload import ERR_NO_ROOM, coalesce, split_super, unit_segments
+from weft.packet.fastpath import (
+    HEADROOM,
+    PATH_UDP_EGRESS,
+    PATH_UDP_INGRESS,
+    PATH_VXLAN_EGRESS,
+    PATH_VXLAN_INGRESS,
+)
+from weft.packet.offload import ERR_NO_ROOM, coalesce_into, split_super, unit_segments
 from weft.packet.reasons import Verdict
 from weft.packet.steps import KIND_VXLAN
 from weft.packet.table import CFG_MTU
 from weft.packet.tunnel_gso import (
     INFO_SEGMENTS,
     SUP_HEAD,
+    SUP_HEAD_UDP,
     count_received,
     count_sent,
     decap_super,
+    decap_super_udp,
     encap_super,
+    encap_super_udp,
     restore_read,
+    restore_read_udp,
 )
 
 _FORWARD = int(Verdict.FORWARD)
@@ -128,15 +140,21 @@ def _send_whole(p, io, peers, state, got):
     the write: tunnel GSO is then off for good), or -errno for an errno that ends the loop.
     """
     stats = io.stats
-    t = encap_super(io.sup, got, io.probe, state.cfg, peers.present, peers.public_ip,
-                    peers.vtep_mac, state.counters, p.tnl_mac, io.tnl_info)
+    vxlan = p.kind == KIND_VXLAN
+    if vxlan:
+        t = encap_super(io.sup, got, io.probe, state.cfg, peers.present, peers.public_ip,
+                        peers.vtep_mac, state.counters, p.tnl_mac, io.tnl_info)
+    else:
+        t = encap_super_udp(io.sup, got, io.probe, state.cfg, peers.present, peers.public_ip,
+                            state.counters, p.tnl_mac, io.tnl_info)
     if t <= 0:
         return 0
     while True:
         stats[ST_SYSCALLS] += ONE
         w = write(p.tnl_fd, io.sup.ctypes.data, t)
         if w >= 0:
-            count_sent(state.counters, io.tnl_info)
+            count_sent(state.counters, PATH_VXLAN_EGRESS if vxlan else PATH_UDP_EGRESS,
+                       io.tnl_info)
             nseg = np.uint64(io.tnl_info[INFO_SEGMENTS])
             stats[ST_TUNNEL_SENT] += ONE
             stats[ST_PACKETS] += nseg
@@ -149,7 +167,10 @@ def _send_whole(p, io, peers, state, got):
             # This kernel (or a TX TAP gone) will not take it: split from now on.
             stats[ST_TUNNEL_REFUSED] += ONE
             stats[ST_LAST_ERRNO] = np.uint64(e)
-            restore_read(io.sup)
+            if vxlan:
+                restore_read(io.sup)
+            else:
+                restore_read_udp(io.sup)
             return 0
         count_error(stats, e)
         return 1
@@ -174,11 +195,11 @@ def egress_loop(p, io, b, peers, state):
     cap = bufs.shape[1] - HEADROOM
     base = bufs.ctypes.data
     offload = p.l3_off >= 0
-    head = SUP_HEAD if offload else 0
+    head = (SUP_HEAD if p.kind == KIND_VXLAN else SUP_HEAD_UDP) if offload else 0
     src = io.sup[head:]  # where a device read lands (after room for a tunnel frame's headers)
     sup_base = io.sup.ctypes.data
     sup_cap = src.shape[0]
-    tunnel = offload and p.tnl_fd >= 0 and p.kind == KIND_VXLAN
+    tunnel = offload and p.tnl_fd >= 0
     pending = 0  # length of a frame waiting in sup: it did not fit the rows the batch had left
     full = False  # the last batch filled every row: more is likely queued, skip poll()
     rev = 0
@@ -301,14 +322,22 @@ def _write_whole(p, io, gi, peers, state):
     split as usual (tunnel_gso.decap_super declined it), or -errno that ends the loop.
     """
     stats = io.stats
-    t = decap_super(io.gro[gi], io.gro_len[gi], io.gro_src[gi], io.probe, state.cfg,
-                    peers.present, peers.public_ip, peers.sender_keys, io.tnl_info)
+    vxlan = p.kind == KIND_VXLAN
+    view = VX_VIEW if vxlan else UDP_VIEW  # where the virtio header goes in the receive row
+    if vxlan:
+        t = decap_super(io.gro[gi, view:], io.gro_len[gi], io.gro_src[gi], io.probe, state.cfg,
+                        peers.present, peers.public_ip, peers.sender_keys, io.tnl_info)
+    else:
+        t = decap_super_udp(io.gro[gi, view:], io.gro_len[gi], io.gro_src[gi], io.probe,
+                            state.cfg, peers.present, peers.public_ip, peers.sender_keys,
+                            io.tnl_info)
     if t <= 0:
         return 0
-    r = write_one(p.dev_fd, io.gro.ctypes.data + gi * io.gro.strides[0], t, stats)
+    r = write_one(p.dev_fd, io.gro.ctypes.data + gi * io.gro.strides[0] + view, t, stats)
     if r < 0:
         return r
-    count_received(state.counters, io.tnl_info)
+    count_received(state.counters, PATH_VXLAN_INGRESS if vxlan else PATH_UDP_INGRESS,
+                   io.tnl_info)
     nseg = np.uint64(io.tnl_info[INFO_SEGMENTS])
     stats[ST_TUNNEL_GSO] += ONE
     stats[ST_TUNNEL_WRITTEN] += ONE
@@ -341,7 +370,7 @@ def ingress_loop(p, io, b, peers, state):
     out_base = io.out.ctypes.data
     out_stride = io.out.strides[0]
     gro_on = p.gro_n > 0
-    whole_rx = gro_on and p.l3_off == 14 and p.kind == KIND_VXLAN
+    whole_rx = gro_on and p.l3_off >= 0  # an offload device takes TSO writes
     slots = _aim_receive_buffers(p, io, b)  # messages per recvmmsg
     full = False
     got = 0  # GRO messages received by the last recvmmsg, gi/gpos: how far they are split
@@ -416,8 +445,8 @@ def ingress_loop(p, io, b, peers, state):
         stats[ST_PACKETS] += np.uint64(n)
         steps.ingress(p.kind, n, b, peers, state)
         if p.l3_off >= 0:
-            units = coalesce(bufs, b.out_off, b.out_len, b.verdict, n, p.l3_off, io.out,
-                             io.out_lens)
+            units = coalesce_into(bufs, b.out_off, b.out_len, b.verdict, n, p.l3_off, io.out,
+                                  io.out_lens, io.units)
             if units < 0:
                 # Cannot happen with `out` sized by new_units(rows); counted, not hidden.
                 for i in range(n):

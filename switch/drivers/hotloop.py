@@ -110,7 +110,7 @@ class HotLoop:
     gso_fds: UDP sockets to send with UDP GSO (weft.drivers.pyloop.Transport.gso_sockets); used
     only if this kernel takes UDP_SEGMENT, else egress stays on tx_fd. gro=True turns UDP_GRO
     on for rx_fd at start(), if the kernel takes it. tunnel: the TX TAP of
-    weft.dev.tundev.open_tunnel_tx (vxlan with offload only): TCP super-frames then leave whole,
+    weft.dev.tundev.open_tunnel_tx (offload mode only): TCP super-frames then leave whole,
     as UDP-tunnel GSO frames the kernel cuts. offloads() says what is in use.
 
     Raises CompiledLoopUnavailable (from the constructor or start()) when numba cannot run the
@@ -142,9 +142,8 @@ class HotLoop:
             if gro else "off",
         }
         gso = list(gso_fds) if self.udp_offloads["gso"] == "on" else []
-        # UDP-tunnel GSO: vxlan TCP super-frames go whole to a TX TAP and the kernel cuts them.
-        self.tunnel = tunnel if (tunnel is not None and tunnel.fd >= 0 and offload
-                                 and pipeline.kind_code == KIND_VXLAN) else None
+        # UDP-tunnel GSO: TCP super-frames go whole to a TX TAP and the kernel cuts them.
+        self.tunnel = tunnel if (tunnel is not None and tunnel.fd >= 0 and offload) else None
         self.udp_offloads["tunnel_gso"] = (
             "on" if self.tunnel is not None else
             (tunnel.reason if tunnel is not None and tunnel.reason else "off"))

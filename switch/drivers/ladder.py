@@ -46,7 +46,7 @@ class DeviceDatapath:
         self.refused: dict[str, str] = {}  # better modes that were tried and why they failed
         self.driver: Driver | None = None
         self.transport: Transport | None = None
-        self.tunnel: TunnelTx | None = None  # the TX TAP for tunnel GSO (vxlan offload)
+        self.tunnel: TunnelTx | None = None  # the TX TAP for tunnel GSO (offload mode)
         self.pipeline: Pipeline | None = None
         may_offload = wanted in (modes.AUTO, modes.OFFLOAD)
         self.device, self.device_mode = open_device(name, tap, offload=may_offload)
@@ -112,7 +112,7 @@ class DeviceDatapath:
         from weft.drivers.hotloop import HotLoop  # numba and libc load only when wanted
 
         offload = mode == modes.OFFLOAD
-        if offload and pipeline.kind == "vxlan" and self.tunnel is None:
+        if offload and self.tunnel is None:
             self.tunnel = open_tunnel_tx(self.name)
             if self.tunnel.reason:
                 log.info("tunnel GSO off: %s", self.tunnel.reason)

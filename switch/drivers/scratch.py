@@ -24,7 +24,7 @@ from weft.drivers.libc import IOVEC, MMSG, POLLFD, SOCKADDR_IN_SIZE
 from weft.drivers.loopio import CTL_SIZE, ST_SIZE
 from weft.drivers.udpgso import GRO_BUF, GRO_CMSG, GRO_MESSAGES, GRO_PAD, GSO_CMSG
 from weft.packet.fastpath import BUFSIZE
-from weft.packet.offload import new_units
+from weft.packet.offload import new_unit_scratch, new_units
 from weft.packet.tunnel_gso import INFO_SIZE, new_sup
 
 
@@ -68,6 +68,7 @@ class IngressIO(NamedTuple):
     addrs: np.ndarray
     out: np.ndarray  # uint8[rows, UNIT_ROW]: offload device writes that coalesce builds
     out_lens: np.ndarray  # int32[rows]
+    units: np.ndarray  # int64[UNIT_FIELDS, rows]: coalesce_into's per-unit bookkeeping
     gro: np.ndarray  # uint8[gro_n, GRO_PAD + GRO_BUF]: 64 KiB receive buffers with UDP_GRO
     gro_ctrl: np.ndarray  # uint8[gro_n, GRO_CMSG]: their control data
     gro_len: np.ndarray  # int64[gro_n]: bytes each message held
@@ -108,6 +109,7 @@ def new_ingress_io(rows: int, offload: bool, gro: bool) -> IngressIO:
         out, out_lens = np.zeros((1, 1), np.uint8), np.zeros(1, np.int32)
     slots = gro_messages(rows) if gro else 1
     return IngressIO(**_common(rows), out=out, out_lens=out_lens,
+                     units=new_unit_scratch(rows if offload else 1),
                      gro=np.zeros((slots, GRO_BUF + GRO_PAD if gro else 1), dtype=np.uint8),
                      gro_ctrl=np.zeros((slots, GRO_CMSG), dtype=np.uint8),
                      gro_len=np.zeros(slots, dtype=np.int64),

@@ -41,7 +41,7 @@ from weft.packet.fastpath import HEADROOM
 from weft.packet.offload import ERR_MALFORMED, ERR_NO_ROOM, split_super
 from weft.packet.reasons import Verdict
 from weft.packet.steps import KIND_VXLAN
-from weft.packet.tunnel_gso import RX_PAD
+from weft.packet.tunnel_gso import RX_PAD, RX_PAD_UDP
 
 UDP_SEGMENT_DATA = 2  # the UDP_SEGMENT cmsg carries a u16 segment size
 GSO_CMSG = cmsg_space(UDP_SEGMENT_DATA)  # 24: the UDP_SEGMENT cmsg of one message
@@ -57,10 +57,13 @@ GSO_BYTES = 0xFFFF - 28
 # datagrams to a handful; 32 (2 MiB) keeps that cost small where GRO does merge.
 GRO_MESSAGES = 32
 GRO_BUF = 65536  # the largest UDP datagram (GRO never merges past it) fits
-# Spare bytes before each GRO receive buffer: VXLAN header (8) + 2 is the 10-byte room a
-# virtio_net_hdr needs in front of the inner frame (see split_tunnel_gso).
-GRO_PAD = 2
-assert GRO_PAD == RX_PAD  # tunnel_gso.decap_super writes its virtio header there too
+# Spare bytes before each GRO receive buffer: the 10-byte room a virtio_net_hdr needs in front
+# of a bare IPv4 payload (udp backend); a VXLAN datagram's inner frame has 2 + its 8-byte VXLAN
+# header in front, so vxlan code works on the row from VX_VIEW on (split_tunnel_gso, and
+# tunnel_gso.decap_super, which writes a virtio header there and the TAP write starts there).
+GRO_PAD = 10
+VX_VIEW = GRO_PAD - RX_PAD  # 8: a vxlan receive row seen from here has RX_PAD spare bytes
+UDP_VIEW = GRO_PAD - RX_PAD_UDP  # 0
 VXLAN_OUTER = 28  # outer IPv4 + UDP written by the kernel; a UDP socket writes its own
 _FORWARD = int(Verdict.FORWARD)
 
@@ -207,14 +210,14 @@ def split_tunnel_gso(msg, total, mtu, bufs, lens, first):
     as one datagram without a UDP_GRO cmsg (the kernel only segments unexpected UDP_L4 GSO).
     Its inner frame is what a TSO TAP read gives, so split_super cuts it into segments that
     fit our MTU (computing every checksum, the inner one may be partial) and each row gets the
-    VXLAN header back in front. msg is the receive row: GRO_PAD spare bytes, then the
-    datagram, so the virtio_net_hdr split_super wants is written over the VXLAN header (saved
-    and put back). Returns rows written from `first`, or split_super's negative code.
+    VXLAN header back in front. msg is the receive row from VX_VIEW on: RX_PAD spare bytes,
+    then the datagram, so the virtio_net_hdr split_super wants is written over the VXLAN
+    header (saved and put back). Returns rows written from `first`, or split_super's code.
     """
-    hdr = np.empty(8, dtype=np.uint8)
+    hdr = np.int64(0)  # the VXLAN header, kept in a register (no allocation per packet)
     for j in range(8):
-        hdr[j] = msg[GRO_PAD + j]
-    ip = GRO_PAD + 8 + 14
+        hdr = (hdr << 8) | np.int64(msg[RX_PAD + j])
+    ip = RX_PAD + 8 + 14
     if total < 8 + 14 + 40 or (msg[ip] & 0x0F) < 5:
         return ERR_MALFORMED
     ihl = (np.int64(msg[ip]) & 0x0F) * 4
@@ -229,14 +232,14 @@ def split_tunnel_gso(msg, total, mtu, bufs, lens, first):
     msg[VNET_GSO_SIZE + 1] = (gso_size >> 8) & 0xFF
     r = split_super(msg, VNET_HDR_LEN + total - 8, 14, bufs, lens, first)
     for j in range(8):
-        msg[GRO_PAD + j] = hdr[j]
+        msg[RX_PAD + j] = (hdr >> (56 - 8 * j)) & 0xFF
     for i in range(first, first + max(r, 0)):
         row = bufs[i]
         ln = lens[i]
         for j in range(ln - 1, -1, -1):  # make room for the VXLAN header in front
             row[HEADROOM + 8 + j] = row[HEADROOM + j]
         for j in range(8):
-            row[HEADROOM + j] = hdr[j]
+            row[HEADROOM + j] = (hdr >> (56 - 8 * j)) & 0xFF
         lens[i] = ln + 8
     return r
 
@@ -263,12 +266,12 @@ def gro_split(kind, io, got, gi, gpos, b, cap, mtu, whole_first=False):
         seg = gro_seg[gi]
         take = min(seg, total - gpos)
         if seg > cap:
-            if whole_first and n > 0 and kind == KIND_VXLAN:
+            if whole_first and n > 0:
                 break
             take = total - gpos
             r = -1
             if kind == KIND_VXLAN and total <= GRO_BUF:
-                r = split_tunnel_gso(gro[gi], total, mtu, bufs, lens, n)
+                r = split_tunnel_gso(gro[gi, VX_VIEW:], total, mtu, bufs, lens, n)
                 if r == ERR_NO_ROOM and n > 0:
                     break  # the next batch starts with it, from row 0
             if r > 0:

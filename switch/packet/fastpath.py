@@ -522,6 +522,10 @@ def _udp_egress_one(b, ln, cap, cfg, present, public_ip):
     return _FORWARD, _OK, h, total, np.int64(public_ip[idx])
 
 
+# One packet in a row, nothing counted (tunnel_gso's probe of a super-frame's first segment).
+udp_egress_one = _udp_egress_one
+
+
 @njit(cache=True, nogil=True)
 def udp_egress(bufs, lens, n, out_off, out_len, verdict, reason, dst_ip,
                cfg, present, public_ip, counters):
@@ -562,6 +566,9 @@ def _udp_ingress_one(b, ln, cap, sender, cfg, present, public_ip, sender_keys):
         return _DROP, _TTL_EXCEEDED, h, ln
     _decrement_ttl(b, h)
     return _FORWARD, _OK, h, _u16(b, h + 2)
+
+
+udp_ingress_one = _udp_ingress_one
 
 
 @njit(cache=True, nogil=True)

@@ -3,7 +3,7 @@
 `encap_super(data, cfg, table, ip_id, tx_mac)` is the twin of tunnel_gso.encap_super on the
 read data = sup[SUP_HEAD:SUP_HEAD + got]: the frame it writes at sup[0:] with the segment count
 and byte counts it reports, or None where the kernel returns 0; `decap_super` likewise for the
-receiving end. Tests hold them byte-identical;
+receiving end, and the `_udp` twins for the udp backend. Tests hold them byte-identical;
 when they disagree, this file is the specification.
 """
 
@@ -16,18 +16,26 @@ import numpy as np
 
 from weft.dev.vnet_hdr import GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR_LEN
 from weft.packet.checksum import fold16, inet_checksum
-from weft.packet.fastpath import BUFSIZE, HEADROOM, VXLAN_ENCAP, VXLAN_HDR
+from weft.packet.fastpath import BUFSIZE, HEADROOM, OUTER_TTL, VXLAN_ENCAP, VXLAN_HDR
 from weft.packet.offload_twin import VnetHdr, _tso_geometry, split_super, tcp_pseudo_sum
 from weft.packet.reasons import Verdict
-from weft.packet.table import CFG_LOCAL_VTEP_MAC, CFG_MTU, PeerTable
+from weft.packet.table import (
+    CFG_LOCAL_PUBLIC_IP,
+    CFG_LOCAL_VTEP_MAC,
+    CFG_MTU,
+    CFG_PORT,
+    PeerTable,
+)
 from weft.packet.tunnel_gso import (
     FRAME_INNER,
+    FRAME_INNER_UDP,
     GSO_UDP_TUNNEL_IPV4,
+    OUTER_DF,
     OUTER_ETH,
     TNL_HDR_LEN,
     TNL_TTL_EXTRA,
 )
-from weft.packet.twins import vxlan_egress, vxlan_ingress
+from weft.packet.twins import udp_egress, udp_ingress, vxlan_egress, vxlan_ingress
 
 
 @dataclass(frozen=True)
@@ -128,3 +136,81 @@ def decap_super(datagram: bytes, sender: int, cfg: np.ndarray, table: PeerTable,
     hdr = VnetHdr(VNET_F_NEEDS_CSUM, GSO_TCPV4, hlen, mss, 14 + ihl, 16).pack()
     return TunnelFrame(hdr + bytes(out), nseg, nseg * (VXLAN_HDR + hlen) + payload,
                        nseg * hlen + payload)
+
+
+# ---- the udp backend ---------------------------------------------------------------------------
+
+
+def encap_super_udp(data: bytes, cfg: np.ndarray, table: PeerTable, ip_id: int, tx_mac: bytes,
+                    row_cap: int = BUFSIZE - HEADROOM) -> TunnelFrame | None:
+    """Twin of tunnel_gso.encap_super_udp on data = sup[SUP_HEAD_UDP:SUP_HEAD_UDP + got]."""
+    if len(data) < VNET_HDR_LEN:
+        return None
+    hdr = VnetHdr.unpack(data)
+    if hdr.gso_type != GSO_TCPV4:
+        return None
+    pkt = data[VNET_HDR_LEN:]
+    code, ihl, doff, tot = _tso_geometry(pkt, 0, hdr.gso_size)
+    if code:
+        return None
+    mss = hdr.gso_size
+    payload = tot - ihl - doff
+    nseg = -(-payload // mss)
+    hlen = ihl + doff
+    if nseg < 2 or hlen + mss > row_cap or 28 + tot > 0xFFFF:
+        return None
+    step = udp_egress(split_super(data, 0)[0], cfg, table)
+    if step.verdict != Verdict.FORWARD:
+        return None
+    inner = bytearray(pkt[:tot])
+    inner[8] = step.out[8]  # the TTL the udp kernel gave the first segment
+    inner[10:12] = b"\0\0"
+    inner[10:12] = inet_checksum(bytes(inner[:ihl])).to_bytes(2, "big")
+    partial = fold16(tcp_pseudo_sum(inner, tot - ihl))
+    inner[ihl + 16 : ihl + 18] = partial.to_bytes(2, "big")
+    outer = bytearray(struct.pack("!BBHHHBBHII", 0x45, 0, 28 + tot, ip_id & 0xFFFF, OUTER_DF,
+                                  OUTER_TTL + TNL_TTL_EXTRA, 17, 0,
+                                  int(cfg[CFG_LOCAL_PUBLIC_IP]), step.dst_ip))
+    outer[10:12] = inet_checksum(bytes(outer)).to_bytes(2, "big")
+    port = int(cfg[CFG_PORT])
+    udp = struct.pack("!HHHH", port, port, 8 + tot, 0)
+    eth = tx_mac + int(cfg[CFG_LOCAL_VTEP_MAC]).to_bytes(6, "big") + b"\x08\x00"
+    tnl = tunnel_header(FRAME_INNER_UDP + hlen, mss, FRAME_INNER_UDP + ihl, OUTER_ETH + 20,
+                        FRAME_INNER_UDP)
+    size = nseg * hlen + payload
+    return TunnelFrame(tnl + eth + bytes(outer) + udp + bytes(inner), nseg, size, size)
+
+
+def decap_super_udp(datagram: bytes, sender: int, cfg: np.ndarray, table: PeerTable,
+                    row_cap: int = BUFSIZE - HEADROOM) -> TunnelFrame | None:
+    """Twin of tunnel_gso.decap_super_udp on datagram = msg[RX_PAD_UDP:RX_PAD_UDP + total]."""
+    if len(datagram) < 40 or datagram[0] >> 4 != 4 or datagram[0] & 0x0F < 5:
+        return None
+    ihl = (datagram[0] & 0x0F) * 4
+    if ihl + 13 >= len(datagram):
+        return None
+    doff = (datagram[ihl + 12] >> 4) * 4
+    mss = int(cfg[CFG_MTU]) - ihl - doff
+    if mss <= 0:
+        return None
+    code, ihl, doff, tot = _tso_geometry(datagram, 0, mss)
+    if code:
+        return None
+    payload = tot - ihl - doff
+    nseg = -(-payload // mss)
+    hlen = ihl + doff
+    if nseg < 2 or hlen + mss > row_cap:
+        return None
+    first = split_super(VnetHdr(0, GSO_TCPV4, 0, mss).pack() + datagram, 0)[0]
+    step = udp_ingress(first, sender, cfg, table)
+    if step.verdict != Verdict.FORWARD:
+        return None
+    out = bytearray(datagram[:tot])
+    out[8] = step.out[8]
+    out[10:12] = b"\0\0"
+    out[10:12] = inet_checksum(bytes(out[:ihl])).to_bytes(2, "big")
+    partial = fold16(tcp_pseudo_sum(out, tot - ihl))
+    out[ihl + 16 : ihl + 18] = partial.to_bytes(2, "big")
+    hdr = VnetHdr(VNET_F_NEEDS_CSUM, GSO_TCPV4, hlen, mss, ihl, 16).pack()
+    size = nseg * hlen + payload
+    return TunnelFrame(hdr + bytes(out), nseg, size, size)

@@ -249,8 +249,8 @@ def _wire(a: str, b: str, wire_like: bool) -> None:
         netns.disable_tx_offloads("wa")
 
 
-def _peer_side(ready, wire_like: bool) -> list[bytes]:
-    """In b: bring wb up and capture the IPv4 packets that arrive on it for 2 s."""
+def _peer_side(ready, wire_like: bool, port: int) -> list[bytes]:
+    """In b: bring wb up and capture the IPv4 packets to UDP `port` arriving on it."""
     with IPRoute() as ipr:
         idx = ipr.link_lookup(ifname="wb")[0]
         ipr.addr("add", index=idx, address=WIRE_B, prefixlen=24)
@@ -269,12 +269,12 @@ def _peer_side(ready, wire_like: bool) -> list[bytes]:
             if got:
                 break
             continue
-        if pkt[9] == 17 and pkt[22:24] == b"\x21\x18":  # UDP to 8472
+        if pkt[9] == 17 and int.from_bytes(pkt[22:24], "big") == port:
             got.append(pkt)
     return got
 
 
-def _tunnel_send(a: str, b: str, wire_like: bool) -> dict:
+def _tunnel_send(a: str, b: str, wire_like: bool, kind: str) -> dict:
     """In a: a pipeline whose peer is WIRE_B, the TX TAP, one super-frame through both."""
     import multiprocessing
     from ipaddress import IPv4Address, IPv4Network
@@ -290,31 +290,42 @@ def _tunnel_send(a: str, b: str, wire_like: bool) -> dict:
     _wire(a, b, wire_like)
     tx = tundev.open_tunnel_tx("weft.1")
     assert not tx.reason, tx.reason
-    p = Pipeline("vxlan", IPv4Network("10.1.0.0/16"), 24, mtu=1450)
-    p.set_local(IPv4Network("10.1.15.0/24"), IPv4Address(WIRE_A), bytes.fromhex("020000000001"))
-    p.table.set_peer(IPv4Network("10.1.16.0/24"), IPv4Address(WIRE_B),
-                     bytes.fromhex("0200000000aa"))
-    data = super_frame(14, payload=20000, mss=1398)
-    # what the split path sends (outer IPv4 datagrams), from a pipeline in the same state
-    q = Pipeline("vxlan", IPv4Network("10.1.0.0/16"), 24, mtu=1450)
-    q.set_local(IPv4Network("10.1.15.0/24"), IPv4Address(WIRE_A), bytes.fromhex("020000000001"))
-    q.table.set_peer(IPv4Network("10.1.16.0/24"), IPv4Address(WIRE_B),
-                     bytes.fromhex("0200000000aa"))
+    vxlan = kind == "vxlan"
+    port = 8472 if vxlan else 8285
+    mac = bytes.fromhex("020000000001") if vxlan else None
+
+    def pipeline() -> Pipeline:
+        p = Pipeline(kind, IPv4Network("10.1.0.0/16"), 24, mtu=1450, port=port)
+        p.set_local(IPv4Network("10.1.15.0/24"), IPv4Address(WIRE_A), mac)
+        p.table.set_peer(IPv4Network("10.1.16.0/24"), IPv4Address(WIRE_B),
+                         bytes.fromhex("0200000000aa") if vxlan else None)
+        return p
+
+    l3 = 14 if vxlan else 0
+    data = super_frame(l3, payload=20000, mss=1398)
+    # what the split path sends: outer IPv4 datagrams (vxlan), UDP payloads (udp)
+    q = pipeline()
     batch = Batch(64)
-    n = offload.split_super(np.frombuffer(data, np.uint8).copy(), len(data), 14, batch.bufs,
+    n = offload.split_super(np.frombuffer(data, np.uint8).copy(), len(data), l3, batch.bufs,
                             batch.lens, 0)
     q.egress(batch, n)
     want = [batch.bufs[i, batch.out_off[i] : batch.out_off[i] + batch.out_len[i]].tobytes()
             for i in range(n)]
+    p = pipeline()
     sup = tunnel_gso.new_sup()
-    sup[tunnel_gso.SUP_HEAD : tunnel_gso.SUP_HEAD + len(data)] = np.frombuffer(data, np.uint8)
+    head = tunnel_gso.SUP_HEAD if vxlan else tunnel_gso.SUP_HEAD_UDP
+    sup[head : head + len(data)] = np.frombuffer(data, np.uint8)
     info = np.zeros(tunnel_gso.INFO_SIZE, np.int64)
-    t = tunnel_gso.encap_super(sup, len(data), np.zeros(BUFSIZE, np.uint8), p.cfg,
-                               p.table.present, p.table.public_ip, p.table.vtep_mac,
-                               p.counters, tx.mac, info)
+    probe_row = np.zeros(BUFSIZE, np.uint8)
+    if vxlan:
+        t = tunnel_gso.encap_super(sup, len(data), probe_row, p.cfg, p.table.present,
+                                   p.table.public_ip, p.table.vtep_mac, p.counters, tx.mac, info)
+    else:
+        t = tunnel_gso.encap_super_udp(sup, len(data), probe_row, p.cfg, p.table.present,
+                                       p.table.public_ip, p.counters, tx.mac, info)
     assert t > 0
     ready = multiprocessing.Event()
-    peer = netns.spawn_in(b, _peer_side, ready, wire_like)
+    peer = netns.spawn_in(b, _peer_side, ready, wire_like, port)
     ready.wait(5)
     # the neighbour first, so the frame does not wait in an ARP queue
     socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", (WIRE_B, 9))
@@ -336,19 +347,32 @@ def sys_path_tests() -> None:
 
 @root_only
 @pytest.mark.netns
+@pytest.mark.parametrize("kind", ["vxlan", "udp"])
 @pytest.mark.parametrize("wire_like", [True, False], ids=["wire-like", "veth-offloads"])
-def test_tunnel_gso_frame_leaves_as_the_split_path_datagrams(ns, wire_like: bool):
+def test_tunnel_gso_frame_leaves_as_the_split_path_datagrams(ns, wire_like: bool, kind: str):
     """A frame written into the TX TAP is forwarded out the wire and cut by the kernel into
-    exactly the datagrams the split path sends (wire-like), or crosses whole (veth offloads)."""
+    exactly the datagrams the split path sends (wire-like), or crosses whole (veth offloads).
+    udp backend: the split path sends from a socket, whose outer IP ids the kernel picks, so
+    the UDP payloads are compared byte for byte and the outer header field by field."""
     peer = f"{ns}b"
     netns.create(peer)
     try:
-        out = netns.call_in(ns, _tunnel_send, ns, peer, wire_like)
+        out = netns.call_in(ns, _tunnel_send, ns, peer, wire_like, kind)
     finally:
         netns.remove(peer)
     want, got = out["want"], out["got"]
     assert out["segments"] == len(want) > 10
-    if wire_like:
+    if kind == "udp":
+        payloads = [g[28:] for g in got]
+        if wire_like:
+            assert payloads == want
+        else:
+            assert len(got) == 1 and got[0][28 + 52 :] == b"".join(w[52:] for w in want)
+        for g in got:
+            assert (g[8], g[6] & 0x40, g[20:24], g[26:28]) == (64, 0x40, bytes.fromhex(
+                "205d205d"), b"\0\0")  # TTL 64, DF, ports 8285, checksum 0
+            assert socket.inet_ntoa(g[12:16]) == WIRE_A and socket.inet_ntoa(g[16:20]) == WIRE_B
+    elif wire_like:
         assert got == want
     else:
         # one GSO packet: outer headers of the first datagram (but the total length), then the

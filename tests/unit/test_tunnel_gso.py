@@ -19,7 +19,16 @@ from test_offload import ETH, MSS, super_frame
 from weft.dev.vnet_hdr import GSO_NONE, GSO_TCPV4, VNET_HDR_LEN
 from weft.packet import tunnel_gso
 from weft.packet import tunnel_gso_twin as twin
-from weft.packet.fastpath import BUFSIZE, HEADROOM, PATH_VXLAN_EGRESS, SLOT_IP_ID, Batch
+from weft.packet.fastpath import (
+    BUFSIZE,
+    HEADROOM,
+    PATH_UDP_EGRESS,
+    PATH_UDP_INGRESS,
+    PATH_VXLAN_EGRESS,
+    PATH_VXLAN_INGRESS,
+    SLOT_IP_ID,
+    Batch,
+)
 from weft.packet.offload_twin import VnetHdr
 from weft.packet.pipeline import Pipeline
 from weft.packet.tunnel_gso import SUP_HEAD, TNL_HDR_LEN
@@ -127,7 +136,7 @@ def test_count_sent_adds_what_the_egress_kernel_would_have_counted() -> None:
     p, q = pipeline(), pipeline()
     frame, info, _ = kernel(p, data)
     assert frame is not None
-    tunnel_gso.count_sent(p.counters, info)
+    tunnel_gso.count_sent(p.counters, PATH_VXLAN_EGRESS, info)
     split_path(q, data)
     assert (p.counters == q.counters).all()
     assert p.counters[PATH_VXLAN_EGRESS, SLOT_IP_ID] == 11
@@ -211,10 +220,11 @@ def received(payload: int = BIG, mss: int = 1398, flags: str = "A", src: str = "
 
 
 def kernel_decap(p: Pipeline, datagram: bytes, sender: int = PEER_IP):
-    from weft.drivers.udpgso import GRO_BUF, GRO_PAD
+    from weft.drivers.udpgso import GRO_BUF
+    from weft.packet.tunnel_gso import RX_PAD
 
-    msg = np.zeros(GRO_PAD + GRO_BUF, np.uint8)
-    msg[GRO_PAD : GRO_PAD + len(datagram)] = np.frombuffer(datagram, np.uint8)
+    msg = np.zeros(RX_PAD + GRO_BUF, np.uint8)
+    msg[RX_PAD : RX_PAD + len(datagram)] = np.frombuffer(datagram, np.uint8)
     before = msg.copy()
     info = np.zeros(tunnel_gso.INFO_SIZE, np.int64)
     t = tunnel_gso.decap_super(msg, len(datagram), sender, np.zeros(BUFSIZE, np.uint8), p.cfg,
@@ -227,11 +237,12 @@ def kernel_decap(p: Pipeline, datagram: bytes, sender: int = PEER_IP):
 
 def old_path(p: Pipeline, datagram: bytes) -> list[bytes]:
     """What the loop wrote before: split_tunnel_gso into rows, the ingress kernel, coalesce."""
-    from weft.drivers.udpgso import GRO_BUF, GRO_PAD, split_tunnel_gso
+    from weft.drivers.udpgso import GRO_BUF, split_tunnel_gso
     from weft.packet import offload
+    from weft.packet.tunnel_gso import RX_PAD
 
-    msg = np.zeros(GRO_PAD + GRO_BUF, np.uint8)
-    msg[GRO_PAD : GRO_PAD + len(datagram)] = np.frombuffer(datagram, np.uint8)
+    msg = np.zeros(RX_PAD + GRO_BUF, np.uint8)
+    msg[RX_PAD : RX_PAD + len(datagram)] = np.frombuffer(datagram, np.uint8)
     batch = Batch(128)
     n = split_tunnel_gso(msg, len(datagram), int(p.cfg[8]), batch.bufs, batch.lens, 0)
     assert n > 0
@@ -253,7 +264,7 @@ def test_whole_write_is_what_split_and_coalesce_wrote(payload: int, flags: str) 
     assert got is not None and want is not None and got == want.frame
     assert (info[0], info[1], info[2]) == (want.segments, want.rx_bytes, want.tx_bytes)
     assert [got] == old_path(q, datagram)
-    tunnel_gso.count_received(p.counters, info)
+    tunnel_gso.count_received(p.counters, PATH_VXLAN_INGRESS, info)
     assert (p.counters == q.counters).all()
 
 
@@ -278,4 +289,156 @@ def test_whole_write_declines_what_the_ingress_kernel_would_not_pass(name: str) 
     got, _ = kernel_decap(p, datagram, sender)
     assert got is None
     assert twin.decap_super(datagram, sender, p.cfg, p.table) is None
+    assert not p.counters.any()
+
+
+# ---- the udp backend: bare IPv4 in UDP ----------------------------------------------------------
+
+
+def udp_pipeline(mtu: int = 1472) -> Pipeline:
+    p = Pipeline("udp", IPv4Network("10.1.0.0/16"), 24, mtu=mtu, port=8285)
+    p.set_local(LOCAL, IPv4Address("192.0.2.1"))
+    p.table.set_peer(PEER, IPv4Address("192.0.2.2"), None)
+    return p
+
+
+def kernel_udp(p: Pipeline, data: bytes) -> tuple[bytes | None, np.ndarray]:
+    sup = tunnel_gso.new_sup()
+    at = tunnel_gso.SUP_HEAD_UDP
+    sup[at : at + len(data)] = np.frombuffer(data, np.uint8)
+    info = np.zeros(tunnel_gso.INFO_SIZE, np.int64)
+    before = sup.copy()
+    t = tunnel_gso.encap_super_udp(sup, len(data), np.zeros(BUFSIZE, np.uint8), p.cfg,
+                                   p.table.present, p.table.public_ip, p.counters,
+                                   int.from_bytes(TX_MAC, "big"), info)
+    if t == 0:
+        assert (sup == before).all()
+        return None, info
+    restored = sup.copy()
+    tunnel_gso.restore_read_udp(restored)
+    hdr = VnetHdr.unpack(restored[at : at + VNET_HDR_LEN].tobytes())
+    assert (hdr.gso_type, hdr.csum_start) == (GSO_TCPV4, 20)
+    return sup[:t].tobytes(), info
+
+
+def udp_split_path(p: Pipeline, data: bytes) -> list[bytes]:
+    """What the udp backend sends for the read: the UDP payloads (inner IPv4 packets)."""
+    from weft.packet import offload
+
+    batch = Batch(128)
+    n = offload.split_super(np.frombuffer(data, np.uint8).copy(), len(data), 0, batch.bufs,
+                            batch.lens, 0)
+    p.egress(batch, n)
+    return [batch.bufs[i, batch.out_off[i] : batch.out_off[i] + batch.out_len[i]].tobytes()
+            for i in range(n)]
+
+
+def udp_gso_model(frame: bytes) -> list[bytes]:
+    """Cut a udp-backend tunnel-GSO frame as Linux does: the UDP payloads of the datagrams."""
+    f = frame[TNL_HDR_LEN:]
+    inner = IP(f[42:])
+    payload = bytes(inner[TCP].payload)
+    mss = struct.unpack_from("<H", frame, 4)[0]
+    nseg = -(-len(payload) // mss)
+    out = []
+    for i in range(nseg):
+        tcp = inner[TCP].copy()
+        tcp.remove_payload()
+        tcp.seq = (tcp.seq + i * mss) & 0xFFFFFFFF
+        if i != nseg - 1:
+            tcp.flags = int(tcp.flags) & ~0x09
+        if i:
+            tcp.flags = int(tcp.flags) & ~0x80
+        tcp.chksum = None
+        ip = inner.copy()
+        ip.remove_payload()
+        ip.id = (ip.id + i) & 0xFFFF
+        ip.len = ip.chksum = None
+        out.append(bytes(ip / tcp / payload[i * mss : (i + 1) * mss]))
+    return out
+
+
+@pytest.mark.parametrize("payload", [2 * 1420, 30000, 0xFFFF - 28 - 52])
+def test_udp_frame_matches_twin_and_cuts_into_the_split_path_payloads(payload: int) -> None:
+    data = super_frame(0, payload=payload, mss=1420, flags="PA")
+    p = udp_pipeline()
+    frame, info = kernel_udp(p, data)
+    want = twin.encap_super_udp(data, p.cfg, p.table, 0, TX_MAC)
+    assert frame is not None and want is not None and frame == want.frame
+    assert (info[0], info[1], info[2]) == (want.segments, want.rx_bytes, want.tx_bytes)
+    outer = IP(frame[TNL_HDR_LEN + 14 :])
+    assert (outer.src, outer.dst, outer.ttl, outer[UDP].sport, outer[UDP].dport) == (
+        "192.0.2.1", "192.0.2.2", 65, 8285, 8285)
+    assert struct.unpack_from("<HH", frame, 20) == (34, 42)
+    q = udp_pipeline()
+    assert udp_gso_model(frame) == udp_split_path(q, data)
+    tunnel_gso.count_sent(p.counters, PATH_UDP_EGRESS, info)
+    p.counters[PATH_UDP_EGRESS, SLOT_IP_ID] = 0  # the outer ids: ours alone
+    assert (p.counters == q.counters).all()
+
+
+@pytest.mark.parametrize("dst", ["10.1.99.2", "10.1.15.9"])
+def test_udp_reads_it_does_not_take_are_left_alone(dst: str) -> None:
+    data = super_frame(0, payload=20000, mss=1420, dst=dst)
+    p = udp_pipeline()
+    assert kernel_udp(p, data)[0] is None
+    assert twin.encap_super_udp(data, p.cfg, p.table, 0, TX_MAC) is None
+    assert not p.counters.any()
+
+
+def udp_received(payload: int = 30000, mss: int = 1420, **kw) -> bytes:
+    return super_frame(0, payload=payload, mss=mss, src="10.1.16.3", dst="10.1.15.2",
+                       **kw)[VNET_HDR_LEN:]
+
+
+def kernel_decap_udp(p: Pipeline, datagram: bytes, sender: int = PEER_IP):
+    from weft.drivers.udpgso import GRO_BUF, GRO_PAD
+
+    msg = np.zeros(GRO_PAD + GRO_BUF, np.uint8)
+    msg[GRO_PAD : GRO_PAD + len(datagram)] = np.frombuffer(datagram, np.uint8)
+    before = msg.copy()
+    info = np.zeros(tunnel_gso.INFO_SIZE, np.int64)
+    t = tunnel_gso.decap_super_udp(msg, len(datagram), sender, np.zeros(BUFSIZE, np.uint8),
+                                   p.cfg, p.table.present, p.table.public_ip,
+                                   p.table.sender_keys, info)
+    if t == 0:
+        assert (msg == before).all()
+        return None, info
+    return msg[:t].tobytes(), info
+
+
+@pytest.mark.parametrize("payload", [2 * 1420, 30000, 0xFFFF - 52])
+def test_udp_whole_write_is_what_split_and_coalesce_would_write(payload: int) -> None:
+    from weft.packet import offload
+
+    p, q = udp_pipeline(), udp_pipeline()
+    datagram = udp_received(payload, flags="PA")
+    got, info = kernel_decap_udp(p, datagram)
+    want = twin.decap_super_udp(datagram, PEER_IP, p.cfg, p.table)
+    assert got is not None and want is not None and got == want.frame
+    # the same packet cut into MTU-sized datagrams, through the udp ingress kernel and coalesce
+    mss = 1472 - 20 - 32
+    cut = VnetHdr(0, GSO_TCPV4, 0, mss).pack() + datagram
+    batch = Batch(128)
+    n = offload.split_super(np.frombuffer(cut, np.uint8).copy(), len(cut), 0, batch.bufs,
+                            batch.lens, 0)
+    batch.src_ip[:n] = PEER_IP
+    q.ingress(batch, n)
+    out, out_lens = offload.new_units(128)
+    units = offload.coalesce(batch.bufs, batch.out_off, batch.out_len, batch.verdict, n, 0, out,
+                             out_lens)
+    assert [got] == [out[m, : out_lens[m]].tobytes() for m in range(units)]
+    tunnel_gso.count_received(p.counters, PATH_UDP_INGRESS, info)
+    assert (p.counters == q.counters).all()
+
+
+@pytest.mark.parametrize(("name", "sender"), [("unknown sender", PEER_IP + 1),
+                                              ("not for us", PEER_IP), ("ttl 1", PEER_IP)])
+def test_udp_whole_write_declines_what_the_ingress_kernel_would_not_pass(name, sender) -> None:
+    kw = {"not for us": {"dst": "10.1.17.2"}, "ttl 1": {"ttl": 1}}.get(name, {})
+    datagram = (super_frame(0, payload=30000, mss=1420, src="10.1.16.3", **kw)[VNET_HDR_LEN:]
+                if name == "not for us" else udp_received(**kw))
+    p = udp_pipeline()
+    assert kernel_decap_udp(p, datagram, sender)[0] is None
+    assert twin.decap_super_udp(datagram, sender, p.cfg, p.table) is None
     assert not p.counters.any()
