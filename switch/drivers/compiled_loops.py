@@ -20,6 +20,11 @@ super-frame) into one buffer and offload.split_super cuts it into ordinary packe
 batch rows; ingress runs offload.coalesce over the FORWARD rows and writes each resulting
 unit, so one write carries up to 64 segments of a TCP flow. Everything between (kernels, slow
 path, observer) still sees one ordinary packet per row.
+
+Tunnel GSO (LoopParams.tnl_fd, a TX TAP from weft.dev.tundev.open_tunnel_tx): a TCP super-frame
+is not split but handed whole to the kernel (weft.packet.tunnel_gso: the egress kernel decides on
+its first segment), and a tunnel-GSO packet received whole is written to the device whole. With
+an observer attached both are off, so it still sees every packet as a row.
 """
 
 from __future__ import annotations
@@ -186,7 +191,9 @@ def egress_loop(p, io, b, peers, state):
     each read lands in io.sup (virtio_net_hdr + frame) and split_super spreads it over as many
     rows as it has segments. io.gso_fds not empty: UDP sockets that take UDP_SEGMENT (see
     udpgso.gso_messages); the FORWARD rows leave as GSO messages on them until the kernel
-    refuses one, then one datagram per row on p.sock_fd as without them.
+    refuses one, then one datagram per row on p.sock_fd as without them. p.tnl_fd >= 0: a TCP
+    super-frame goes whole to that TX TAP (_send_whole) after the rows read before it were
+    sent; the read lands at io.sup[SUP_HEAD(_UDP):] so its headers can be put in front.
     """
     stats = io.stats
     bufs = b.bufs
