@@ -382,3 +382,21 @@ def test_tunnel_gso_frame_leaves_as_the_split_path_datagrams(ns, wire_like: bool
         assert got[0][36 + 14 + 20 + 32 :] == inner
         g, w = got[0], want[0]
         assert g[:2] + g[4:10] + g[12:22] == w[:2] + w[4:10] + w[12:22]  # but lengths, csum
+
+
+def _tunnel_tx_without_forwarding() -> tuple[str, int, str]:
+    refused = tundev.open_tunnel_tx("weft.1")  # a fresh namespace does not forward
+    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+        f.write("1")
+    taken = tundev.open_tunnel_tx("weft.1")
+    name = taken.name
+    taken.close()
+    return refused.reason, refused.fd, name
+
+
+@root_only
+@pytest.mark.netns
+def test_tunnel_tx_says_why_it_is_refused_and_opens_when_the_host_forwards(ns):
+    reason, fd, name = netns.call_in(ns, _tunnel_tx_without_forwarding)
+    assert (reason, fd) == ("net.ipv4.ip_forward is off", -1)
+    assert name == "weft.1tx"
