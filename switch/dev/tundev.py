@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
+import struct
+from dataclasses import dataclass
 
 import pytun
 
 log = logging.getLogger(__name__)
 
 TUNSETOFFLOAD = 0x400454D0
+TUNSETVNETHDRSZ = 0x400454D8
 IFF_VNET_HDR = 0x4000
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
@@ -116,3 +120,98 @@ def open_device(name: str, tap: bool, offload: bool = True,
         log.debug("device %s: clearing offloads failed: %s", name, exc)
     device.persist(True)
     return device, Mode(PLAIN, reason)
+
+
+# ---- the TX TAP: UDP-tunnel GSO frames into the host's routing ----------------------------------
+
+TUNNEL_HDR_SIZE = 24  # sizeof(struct virtio_net_hdr_v1_hash_tunnel): tun then parses tunnel GSO
+_PROC_IPV4 = "/proc/sys/net/ipv4"
+
+
+@dataclass
+class TunnelTx:
+    """The TX TAP of open_tunnel_tx: fd -1 and `reason` when tunnel GSO cannot be used."""
+
+    fd: int = -1
+    mac: int = 0
+    name: str = ""
+    reason: str = ""
+    device: pytun.TunTapDevice | None = None
+
+    def close(self) -> None:
+        if self.device is not None:
+            self.device.close()  # not persistent: the device goes with the fd
+            self.device = None
+        self.fd = -1
+
+
+def tunnel_tx_name(device: str) -> str:
+    return (device[:13] + "tx")[:15]
+
+
+def _sysctl(path: str, value: int | None = None) -> int:
+    with open(f"{_PROC_IPV4}/{path}", "r+" if value is not None else "r") as f:
+        if value is not None:
+            f.write(str(value))
+            f.flush()
+            f.seek(0)
+        return int(f.read().split()[0])
+
+
+def _probe_frame() -> bytes:
+    """A tiny tunnel-GSO frame to a MAC that is not the TAP's: tun must parse its header (an
+    older kernel refuses the gso_type with EINVAL), and the host drops it unrouted (not ours)."""
+    inner_tcp = struct.pack("!HHIIBBHHH", 9, 9, 0, 0, 5 << 4, 0x10, 0, 0, 0)
+    payload = bytes(200)
+    inner_ip = struct.pack("!BBHHHBBHII", 0x45, 0, 40 + len(payload), 0, 0, 1, 6, 0, 0, 0)
+    inner = bytes(14) + inner_ip + inner_tcp + payload
+    udp = struct.pack("!HHHH", 9, 9, 16 + len(inner), 0)
+    outer_ip = struct.pack("!BBHHHBBHII", 0x45, 0, 36 + len(inner), 0, 0, 1, 17, 0, 0, 0)
+    eth = bytes.fromhex("020000000000") * 2 + b"\x08\x00"
+    frame = eth + outer_ip + udp + bytes(8) + inner
+    hdr = struct.pack("<BBHHHH", 1, 0x21, 104, 100, 84, 16) + bytes(10) + struct.pack("<HH", 34, 64)
+    return hdr + frame
+
+
+def open_tunnel_tx(device: str) -> TunnelTx:
+    """Open the TX TAP for `device`'s UDP-tunnel GSO frames, or say why not (TunnelTx.reason).
+
+    The TAP carries no address: a frame written into it (outer Ethernet to the TAP's MAC, outer
+    IPv4 from our PublicIP to a peer) is received by the host and forwarded out the external
+    interface, where the kernel or the NIC cuts it. So the host must forward (ip_forward, as
+    flannel needs anyway) and accept our own address as a source on this TAP (accept_local,
+    rp_filter off here; a strict all.rp_filter would still drop it, so it refuses then). A
+    probe write shows whether this kernel parses tunnel GSO (Linux 6.17+).
+    """
+    name = tunnel_tx_name(device)
+    try:
+        if _sysctl("ip_forward") != 1:
+            return TunnelTx(reason="net.ipv4.ip_forward is off")
+        if _sysctl("conf/all/rp_filter") == 1:
+            return TunnelTx(reason="net.ipv4.conf.all.rp_filter=1 (strict) would drop our frames")
+    except OSError as exc:
+        return TunnelTx(reason=f"cannot read sysctls: {exc}")
+    try:
+        dev = _attach(name, pytun.IFF_TAP | pytun.IFF_NO_PI | IFF_VNET_HDR)
+    except (pytun.Error, OSError) as exc:
+        return TunnelTx(reason=f"TX TAP {name}: {exc}")
+    tx = TunnelTx(dev.fileno(), 0, name, "", dev)
+    try:
+        fcntl.ioctl(dev.fileno(), TUNSETVNETHDRSZ, struct.pack("i", TUNNEL_HDR_SIZE))
+        dev.persist(False)
+        _sysctl(f"conf/{name}/accept_local", 1)
+        _sysctl(f"conf/{name}/rp_filter", 0)
+        try:  # nobody reads this TAP: no IPv6 autoconf traffic to queue up in it
+            with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as f:
+                f.write("1")
+        except OSError:
+            pass
+        dev.up()
+        tx.mac = int.from_bytes(dev.hwaddr, "big")  # (sysfs may show another namespace)
+        os.write(dev.fileno(), _probe_frame())
+    except OSError as exc:
+        tx.close()
+        what = ("this kernel refuses UDP-tunnel GSO in the virtio header (Linux 6.17+ takes it)"
+                if exc.errno == 22 else str(exc))
+        return TunnelTx(reason=what)
+    return tx

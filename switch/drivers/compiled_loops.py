@@ -20,6 +20,11 @@ super-frame) into one buffer and offload.split_super cuts it into ordinary packe
 batch rows; ingress runs offload.coalesce over the FORWARD rows and writes each resulting
 unit, so one write carries up to 64 segments of a TCP flow. Everything between (kernels, slow
 path, observer) still sees one ordinary packet per row.
+
+Tunnel GSO (LoopParams.tnl_fd, a TX TAP from weft.dev.tundev.open_tunnel_tx): a TCP super-frame
+is not split but handed whole to the kernel (weft.packet.tunnel_gso: the egress kernel decides on
+its first segment), and a tunnel-GSO packet received whole is written to the device whole. With
+an observer attached both are off, so it still sees every packet as a row.
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ import errno
 import numpy as np
 from numba import njit
 
+from weft.dev.vnet_hdr import GSO_TCPV4, VNET_GSO_TYPE
 from weft.drivers import jitcache  # noqa: F401 - jitcache: the cache locator, before cache=True
 from weft.drivers.libc import (
     EAGAIN,
+    EBADF,
     EINTR,
     EIO,
     IOV_BASE,
@@ -54,6 +61,7 @@ from weft.drivers.libc import (
     read,
     recvmmsg,
     sockaddr_ip,
+    write,
 )
 from weft.drivers.loopio import (
     CTL_EACH_BATCH,
@@ -67,11 +75,16 @@ from weft.drivers.loopio import (
     ST_COALESCE_FAILED,
     ST_DEVICE_IO,
     ST_GSO_REFUSED,
+    ST_LAST_ERRNO,
     ST_MESSAGES,
     ST_PACKETS,
     ST_RETURNS,
     ST_SENT,
     ST_SYSCALLS,
+    ST_TUNNEL_GSO,
+    ST_TUNNEL_REFUSED,
+    ST_TUNNEL_SENT,
+    ST_TUNNEL_WRITTEN,
     count_error,
     count_split,
     is_hard,
@@ -83,23 +96,89 @@ from weft.drivers.loopio import (
 from weft.drivers.udpgso import (
     GRO_CMSG,
     GRO_PAD,
+    UDP_VIEW,
+    VX_VIEW,
     gro_size,
     gro_split,
     gso_messages,
     row_messages,
 )
 from weft.packet import steps
-from weft.packet.fastpath import HEADROOM
-from weft.packet.offload import ERR_NO_ROOM, coalesce, split_super, unit_segments
+from weft.packet.fastpath import (
+    HEADROOM,
+    PATH_UDP_EGRESS,
+    PATH_UDP_INGRESS,
+    PATH_VXLAN_EGRESS,
+    PATH_VXLAN_INGRESS,
+)
+from weft.packet.offload import ERR_NO_ROOM, coalesce_into, split_super, unit_segments
 from weft.packet.reasons import Verdict
 from weft.packet.steps import KIND_VXLAN
 from weft.packet.table import CFG_MTU
+from weft.packet.tunnel_gso import (
+    INFO_SEGMENTS,
+    SUP_HEAD,
+    SUP_HEAD_UDP,
+    count_received,
+    count_sent,
+    decap_super,
+    decap_super_udp,
+    encap_super,
+    encap_super_udp,
+    restore_read,
+    restore_read_udp,
+)
 
 _FORWARD = int(Verdict.FORWARD)
 _SLOW = int(Verdict.SLOW)
 
 
 # ---- egress: device -> peers --------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _send_whole(p, io, peers, state, got):
+    """Hand the TCP super-frame read into io.sup to the TX TAP as one tunnel-GSO frame.
+
+    Returns 1 when it was written (or dropped on a counted write error, as a full socket
+    drops), 0 when it must be split as usual (encap_super declined it, or the kernel refused
+    the write: tunnel GSO is then off for good), or -errno for an errno that ends the loop.
+    """
+    stats = io.stats
+    vxlan = p.kind == KIND_VXLAN
+    if vxlan:
+        t = encap_super(io.sup, got, io.probe, state.cfg, peers.present, peers.public_ip,
+                        peers.vtep_mac, state.counters, p.tnl_mac, io.tnl_info)
+    else:
+        t = encap_super_udp(io.sup, got, io.probe, state.cfg, peers.present, peers.public_ip,
+                            state.counters, p.tnl_mac, io.tnl_info)
+    if t <= 0:
+        return 0
+    while True:
+        stats[ST_SYSCALLS] += ONE
+        w = write(p.tnl_fd, io.sup.ctypes.data, t)
+        if w >= 0:
+            count_sent(state.counters, PATH_VXLAN_EGRESS if vxlan else PATH_UDP_EGRESS,
+                       io.tnl_info)
+            nseg = np.uint64(io.tnl_info[INFO_SEGMENTS])
+            stats[ST_TUNNEL_SENT] += ONE
+            stats[ST_PACKETS] += nseg
+            stats[ST_SENT] += nseg
+            return 1
+        e = get_errno()
+        if e == EINTR:
+            continue
+        if e == errno.EINVAL or e == EBADF or e == errno.EBADFD or e == errno.EFAULT:
+            # This kernel (or a TX TAP gone) will not take it: split from now on.
+            stats[ST_TUNNEL_REFUSED] += ONE
+            stats[ST_LAST_ERRNO] = np.uint64(e)
+            if vxlan:
+                restore_read(io.sup)
+            else:
+                restore_read_udp(io.sup)
+            return 0
+        count_error(stats, e)
+        return 1
 
 
 @njit(cache=True, nogil=True)
@@ -112,7 +191,9 @@ def egress_loop(p, io, b, peers, state):
     each read lands in io.sup (virtio_net_hdr + frame) and split_super spreads it over as many
     rows as it has segments. io.gso_fds not empty: UDP sockets that take UDP_SEGMENT (see
     udpgso.gso_messages); the FORWARD rows leave as GSO messages on them until the kernel
-    refuses one, then one datagram per row on p.sock_fd as without them.
+    refuses one, then one datagram per row on p.sock_fd as without them. p.tnl_fd >= 0: a TCP
+    super-frame goes whole to that TX TAP (_send_whole) after the rows read before it were
+    sent; the read lands at io.sup[SUP_HEAD(_UDP):] so its headers can be put in front.
     """
     stats = io.stats
     bufs = b.bufs
@@ -121,8 +202,11 @@ def egress_loop(p, io, b, peers, state):
     cap = bufs.shape[1] - HEADROOM
     base = bufs.ctypes.data
     offload = p.l3_off >= 0
+    head = (SUP_HEAD if p.kind == KIND_VXLAN else SUP_HEAD_UDP) if offload else 0
+    src = io.sup[head:]  # where a device read lands (after room for a tunnel frame's headers)
     sup_base = io.sup.ctypes.data
-    sup_cap = io.sup.shape[0]
+    sup_cap = src.shape[0]
+    tunnel = offload and p.tnl_fd >= 0
     pending = 0  # length of a frame waiting in sup: it did not fit the rows the batch had left
     full = False  # the last batch filled every row: more is likely queued, skip poll()
     rev = 0
@@ -138,14 +222,15 @@ def egress_loop(p, io, b, peers, state):
                 continue
         n = 0
         err = 0
-        while n < rows:
+        whole = 0  # super-frames handed whole to the TX TAP since the last poll
+        while n < rows and whole < rows:
             if offload and pending:
                 got = pending
                 pending = 0
             else:
                 stats[ST_SYSCALLS] += ONE
                 if offload:
-                    got = read(p.dev_fd, sup_base, sup_cap)
+                    got = read(p.dev_fd, sup_base + head, sup_cap)
                 else:
                     got = read(p.dev_fd, base + n * stride + HEADROOM, cap)
                 if got <= 0:
@@ -160,7 +245,21 @@ def egress_loop(p, io, b, peers, state):
                 b.lens[n] = got
                 n += 1
                 continue
-            r = split_super(io.sup, got, p.l3_off, bufs, b.lens, n)
+            if (tunnel and src[VNET_GSO_TYPE] == GSO_TCPV4 and stats[ST_TUNNEL_REFUSED] == 0
+                    and io.ctl[CTL_EACH_BATCH] == 0):
+                # A TCP super-frame: the kernel can cut it as it leaves (tunnel GSO), unless
+                # the egress kernel would not forward its first segment. The rows read before
+                # it leave first, so a flow keeps its order.
+                if n > 0:
+                    pending = got
+                    break
+                w = _send_whole(p, io, peers, state, got)
+                if w > 0:
+                    whole += 1
+                    continue
+                if w < 0:
+                    return RET_ERROR, 0, -w
+            r = split_super(src, got, p.l3_off, bufs, b.lens, n)
             if r > 0:
                 n += r
             elif r == ERR_NO_ROOM and n > 0:
@@ -168,7 +267,7 @@ def egress_loop(p, io, b, peers, state):
                 break
             else:
                 count_split(stats, r)
-        full = n == rows or pending > 0
+        full = n == rows or pending > 0 or whole == rows
         if n == 0:
             if err != 0:
                 return RET_ERROR, 0, err
@@ -223,6 +322,39 @@ def _aim_receive_buffers(p, io, b):
 
 
 @njit(cache=True, nogil=True)
+def _write_whole(p, io, gi, peers, state):
+    """Write GRO message gi, a tunnel-GSO packet received whole, to the TAP as one TSO frame.
+
+    Returns 1 when handled (written, or dropped on a counted write error), 0 when it must be
+    split as usual (tunnel_gso.decap_super declined it), or -errno that ends the loop.
+    """
+    stats = io.stats
+    vxlan = p.kind == KIND_VXLAN
+    view = VX_VIEW if vxlan else UDP_VIEW  # where the virtio header goes in the receive row
+    if vxlan:
+        t = decap_super(io.gro[gi, view:], io.gro_len[gi], io.gro_src[gi], io.probe, state.cfg,
+                        peers.present, peers.public_ip, peers.sender_keys, io.tnl_info)
+    else:
+        t = decap_super_udp(io.gro[gi, view:], io.gro_len[gi], io.gro_src[gi], io.probe,
+                            state.cfg, peers.present, peers.public_ip, peers.sender_keys,
+                            io.tnl_info)
+    if t <= 0:
+        return 0
+    r = write_one(p.dev_fd, io.gro.ctypes.data + gi * io.gro.strides[0] + view, t, stats)
+    if r < 0:
+        return r
+    count_received(state.counters, PATH_VXLAN_INGRESS if vxlan else PATH_UDP_INGRESS,
+                   io.tnl_info)
+    nseg = np.uint64(io.tnl_info[INFO_SEGMENTS])
+    stats[ST_TUNNEL_GSO] += ONE
+    stats[ST_TUNNEL_WRITTEN] += ONE
+    stats[ST_PACKETS] += nseg
+    if r:
+        stats[ST_SENT] += nseg
+    return 1
+
+
+@njit(cache=True, nogil=True)
 def ingress_loop(p, io, b, peers, state):
     """recvmmsg batches, check/decapsulate, write the FORWARD rows; returns (code, rows, errno).
 
@@ -245,6 +377,7 @@ def ingress_loop(p, io, b, peers, state):
     out_base = io.out.ctypes.data
     out_stride = io.out.strides[0]
     gro_on = p.gro_n > 0
+    whole_rx = gro_on and p.l3_off >= 0  # an offload device takes TSO writes
     slots = _aim_receive_buffers(p, io, b)  # messages per recvmmsg
     full = False
     got = 0  # GRO messages received by the last recvmmsg, gi/gpos: how far they are split
@@ -300,7 +433,18 @@ def ingress_loop(p, io, b, peers, state):
                     b.lens[i] = cap + 1 if truncated else ln  # too long: dropped as TRUNCATED
                     b.src_ip[i] = sockaddr_ip(io.addrs[i])
         if gro_on:
-            n, gi, gpos = gro_split(p.kind, io, got, gi, gpos, b, cap, state.cfg[CFG_MTU])
+            whole = whole_rx and io.ctl[CTL_EACH_BATCH] == 0
+            if whole and gi < got and gpos == 0 and io.gro_seg[gi] > cap:
+                # A tunnel-GSO packet received whole: one TSO write, if the ingress kernel
+                # passes its first segment; else it is split below.
+                w = _write_whole(p, io, gi, peers, state)
+                if w < 0:
+                    return RET_ERROR, 0, -w
+                if w > 0:
+                    gi += 1
+                    continue
+            n, gi, gpos = gro_split(p.kind, io, got, gi, gpos, b, cap, state.cfg[CFG_MTU],
+                                    whole)
         else:
             n = got
             got = 0
@@ -308,8 +452,8 @@ def ingress_loop(p, io, b, peers, state):
         stats[ST_PACKETS] += np.uint64(n)
         steps.ingress(p.kind, n, b, peers, state)
         if p.l3_off >= 0:
-            units = coalesce(bufs, b.out_off, b.out_len, b.verdict, n, p.l3_off, io.out,
-                             io.out_lens)
+            units = coalesce_into(bufs, b.out_off, b.out_len, b.verdict, n, p.l3_off, io.out,
+                                  io.out_lens, io.units)
             if units < 0:
                 # Cannot happen with `out` sized by new_units(rows); counted, not hidden.
                 for i in range(n):

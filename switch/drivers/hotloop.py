@@ -22,6 +22,7 @@ import numpy as np
 from numba import config as numba_config
 from numba.core.errors import NumbaError
 
+from weft.dev.tundev import TunnelTx
 from weft.dev.udpopts import enable_udp_gro, probe_udp_offloads
 from weft.dev.vnet_hdr import VNET_HDR_LEN
 from weft.drivers.compiled_loops import egress_loop, ingress_loop
@@ -53,6 +54,9 @@ from weft.drivers.loopio import (
     ST_SPLIT_UNSUPPORTED,
     ST_SYSCALLS,
     ST_TUNNEL_GSO,
+    ST_TUNNEL_REFUSED,
+    ST_TUNNEL_SENT,
+    ST_TUNNEL_WRITTEN,
     ST_WAKEUPS,
 )
 from weft.drivers.scratch import (
@@ -105,7 +109,9 @@ class HotLoop:
 
     gso_fds: UDP sockets to send with UDP GSO (weft.drivers.pyloop.Transport.gso_sockets); used
     only if this kernel takes UDP_SEGMENT, else egress stays on tx_fd. gro=True turns UDP_GRO
-    on for rx_fd at start(), if the kernel takes it. offloads() says what is in use.
+    on for rx_fd at start(), if the kernel takes it. tunnel: the TX TAP of
+    weft.dev.tundev.open_tunnel_tx (offload mode only): TCP super-frames then leave whole,
+    as UDP-tunnel GSO frames the kernel cuts. offloads() says what is in use.
 
     Raises CompiledLoopUnavailable (from the constructor or start()) when numba cannot run the
     loops here; nothing else is caught.
@@ -114,7 +120,7 @@ class HotLoop:
     def __init__(self, pipeline: Pipeline, device_fd: int, rx_fd: int, tx_fd: int, port: int,
                  *, batch: int | None = None, poll_ms: int = POLL_MS, offload: bool = False,
                  gso_fds: Sequence[int] = (), gro: bool = False,
-                 observer: Observer | None = None) -> None:
+                 tunnel: TunnelTx | None = None, observer: Observer | None = None) -> None:
         if numba_config.DISABLE_JIT:
             # The libc intrinsics exist only in compiled code.
             raise CompiledLoopUnavailable("numba JIT is disabled (NUMBA_DISABLE_JIT=1)")
@@ -136,8 +142,15 @@ class HotLoop:
             if gro else "off",
         }
         gso = list(gso_fds) if self.udp_offloads["gso"] == "on" else []
+        # UDP-tunnel GSO: TCP super-frames go whole to a TX TAP and the kernel cuts them.
+        self.tunnel = tunnel if (tunnel is not None and tunnel.fd >= 0 and offload) else None
+        self.udp_offloads["tunnel_gso"] = (
+            "on" if self.tunnel is not None else
+            (tunnel.reason if tunnel is not None and tunnel.reason else "off"))
         params = LoopParams(kind=pipeline.kind_code, dev_fd=device_fd, sock_fd=tx_fd, port=port,
-                            timeout_ms=poll_ms, l3_off=self.l3_off, gro_n=0)
+                            timeout_ms=poll_ms, l3_off=self.l3_off, gro_n=0,
+                            tnl_fd=self.tunnel.fd if self.tunnel else -1,
+                            tnl_mac=self.tunnel.mac if self.tunnel else 0)
         self.egress = _Direction("egress", Batch(self.batch), params,
                                  new_egress_io(self.batch, offload, gso), egress_loop)
         self.ingress = self._ingress(port, gro=self.udp_offloads["gro"] == "on")
@@ -266,7 +279,9 @@ class HotLoop:
                 "sent": int(s[ST_SENT]), "device_io": int(s[ST_DEVICE_IO]),
                 "returns": int(s[ST_RETURNS]), "last_errno": int(s[ST_LAST_ERRNO]),
                 "messages": int(s[ST_MESSAGES]),
-                **({"tunnel_gso": int(s[ST_TUNNEL_GSO])} if side is self.ingress else {}),
+                **({"tunnel_gso": int(s[ST_TUNNEL_GSO]),
+                    "tunnel_gso_whole": int(s[ST_TUNNEL_WRITTEN])} if side is self.ingress else
+                   {"tunnel_frames": int(s[ST_TUNNEL_SENT])}),
             }
         return out
 
@@ -276,6 +291,10 @@ class HotLoop:
         if self.egress.stats[ST_GSO_REFUSED]:
             errno_ = int(self.egress.stats[ST_LAST_ERRNO])
             out["gso"] = f"refused at a send ({os.strerror(errno_)}): one datagram per packet"
+        if self.egress.stats[ST_TUNNEL_REFUSED]:
+            errno_ = int(self.egress.stats[ST_LAST_ERRNO])
+            out["tunnel_gso"] = (f"refused at a write ({os.strerror(errno_)}): super-frames "
+                                 f"are split")
         return out
 
     # -- threads ----------------------------------------------------------------------------

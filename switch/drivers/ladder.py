@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 
 from weft.dev.tundev import OFFLOAD as DEVICE_OFFLOAD
-from weft.dev.tundev import open_device
+from weft.dev.tundev import TunnelTx, open_device, open_tunnel_tx
 from weft.drivers import modes
 from weft.drivers.driver import CompiledLoopUnavailable, Driver
 from weft.drivers.pyloop import PyLoop, Transport
@@ -46,6 +46,7 @@ class DeviceDatapath:
         self.refused: dict[str, str] = {}  # better modes that were tried and why they failed
         self.driver: Driver | None = None
         self.transport: Transport | None = None
+        self.tunnel: TunnelTx | None = None  # the TX TAP for tunnel GSO (offload mode)
         self.pipeline: Pipeline | None = None
         may_offload = wanted in (modes.AUTO, modes.OFFLOAD)
         self.device, self.device_mode = open_device(name, tap, offload=may_offload)
@@ -111,11 +112,16 @@ class DeviceDatapath:
         from weft.drivers.hotloop import HotLoop  # numba and libc load only when wanted
 
         offload = mode == modes.OFFLOAD
+        if offload and self.tunnel is None:
+            self.tunnel = open_tunnel_tx(self.name)
+            if self.tunnel.reason:
+                log.info("tunnel GSO off: %s", self.tunnel.reason)
         # UDP GSO/GRO only with the offload device: that is where packets come in runs of one
         # flow (split super-frames) and where coalesce can use runs that arrive merged.
         loop = HotLoop(pipeline, self.device.fileno(), transport.rx.fileno(),
                        transport.tx.fileno(), transport.port, offload=offload, gro=offload,
-                       gso_fds=transport.gso_sockets() if offload else ())
+                       gso_fds=transport.gso_sockets() if offload else (),
+                       tunnel=self.tunnel if offload else None)
         loop.start()
         self.mode = mode
         return loop
@@ -142,6 +148,7 @@ class DeviceDatapath:
                 "io": modes.IO[self.mode], "device": str(self.device_mode),
                 **({"refused": dict(self.refused)} if self.refused else {}),
                 "udp_gso": udp.get("gso", "off"), "udp_gro": udp.get("gro", "off"),
+                "tunnel_gso": udp.get("tunnel_gso", "off"),
                 "errors": dict(driver.errors) if driver else {},
                 **({"loop": loop} if loop else {})}
 
@@ -150,6 +157,8 @@ class DeviceDatapath:
             self.driver.stop()
         if self.transport is not None:
             self.transport.close()
+        if self.tunnel is not None:
+            self.tunnel.close()
         # The device stays (persistent), as flannel leaves flannel.<VNI>: a restart reattaches.
         self.device.close()
 

@@ -68,7 +68,10 @@ ST_COALESCE_FAILED = 16  # offload ingress: FORWARD rows dropped because coalesc
 ST_MESSAGES = 17
 ST_GSO_REFUSED = 18  # egress: GSO sends the kernel refused (EIO/EINVAL); GSO is then off
 ST_TUNNEL_GSO = 19  # ingress: kernel VXLAN GSO packets received whole and split (GRO mode)
-ST_SIZE = 20
+ST_TUNNEL_SENT = 20  # egress: super-frames written whole to the TX TAP (UDP-tunnel GSO)
+ST_TUNNEL_REFUSED = 21  # egress: tunnel-GSO writes the kernel refused; tunnel GSO is then off
+ST_TUNNEL_WRITTEN = 22  # ingress: of ST_TUNNEL_GSO, those written to the TAP whole (one TSO write)
+ST_SIZE = 23
 ERROR_SLOTS = (ST_ERR_AGAIN, ST_ERR_NOBUFS, ST_ERR_UNREACH, ST_ERR_MSGSIZE, ST_ERR_OTHER)
 
 # Errnos after which retrying cannot help: the thread ends (the others back off and resume).

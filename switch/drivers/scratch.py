@@ -23,7 +23,9 @@ import numpy as np
 from weft.drivers.libc import IOVEC, MMSG, POLLFD, SOCKADDR_IN_SIZE
 from weft.drivers.loopio import CTL_SIZE, ST_SIZE
 from weft.drivers.udpgso import GRO_BUF, GRO_CMSG, GRO_MESSAGES, GRO_PAD, GSO_CMSG
-from weft.packet.offload import UNIT_ROW, new_units
+from weft.packet.fastpath import BUFSIZE
+from weft.packet.offload import new_unit_scratch, new_units
+from weft.packet.tunnel_gso import INFO_SIZE, new_sup
 
 
 class LoopParams(NamedTuple):
@@ -37,6 +39,8 @@ class LoopParams(NamedTuple):
     l3_off: int  # offload device: where IPv4 starts after the virtio_net_hdr (14 TAP, 0 TUN);
     #              -1: a plain device, no header
     gro_n: int  # ingress with UDP_GRO on: messages per recvmmsg; 0 without GRO
+    tnl_fd: int = -1  # egress: the TX TAP that takes UDP-tunnel GSO frames (vxlan); -1: none
+    tnl_mac: int = 0  # its MAC as a 48-bit integer (the outer Ethernet destination)
 
 
 class EgressIO(NamedTuple):
@@ -48,8 +52,11 @@ class EgressIO(NamedTuple):
     addrs: np.ndarray  # uint8[rows, 16]: struct sockaddr_in
     ctrl: np.ndarray  # uint8[rows * GSO_CMSG]: one UDP_SEGMENT cmsg per message
     msg_fd: np.ndarray  # int64[rows]: the socket each message leaves by (UDP GSO)
-    sup: np.ndarray  # uint8[UNIT_ROW]: offload device read (virtio_net_hdr + up to 64 KiB)
+    sup: np.ndarray  # uint8[SUP_HEAD + UNIT_ROW]: offload device read (virtio_net_hdr + up to
+    #                  64 KiB) at SUP_HEAD, room before it for a tunnel-GSO frame's headers
     gso_fds: np.ndarray  # int64[]: UDP sockets that send with UDP_SEGMENT; empty: no GSO
+    probe: np.ndarray  # uint8[BUFSIZE]: the first segment of a tunnel-GSO candidate
+    tnl_info: np.ndarray  # int64[INFO_SIZE]: what tunnel_gso.encap_super reports
 
 
 class IngressIO(NamedTuple):
@@ -61,11 +68,14 @@ class IngressIO(NamedTuple):
     addrs: np.ndarray
     out: np.ndarray  # uint8[rows, UNIT_ROW]: offload device writes that coalesce builds
     out_lens: np.ndarray  # int32[rows]
+    units: np.ndarray  # int64[UNIT_FIELDS, rows]: coalesce_into's per-unit bookkeeping
     gro: np.ndarray  # uint8[gro_n, GRO_PAD + GRO_BUF]: 64 KiB receive buffers with UDP_GRO
     gro_ctrl: np.ndarray  # uint8[gro_n, GRO_CMSG]: their control data
     gro_len: np.ndarray  # int64[gro_n]: bytes each message held
     gro_seg: np.ndarray  # int64[gro_n]: its UDP_GRO segment size
     gro_src: np.ndarray  # int64[gro_n]: its sender (host-order IPv4)
+    probe: np.ndarray  # uint8[BUFSIZE]: the first segment of a tunnel-GSO packet received whole
+    tnl_info: np.ndarray  # int64[INFO_SIZE]: what tunnel_gso.decap_super reports
 
 
 def _common(rows: int) -> dict[str, np.ndarray]:
@@ -81,8 +91,10 @@ def new_egress_io(rows: int, offload: bool, gso_fds: list[int]) -> EgressIO:
     return EgressIO(**_common(rows),
                     ctrl=np.zeros(rows * GSO_CMSG, dtype=np.uint8),
                     msg_fd=np.zeros(rows, dtype=np.int64),
-                    sup=np.zeros(UNIT_ROW if offload else 1, dtype=np.uint8),
-                    gso_fds=np.array(gso_fds, dtype=np.int64))
+                    sup=new_sup() if offload else np.zeros(1, dtype=np.uint8),
+                    gso_fds=np.array(gso_fds, dtype=np.int64),
+                    probe=np.zeros(BUFSIZE if offload else 1, dtype=np.uint8),
+                    tnl_info=np.zeros(INFO_SIZE, dtype=np.int64))
 
 
 def gro_messages(rows: int) -> int:
@@ -97,8 +109,11 @@ def new_ingress_io(rows: int, offload: bool, gro: bool) -> IngressIO:
         out, out_lens = np.zeros((1, 1), np.uint8), np.zeros(1, np.int32)
     slots = gro_messages(rows) if gro else 1
     return IngressIO(**_common(rows), out=out, out_lens=out_lens,
+                     units=new_unit_scratch(rows if offload else 1),
                      gro=np.zeros((slots, GRO_BUF + GRO_PAD if gro else 1), dtype=np.uint8),
                      gro_ctrl=np.zeros((slots, GRO_CMSG), dtype=np.uint8),
                      gro_len=np.zeros(slots, dtype=np.int64),
                      gro_seg=np.zeros(slots, dtype=np.int64),
-                     gro_src=np.zeros(slots, dtype=np.int64))
+                     gro_src=np.zeros(slots, dtype=np.int64),
+                     probe=np.zeros(BUFSIZE if gro and offload else 1, dtype=np.uint8),
+                     tnl_info=np.zeros(INFO_SIZE, dtype=np.int64))

@@ -339,6 +339,11 @@ def _vxlan_egress_one(b, ln, cap, cfg, present, public_ip, vtep_mac, ip_id):
     return _FORWARD, _OK, o, outer_total, peer_ip
 
 
+# One frame in a row, nothing counted: (verdict, reason, out offset, out length, peer IP).
+# tunnel_gso runs it on the first segment of a super-frame it hands to the kernel whole.
+vxlan_egress_one = _vxlan_egress_one
+
+
 @njit(cache=True, nogil=True)
 def vxlan_egress(bufs, lens, n, out_off, out_len, verdict, reason, dst_ip,
                  cfg, present, public_ip, vtep_mac, counters):
@@ -393,6 +398,11 @@ def _vxlan_ingress_one(b, ln, cap, sender, cfg, present, public_ip, sender_keys)
     if dmac != cfg[CFG_LOCAL_VTEP_MAC] and dmac != 0xFFFFFFFFFFFF:
         return _DROP, _WRONG_INNER_MAC, h, ln
     return _FORWARD, _OK, e, ln - VXLAN_HDR
+
+
+# One payload in a row, nothing counted: (verdict, reason, out offset, out length).
+# tunnel_gso runs it on the first segment of a tunnel-GSO packet it writes to the TAP whole.
+vxlan_ingress_one = _vxlan_ingress_one
 
 
 @njit(cache=True, nogil=True)
@@ -512,6 +522,10 @@ def _udp_egress_one(b, ln, cap, cfg, present, public_ip):
     return _FORWARD, _OK, h, total, np.int64(public_ip[idx])
 
 
+# One packet in a row, nothing counted (tunnel_gso's probe of a super-frame's first segment).
+udp_egress_one = _udp_egress_one
+
+
 @njit(cache=True, nogil=True)
 def udp_egress(bufs, lens, n, out_off, out_len, verdict, reason, dst_ip,
                cfg, present, public_ip, counters):
@@ -552,6 +566,9 @@ def _udp_ingress_one(b, ln, cap, sender, cfg, present, public_ip, sender_keys):
         return _DROP, _TTL_EXCEEDED, h, ln
     _decrement_ttl(b, h)
     return _FORWARD, _OK, h, _u16(b, h + 2)
+
+
+udp_ingress_one = _udp_ingress_one
 
 
 @njit(cache=True, nogil=True)

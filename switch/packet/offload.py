@@ -350,8 +350,26 @@ def _forward_span(out_off, out_len, verdict, i, width):
     return o, ln
 
 
+# Rows of the per-unit scratch of coalesce_into (int64[UNIT_FIELDS, rows]).
+_U_OPEN, _U_LEN, _U_RAW, _U_NSEG, _U_GSO, _U_SEQ, _U_SRC, _U_DST, _U_PORTS = range(9)
+UNIT_FIELDS = 9
+
+
+def new_unit_scratch(rows: int) -> np.ndarray:
+    """The per-unit bookkeeping coalesce_into needs for up to `rows` units, allocated once."""
+    return np.zeros((UNIT_FIELDS, rows), dtype=np.int64)
+
+
 @njit(cache=True, nogil=True)
 def coalesce(bufs, out_off, out_len, verdict, n, l3_off, out, out_lens):
+    """coalesce_into with its scratch allocated here (tests, tools); the compiled loop keeps
+    one scratch per direction and calls coalesce_into."""
+    return coalesce_into(bufs, out_off, out_len, verdict, n, l3_off, out, out_lens,
+                         np.zeros((UNIT_FIELDS, max(1, out.shape[0])), dtype=np.int64))
+
+
+@njit(cache=True, nogil=True)
+def coalesce_into(bufs, out_off, out_len, verdict, n, l3_off, out, out_lens, scratch):
     """Build device writes from the FORWARD rows among the first n; returns how many.
 
     Row i's packet is bufs[i, out_off[i] : out_off[i] + out_len[i]] (a row whose span is not
@@ -379,20 +397,21 @@ def coalesce(bufs, out_off, out_len, verdict, n, l3_off, out, out_lens):
         need += 1
         if VNET_HDR_LEN + ln > uw:
             return ERR_NO_ROOM
-    if need > m_cap:
+    if need > m_cap or need > scratch.shape[1]:
         return ERR_NO_ROOM
 
-    # Per unit: open for appending?, length as merged, length as received, segments, gso size,
-    # next seq, flow key.
-    u_open = np.zeros(need, dtype=np.bool_)
-    u_len = np.zeros(need, dtype=np.int64)
-    u_raw = np.zeros(need, dtype=np.int64)
-    u_nseg = np.zeros(need, dtype=np.int64)
-    u_gso = np.zeros(need, dtype=np.int64)
-    u_seq = np.zeros(need, dtype=np.int64)
-    u_src = np.zeros(need, dtype=np.int64)
-    u_dst = np.zeros(need, dtype=np.int64)
-    u_ports = np.zeros(need, dtype=np.int64)
+    # Per unit (rows of `scratch`, no allocation per batch): open for appending?, length as
+    # merged, length as received, segments, gso size, next seq, flow key. Every field of a
+    # unit is written when the unit is made, so nothing needs clearing between calls.
+    u_open = scratch[_U_OPEN]
+    u_len = scratch[_U_LEN]
+    u_raw = scratch[_U_RAW]
+    u_nseg = scratch[_U_NSEG]
+    u_gso = scratch[_U_GSO]
+    u_seq = scratch[_U_SEQ]
+    u_src = scratch[_U_SRC]
+    u_dst = scratch[_U_DST]
+    u_ports = scratch[_U_PORTS]
     units = 0
     for i in range(n):
         o, ln = _forward_span(out_off, out_len, verdict, i, width)
@@ -411,7 +430,7 @@ def coalesce(bufs, out_off, out_len, verdict, n, l3_off, out, out_lens):
         if cls == _TCP_NOPORTS:
             for m in range(units):
                 if u_open[m] and u_src[m] == src and u_dst[m] == dst:
-                    u_open[m] = False
+                    u_open[m] = 0
         found = -1
         if cls == _TCP_ALONE or cls == _TCP_MERGE:
             for m in range(units):
@@ -438,12 +457,12 @@ def coalesce(bufs, out_off, out_len, verdict, n, l3_off, out, out_lens):
                     # it again puts PSH on the last segment where it was.
                     uf = VNET_HDR_LEN + l3_off + ihl + 13
                     u[uf] = np.int64(u[uf]) | TCP_PSH
-                    u_open[found] = False
+                    u_open[found] = 0
                 if payload < u_gso[found]:
-                    u_open[found] = False
+                    u_open[found] = 0
                 continue
         if found >= 0:
-            u_open[found] = False  # a later segment must not jump ahead of this packet
+            u_open[found] = 0  # a later segment must not jump ahead of this packet
         m = units
         units += 1
         u = out[m]
@@ -454,6 +473,9 @@ def coalesce(bufs, out_off, out_len, verdict, n, l3_off, out, out_lens):
         u_src[m] = src
         u_dst[m] = dst
         u_ports[m] = ports
+        u_open[m] = 0
+        u_gso[m] = 0
+        u_seq[m] = 0
         if cls == _TCP_MERGE:
             payload = tot - ihl - doff
             u_len[m] = VNET_HDR_LEN + l3_off + tot  # padding, if any, is dropped on a merge

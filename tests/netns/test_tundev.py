@@ -230,3 +230,173 @@ def test_reopen_across_flags_and_types(ns):
     got = netns.call_in(ns, _reopens, "wtap3")
     assert got == {"plain": "plain", "offload_reopen": "offload", "tun_over_tap": "offload",
                    "kind": True, "other": "Error", "other_kept": True}
+
+
+# ---- the TX TAP: tunnel-GSO frames the host forwards and cuts ----------------------------------
+
+WIRE_A, WIRE_B = "192.168.231.1", "192.168.231.2"
+
+
+def _wire(a: str, b: str, wire_like: bool) -> None:
+    """veth wa (in a, WIRE_A) <-> wb (in b, WIRE_B); a forwards, as a flannel host does."""
+    with IPRoute() as ipr:
+        ipr.link("add", ifname="wa", kind="veth", peer={"ifname": "wb", "net_ns_fd": b})
+        idx = ipr.link_lookup(ifname="wa")[0]
+        ipr.addr("add", index=idx, address=WIRE_A, prefixlen=24)
+        ipr.link("set", index=idx, state="up")
+    netns.sysctl(a, "net.ipv4.ip_forward", 1)
+    if wire_like:
+        netns.disable_tx_offloads("wa")
+
+
+def _peer_side(ready, wire_like: bool, port: int) -> list[bytes]:
+    """In b: bring wb up and capture the IPv4 packets to UDP `port` arriving on it."""
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname="wb")[0]
+        ipr.addr("add", index=idx, address=WIRE_B, prefixlen=24)
+        ipr.link("set", index=idx, state="up")
+    if wire_like:
+        netns.disable_tx_offloads("wb")
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+    sock.bind(("wb", 0x0800))  # (CPython puts it in network order itself)
+    sock.settimeout(0.3)
+    ready.set()
+    got, deadline = [], time.time() + 5.0
+    while time.time() < deadline:
+        try:
+            pkt = sock.recv(70000)
+        except TimeoutError:
+            if got:
+                break
+            continue
+        if pkt[9] == 17 and int.from_bytes(pkt[22:24], "big") == port:
+            got.append(pkt)
+    return got
+
+
+def _tunnel_send(a: str, b: str, wire_like: bool, kind: str) -> dict:
+    """In a: a pipeline whose peer is WIRE_B, the TX TAP, one super-frame through both."""
+    import multiprocessing
+    from ipaddress import IPv4Address, IPv4Network
+
+    from weft.packet import offload, tunnel_gso
+    from weft.packet.fastpath import BUFSIZE, Batch
+    from weft.packet.pipeline import Pipeline
+
+    sys_path_tests()
+    from test_offload import super_frame
+
+    _lo_up()
+    _wire(a, b, wire_like)
+    tx = tundev.open_tunnel_tx("weft.1")
+    assert not tx.reason, tx.reason
+    vxlan = kind == "vxlan"
+    port = 8472 if vxlan else 8285
+    mac = bytes.fromhex("020000000001") if vxlan else None
+
+    def pipeline() -> Pipeline:
+        p = Pipeline(kind, IPv4Network("10.1.0.0/16"), 24, mtu=1450, port=port)
+        p.set_local(IPv4Network("10.1.15.0/24"), IPv4Address(WIRE_A), mac)
+        p.table.set_peer(IPv4Network("10.1.16.0/24"), IPv4Address(WIRE_B),
+                         bytes.fromhex("0200000000aa") if vxlan else None)
+        return p
+
+    l3 = 14 if vxlan else 0
+    data = super_frame(l3, payload=20000, mss=1398)
+    # what the split path sends: outer IPv4 datagrams (vxlan), UDP payloads (udp)
+    q = pipeline()
+    batch = Batch(64)
+    n = offload.split_super(np.frombuffer(data, np.uint8).copy(), len(data), l3, batch.bufs,
+                            batch.lens, 0)
+    q.egress(batch, n)
+    want = [batch.bufs[i, batch.out_off[i] : batch.out_off[i] + batch.out_len[i]].tobytes()
+            for i in range(n)]
+    p = pipeline()
+    sup = tunnel_gso.new_sup()
+    head = tunnel_gso.SUP_HEAD if vxlan else tunnel_gso.SUP_HEAD_UDP
+    sup[head : head + len(data)] = np.frombuffer(data, np.uint8)
+    info = np.zeros(tunnel_gso.INFO_SIZE, np.int64)
+    probe_row = np.zeros(BUFSIZE, np.uint8)
+    if vxlan:
+        t = tunnel_gso.encap_super(sup, len(data), probe_row, p.cfg, p.table.present,
+                                   p.table.public_ip, p.table.vtep_mac, p.counters, tx.mac, info)
+    else:
+        t = tunnel_gso.encap_super_udp(sup, len(data), probe_row, p.cfg, p.table.present,
+                                       p.table.public_ip, p.counters, tx.mac, info)
+    assert t > 0
+    ready = multiprocessing.Event()
+    peer = netns.spawn_in(b, _peer_side, ready, wire_like, port)
+    ready.wait(5)
+    # the neighbour first, so the frame does not wait in an ARP queue
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", (WIRE_B, 9))
+    time.sleep(0.3)
+    os.write(tx.fd, sup[:t].tobytes())
+    got = peer.result(10)
+    tx.close()
+    return {"want": want, "got": got, "segments": int(info[0])}
+
+
+def sys_path_tests() -> None:
+    import sys
+    from pathlib import Path
+
+    unit = str(Path(__file__).resolve().parent.parent / "unit")
+    if unit not in sys.path:
+        sys.path.insert(0, unit)
+
+
+@root_only
+@pytest.mark.netns
+@pytest.mark.parametrize("kind", ["vxlan", "udp"])
+@pytest.mark.parametrize("wire_like", [True, False], ids=["wire-like", "veth-offloads"])
+def test_tunnel_gso_frame_leaves_as_the_split_path_datagrams(ns, wire_like: bool, kind: str):
+    """A frame written into the TX TAP is forwarded out the wire and cut by the kernel into
+    exactly the datagrams the split path sends (wire-like), or crosses whole (veth offloads).
+    udp backend: the split path sends from a socket, whose outer IP ids the kernel picks, so
+    the UDP payloads are compared byte for byte and the outer header field by field."""
+    peer = f"{ns}b"
+    netns.create(peer)
+    try:
+        out = netns.call_in(ns, _tunnel_send, ns, peer, wire_like, kind)
+    finally:
+        netns.remove(peer)
+    want, got = out["want"], out["got"]
+    assert out["segments"] == len(want) > 10
+    if kind == "udp":
+        payloads = [g[28:] for g in got]
+        if wire_like:
+            assert payloads == want
+        else:
+            assert len(got) == 1 and got[0][28 + 52 :] == b"".join(w[52:] for w in want)
+        for g in got:
+            assert (g[8], g[6] & 0x40, g[20:24], g[26:28]) == (64, 0x40, bytes.fromhex(
+                "205d205d"), b"\0\0")  # TTL 64, DF, ports 8285, checksum 0
+            assert socket.inet_ntoa(g[12:16]) == WIRE_A and socket.inet_ntoa(g[16:20]) == WIRE_B
+    elif wire_like:
+        assert got == want
+    else:
+        # one GSO packet: outer headers of the first datagram (but the total length), then the
+        # whole inner frame; the inner TCP checksum is left partial for the receiver's stack
+        assert len(got) == 1
+        inner = b"".join(w[36 + 14 + 20 + 32 :] for w in want)
+        assert got[0][36 + 14 + 20 + 32 :] == inner
+        g, w = got[0], want[0]
+        assert g[:2] + g[4:10] + g[12:22] == w[:2] + w[4:10] + w[12:22]  # but lengths, csum
+
+
+def _tunnel_tx_without_forwarding() -> tuple[str, int, str]:
+    refused = tundev.open_tunnel_tx("weft.1")  # a fresh namespace does not forward
+    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+        f.write("1")
+    taken = tundev.open_tunnel_tx("weft.1")
+    name = taken.name
+    taken.close()
+    return refused.reason, refused.fd, name
+
+
+@root_only
+@pytest.mark.netns
+def test_tunnel_tx_says_why_it_is_refused_and_opens_when_the_host_forwards(ns):
+    reason, fd, name = netns.call_in(ns, _tunnel_tx_without_forwarding)
+    assert (reason, fd) == ("net.ipv4.ip_forward is off", -1)
+    assert name == "weft.1tx"
