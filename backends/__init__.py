@@ -32,6 +32,8 @@ class BackendError(RuntimeError):
 
 class Backend(Protocol):
     mtu: int  # the overlay MTU written to subnet.env
+    # devices whose incoming packets the host must forward (the forward rules accept them)
+    forward_devices: tuple[str, ...]
 
     def lease_attrs(self) -> LeaseAttrs:
         """What to publish for this host (after any device whose MAC goes in it exists)."""

@@ -9,6 +9,7 @@ from weft.control.registry import LeaseEvents
 
 
 class AllocBackend:
+    forward_devices: tuple[str, ...] = ()
     def __init__(self, iface: ExternalInterface) -> None:
         self.iface = iface
         self.mtu = iface.mtu

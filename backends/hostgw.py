@@ -27,6 +27,7 @@ NAT_ERROR = ("your PublicIP differs from interface IP, meaning that probably you
 
 
 class HostGwBackend:
+    forward_devices: tuple[str, ...] = ()  # routed by the kernel: nothing of ours to forward
     def __init__(self, config: NetworkConfig, iface: ExternalInterface) -> None:
         if iface.address != iface.public_ip:
             raise BackendError(NAT_ERROR)

@@ -61,12 +61,15 @@ def masq_chain(network: IPv4Network, subnet: IPv4Network, random_fully: bool) ->
     return ChainRules("nat", "POSTROUTING", c, MASQ_COMMENT, rules)
 
 
-def forward_chain(network: IPv4Network) -> ChainRules:
+def forward_chain(network: IPv4Network, devices: Sequence[str] = ()) -> ChainRules:
     """Accept forwarding from and to the cluster network even under a FORWARD policy of DROP
-    (Docker sets one)."""
+    (Docker sets one), and whatever enters through `devices`: the TX TAP whose tunnel-GSO
+    frames (outer headers already on, from our PublicIP to a peer's) the host forwards out the
+    external interface."""
     c = FORWARD_CHAIN
     rules = (_rule(c, f"-s {network} ", FORWARD_COMMENT, "ACCEPT"),
-             _rule(c, f"-d {network} ", FORWARD_COMMENT, "ACCEPT"))
+             _rule(c, f"-d {network} ", FORWARD_COMMENT, "ACCEPT"),
+             *(_rule(c, f"-i {device} ", FORWARD_COMMENT, "ACCEPT") for device in devices))
     return ChainRules("filter", "FORWARD", c, FORWARD_COMMENT, rules)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from ipaddress import IPv4Network
 from typing import Protocol
 
@@ -39,19 +40,21 @@ class IptablesAdapter(Protocol):
 
 
 def wanted_chains(network: IPv4Network, subnet: IPv4Network, ip_masq: bool,
-                  forward_rules: bool, random_fully: bool) -> list[ChainRules]:
+                  forward_rules: bool, random_fully: bool,
+                  forward_devices: Sequence[str] = ()) -> list[ChainRules]:
     chains = []
     if ip_masq:
         chains.append(masq_chain(network, subnet, random_fully))
     if forward_rules:
-        chains.append(forward_chain(network))
+        chains.append(forward_chain(network, forward_devices))
     return chains
 
 
 def start_traffic_rules(network: IPv4Network | None, subnet: IPv4Network,
                         previous: IPv4Network | None, ip_masq: bool, forward_rules: bool,
                         random_fully: bool = True, resync: float = DEFAULT_RESYNC,
-                        iptables: IptablesAdapter | None = None) -> TrafficRules | None:
+                        iptables: IptablesAdapter | None = None,
+                        forward_devices: Sequence[str] = ()) -> TrafficRules | None:
     """The daemon's hook, once the lease is known: None when neither kind of rule is wanted
     (or there is no IPv4 network). `previous` is the subnet of an earlier run's subnet.env;
     its rules go in the first apply's flush of our chains."""
@@ -69,8 +72,8 @@ def start_traffic_rules(network: IPv4Network | None, subnet: IPv4Network,
     if ip_masq and previous is not None and previous != subnet:
         log.info("masquerade rules of the previous subnet %s are replaced by those of %s",
                  previous, subnet)
-    traffic = TrafficRules(wanted_chains(network, subnet, ip_masq, forward_rules, fully),
-                           iptables, resync)
+    traffic = TrafficRules(wanted_chains(network, subnet, ip_masq, forward_rules, fully,
+                                         forward_devices), iptables, resync)
     traffic.start()
     return traffic
 

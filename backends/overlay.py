@@ -22,6 +22,7 @@ from weft.control.config import NetworkConfig
 from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
 from weft.control.registry import LeaseEvents
+from weft.dev.tundev import tunnel_tx_name
 from weft.drivers import modes
 from weft.drivers.ladder import DeviceDatapath
 from weft.observe.tracehub import TraceHub
@@ -45,6 +46,9 @@ class OverlayBackend:
         self.port = port
         self.vni = vni
         self.device_name = device_name
+        # The TX TAP of tunnel GSO, whether or not this kernel takes it: a rule for an absent
+        # device matches nothing, and one rule set fits every datapath mode.
+        self.forward_devices = (tunnel_tx_name(device_name),)
         self.reused = netlink.link_index(device_name) is not None
         self.datapath = DeviceDatapath(device_name, tap,
                                        str(self.options.get("datapath") or modes.AUTO))

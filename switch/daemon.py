@@ -210,7 +210,8 @@ class Daemon:
         else:
             self.traffic = start_traffic_rules(self.config.network, self.lease.subnet, previous,
                                                opts.ip_masq, opts.iptables_forward_rules,
-                                               opts.ip_masq_random_fully, opts.iptables_resync)
+                                               opts.ip_masq_random_fully, opts.iptables_resync,
+                                               forward_devices=backend.forward_devices)
         subnet_env.write(self.options.subnet_file,
                          subnet_env.render(self.config, self.lease, backend.mtu,
                                            self.options.ip_masq))

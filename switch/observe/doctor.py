@@ -23,6 +23,7 @@ from weft.control.etcd_registry import EtcdOptions
 from weft.control.iface import ExternalInterface, InterfaceError, find_external_interface
 from weft.control.lease import Lease
 from weft.control.registry import ConfigNotFound, RegistryError
+from weft.dev.tundev import tunnel_tx_name
 from weft.observe import doctor_checks as checks
 from weft.observe import firewall_view, host_facts, peer_probe
 from weft.observe.doctor_checks import FAIL, OK, WARN, Finding
@@ -119,7 +120,8 @@ def diagnose(options: DoctorOptions) -> list[Finding]:
     network = (facts.config.network if facts.config is not None
                else _env_network(env, "FLANNEL_NETWORK"))
     findings.extend(_kernel_findings(backend, device, links, iface, env))
-    findings.extend(_firewall_findings(network, port))
+    tx = tunnel_tx_name(device) if device is not None else None
+    findings.extend(_firewall_findings(network, port, tx if tx in links else None))
     findings.extend(_peer_findings(facts, backend, port, options.probe_timeout))
     return findings
 
@@ -147,12 +149,13 @@ def _kernel_findings(backend: str, device: str | None, links: dict[str, host_fac
     return out
 
 
-def _firewall_findings(network: IPv4Network | None, port: int | None) -> list[Finding]:
+def _firewall_findings(network: IPv4Network | None, port: int | None,
+                       tx_device: str | None) -> list[Finding]:
     text, error = host_facts.filter_table()
     if text is None:
         return [Finding("firewall", WARN, f"cannot read the filter table: {error}",
                         "install iptables (iptables-save)")]
-    out = [firewall_view.forward_check(text, network)]
+    out = [firewall_view.forward_check(text, network, tx_device)]
     if port is not None:
         out.append(firewall_view.port_check(text, port))
     return out

@@ -33,6 +33,7 @@ class Rule:
     ports_negated: bool = False
     source: tuple[IPv4Network, bool] | None = None  # (network, negated)
     dest: tuple[IPv4Network, bool] | None = None
+    in_iface: str | None = None  # -i NAME (not negated)
     conditional: bool = False  # matches on something else (interface, state, ...)
 
 
@@ -100,6 +101,8 @@ def _parse_rule(line: str) -> Rule:
                     rule.dest = net
         elif word not in _NEUTRAL_OPTIONS:
             rule.conditional = True  # -i, --ctstate, --sport, -m set, and anything unknown
+            if word in ("-i", "--in-interface") and not negate:
+                rule.in_iface = value
         negate = False
     return rule
 
@@ -190,14 +193,25 @@ def _walk(table: FilterTable, chain: str, port: int, maybe: list[str],
     return None
 
 
-def forward_check(text: str, network: IPv4Network | None) -> Finding:
+def forward_check(text: str, network: IPv4Network | None,
+                  tx_device: str | None = None) -> Finding:
     """A FORWARD policy of DROP (Docker sets one) drops pod traffic between hosts unless rules
     accept the pod network both ways, as `weft run --iptables-forward-rules` (WEFT-FWD) or
-    flanneld's FLANNEL-FWD do. Only ACCEPT rules with -s/-d covering the network count."""
+    flanneld's FLANNEL-FWD do. Only ACCEPT rules with -s/-d covering the network count.
+    `tx_device`: weft's tunnel-GSO TX TAP when it exists; the host forwards what enters it
+    (outer packets between PublicIPs), so a rule must accept that too."""
     table = parse_filter(text)
     policy = table.policies.get("FORWARD", "ACCEPT")
     if policy != "DROP":
         return Finding("forward", OK, f"filter FORWARD policy {policy}")
+    if tx_device is not None and not any(
+            rule.target == "ACCEPT" and rule.in_iface == tx_device
+            for rule in _reachable(table, "FORWARD")):
+        return Finding("forward", FAIL,
+                       f"filter FORWARD policy DROP and no rule accepts what enters {tx_device}: "
+                       "pod TCP sent as whole tunnel-GSO frames is dropped",
+                       f"run weft with --iptables-forward-rules (the default), or: iptables -A "
+                       f"FORWARD -i {tx_device} -j ACCEPT")
     if network is None:
         return Finding("forward", WARN,
                        "filter FORWARD policy DROP; the pod network is unknown (no config, no "

@@ -163,6 +163,17 @@ def test_forward_policy_drop_needs_accept_rules_for_the_network():
     assert firewall_view.forward_check(_save("DROP"), None).status == WARN
 
 
+def test_forward_policy_drop_needs_an_accept_for_the_tunnel_gso_tx_tap():
+    assert firewall_view.forward_check(_save("DROP", rules=WEFT_FWD), NET, "weft.1tx").status \
+        == FAIL
+    with_tx = WEFT_FWD + '-A WEFT-FWD -i weft.1tx -m comment --comment "weft forward" -j ACCEPT\n'
+    assert firewall_view.forward_check(_save("DROP", rules=with_tx), NET, "weft.1tx").status == OK
+    negated = WEFT_FWD + "-A WEFT-FWD ! -i weft.1tx -j ACCEPT\n"
+    assert firewall_view.forward_check(_save("DROP", rules=negated), NET, "weft.1tx").status \
+        == FAIL
+    assert firewall_view.forward_check(_save(), NET, "weft.1tx").status == OK  # policy ACCEPT
+
+
 @pytest.mark.parametrize("rule, status", [
     ("-A INPUT -p udp -m udp --dport 8472 -j DROP", FAIL),
     ("-A INPUT -p udp -m multiport --dports 4789,8000:9000 -j REJECT "

@@ -61,6 +61,17 @@ def test_forward_rules_exact_text_and_both_tables_in_one_input():
     assert both == MASQ_RULES + FORWARD_RULES
 
 
+def test_forward_rules_accept_what_the_tx_tap_sends():
+    """Tunnel-GSO frames enter the host through the TX TAP and are forwarded: a FORWARD DROP
+    policy must not eat them (their addresses are PublicIPs, outside the network)."""
+    text = restore_text([forward_chain(NET, ("weft.1tx",))], {})
+    assert text == FORWARD_RULES.replace(
+        "COMMIT\n", '-A WEFT-FWD -i weft.1tx -m comment --comment "weft forward" -j ACCEPT\n'
+        "COMMIT\n")
+    assert wanted_chains(NET, SUB, False, True, True, ("weft.1tx",))[0].rules[-1].startswith(
+        "-A WEFT-FWD -i weft.1tx ")
+
+
 def test_wanted_chains_follow_the_flags():
     assert [c.chain for c in wanted_chains(NET, SUB, False, True, True)] == ["WEFT-FWD"]
     assert [c.chain for c in wanted_chains(NET, SUB, True, False, True)] == ["WEFT-POSTRTG"]
