@@ -204,14 +204,6 @@ def forward_check(text: str, network: IPv4Network | None,
     policy = table.policies.get("FORWARD", "ACCEPT")
     if policy != "DROP":
         return Finding("forward", OK, f"filter FORWARD policy {policy}")
-    if tx_device is not None and not any(
-            rule.target == "ACCEPT" and rule.in_iface == tx_device
-            for rule in _reachable(table, "FORWARD")):
-        return Finding("forward", FAIL,
-                       f"filter FORWARD policy DROP and no rule accepts what enters {tx_device}: "
-                       "pod TCP sent as whole tunnel-GSO frames is dropped",
-                       f"run weft with --iptables-forward-rules (the default), or: iptables -A "
-                       f"FORWARD -i {tx_device} -j ACCEPT")
     if network is None:
         return Finding("forward", WARN,
                        "filter FORWARD policy DROP; the pod network is unknown (no config, no "
@@ -227,6 +219,14 @@ def forward_check(text: str, network: IPv4Network | None,
     fix = (f"run weft with --iptables-forward-rules (the default), or: iptables -A FORWARD -s "
            f"{network} -j ACCEPT && iptables -A FORWARD -d {network} -j ACCEPT")
     if accepts_from and accepts_to:
+        if tx_device is not None and not any(
+                rule.target == "ACCEPT" and rule.in_iface == tx_device
+                for rule in _reachable(table, "FORWARD")):
+            return Finding("forward", FAIL,
+                           f"filter FORWARD policy DROP; {network} is accepted, but not what "
+                           f"enters {tx_device}: pod TCP sent as whole tunnel-GSO frames is "
+                           "dropped", f"run weft with --iptables-forward-rules (the default), "
+                           f"or: iptables -A FORWARD -i {tx_device} -j ACCEPT")
         return Finding("forward", OK, f"filter FORWARD policy DROP; {network} accepted both ways "
                        f"(`{accepts_from[0]}`, `{accepts_to[0]}`)")
     if not accepts_from and not accepts_to:
