@@ -210,7 +210,13 @@ def count_sent(counters, path, info):
 def restore_read(sup):
     """Undo encap_super's header over the read (a refused write): the virtio header the TAP
     read gave back at sup[SUP_HEAD:], so split_super can cut the frame as usual."""
-    p = SUP_HEAD
+    _restore_vnet(sup, SUP_HEAD, FRAME_INNER)
+
+
+@njit(cache=True, nogil=True)
+def _restore_vnet(sup, p, inner):
+    """The read's virtio header at sup[p:], its offsets `inner` bytes shorter again (the outer
+    headers the encap put in front are gone with it)."""
     hdr_len = _le16(sup, VNET_HDR_LEN_AT)
     gso_size = _le16(sup, VNET_GSO_SIZE)
     csum_start = _le16(sup, VNET_CSUM_START)
@@ -218,9 +224,9 @@ def restore_read(sup):
         sup[p + k] = 0
     sup[p + VNET_FLAGS] = VNET_F_NEEDS_CSUM
     sup[p + VNET_GSO_TYPE] = GSO_TCPV4
-    _wle16(sup, p + VNET_HDR_LEN_AT, hdr_len - FRAME_INNER)
+    _wle16(sup, p + VNET_HDR_LEN_AT, hdr_len - inner)
     _wle16(sup, p + VNET_GSO_SIZE, gso_size)
-    _wle16(sup, p + VNET_CSUM_START, csum_start - FRAME_INNER)
+    _wle16(sup, p + VNET_CSUM_START, csum_start - inner)
     _wle16(sup, p + VNET_CSUM_OFFSET, 16)
 
 
@@ -386,18 +392,7 @@ def encap_super_udp(sup, got, probe, cfg, present, public_ip, counters, tx_mac, 
 @njit(cache=True, nogil=True)
 def restore_read_udp(sup):
     """restore_read for encap_super_udp's frame: the TUN read's virtio header back."""
-    p = SUP_HEAD_UDP
-    hdr_len = _le16(sup, VNET_HDR_LEN_AT)
-    gso_size = _le16(sup, VNET_GSO_SIZE)
-    csum_start = _le16(sup, VNET_CSUM_START)
-    for k in range(VNET_HDR_LEN):
-        sup[p + k] = 0
-    sup[p + VNET_FLAGS] = VNET_F_NEEDS_CSUM
-    sup[p + VNET_GSO_TYPE] = GSO_TCPV4
-    _wle16(sup, p + VNET_HDR_LEN_AT, hdr_len - FRAME_INNER_UDP)
-    _wle16(sup, p + VNET_GSO_SIZE, gso_size)
-    _wle16(sup, p + VNET_CSUM_START, csum_start - FRAME_INNER_UDP)
-    _wle16(sup, p + VNET_CSUM_OFFSET, 16)
+    _restore_vnet(sup, SUP_HEAD_UDP, FRAME_INNER_UDP)
 
 
 @njit(cache=True, nogil=True)
