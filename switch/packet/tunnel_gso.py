@@ -237,6 +237,27 @@ RX_PAD_UDP = VNET_HDR_LEN  # 10: before a received udp-backend datagram (its IPv
 
 
 @njit(cache=True, nogil=True)
+def _whole_tcp(msg, p, plen, l2, mtu):
+    """(gso_size, ihl, doff, total length) of the IPv4/TCP packet in the frame at msg[p:p + plen]
+    (after `l2` bytes of Ethernet), to be cut into segments that fit the overlay `mtu`;
+    all 0 when it is not one."""
+    ip = p + l2
+    if (np.int64(msg[ip]) & 0x0F) < 5 or np.int64(msg[ip]) >> 4 != 4:
+        return 0, 0, 0, 0
+    ihl = (np.int64(msg[ip]) & 0x0F) * 4
+    if ip + ihl + 13 >= p + plen:
+        return 0, 0, 0, 0
+    doff = (np.int64(msg[ip + ihl + 12]) >> 4) * 4
+    gso_size = mtu - ihl - doff
+    if gso_size <= 0:
+        return 0, 0, 0, 0
+    code, ihl, doff, tot = _tso_geometry(msg, p, plen, l2, gso_size)
+    if code != 0:
+        return 0, 0, 0, 0
+    return gso_size, ihl, doff, tot
+
+
+@njit(cache=True, nogil=True)
 def decap_super(msg, total, sender, probe, cfg, present, public_ip, sender_keys, info):
     """Make the datagram at msg[RX_PAD:RX_PAD + total] (VXLAN + a TCP super-frame) one TAP
     write at msg[0:]: virtio header over the VXLAN header, the inner frame as it came.
@@ -252,19 +273,9 @@ def decap_super(msg, total, sender, probe, cfg, present, public_ip, sender_keys,
     if total < VXLAN_HDR + 14 + 40 or RX_PAD + total > msg.shape[0]:
         return 0
     p = RX_PAD + VXLAN_HDR
-    plen = total - VXLAN_HDR
     ip = p + 14
-    if (np.int64(msg[ip]) & 0x0F) < 5 or np.int64(msg[ip]) >> 4 != 4:
-        return 0
-    ihl = (np.int64(msg[ip]) & 0x0F) * 4
-    if ip + ihl + 13 >= RX_PAD + total:
-        return 0
-    doff = (np.int64(msg[ip + ihl + 12]) >> 4) * 4
-    gso_size = np.int64(cfg[CFG_MTU]) - ihl - doff
-    if gso_size <= 0:
-        return 0
-    code, ihl, doff, tot = _tso_geometry(msg, p, plen, 14, gso_size)
-    if code != 0:
+    gso_size, ihl, doff, tot = _whole_tcp(msg, p, total - VXLAN_HDR, 14, np.int64(cfg[CFG_MTU]))
+    if gso_size == 0:
         return 0
     payload = tot - ihl - doff
     nseg = (payload + gso_size - 1) // gso_size
@@ -407,17 +418,8 @@ def decap_super_udp(msg, total, sender, probe, cfg, present, public_ip, sender_k
     p = RX_PAD_UDP
     if total < 40 or p + total > msg.shape[0]:
         return 0
-    if np.int64(msg[p]) >> 4 != 4 or (np.int64(msg[p]) & 0x0F) < 5:
-        return 0
-    ihl = (np.int64(msg[p]) & 0x0F) * 4
-    if ihl + 13 >= total:
-        return 0
-    doff = (np.int64(msg[p + ihl + 12]) >> 4) * 4
-    gso_size = np.int64(cfg[CFG_MTU]) - ihl - doff
-    if gso_size <= 0:
-        return 0
-    code, ihl, doff, tot = _tso_geometry(msg, p, total, 0, gso_size)
-    if code != 0:
+    gso_size, ihl, doff, tot = _whole_tcp(msg, p, total, 0, np.int64(cfg[CFG_MTU]))
+    if gso_size == 0:
         return 0
     payload = tot - ihl - doff
     nseg = (payload + gso_size - 1) // gso_size
