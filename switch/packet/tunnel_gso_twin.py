@@ -55,22 +55,30 @@ def tunnel_header(hdr_len: int, gso_size: int, csum_start: int, outer_th: int,
     return head + bytes(2 + 4 + 2 + 2) + struct.pack("<HH", outer_th, inner_nh)
 
 
-def encap_super(data: bytes, cfg: np.ndarray, table: PeerTable, ip_id: int, tx_mac: bytes,
-                row_cap: int = BUFSIZE - HEADROOM) -> TunnelFrame | None:
-    """Twin of tunnel_gso.encap_super; `row_cap` is the probe row's room after HEADROOM."""
+def _super_frame(data: bytes, l2: int) -> tuple | None:
+    """A TCP super-frame as the device read it (virtio header first, `l2` bytes of Ethernet):
+    (packet, mss, ihl, doff, total length, payload, segments, header bytes per segment)."""
     if len(data) < VNET_HDR_LEN:
         return None
     hdr = VnetHdr.unpack(data)
     if hdr.gso_type != GSO_TCPV4:
         return None
     pkt = data[VNET_HDR_LEN:]
-    code, ihl, doff, tot = _tso_geometry(pkt, 14, hdr.gso_size)
+    code, ihl, doff, tot = _tso_geometry(pkt, l2, hdr.gso_size)
     if code:
         return None
-    mss = hdr.gso_size
     payload = tot - ihl - doff
-    nseg = -(-payload // mss)
-    hlen = 14 + ihl + doff
+    return (pkt, hdr.gso_size, ihl, doff, tot, payload, -(-payload // hdr.gso_size),
+            l2 + ihl + doff)
+
+
+def encap_super(data: bytes, cfg: np.ndarray, table: PeerTable, ip_id: int, tx_mac: bytes,
+                row_cap: int = BUFSIZE - HEADROOM) -> TunnelFrame | None:
+    """Twin of tunnel_gso.encap_super; `row_cap` is the probe row's room after HEADROOM."""
+    frame = _super_frame(data, 14)
+    if frame is None:
+        return None
+    pkt, mss, ihl, doff, tot, payload, nseg, hlen = frame
     if nseg < 2 or hlen + mss > row_cap or VXLAN_ENCAP + 14 + tot > 0xFFFF:
         return None
     first = split_super(data, 14)[0]  # what the egress kernel would have seen first
@@ -144,19 +152,10 @@ def decap_super(datagram: bytes, sender: int, cfg: np.ndarray, table: PeerTable,
 def encap_super_udp(data: bytes, cfg: np.ndarray, table: PeerTable, ip_id: int, tx_mac: bytes,
                     row_cap: int = BUFSIZE - HEADROOM) -> TunnelFrame | None:
     """Twin of tunnel_gso.encap_super_udp on data = sup[SUP_HEAD_UDP:SUP_HEAD_UDP + got]."""
-    if len(data) < VNET_HDR_LEN:
+    frame = _super_frame(data, 0)
+    if frame is None:
         return None
-    hdr = VnetHdr.unpack(data)
-    if hdr.gso_type != GSO_TCPV4:
-        return None
-    pkt = data[VNET_HDR_LEN:]
-    code, ihl, doff, tot = _tso_geometry(pkt, 0, hdr.gso_size)
-    if code:
-        return None
-    mss = hdr.gso_size
-    payload = tot - ihl - doff
-    nseg = -(-payload // mss)
-    hlen = ihl + doff
+    pkt, mss, ihl, doff, tot, payload, nseg, hlen = frame
     if nseg < 2 or hlen + mss > row_cap or 28 + tot > 0xFFFF:
         return None
     step = udp_egress(split_super(data, 0)[0], cfg, table)
