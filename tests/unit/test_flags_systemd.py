@@ -32,6 +32,32 @@ def test_unit_is_notify_with_watchdog_and_least_privilege():
     assert unit["ExecStart"].split()[1:] == ["run", "$WEFT_OPTIONS"]
 
 
+def unit_values(key: str) -> list[str]:
+    """Every value of a setting that may be given more than once (ExecStartPre=, ...)."""
+    return [line.partition("=")[2] for line in (SYSTEMD / "weft.service").read_text().splitlines()
+            if line.startswith(f"{key}=")]
+
+
+XTABLES_LOCK = "/run/xtables.lock"
+
+
+def test_unit_creates_the_shared_xtables_lock_and_makes_it_writable():
+    """ProtectSystem=strict leaves /run read-only: iptables-legacy then cannot create its lock
+    and every restore fails. The unit creates the host's one lock file before the sandboxed
+    start (`+`: outside the sandbox) and opens that same file to weft
+    (tests/netns/test_xtables_lock.py runs these lines)."""
+    creators = [cmd for cmd in unit_values("ExecStartPre") if XTABLES_LOCK in cmd.split()]
+    assert len(creators) == 1, unit_values("ExecStartPre")
+    prefix, command = re.fullmatch(r"([-+@:!|]*)(.*)", creators[0]).groups()
+    assert "+" in prefix, "must run unsandboxed: /run is read-only inside the sandbox"
+    assert command.split()[0].endswith("/touch"), "touch: never replaces an existing lock file"
+    writable = [p.lstrip("-") for v in unit_values("ReadWritePaths") for p in v.split()]
+    assert XTABLES_LOCK in writable
+    # the shared lock, not a private one: iptables reads another path from XTABLES_LOCKFILE
+    assert not any("XTABLES_LOCKFILE" in v for v in unit_values("Environment"))
+    assert unit_settings()["ProtectSystem"] == "strict"  # what the lines above work around
+
+
 def test_every_variable_in_the_environment_file_is_a_run_flag():
     run = next(a for a in build_parser()._actions if a.dest == "command").choices["run"]
     known = {env_name(o) for a in run._actions for o in a.option_strings if o.startswith("--")}
