@@ -59,6 +59,14 @@ class EtcdClient(pyetcd.MultiEndpointEtcd3Client):
         self.username = username or None
         self.password = password or ""
         self.logged_in = False
+        plain = [f"http://{e.netloc}" for e in endpoints if not e.secure]
+        if self.username and plain:
+            # Logging in sends the password, and every call then the token, which is as good
+            # as the password until it expires: anyone on the path reads both. etcd accepts
+            # this, so weft goes on, but says so once, at start.
+            log.warning("etcd user %r logs in over plain http to %s: the password and the auth "
+                        "token travel in clear text; use https:// endpoints with --etcd-cafile",
+                        self.username, ", ".join(plain))
 
     def login(self) -> None:
         """Get a fresh token; every call and every watch stream opened afterwards carries it."""
