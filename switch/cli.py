@@ -363,14 +363,19 @@ def cmd_config_show(args) -> int:
 
 
 def cmd_leases(args) -> int:
+    from weft.control.lease_policy import LeasePolicy
     from weft.control.registry import Snapshot
 
     registry = _registry(args)
     config = registry.get_network_config()
     leases, revision = registry.list_leases()
+    # As `weft run` sees them: refused keys are listed apart, with the reason.
+    leases = LeasePolicy(config, registry.rejections).admitted(leases)
+    refused = registry.rejections.snapshot()["current"]
     leases.sort(key=lambda lease: lease.subnet)
     if args.json:
-        print(json.dumps(Snapshot(config, revision, leases).to_json(), indent=2))
+        print(json.dumps({**Snapshot(config, revision, leases).to_json(), "refused": refused},
+                         indent=2))
         return 0
     leases = registry.with_expirations(leases)  # the listing carries no TTLs (one trip each)
     rows = [("SUBNET", "PUBLIC-IP", "BACKEND", "VTEP-MAC", "EXPIRES-IN")]
@@ -384,6 +389,10 @@ def cmd_leases(args) -> int:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         print("  ".join(cells).rstrip())
     print(f"{len(leases)} lease(s) at revision {revision}")
+    if refused:
+        print(f"{len(refused)} key(s) refused (never programmed by weft):")
+        for key, why in refused.items():
+            print(f"  {key!r}  {why['reason']}: {why['detail']}")
     return 0
 
 

@@ -28,6 +28,7 @@ from weft.control.iface import find_external_interface
 from weft.control.lease import Lease
 from weft.control.lease_keeper import CHECK_INTERVAL, LeaseKeeper
 from weft.control.lease_manager import LeaseTiming, acquire_lease
+from weft.control.lease_policy import LeasePolicy
 from weft.control.peer_sync import REMOVAL_GRACE, PeerSync
 from weft.control.registry import (
     ConfigNotFound,
@@ -111,6 +112,7 @@ class Daemon:
         health = getattr(self.registry, "health", None)
         if health is not None:
             status["etcd"] = health.snapshot()
+        status["leases_rejected"] = self.registry.rejections.snapshot()
         if keeper is not None:
             status["lease_keeper"] = keeper.status()
         if self.peers is not None:
@@ -219,7 +221,9 @@ class Daemon:
                  backend.mtu)
         self.keeper = LeaseKeeper(self.registry, self.lease, timing,
                                   self.options.lease_check_interval)
-        self.peers = PeerSync(self.lease.subnet, backend.handle, self.options.peer_removal_grace)
+        policy = LeasePolicy(self.config, self.registry.rejections, self.lease.subnet,
+                             self.lease.attrs.public_ip)
+        self.peers = PeerSync(policy, backend.handle, self.options.peer_removal_grace)
         # The listing the subnet was chosen on: changes since come through the watch.
         self.peers.handle(LeaseEvents(tuple(acquired.listed), reset=True,
                                       revision=acquired.revision))
@@ -284,6 +288,8 @@ class Daemon:
             changed.set()
             return
         self.lease = keeper.lease
+        if self.peers is not None:  # a peer may not claim our new address either
+            self.peers.policy.own_public_ip = attrs.public_ip
         log.info("republished lease %s with PublicIP %s", old.subnet, attrs.public_ip)
 
     def _watch_failed(self, exc: BaseException) -> None:

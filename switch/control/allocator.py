@@ -3,11 +3,16 @@
 Order: (1) a lease that already carries our PublicIP and still fits the config; (2) the subnet
 from our previous subnet file if nobody holds it and it fits; (3) a random pick among the first
 100 free subnets between SubnetMin and SubnetMax.
+
+Only leases the policy admits hold a subnet (`admit`, see lease_policy): a key of another size
+or outside the Network is refused by every weft host, so it blocks no candidate (flannel counts
+any overlapping key as taken, and one `10.0.0.0-8` key left it "out of subnets").
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
@@ -45,22 +50,26 @@ def choose_subnet(
     previous: IPv4Network | None,
     rng: random.Random,
     exclude: frozenset[IPv4Network] = frozenset(),
+    admit: Callable[[Lease], bool] = lambda lease: True,
 ) -> Choice:
-    """Pick a subnet for `public_ip`; `exclude` holds subnets we just lost a race for."""
+    """Pick a subnet for `public_ip`; `exclude` holds subnets we just lost a race for.
+
+    Leases carrying our PublicIP are ours whatever their shape (reused, or deleted as stale);
+    of the others only those `admit` accepts hold their subnet.
+    """
     mine = [lease for lease in leases if lease.attrs.public_ip == public_ip]
     stale = tuple(lease for lease in mine if not fits(config, lease.subnet))
     for lease in mine:
         if fits(config, lease.subnet) and lease.subnet not in exclude:
             return Choice(lease.subnet, reuse=lease, stale=stale)
-    held = [lease.subnet for lease in leases if lease not in stale]
-    # Leases of our subnet size are found in a set; only others (left over from a config
-    # change) need the overlap test. Testing every candidate against every lease was
-    # O(subnets x leases): 10 s before subnet.env with 4,095 hosts in a /12.
-    same = {subnet for subnet in held if subnet.prefixlen == config.subnet_len}
-    odd = [subnet for subnet in held if subnet.prefixlen != config.subnet_len]
+    # Admitted leases are of our subnet size and inside the Network, so a candidate is
+    # taken exactly when it is in this set (a test per lease was O(subnets x leases): 10 s
+    # before subnet.env with 4,095 hosts in a /12).
+    held = {lease.subnet for lease in leases
+            if lease not in stale and (lease in mine or admit(lease))}
 
     def taken(subnet: IPv4Network) -> bool:
-        return subnet in same or any(subnet.overlaps(other) for other in odd)
+        return subnet in held
 
     if (
         previous is not None

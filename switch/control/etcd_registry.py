@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from urllib.parse import urlsplit
 
 import grpc
@@ -33,7 +33,14 @@ from weft.control.etcd_errors import (
     is_transient,
     status_code,
 )
-from weft.control.lease import Lease, LeaseAttrs, LeaseFormatError, parse_subnet_key, subnet_key
+from weft.control.lease import (
+    Lease,
+    LeaseAttrs,
+    LeaseFormatError,
+    parse_subnet_key,
+    subnet_key,
+)
+from weft.control.lease_policy import LeaseRejections
 from weft.control.registry import (
     CONFIG_MISSING,
     DEFAULT_PREFIX,
@@ -107,6 +114,7 @@ class EtcdRegistry:
         self.subnets_prefix = self.prefix + "/subnets/"
         self.client = client or connect(options)
         self.health = StoreHealth()
+        self.rejections = LeaseRejections()  # keys and values that are not leases, and why
 
     # -- config -------------------------------------------------------------------------------
     def get_network_config(self) -> NetworkConfig:
@@ -127,6 +135,7 @@ class EtcdRegistry:
         asks for the time left with `with_expirations`.
         """
         kvs, revision = self._call(self._range_pages)
+        self.rejections.relisted()
         leases = []
         for kv in kvs:
             lease = self._decode(kv.key, kv.value, kv.lease)
@@ -251,14 +260,30 @@ class EtcdRegistry:
     def delete_lease(self, subnet: IPv4Network) -> None:
         self._call(self.client.delete, self.subnets_prefix + subnet_key(subnet))
 
-    def _decode(self, key: bytes, value: bytes, etcd_lease: int) -> Lease | None:
+    def key_name(self, key: bytes) -> str:
+        """The part of a lease key below `<prefix>/subnets/` (the whole key if it is not there)."""
+        text = key.decode(errors="replace")
+        return text[len(self.subnets_prefix):] if text.startswith(self.subnets_prefix) else text
+
+    def parse_key(self, key: bytes) -> tuple[IPv4Network, IPv6Network | None] | None:
+        """The subnets of a lease key; None (refusal recorded) when it is not flannel's key."""
+        name = self.key_name(key)
         try:
-            subnet, ipv6 = parse_subnet_key(key.decode(errors="replace"))
+            return parse_subnet_key(name)
+        except LeaseFormatError as exc:
+            self.rejections.refuse(name, exc.reason, str(exc))
+            return None
+
+    def _decode(self, key: bytes, value: bytes, etcd_lease: int) -> Lease | None:
+        subnets = self.parse_key(key)
+        if subnets is None:
+            return None
+        try:
             attrs = LeaseAttrs.from_json(value)
         except LeaseFormatError as exc:
-            log.warning("skipping malformed lease %s: %s", key.decode(errors="replace"), exc)
+            self.rejections.refuse(self.key_name(key), exc.reason, str(exc))
             return None
-        return Lease(subnet, attrs, ipv6, None, etcd_lease)
+        return Lease(subnets[0], attrs, subnets[1], None, etcd_lease)
 
     def _call(self, fn, *args, **kwargs):
         try:
@@ -427,16 +452,17 @@ class LeaseWatch:
             self.deliver(LeaseEvents(tuple(added), tuple(removed), revision=revision))
 
     def _event_lease(self, event) -> Lease | None:
-        key = event.key.decode(errors="replace")
-        try:
-            subnet, ipv6 = parse_subnet_key(key)
-            if isinstance(event, etcd_events.DeleteEvent):
-                # Only the subnet matters for a removal; the old value may be gone or garbage.
-                return Lease(subnet, _UNKNOWN_ATTRS, ipv6)
-            return Lease(subnet, LeaseAttrs.from_json(event.value), ipv6, etcd_lease_id=event.lease)
-        except LeaseFormatError as exc:
-            log.warning("skipping malformed lease event %s: %s", key, exc)
-            return None
+        registry = self.registry
+        if isinstance(event, etcd_events.DeleteEvent):
+            # Only the subnet matters for a removal; the old value may be gone or garbage.
+            name = registry.key_name(event.key)
+            registry.rejections.clear(name)  # a refused key that is gone is refused no more
+            try:
+                subnet, ipv6 = parse_subnet_key(name)
+            except LeaseFormatError:
+                return None
+            return Lease(subnet, _UNKNOWN_ATTRS, ipv6)
+        return registry._decode(event.key, event.value, event.lease)
 
     def _relist(self, compacted: int) -> None:
         """The watch fell behind a compaction: list again and deliver the whole set."""

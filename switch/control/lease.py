@@ -15,11 +15,24 @@ from typing import Any
 
 from weft.control.json_object import json_object
 
-KEY_RE = re.compile(r"(\d+\.\d+\.\d+\.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$")
+# flannel's key pattern. It is matched whole (fullmatch: `$` would let a trailing newline
+# through) and the parsed subnet must give the key back (`subnet_key`): only one spelling of a
+# subnet is a lease, so `10.1.15.0-024` or `010.1.15.0-24` cannot alias `10.1.15.0-24`.
+KEY_RE = re.compile(r"(\d+\.\d+\.\d+\.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?")
+MAC_RE = re.compile(r"[0-9a-fA-F]{2}(?:([:-])[0-9a-fA-F]{2}(?:\1[0-9a-fA-F]{2}){4})")
+
+# Why a key or value is not a lease (the `reason` label of weft_leases_rejected_total).
+MALFORMED_KEY = "malformed_key"
+KEY_NOT_CANONICAL = "key_not_canonical"
+MALFORMED_VALUE = "malformed_value"
 
 
 class LeaseFormatError(ValueError):
-    """A key or value in etcd that is not a flannel lease."""
+    """A key or value in etcd that is not a flannel lease; `reason` says which rule it broke."""
+
+    def __init__(self, message: str, reason: str = MALFORMED_VALUE) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -107,17 +120,31 @@ def subnet_key(subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> s
     return key
 
 
-def parse_subnet_key(key: str) -> tuple[IPv4Network, IPv6Network | None]:
-    """The subnet(s) named by a lease key (last path element); LeaseFormatError if it is not one."""
-    match = KEY_RE.match(key.rsplit("/", 1)[-1])
+def parse_subnet_key(name: str) -> tuple[IPv4Network, IPv6Network | None]:
+    """The subnet(s) a lease key names; `name` is the key below `<prefix>/subnets/`.
+
+    LeaseFormatError unless `name` is exactly flannel's key for those subnets: no path
+    segments, no leading zeros, no host bits, nothing before or after.
+    """
+    match = KEY_RE.fullmatch(name)
     if not match:
-        raise LeaseFormatError(f"not a subnet key: {key!r}")
+        raise LeaseFormatError(f"not a subnet key: {name!r}", MALFORMED_KEY)
     try:
-        subnet = IPv4Network(f"{match[1]}/{match[2]}")
-        ipv6 = IPv6Network(f"{match[3]}/{match[4]}") if match[3] else None
+        subnet = IPv4Network(f"{match[1]}/{int(match[2])}")
+        ipv6 = IPv6Network(f"{match[3]}/{int(match[4])}") if match[3] else None
     except ValueError as exc:
-        raise LeaseFormatError(f"not a subnet key: {key!r} ({exc})") from None
+        raise LeaseFormatError(f"not a subnet key: {name!r} ({exc})", MALFORMED_KEY) from None
+    if subnet_key(subnet, ipv6) != name:
+        raise LeaseFormatError(f"{name!r} is not how flannel writes the key of {subnet}"
+                               f" (that is {subnet_key(subnet, ipv6)!r})", KEY_NOT_CANONICAL)
     return subnet, ipv6
+
+
+def parse_vtep_mac(text: str) -> bytes:
+    """A lease's VtepMAC ('7e:81:33:71:e9:51', or with dashes, as Go's net.ParseMAC) as bytes."""
+    if not isinstance(text, str) or not MAC_RE.fullmatch(text):
+        raise ValueError(f"not a MAC address: {text!r}")
+    return bytes.fromhex(text.replace(":", "").replace("-", ""))
 
 
 def parse_subnet_cidr(text: str) -> IPv4Network:

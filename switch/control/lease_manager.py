@@ -12,6 +12,7 @@ from typing import NamedTuple
 from weft.control.allocator import choose_subnet
 from weft.control.config import NetworkConfig
 from weft.control.lease import Lease, LeaseAttrs
+from weft.control.lease_policy import LeasePolicy
 from weft.control.registry import LeaseRegistry, LeaseTaken, is_ours
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,12 @@ def acquire_lease(
     watches from its revision, instead of listing every host a second time.
     """
     rng = rng or random.Random()
+    policy = LeasePolicy(config, registry.rejections)
     lost: set[IPv4Network] = set()
     for _ in range(attempts):
         leases, revision = registry.list_leases()
-        choice = choose_subnet(config, leases, attrs.public_ip, previous, rng, frozenset(lost))
+        choice = choose_subnet(config, leases, attrs.public_ip, previous, rng, frozenset(lost),
+                               admit=policy.admit)
         for stale in choice.stale:
             log.info("deleting our lease %s: it no longer fits the network config", stale.subnet)
             registry.delete_lease(stale.subnet)

@@ -31,6 +31,7 @@ from ipaddress import IPv4Network
 
 from weft.control.config import NetworkConfig, parse_config
 from weft.control.lease import Lease, LeaseAttrs
+from weft.control.lease_policy import LeaseRejections
 from weft.control.registry import (
     ConfigNotFound,
     LeaseEvents,
@@ -92,6 +93,7 @@ class MemoryRegistry:
         self._watch_ids = itertools.count(1)
         self._lock = threading.RLock()  # re-entrant: a deliver callback may call back in
         self.health = StoreHealth(clock)
+        self.rejections = LeaseRejections()  # leases are stored decoded: none refused here
         self.reachable = True
         self._held: list[tuple[int, LeaseEvents]] | None = None  # batches not delivered yet
 

@@ -7,6 +7,10 @@ re-list) only marks the peer; an add for the same subnet within `grace` seconds 
 when the grace has run out the store is asked whether the subnet is still absent before the
 peer is unprogrammed. A peer whose subnet another host took is replaced at once (that is an
 add). Our own subnet never reaches the backend: we do not route to ourselves.
+
+Every lease passes the policy (lease_policy) before it reaches the backend: a refused one is
+never programmed, and a peer whose lease turns refusable (its value rewritten to something no
+host may publish) is removed at once, not after the grace: that is no outage to ride out.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 
 from weft.control.lease import Lease, LeaseAttrs
+from weft.control.lease_policy import LeasePolicy
 from weft.control.registry import LeaseEvents, LeaseRegistry, RegistryUnavailable
 
 log = logging.getLogger(__name__)
@@ -28,9 +33,11 @@ _ABSENT_ATTRS = LeaseAttrs(IPv4Address(0))  # a removal needs only the subnet
 
 
 class PeerSync:
-    def __init__(self, own: IPv4Network, apply: Callable[[LeaseEvents], None],
+    def __init__(self, policy: LeasePolicy, apply: Callable[[LeaseEvents], None],
                  grace: float = REMOVAL_GRACE, clock: Callable[[], float] = time.monotonic) -> None:
-        self.own = own
+        assert policy.own_subnet is not None, "peers are judged against our own lease"
+        self.policy = policy
+        self.own = policy.own_subnet
         self.apply = apply  # the backend's handle()
         self.grace = grace
         self.clock = clock
@@ -40,7 +47,16 @@ class PeerSync:
         self.cancelled = 0  # ... and were cancelled by the peer coming back
 
     def handle(self, batch: LeaseEvents) -> None:
-        added = [lease for lease in batch.added if lease.subnet != self.own]
+        added, refused = [], set()
+        for lease in batch.added:
+            if lease.subnet == self.own:
+                continue
+            if self.policy.admit(lease, as_peer=True):
+                added.append(lease)
+            else:
+                refused.add(lease.subnet)
+        refused -= {lease.subnet for lease in added}  # a later good event in the batch wins
+        self._remove_now(refused & self.known)
         gone = {lease.subnet for lease in batch.removed if lease.subnet != self.own}
         if batch.reset:
             gone |= self.known - {lease.subnet for lease in added}
@@ -60,6 +76,14 @@ class PeerSync:
             self.known |= {lease.subnet for lease in added}
             self.apply(LeaseEvents(tuple(added), revision=batch.revision))
 
+    def _remove_now(self, subnets: set[IPv4Network]) -> None:
+        for subnet in subnets:
+            self.pending.pop(subnet, None)
+            self.known.discard(subnet)
+            log.warning("peer %s's lease is refused now: removing it", subnet)
+        if subnets:
+            self.apply(LeaseEvents(removed=tuple(Lease(s, _ABSENT_ATTRS) for s in subnets)))
+
     def next_due(self) -> float | None:
         return min(self.pending.values(), default=None)
 
@@ -74,7 +98,7 @@ class PeerSync:
                 self.pending[subnet] = now + self.grace
                 continue
             del self.pending[subnet]
-            if current is not None:
+            if current is not None and self.policy.admit(current, as_peer=True):
                 log.info("peer %s is still in the store: kept", subnet)
                 self.apply(LeaseEvents((current,)))  # reprogrammed only if it changed
                 continue

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from weft.control.config import NetworkConfig, parse_config
 from weft.control.lease import Lease, LeaseAttrs, LeaseFormatError, parse_subnet_cidr
+from weft.control.lease_policy import LeasePolicy, LeaseRejections
 from weft.control.store_health import StoreHealth
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class Snapshot:
 
 class LeaseRegistry(Protocol):
     health: StoreHealth  # every call and the watch report reachability here
+    rejections: LeaseRejections  # keys and values that are not leases, and leases refused
 
     def get_network_config(self) -> NetworkConfig: ...
 
@@ -144,7 +146,8 @@ class LeaseRegistry(Protocol):
 
 
 def load_snapshot(path: str | Path) -> Snapshot:
-    """Read a `weft leases --json` file; malformed entries are skipped with a warning."""
+    """Read a `weft leases --json` file; malformed and refused entries are skipped with a
+    warning (the offline tools see the leases a daemon would accept, nothing else)."""
     try:
         raw = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -159,4 +162,5 @@ def load_snapshot(path: str | Path) -> Snapshot:
             leases.append(Lease(subnet, LeaseAttrs.from_json(json.dumps(value))))
         except (LeaseFormatError, ValueError) as exc:
             log.warning("snapshot %s: skipping lease %r: %s", path, key, exc)
+    leases = LeasePolicy(config, LeaseRejections()).admitted(leases)
     return Snapshot(config, int(raw.get("revision", 0)), leases)

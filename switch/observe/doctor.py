@@ -22,6 +22,7 @@ from weft.control.config import ConfigError, NetworkConfig
 from weft.control.etcd_registry import EtcdOptions
 from weft.control.iface import ExternalInterface, InterfaceError, find_external_interface
 from weft.control.lease import Lease
+from weft.control.lease_policy import LeasePolicy
 from weft.control.registry import ConfigNotFound, RegistryError
 from weft.dev.tundev import tunnel_tx_name
 from weft.observe import doctor_checks as checks
@@ -53,8 +54,9 @@ class EtcdFacts:
     config_missing: bool = False
     config_error: str | None = None
     config: NetworkConfig | None = None
-    leases: list[Lease] = field(default_factory=list)
+    leases: list[Lease] = field(default_factory=list)  # ours and the peers the policy admits
     ours: Lease | None = None
+    refused: dict[str, dict[str, str]] = field(default_factory=dict)  # key -> reason, detail
     ttl_left: float | None = None
 
 
@@ -113,6 +115,8 @@ def diagnose(options: DoctorOptions) -> list[Finding]:
                                   facts.config_error, _summary(facts.config)))
     findings.append(checks.lease(reachable, facts.ours, file_subnet, public_ip, facts.ttl_left,
                                  options.renew_margin))
+    if reachable and facts.config is not None:
+        findings.append(checks.refused_leases(options.etcd.prefix, facts.refused))
 
     links = host_facts.links()
     backend, vni, port = _backend(facts.config, links)
@@ -210,8 +214,9 @@ def _converse(options: EtcdOptions, subnet: IPv4Network | None,
         except ConfigError as exc:
             facts.config_error = str(exc)
         leases, facts.revision = registry.list_leases()
-        facts.leases = leases
         ours = checks.find_our_lease(leases, subnet, public_ip)
+        facts.leases = _admitted(registry, facts.config, leases, ours, public_ip)
+        facts.refused = registry.rejections.snapshot()["current"]
         if ours is not None:
             ours = registry.with_expirations([ours])[0]
             if ours.expiration is not None:
@@ -221,6 +226,16 @@ def _converse(options: EtcdOptions, subnet: IPv4Network | None,
         facts.error = str(exc)
     finally:
         registry.client.close()
+
+
+def _admitted(registry, config: NetworkConfig | None, leases: list[Lease], ours: Lease | None,
+              public_ip: IPv4Address | None) -> list[Lease]:
+    """Ours and the peers `weft run` would accept, judged as it judges them (the refused are
+    reported, and never probed)."""
+    if config is None:
+        return leases  # nothing to judge by; the config finding says why
+    policy = LeasePolicy(config, registry.rejections, ours.subnet if ours else None, public_ip)
+    return [lease for lease in leases if lease is ours or policy.admit(lease, as_peer=True)]
 
 
 def read_subnet_file(path: str) -> dict[str, str] | None:

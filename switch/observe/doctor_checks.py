@@ -163,6 +163,18 @@ def config(prefix: str, reachable: bool, missing: bool, error: str | None,
     return Finding("config", OK, f"{key}: {summary}")
 
 
+def refused_leases(prefix: str, refused: dict[str, dict[str, str]]) -> Finding:
+    """Keys under the subnets prefix that weft refuses (lease_policy): no host routes to them."""
+    if not refused:
+        return Finding("leases", OK, "every lease in etcd is valid for the network config")
+    listed = "; ".join(f"{key!r} ({why['reason']}: {why['detail']})"
+                       for key, why in list(refused.items())[:5])
+    more = f"; and {len(refused) - 5} more" if len(refused) > 5 else ""
+    return Finding("leases", WARN, f"{len(refused)} lease key(s) refused, never programmed: "
+                                   f"{listed}{more}",
+                   f"find who wrote them, then etcdctl del '{prefix.rstrip('/')}/subnets/<key>'")
+
+
 def find_our_lease(leases: Sequence[Lease], subnet: IPv4Network | None,
                    public_ip: IPv4Address | None) -> Lease | None:
     """Ours is the lease of the subnet file's FLANNEL_SUBNET, else the one carrying our

@@ -122,6 +122,13 @@ def _store(status: dict) -> Iterator[Metric]:
         yield _single(CounterMetricFamily, "weft_lease_recreated_total",
                       "Times our lease key was gone (expired or deleted) and we put it back.",
                       keeper.get("recreated", 0))
+    refused = _mapping(status.get("leases_rejected"))
+    if refused:
+        yield _labelled(CounterMetricFamily, "weft_leases_rejected_total",
+                        "Leases refused (never programmed, never counted as holding a subnet), "
+                        "by reason.", "reason", sorted(_mapping(refused.get("total")).items()))
+        yield _single(GaugeMetricFamily, "weft_leases_refused",
+                      "Lease keys in etcd refused now.", len(_mapping(refused.get("current"))))
     peer_sync = _mapping(status.get("peer_sync"))
     if peer_sync:
         yield _single(GaugeMetricFamily, "weft_peers_pending_removal",

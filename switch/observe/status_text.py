@@ -145,6 +145,20 @@ def _repair_lines(status: Mapping) -> list[str]:
     return lines
 
 
+def _refused_lines(status: Mapping) -> list[str]:
+    """Lease keys in etcd that the policy refuses now (never programmed), and why."""
+    refused = _mapping(status.get("leases_rejected"))
+    current = _mapping(refused.get("current"))
+    if not refused:
+        return []
+    if not current:
+        return ["refused:   no lease refused now"]
+    rows = [[repr(str(key))[1:-1], str(_mapping(why).get("reason", "?")),
+             str(_mapping(why).get("detail", ""))] for key, why in current.items()]
+    return [f"refused leases ({len(rows)}, never programmed):"] + _table(
+        ["KEY", "REASON", "DETAIL"], rows)
+
+
 def _iptables_lines(status: Mapping) -> list[str]:
     """Our masquerade/forward rules: which chains, how often re-applied, a failing apply."""
     iptables = _mapping(status.get("iptables"))
@@ -161,6 +175,6 @@ def _iptables_lines(status: Mapping) -> list[str]:
 def format_status(status: dict) -> str:
     """The `weft status` report: lease, etcd, datapath, peers, counters, repairs."""
     sections = [_lease_lines(status), _etcd_lines(status), _datapath_lines(status),
-                _peer_lines(status), _counter_lines(status), _repair_lines(status),
-                _iptables_lines(status)]
+                _peer_lines(status), _refused_lines(status), _counter_lines(status),
+                _repair_lines(status), _iptables_lines(status)]
     return "\n".join(line for section in sections for line in section) + "\n"

@@ -68,7 +68,8 @@ class Soak:
 
     def leases(self) -> set[str]:
         keys = self.lab.etcdctl("get", f"{PREFIX}/subnets/", "--prefix", "--keys-only")
-        return {str(parse_subnet_key(k)[0]) for k in keys.split() if k.strip()}
+        names = (k.rsplit("/", 1)[-1] for k in keys.split() if k.strip())
+        return {str(parse_subnet_key(name)[0]) for name in names}
 
     def join(self, index: int) -> None:
         cluster = self.cluster
