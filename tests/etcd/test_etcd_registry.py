@@ -46,7 +46,10 @@ def test_malformed_entries_are_skipped(registry, caplog):
     registry.create_lease(SUBNET, ATTRS, ttl=60)
     leases, _ = registry.list_leases()
     assert [item.subnet for item in leases] == [SUBNET]
-    assert "skipping malformed lease" in caplog.text
+    assert "refusing lease" in caplog.text
+    current = registry.rejections.snapshot()["current"]
+    assert current["not-a-subnet"]["reason"] == "malformed_key"
+    assert current["10.1.20.0-24"]["reason"] == "malformed_value"
 
 
 def _collect(events: queue.Queue, count: int, timeout: float = 10.0):

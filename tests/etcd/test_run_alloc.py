@@ -262,10 +262,10 @@ def test_malformed_lease_in_etcd_is_skipped_by_run_and_leases(env, tmp_path, reg
         subnet = wait_for_subnet(proc, tmp_path / "s.env")
         table = weft(env, "leases")
         assert table.returncode == 0 and str(subnet) in table.stdout
-        assert "skipping malformed lease" in table.stderr
+        assert "refusing lease" in table.stderr
     finally:
         code, out = stop(proc)
-    assert code == 0 and "skipping malformed lease" in out
+    assert code == 0 and "refusing lease" in out
 
 
 def test_unimplemented_or_unknown_backend_is_a_clear_error(env, registry, tmp_path):
