@@ -16,9 +16,7 @@ from weft.cni.subnet_file import SubnetEnv
 
 def render(conf: dict, env: SubnetEnv) -> dict:
     """The delegate conf for `conf` (the plugin's network conf) on a host with `env`."""
-    delegate = copy.deepcopy(conf.get("delegate") or {})
-    if not isinstance(delegate, dict):
-        raise CniError(INVALID_CONFIG, "conf key delegate must be a JSON object")
+    delegate = _object(conf, "delegate")
     if "ipam" in delegate:
         # flannel refuses it too: the addresses must come from this host's lease.
         raise CniError(INVALID_CONFIG, "delegate must not contain ipam: put ipam settings in "
@@ -38,9 +36,7 @@ def render(conf: dict, env: SubnetEnv) -> dict:
 
 
 def _ipam(conf: dict, env: SubnetEnv) -> dict:
-    ipam = copy.deepcopy(conf.get("ipam") or {})
-    if not isinstance(ipam, dict):
-        raise CniError(INVALID_CONFIG, "conf key ipam must be a JSON object")
+    ipam = _object(conf, "ipam")
     ipam.setdefault("type", "host-local")
     ranges = []
     if env.subnet is not None:
@@ -54,3 +50,14 @@ def _ipam(conf: dict, env: SubnetEnv) -> dict:
     ipam["routes"] = [*routes, *({"dst": str(net)} for net in env.networks),
                       *({"dst": str(net)} for net in env.ipv6_networks)]
     return ipam
+
+
+def _object(conf: dict, key: str) -> dict:
+    """A copy of the conf's map `key` (absent or null: empty); any other value is a mistake
+    to report, not to paper over with the defaults."""
+    value = conf.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CniError(INVALID_CONFIG, f"conf key {key} must be a JSON object")
+    return copy.deepcopy(value)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from weft.cni import safejson
 
 # The spec's well-known error codes (0-99 are reserved for them).
 INCOMPATIBLE_VERSION = 1
@@ -13,6 +13,8 @@ IO_FAILURE = 5
 DECODING_FAILURE = 6
 INVALID_CONFIG = 7
 TRY_AGAIN_LATER = 11
+# libcni's ErrInternal: the plugin failed in a way it does not know (a bug); never bad input.
+INTERNAL_ERROR = 999
 
 
 class CniError(Exception):
@@ -34,10 +36,22 @@ class CniError(Exception):
         return out
 
     @classmethod
-    def from_json(cls, text: str, fallback: str) -> CniError:
-        """A delegate's error output, kept as is (its code too); `fallback` if it is not JSON."""
+    def from_json(cls, text: bytes | str, fallback: str) -> CniError:
+        """A delegate's error output, kept as is (its code too); `fallback` if it is not error
+        JSON (then the output goes into details)."""
         try:
-            data = json.loads(text)
-            return cls(int(data["code"]), str(data.get("msg", "")), str(data.get("details", "")))
-        except (ValueError, TypeError, KeyError, AttributeError):
-            return cls(IO_FAILURE, fallback, text.strip()[-2000:])
+            data = safejson.loads(text)
+            if not isinstance(data, dict):
+                raise TypeError("not an object")
+            code = int(data["code"])
+        except (ValueError, TypeError, KeyError, OverflowError):
+            shown = text.decode(errors="replace") if isinstance(text, bytes) else text
+            return cls(IO_FAILURE, fallback, shown.strip()[-2000:])
+        # An empty msg would tell the user nothing: say at least who failed.
+        return cls(code, str(data.get("msg") or "") or fallback, str(data.get("details") or ""))
+
+
+def shown(value: object, limit: int = 64) -> str:
+    """`value` for an error message, cut short: the input being reported may be huge."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."

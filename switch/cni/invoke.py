@@ -11,7 +11,8 @@ import os
 import subprocess
 from collections.abc import Mapping
 
-from weft.cni.errors import DECODING_FAILURE, INVALID_CONFIG, CniError
+from weft.cni import safejson
+from weft.cni.errors import DECODING_FAILURE, INVALID_CONFIG, IO_FAILURE, CniError
 
 
 def find_plugin(name: str, cni_path: str) -> str:
@@ -33,19 +34,25 @@ def exec_plugin(plugin: str, conf: dict, env: Mapping[str, str]) -> dict | None:
 
     A failing plugin's error JSON becomes a CniError with the plugin's own code and message.
     """
-    proc = subprocess.run([plugin], input=json.dumps(conf).encode(), env=dict(env),
-                          capture_output=True, check=False)
-    out = proc.stdout.decode(errors="replace")
+    name = os.path.basename(plugin)
+    try:
+        proc = subprocess.run([plugin], input=json.dumps(conf).encode(), env=dict(env),
+                              capture_output=True, check=False)
+    except OSError as exc:  # not a program (ENOEXEC), gone since find_plugin, no memory...
+        raise CniError(IO_FAILURE, f"cannot run CNI plugin {plugin}: {exc.strerror}") from None
     if proc.returncode != 0:
-        err = CniError.from_json(out, f"{os.path.basename(plugin)} exited with status "
-                                      f"{proc.returncode}")
+        err = CniError.from_json(proc.stdout, f"{name} exited with status {proc.returncode}")
         if not err.details and proc.stderr:
             err.details = proc.stderr.decode(errors="replace").strip()[-2000:]
         raise err
-    if not out.strip():
+    if not proc.stdout.strip():
         return None
     try:
-        return json.loads(out)
-    except ValueError:
-        raise CniError(DECODING_FAILURE, f"{os.path.basename(plugin)} printed a result that "
-                                         f"is not JSON", out[-2000:]) from None
+        result = safejson.loads(proc.stdout)
+    except ValueError as exc:
+        raise CniError(DECODING_FAILURE, f"{name} printed a result that is not JSON ({exc})",
+                       proc.stdout.decode(errors="replace")[-2000:]) from None
+    if not isinstance(result, dict):
+        raise CniError(DECODING_FAILURE, f"{name} printed a result that is not a JSON object",
+                       proc.stdout.decode(errors="replace")[-2000:])
+    return result

@@ -8,6 +8,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_interface, ip_network
 from weft.cni.errors import DECODING_FAILURE, IO_FAILURE, TRY_AGAIN_LATER, CniError
 
 DEFAULT_PATH = "/run/flannel/subnet.env"
+MAX_SIZE = 64 * 1024  # what weft writes is a few hundred bytes
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,8 @@ def parse(text: str, path: str = DEFAULT_PATH) -> SubnetEnv:
 def load(path: str = DEFAULT_PATH) -> SubnetEnv:
     """Read and parse the file. Missing means weft has no lease yet: try again later."""
     try:
-        with open(path) as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            data = f.read(MAX_SIZE + 1)  # not all of it: a conf may name /dev/zero
     except FileNotFoundError:
         raise CniError(TRY_AGAIN_LATER,
                        f"{path} does not exist: is `weft run` running on this host and holding "
@@ -63,6 +64,14 @@ def load(path: str = DEFAULT_PATH) -> SubnetEnv:
                        ) from None
     except OSError as exc:
         raise CniError(IO_FAILURE, f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_SIZE:
+        raise CniError(DECODING_FAILURE, f"{path} is larger than {MAX_SIZE} bytes: is it the "
+                                         f"file `weft run` --subnet-file writes?")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CniError(DECODING_FAILURE, f"{path} is not UTF-8 text ({exc.reason} at byte "
+                                         f"{exc.start})") from None
     return parse(text, path)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from weft.cni.errors import INCOMPATIBLE_VERSION, CniError
+from weft.cni.errors import INCOMPATIBLE_VERSION, CniError, shown
 
 # 0.3.0 is the first with the interfaces/ips result, 0.4.0 adds CHECK, 1.0.0 drops ips' version.
 SUPPORTED = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
@@ -25,4 +25,4 @@ def allows_check(version: str) -> bool:
 
 
 def json_str(value: object) -> str:
-    return f'"{value}"' if isinstance(value, str) else repr(value)
+    return f'"{shown(value)}"' if isinstance(value, str) else shown(value)

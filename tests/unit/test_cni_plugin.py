@@ -128,7 +128,7 @@ def test_a_failed_delegate_s_error_is_passed_on_and_del_still_cleans_up(host: Ho
     ("ADD", None, {"CNI_NETNS": "", "CNI_PATH": ""}, 4, "CNI_PATH, CNI_NETNS not set"),
     ("FROB", None, {}, 4, "CNI_COMMAND is FROB"),
     ("CHECK", None, {}, 3, "no network added for container c1"),
-    ("ADD", None, {"CNI_CONTAINERID": "../x"}, 4, "not a valid id"),
+    ("ADD", None, {"CNI_CONTAINERID": "../x"}, 4, "not a valid container id"),
 ])
 def test_errors_carry_the_spec_s_codes(host: Host, command, conf, env, code, words) -> None:
     status, out = host.run(command, conf, **env)
