@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from weft.control.config import ConfigError, parse_config
@@ -34,7 +34,7 @@ def parse(text) -> None:
         pass
 
 
-@settings(max_examples=800)
+@settings(max_examples=800, suppress_health_check=[HealthCheck.too_slow])
 @given(CONFIGS)
 def test_config_shaped_objects(raw):
     parse(json.dumps(raw))
