@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   "conflist and binary")
     cni_install.add_argument("--subnet-file", default=None,
                              help="subnet file weft run writes, if not /run/flannel/subnet.env")
+    cni_install.add_argument("--force", action="store_true",
+                             help="install even if a non-root user could change the Python or "
+                                  "weft files the plugin runs (as root)")
     cni_install.set_defaults(func=cmd_cni_install)
 
     bench = sub.add_parser("bench", help="pod-to-pod RTT, TCP and UDP for weft's backends beside "
@@ -428,11 +431,15 @@ def cmd_demo(args) -> int:
 
 
 def cmd_cni_install(args) -> int:
-    from weft.cni.install import install
+    from weft.cni.install import InstallRefused, install
 
     extra = {"subnetFile": args.subnet_file} if args.subnet_file else None
     try:
-        conf, binary = install(args.conf_dir, args.bin_dir, name=args.name, extra=extra)
+        conf, binary = install(args.conf_dir, args.bin_dir, name=args.name, extra=extra,
+                               force=args.force)
+    except InstallRefused as exc:  # the interpreter or its tree is the input to fix
+        print(f"weft: cni install: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (OSError, ValueError) as exc:
         print(f"weft: cni install: {exc}", file=sys.stderr)
         return EXIT_FAILURE
