@@ -4,7 +4,9 @@
 requests of each of 4,096 peers. Here requests are packed into one datagram per chunk, the kernel
 handles them in order during that one sendmsg and queues one acknowledgement per request, and the
 acks are matched back to their requests by sequence number. A request that fails fails alone: the
-kernel goes on with the next message, so one bad peer never stops the others.
+kernel goes on with the next message, so one bad peer never stops the others. A key (a peer) is
+all or nothing: when one of its requests fails, what its other requests made is deleted again
+(one more exchange, for the failing keys only; the success path costs nothing more).
 
 The messages are the ones pyroute2 sends for the same calls in netlink.py (proto static, scope
 global, main table, NUD_PERMANENT neighbours), with replace semantics, so both kinds of call
@@ -102,16 +104,37 @@ class NetlinkBatch:
         """Send every request; key -> why its first failed request failed (absent: all fine).
 
         Requests are handled in the order they were added, so a neighbour added before the route
-        that uses it is there when the route is checked.
+        that uses it is there when the route is checked. A failed key leaves nothing behind: what
+        its other requests created or replaced is deleted (`_undo`).
         """
         failures: dict[Hashable, str] = {}
         if not self._requests:
             return failures
+        refused: set[int] = set()  # sequence numbers the kernel answered with an error
         with _socket() as sock:
-            for start in range(0, len(self._requests), CHUNK):
-                _exchange(sock, self._requests[start:start + CHUNK], failures)
+            _exchange_all(sock, self._requests, 1, failures, refused)
+            if failures:
+                self._undo(sock, failures, refused)
         self._requests.clear()
         return failures
+
+    def _undo(self, sock: socket.socket, failures: dict[Hashable, str], refused: set[int]) -> None:
+        """Delete, latest first, what the requests of failed keys may have made.
+
+        Requests whose answer was lost count as done (deleting what is not there is fine). The
+        undo of a create-or-replace is a delete of the same message: a route delete matches its
+        destination, device, gateway, type, scope and protocol, so it takes that route only; a
+        neighbour delete matches address and device. Deletions have nothing to undo.
+        """
+        undo = [(_UNDO[kind], 0, body, key, True)
+                for seq, (kind, _flags, body, key, _ok) in enumerate(self._requests, start=1)
+                if kind in _UNDO and key in failures and seq not in refused]
+        undo.reverse()
+        # Numbered after the requests: a late ack of theirs cannot pass for an undo's.
+        undo_failures: dict[Hashable, str] = {}
+        _exchange_all(sock, undo, len(self._requests) + 1, undo_failures, set())
+        for key, why in undo_failures.items():
+            failures[key] += f"; undoing its other requests failed too: {why}"
 
 
 def _socket() -> socket.socket:
@@ -131,25 +154,39 @@ def _socket() -> socket.socket:
     return sock
 
 
-def _exchange(sock: socket.socket, chunk: list, failures: dict[Hashable, str]) -> None:
-    """Send one chunk as one datagram and read one ack per request."""
+def _exchange_all(sock: socket.socket, requests: list, first_seq: int,
+                  failures: dict[Hashable, str], refused: set[int]) -> None:
+    """Send `requests` a chunk at a time, numbered from `first_seq` on."""
+    for start in range(0, len(requests), CHUNK):
+        _exchange(sock, requests[start:start + CHUNK], failures, first_seq + start, refused)
+
+
+def _exchange(sock: socket.socket, chunk: list, failures: dict[Hashable, str], first_seq: int,
+              refused: set[int]) -> None:
+    """Send one chunk as one datagram and read one ack per request.
+
+    Sequence numbers run on across chunks, so an ack that arrives late (after a timeout) is
+    never matched to a request of a later chunk.
+    """
     pending: dict[int, tuple[int, Hashable, bool]] = {}
     parts = []
-    for seq, (kind, flags, body, key, missing_ok) in enumerate(chunk, start=1):
+    for seq, (kind, flags, body, key, missing_ok) in enumerate(chunk, start=first_seq):
         parts.append(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind,
                                     NLM_F_REQUEST | NLM_F_ACK | flags, seq, 0) + body)
         pending[seq] = (kind, key, missing_ok)
     try:
         sock.send(b"".join(parts))
         while pending:
-            _read_acks(sock.recv(1 << 16), pending, failures)
+            _read_acks(sock.recv(1 << 16), pending, failures, refused)
     except OSError as exc:  # lost acks or a refused send: the rest is unknown, so failed
         why = f"netlink: {os.strerror(exc.errno) if exc.errno else exc}"
         for _kind, key, _missing_ok in pending.values():
             failures.setdefault(key, why)
 
 
-def _read_acks(data: bytes, pending: dict, failures: dict[Hashable, str]) -> None:
+def _read_acks(data: bytes, pending: dict, failures: dict[Hashable, str],
+               refused: set[int] | None = None) -> None:
+    """Match acks to pending requests; a failure is kept per key, its sequence in `refused`."""
     offset = 0
     while offset + _NLMSGHDR.size <= len(data):
         length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
@@ -161,8 +198,11 @@ def _read_acks(data: bytes, pending: dict, failures: dict[Hashable, str]) -> Non
             if code and not (missing_ok and -code in GONE):
                 failures.setdefault(key, f"{_NAMES.get(request, request)}: "
                                          f"{os.strerror(-code)} (errno {-code})")
+                if refused is not None:
+                    refused.add(seq)
         offset += (length + 3) & ~3
 
 
+_UNDO = {RTM_NEWROUTE: RTM_DELROUTE, RTM_NEWNEIGH: RTM_DELNEIGH}
 _NAMES = {RTM_NEWROUTE: "route replace", RTM_DELROUTE: "route delete",
           RTM_NEWNEIGH: "neighbour replace", RTM_DELNEIGH: "neighbour delete"}

@@ -62,23 +62,30 @@ class VxlanBackend(OverlayBackend):
         return ([Route(lease.subnet, self.index, gateway, onlink=True)],
                 [Neighbour(gateway, mac, self.index)])
 
-    def _peer_mac(self, lease: Lease) -> bytes:
-        """The peer's VtepMAC, or ValueError saying why the lease cannot be programmed."""
+    def _checked_mac(self, lease: Lease) -> bytes:
+        """The peer's VtepMAC once nothing short of the kernel would refuse the lease, or
+        ValueError saying why it cannot be programmed (the peer table's checks included)."""
         mac = lease.attrs.vtep_mac
         if not mac:
             raise ValueError("vxlan lease has no VtepMAC")
         if lease.attrs.vni not in (None, self.vni):  # flannel <= 0.13 leases carry no VNI
             raise ValueError(f"peer VNI {lease.attrs.vni} differs from ours ({self.vni})")
-        return parse_mac(mac)
+        raw = parse_mac(mac)
+        self.pipeline.table.check_peer(lease.subnet, lease.attrs.public_ip, raw)
+        return raw
 
     def _program_many(self, leases: list[Lease]) -> dict[IPv4Network, str]:
-        """Neighbour then onlink route per peer, as flanneld; the peer table for those that took."""
+        """Neighbour then onlink route per peer, as flanneld; the peer table for those that took.
+
+        All or nothing per peer: a lease the peer table would refuse never reaches the kernel,
+        and a peer one of whose kernel requests fails has the others undone (nlbatch).
+        """
         failures: dict[IPv4Network, str] = {}
         batch = NetlinkBatch()
         sent = []
         for lease in leases:
             try:
-                mac = self._peer_mac(lease)
+                mac = self._checked_mac(lease)
             except ValueError as exc:
                 failures[lease.subnet] = str(exc)
                 continue
@@ -88,22 +95,33 @@ class VxlanBackend(OverlayBackend):
                                 onlink=True)
             sent.append((lease, mac))
         failures.update(batch.commit())
-        for lease, mac in sent:
-            if lease.subnet in failures:
-                continue
+        self._fill_table([(lease, mac) for lease, mac in sent if lease.subnet not in failures],
+                         failures)
+        return failures
+
+    def _fill_table(self, programmed: list[tuple[Lease, bytes]],
+                    failures: dict[IPv4Network, str]) -> None:
+        """The peer table for peers the kernel took; one it refuses leaves the kernel again."""
+        undo = NetlinkBatch()
+        for lease, mac in programmed:
             try:
                 self.pipeline.table.set_peer(lease.subnet, lease.attrs.public_ip, mac)
-            except ValueError as exc:
+            except ValueError as exc:  # checked before the kernel: only a bug lands here
                 failures[lease.subnet] = str(exc)
-        return failures
+                self._delete_kernel_state(undo, lease)
+        for subnet, why in undo.commit().items():
+            failures[subnet] += f"; undoing its kernel state failed too: {why}"
 
     def _unprogram_many(self, leases: list[Lease]) -> dict[IPv4Network, str]:
         batch = NetlinkBatch()
         for lease in leases:
             self._unprogram(lease)  # the peer table first: no packet goes out half-done
-            batch.route_delete(lease.subnet, lease.subnet, oif=self.index)
-            batch.neigh_delete(lease.subnet, lease.subnet.network_address, ifindex=self.index)
+            self._delete_kernel_state(batch, lease)
         return batch.commit()
+
+    def _delete_kernel_state(self, batch: NetlinkBatch, lease: Lease) -> None:
+        batch.route_delete(lease.subnet, lease.subnet, oif=self.index)
+        batch.neigh_delete(lease.subnet, lease.subnet.network_address, ifindex=self.index)
 
 
 def create(config: NetworkConfig, iface: ExternalInterface, options: dict) -> VxlanBackend:
