@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from ipaddress import IPv4Network
 
-from weft.backends import netlink
-from weft.backends.nlbatch import NetlinkBatch
 from weft.backends.overlay import OverlayBackend
 from weft.backends.peers import PeerPrograms
-from weft.backends.reconcile import Neighbour, Route
 from weft.backends.vtep import random_mac
 from weft.control.config import NetworkConfig
 from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
+from weft.host import netlink
+from weft.host.netlink_batch import NetlinkBatch
+from weft.host.reconcile import Neighbour, Route
 from weft.packet.table import parse_mac
 
 DEFAULT_PORT = 8472  # the kernel's default, and flannel's

@@ -21,9 +21,9 @@ import time
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from weft.backends.defaults import DEFAULT_PORTS, device_name
 from weft.control.registry import load_snapshot
 from weft.packet.checksum import inet_checksum
+from weft.packet.encap import DEFAULT_PORTS, device_name
 from weft.packet.outer import find_datagram
 from weft.tools.pcapio import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapOut, read_records
 from weft.tools.replay import ip_offset, run_replay

@@ -20,7 +20,6 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from weft import backends
-from weft.backends.masquerade import TrafficRules, start_traffic_rules
 from weft.control import subnet_env
 from weft.control.blackhole import add_blackhole_route
 from weft.control.config import NetworkConfig
@@ -37,6 +36,7 @@ from weft.control.registry import (
     LeaseTaken,
     RegistryUnavailable,
 )
+from weft.host.traffic_rules import TrafficRules, start_traffic_rules
 from weft.observe.sdnotify import Notifier
 
 log = logging.getLogger(__name__)

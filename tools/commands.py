@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from weft.backends.defaults import DEFAULT_PORTS
 from weft.observe.control_socket import DEFAULT_CONTROL_SOCKET
+from weft.packet.encap import DEFAULT_PORTS
 
 
 def add_replay_parser(subparsers, parents: list[argparse.ArgumentParser] | None = None

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
-from weft.backends.defaults import OVERLAY_KINDS, overlay_settings
 from weft.control.lease import Lease
 from weft.control.registry import Snapshot
+from weft.packet.encap import OVERLAY_KINDS, overlay_settings
 from weft.packet.pipeline import Pipeline
 from weft.packet.table import parse_mac
 

@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from weft.backends.defaults import DEFAULT_PORTS
 from weft.control.registry import RegistryError, Snapshot, load_snapshot
+from weft.packet.encap import DEFAULT_PORTS
 from weft.packet.fastpath import BUFSIZE, HEADROOM, Batch
 from weft.packet.outer import find_datagram, is_ingress, wrap_udp
 from weft.packet.reasons import Reason, Verdict, reason_name, verdict_name

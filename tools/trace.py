@@ -26,12 +26,12 @@ import time
 from ipaddress import IPv4Address
 from typing import Any
 
-from weft.backends.defaults import device_name
 from weft.control.lease import subnet_key
 from weft.control.registry import DEFAULT_PREFIX, RegistryError, load_snapshot
 from weft.observe.control_socket import ControlError, control_stream
 from weft.observe.tracehub import FilterError, event_frames, parse_filter
 from weft.packet import twins
+from weft.packet.encap import device_name
 from weft.packet.fastpath import SLOT_IP_ID, Batch
 from weft.packet.reasons import Reason, Verdict, reason_name
 from weft.packet.slowpath import describe

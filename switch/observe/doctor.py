@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
-from weft.backends.defaults import DEFAULT_PORTS, DEFAULT_VNI, OVERHEADS, device_name
 from weft.control.config import ConfigError, NetworkConfig
 from weft.control.etcd_registry import EtcdOptions
 from weft.control.iface import ExternalInterface, InterfaceError, find_external_interface
@@ -28,6 +27,7 @@ from weft.dev.tundev import tunnel_tx_name
 from weft.observe import doctor_checks as checks
 from weft.observe import firewall_view, host_facts, peer_probe
 from weft.observe.doctor_checks import FAIL, OK, WARN, Finding
+from weft.packet.encap import DEFAULT_PORTS, DEFAULT_VNI, OVERHEADS, device_name
 
 ETCD_TIMEOUT = 3.0  # seconds for each etcd request; doctor asks each question once
 EXIT_FAIL = 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 
-from weft.backends.defaults import VXLAN_PORT
+from weft.packet.encap import VXLAN_PORT
 from weft.packet.table import DatapathConfig, PeerTable
 
 NET = IPv4Network("10.1.0.0/16")

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
-from weft.backends.defaults import DEFAULT_VNI, VXLAN_PORT
 from weft.control.lease import LeaseAttrs, subnet_key
 from weft.observe.control_socket import ControlError, control_request
+from weft.packet.encap import DEFAULT_VNI, VXLAN_PORT
 from weft.tools.lab import kernel_vxlan
 from weft.tools.lab.topology import POD_MTU, Lab, Pod
 

@@ -16,7 +16,7 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 
-from weft.backends.defaults import VXLAN_PORT
+from weft.packet.encap import VXLAN_PORT
 from weft.packet.fastpath import HEADROOM, Batch
 from weft.packet.pipeline import Pipeline
 from weft.tools.lab.scale import network_for

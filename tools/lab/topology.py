@@ -27,8 +27,8 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from weft.backends.defaults import VXLAN_OVERHEAD
 from weft.cni.runtime import Runtime
+from weft.packet.encap import VXLAN_OVERHEAD
 from weft.tools.lab import netns
 from weft.tools.lab.etcd import etcd_binary
 

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from ipaddress import IPv4Network
 from typing import Protocol
 
-from weft.backends.iptables import IptablesError
-from weft.backends.masq_rules import (
+from weft.host.iptables import IptablesError
+from weft.host.traffic_rule_text import (
     ChainRules,
     drifted,
     forward_chain,
@@ -61,7 +61,7 @@ def start_traffic_rules(network: IPv4Network | None, subnet: IPv4Network,
     if not (ip_masq or forward_rules) or network is None:
         return None
     if iptables is None:
-        from weft.backends.iptables import Iptables
+        from weft.host.iptables import Iptables
 
         iptables = Iptables()
     # Probed once: flanneld likewise decides --random-fully at start-up.
