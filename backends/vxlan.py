@@ -73,7 +73,7 @@ class VxlanBackend(OverlayBackend):
         """Neighbour then onlink route per peer, as flanneld; the peer table for those that took.
 
         All or nothing per peer: a lease the peer table would refuse never reaches the kernel,
-        and a peer one of whose kernel requests fails has the others undone (nlbatch).
+        and a peer one of whose kernel requests fails has the others undone (netlink_batch).
         """
         failures: dict[IPv4Network, str] = {}
         batch = NetlinkBatch()

@@ -66,7 +66,7 @@ class RunOptions:
     control_socket: str | None = None
     lease_check_interval: float = CHECK_INTERVAL  # seconds between checks of our key in etcd
     peer_removal_grace: float = REMOVAL_GRACE  # seconds a peer stays after its lease is gone
-    # iptables (backends/masquerade.py). Forward rules default off here so that a Daemon built
+    # iptables (host/traffic_rules.py). Forward rules default off here so that a Daemon built
     # in code never touches the host's iptables; `weft run` defaults them on, as flanneld.
     ip_masq_random_fully: bool = True
     iptables_forward_rules: bool = False

@@ -1,4 +1,4 @@
-"""Keeps the masquerade and forward rules (masq_rules) installed while `weft run` runs.
+"""Keeps the masquerade and forward rules (traffic_rule_text) installed while `weft run` runs.
 
 Host plumbing, like the routes the backends program, but for every backend alike, so the
 daemon starts it once the lease (our subnet) is known. It applies the rules, then every
@@ -7,7 +7,7 @@ when anything differs (someone ran `iptables -t nat -F`, a firewall reload): pod
 way out for at most one period. Re-applications are counted (`resyncs`).
 
 On stop the rules stay, as flanneld leaves its own: pods keep working through a restart, and
-the next run's first apply replaces them (see masq_rules on why that is atomic).
+the next run's first apply replaces them (see traffic_rule_text on why that is atomic).
 """
 
 from __future__ import annotations
