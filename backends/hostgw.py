@@ -1,7 +1,7 @@
 """host-gw: plain routes to each peer's subnet via its PublicIP; no data path of our own.
 
 The kernel drops those routes when the external interface goes down (or loses its address);
-the reconciler (weft.backends.reconcile) puts them back once it is usable again.
+the reconciler (weft.host.reconcile) puts them back once it is usable again.
 """
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ import logging
 import threading
 from ipaddress import IPv4Address, IPv4Network
 
-from weft.backends import BackendError, netlink
-from weft.backends.nlbatch import NetlinkBatch
+from weft.backends import BackendError
 from weft.backends.peers import PeerPrograms
-from weft.backends.reconcile import Reconciler, Route, Wanted
 from weft.control.config import NetworkConfig
 from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
 from weft.control.registry import LeaseEvents
+from weft.host import netlink
+from weft.host.netlink_batch import NetlinkBatch
+from weft.host.reconcile import Reconciler, Route, Wanted
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class HostGwBackend:
         with self.lock:
             self.peers.handle(events)
 
-    # -- what the reconciler keeps in place (weft.backends.reconcile.Repairable) ---------------
+    # -- what the reconciler keeps in place (weft.host.reconcile.Repairable) ---------------
     def wanted(self) -> Wanted:
         return Wanted(self.iface, tuple(self._route(lease)
                                         for lease in self.peers.programmed.values()))

@@ -4,7 +4,7 @@ net-unreachable from the slow path), and the peer table fed from lease events.
 
 The backend programs the kernel and feeds the peer table; the device and the choice of driver
 (`--datapath`, passed through as options["datapath"]) belong to weft.drivers.ladder. A
-reconciler (weft.backends.reconcile) puts back what others remove: routes, neighbours, the
+reconciler (weft.host.reconcile) puts back what others remove: routes, neighbours, the
 device's address and state, the device itself.
 """
 
@@ -15,9 +15,7 @@ import logging
 import threading
 from ipaddress import IPv4Address
 
-from weft.backends import netlink
 from weft.backends.peers import PeerPrograms
-from weft.backends.reconcile import Device, Neighbour, Reconciler, Route, Wanted
 from weft.control.config import NetworkConfig
 from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
@@ -25,6 +23,8 @@ from weft.control.registry import LeaseEvents
 from weft.dev.tundev import tunnel_tx_name
 from weft.drivers import modes
 from weft.drivers.ladder import DeviceDatapath
+from weft.host import netlink
+from weft.host.reconcile import Device, Neighbour, Reconciler, Route, Wanted
 from weft.observe.tracehub import TraceHub
 from weft.packet.pipeline import Pipeline
 
@@ -91,7 +91,7 @@ class OverlayBackend:
         with self.lock:
             self.peers.handle(events)
 
-    # -- what the reconciler keeps in place (weft.backends.reconcile.Repairable) ---------------
+    # -- what the reconciler keeps in place (weft.host.reconcile.Repairable) ---------------
     def setup_device(self) -> None:
         assert self.lease is not None
         netlink.configure_link(self.index, mtu=self.mtu, address=self.lease.subnet.network_address,

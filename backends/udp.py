@@ -1,5 +1,6 @@
 """udp: flannel's userspace backend. A TUN `weft0`; each inner IPv4 packet travels bare as one
-UDP datagram from port to port (default 8285), TTL decremented on send and receive."""
+UDP datagram from port to port (default: weft.packet.encap.UDP), TTL decremented on send and
+receive."""
 
 from __future__ import annotations
 
@@ -7,9 +8,7 @@ from weft.backends.overlay import OverlayBackend
 from weft.control.config import NetworkConfig
 from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
-
-DEFAULT_PORT = 8285
-OVERHEAD = 28  # outer IPv4 20 + UDP 8
+from weft.packet.encap import UDP
 
 
 class UdpBackend(OverlayBackend):
@@ -18,10 +17,9 @@ class UdpBackend(OverlayBackend):
 
     def __init__(self, config: NetworkConfig, iface: ExternalInterface,
                  options: dict | None = None) -> None:
-        port = int(config.backend_option("Port") or DEFAULT_PORT)
-        mtu = int(config.backend_option("MTU") or iface.mtu - OVERHEAD)
-        super().__init__(config, iface, device_name="weft0", tap=False, mtu=mtu, port=port,
-                         options=options)
+        settings = UDP.settings(config, iface.mtu)
+        super().__init__(config, iface, device_name=settings.device, tap=UDP.tap,
+                         mtu=settings.mtu, port=settings.port, options=options)
 
     def lease_attrs(self) -> LeaseAttrs:
         return LeaseAttrs(self.iface.public_ip)  # flannel's udp writes no BackendType

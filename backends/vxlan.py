@@ -9,19 +9,17 @@ from __future__ import annotations
 
 from ipaddress import IPv4Network
 
-from weft.backends import netlink
-from weft.backends.nlbatch import NetlinkBatch
 from weft.backends.overlay import OverlayBackend
 from weft.backends.peers import PeerPrograms
-from weft.backends.reconcile import Neighbour, Route
 from weft.backends.vtep import random_mac
 from weft.control.config import NetworkConfig
 from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
+from weft.host import netlink
+from weft.host.netlink_batch import NetlinkBatch
+from weft.host.reconcile import Neighbour, Route
+from weft.packet.encap import VXLAN
 from weft.packet.table import parse_mac
-
-DEFAULT_PORT = 8472  # the kernel's default, and flannel's
-OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 
 
 class VxlanBackend(OverlayBackend):
@@ -30,17 +28,14 @@ class VxlanBackend(OverlayBackend):
 
     def __init__(self, config: NetworkConfig, iface: ExternalInterface,
                  options: dict | None = None) -> None:
-        vni = int(config.backend_option("VNI") or 1)
-        port = int(config.backend_option("Port") or DEFAULT_PORT)
-        mtu = int(config.backend_option("MTU") or iface.mtu - OVERHEAD)
-        super().__init__(config, iface, device_name=f"weft.{vni}", tap=True, mtu=mtu,
-                         port=port, vni=vni,
-                         options=options)
+        settings = VXLAN.settings(config, iface.mtu)
+        super().__init__(config, iface, device_name=settings.device, tap=VXLAN.tap,
+                         mtu=settings.mtu, port=settings.port, vni=settings.vni, options=options)
         if self.reused:
             self.mac = netlink.link_mac(self.index)  # keep the VtepMAC peers already know
         else:
             self.mac = random_mac()
-            netlink.configure_link(self.index, mtu=mtu, mac=self.mac)
+            netlink.configure_link(self.index, mtu=self.mtu, mac=self.mac)
         # Whole rounds of peers in a few netlink calls: 4,096 peers in well under a second.
         self.peers = PeerPrograms(self.lease_backend_type, self._program_many,
                                   self._unprogram_many)
@@ -78,7 +73,7 @@ class VxlanBackend(OverlayBackend):
         """Neighbour then onlink route per peer, as flanneld; the peer table for those that took.
 
         All or nothing per peer: a lease the peer table would refuse never reaches the kernel,
-        and a peer one of whose kernel requests fails has the others undone (nlbatch).
+        and a peer one of whose kernel requests fails has the others undone (netlink_batch).
         """
         failures: dict[IPv4Network, str] = {}
         batch = NetlinkBatch()

@@ -21,16 +21,16 @@ import time
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from weft.backends.defaults import DEFAULT_PORTS, device_name
 from weft.control.registry import load_snapshot
 from weft.packet.checksum import inet_checksum
+from weft.packet.encap import ENCAPS
 from weft.packet.outer import find_datagram
 from weft.tools.pcapio import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapOut, read_records
 from weft.tools.replay import ip_offset, run_replay
 
 HERE = Path(__file__).resolve().parent
 
-BACKENDS = {kind: (device_name(kind), port) for kind, port in DEFAULT_PORTS.items()}
+BACKENDS = {kind: (encap.device_name(), encap.default_port) for kind, encap in ENCAPS.items()}
 PACKET_OUTGOING = 4  # sll_pkttype of a packet the kernel transmits on the device
 CAPTURE_SECONDS = 10.0
 MAX_PACKETS = 40

@@ -20,7 +20,6 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from weft import backends
-from weft.backends.masquerade import TrafficRules, start_traffic_rules
 from weft.control import subnet_env
 from weft.control.blackhole import add_blackhole_route
 from weft.control.config import NetworkConfig
@@ -37,6 +36,7 @@ from weft.control.registry import (
     LeaseTaken,
     RegistryUnavailable,
 )
+from weft.host.traffic_rules import TrafficRules, start_traffic_rules
 from weft.observe.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class RunOptions:
     control_socket: str | None = None
     lease_check_interval: float = CHECK_INTERVAL  # seconds between checks of our key in etcd
     peer_removal_grace: float = REMOVAL_GRACE  # seconds a peer stays after its lease is gone
-    # iptables (backends/masquerade.py). Forward rules default off here so that a Daemon built
+    # iptables (host/traffic_rules.py). Forward rules default off here so that a Daemon built
     # in code never touches the host's iptables; `weft run` defaults them on, as flanneld.
     ip_masq_random_fully: bool = True
     iptables_forward_rules: bool = False

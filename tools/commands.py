@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from weft.backends.defaults import DEFAULT_PORTS
 from weft.observe.control_socket import DEFAULT_CONTROL_SOCKET
+from weft.packet.encap import UDP, VXLAN
 
 
 def add_replay_parser(subparsers, parents: list[argparse.ArgumentParser] | None = None
@@ -34,8 +34,8 @@ def add_replay_parser(subparsers, parents: list[argparse.ArgumentParser] | None 
     p.add_argument("--udp-raw", action="store_true",
                    help="with --decap-only: remove one flannel-UDP layer (raw IPv4 out)")
     p.add_argument("--port", type=int, help=f"with --decap-only: UDP destination port "
-                                            f"(default {DEFAULT_PORTS['vxlan']}, or "
-                                            f"{DEFAULT_PORTS['udp']} with --udp-raw)")
+                                            f"(default {VXLAN.default_port}, or "
+                                            f"{UDP.default_port} with --udp-raw)")
     p.set_defaults(func=_replay)
     return p
 

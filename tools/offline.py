@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
-from weft.backends.defaults import OVERLAY_KINDS, overlay_settings
 from weft.control.lease import Lease
 from weft.control.registry import Snapshot
+from weft.packet.encap import ENCAPS
 from weft.packet.pipeline import Pipeline
 from weft.packet.table import parse_mac
 
@@ -38,7 +38,7 @@ def host_from_snapshot(snapshot: Snapshot, as_subnet: IPv4Network) -> OfflineHos
     """The pipeline of the host that holds `as_subnet` in `snapshot`."""
     config = snapshot.config
     kind = config.backend_type
-    if kind not in OVERLAY_KINDS:
+    if kind not in ENCAPS:
         raise OfflineError(f"backend {kind!r} has no userspace pipeline to replay or trace "
                            f"(only vxlan and udp do; host-gw is kernel routing)")
     lease = snapshot.lease_for(as_subnet)
@@ -46,7 +46,7 @@ def host_from_snapshot(snapshot: Snapshot, as_subnet: IPv4Network) -> OfflineHos
         held = ", ".join(str(item.subnet) for item in snapshot.leases) or "none"
         raise OfflineError(f"no lease for {as_subnet} in the snapshot (leases: {held})")
     assert config.network is not None
-    settings = overlay_settings(config, DEFAULT_IFACE_MTU)
+    settings = ENCAPS[kind].settings(config, DEFAULT_IFACE_MTU)
     pipeline = Pipeline(kind, config.network, config.subnet_len, vni=settings.vni,
                         port=settings.port, mtu=settings.mtu)
     mac = lease.attrs.vtep_mac

@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from weft.backends.defaults import DEFAULT_PORTS
 from weft.control.registry import RegistryError, Snapshot, load_snapshot
+from weft.packet.encap import UDP, VXLAN
 from weft.packet.fastpath import BUFSIZE, HEADROOM, Batch
 from weft.packet.outer import find_datagram, is_ingress, wrap_udp
 from weft.packet.reasons import Reason, Verdict, reason_name, verdict_name
@@ -346,8 +346,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_decap(args: argparse.Namespace) -> int:
-    port = args.port if args.port is not None else DEFAULT_PORTS["udp" if args.udp_raw
-                                                                  else "vxlan"]
+    encap = UDP if args.udp_raw else VXLAN
+    port = args.port if args.port is not None else encap.default_port
     if not 0 < port < 65536:
         raise _Usage(f"--port {port} is not a UDP port")
     capture, outcomes = decap_capture(args.capture, port, args.udp_raw)

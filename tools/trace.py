@@ -26,12 +26,12 @@ import time
 from ipaddress import IPv4Address
 from typing import Any
 
-from weft.backends.defaults import device_name
 from weft.control.lease import subnet_key
 from weft.control.registry import DEFAULT_PREFIX, RegistryError, load_snapshot
 from weft.observe.control_socket import ControlError, control_stream
 from weft.observe.tracehub import FilterError, event_frames, parse_filter
 from weft.packet import twins
+from weft.packet.encap import encap_of
 from weft.packet.fastpath import SLOT_IP_ID, Batch
 from weft.packet.reasons import Reason, Verdict, reason_name
 from weft.packet.slowpath import describe
@@ -71,8 +71,8 @@ WHY = {  # what each reason means to somebody reading a trace
 
 def device_of(host: OfflineHost) -> str:
     pl = host.pipeline
-    kind = "TAP" if pl.kind == "vxlan" else "TUN"
-    return f"{kind} {device_name(pl.kind, int(pl.dpcfg.cfg[CFG_VNI]))}"
+    encap = encap_of(pl.kind)
+    return f"{encap.device_kind.upper()} {encap.device_name(int(pl.dpcfg.cfg[CFG_VNI]))}"
 
 
 def host_info(host: OfflineHost) -> dict:

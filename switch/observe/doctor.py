@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
-from weft.backends.defaults import DEFAULT_PORTS, DEFAULT_VNI, OVERHEADS, device_name
 from weft.control.config import ConfigError, NetworkConfig
 from weft.control.etcd_registry import EtcdOptions
 from weft.control.iface import ExternalInterface, InterfaceError, find_external_interface
@@ -28,6 +27,7 @@ from weft.dev.tundev import tunnel_tx_name
 from weft.observe import doctor_checks as checks
 from weft.observe import firewall_view, host_facts, peer_probe
 from weft.observe.doctor_checks import FAIL, OK, WARN, Finding
+from weft.packet.encap import DEFAULT_VNI, ENCAPS, UDP, VXLAN
 
 ETCD_TIMEOUT = 3.0  # seconds for each etcd request; doctor asks each question once
 EXIT_FAIL = 1
@@ -120,7 +120,8 @@ def diagnose(options: DoctorOptions) -> list[Finding]:
 
     links = host_facts.links()
     backend, vni, port = _backend(facts.config, links)
-    device = device_name(backend, vni) if backend in DEFAULT_PORTS else None
+    encap = ENCAPS.get(backend)
+    device = encap.device_name(vni) if encap is not None else None
     network = (facts.config.network if facts.config is not None
                else _env_network(env, "FLANNEL_NETWORK"))
     findings.extend(_kernel_findings(backend, device, links, iface, env))
@@ -145,7 +146,8 @@ def _kernel_findings(backend: str, device: str | None, links: dict[str, host_fac
     if backend != "alloc":
         pod_mtu = _int((env or {}).get("FLANNEL_MTU"))
         dev_link = links.get(device) if device else None
-        out.append(checks.mtu(backend, OVERHEADS.get(backend, 0), pod_mtu, device or "device",
+        overhead = ENCAPS[backend].overhead if backend in ENCAPS else 0
+        out.append(checks.mtu(backend, overhead, pod_mtu, device or "device",
                               dev_link.mtu if dev_link else None,
                               iface.name if iface else None, iface.mtu if iface else None))
     vxlans = sorted(name for name, link in links.items() if link.kind == "vxlan")
@@ -277,17 +279,21 @@ def _backend(config: NetworkConfig | None, links: dict[str, host_facts.Link]
     if config is not None:
         kind = config.backend_type
         vni = int(config.backend_option("VNI") or DEFAULT_VNI)
-        port = config.backend_option("Port") or DEFAULT_PORTS.get(kind)
-        return kind, vni, int(port) if kind in DEFAULT_PORTS and port else None
-    if device_name("udp") in links:
-        return "udp", 0, DEFAULT_PORTS["udp"]
-    vnis = [int(name[5:]) for name in links if name.startswith("weft.") and name[5:].isdigit()]
-    return "vxlan", (vnis[0] if vnis else DEFAULT_VNI), DEFAULT_PORTS["vxlan"]
+        port = config.backend_option("Port") or _default_port(kind)
+        return kind, vni, int(port) if kind in ENCAPS and port else None
+    if UDP.device_name() in links:
+        return "udp", 0, UDP.default_port
+    vnis = [vni for name in links if (vni := VXLAN.vni_of_device(name)) is not None]
+    return "vxlan", (vnis[0] if vnis else DEFAULT_VNI), VXLAN.default_port
+
+
+def _default_port(backend: str) -> int | None:
+    return ENCAPS[backend].default_port if backend in ENCAPS else None
 
 
 def _summary(config: NetworkConfig | None) -> str | None:
     if config is None:
         return None
-    port = config.backend_option("Port") or DEFAULT_PORTS.get(config.backend_type)
+    port = config.backend_option("Port") or _default_port(config.backend_type)
     return (f"network {config.network}, backend {config.backend_type}"
             + (f" (udp/{port})" if port else ""))

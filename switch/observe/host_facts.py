@@ -1,7 +1,7 @@
 """`weft doctor`'s readers of the host: sysctls, links, offloads and the filter table.
 
 Only reading: /proc/sys files, netlink dumps (pyroute2), the ethtool ioctl and `iptables-save`
-(through weft.backends.iptables, the one place weft runs iptables). No `ip`, `ethtool` or
+(through weft.host.iptables, the one place weft runs iptables). No `ip`, `ethtool` or
 `sysctl` processes. Each reader returns None (or an error text) for what it cannot read, so
 one missing piece never stops the other checks. Everything reads the caller's network
 namespace, which is how the tests point doctor at a lab host.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from weft.backends.iptables import Iptables, IptablesError
+from weft.host.iptables import Iptables, IptablesError
 
 PROC_SYS = Path("/proc/sys")
 

@@ -23,12 +23,12 @@ from ipaddress import IPv4Address, IPv4Network
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from weft.host.rtnl import NUD_FAILED, NUD_INCOMPLETE
 from weft.observe.doctor_checks import PeerProbe
 from weft.packet.checksum import inet_checksum
 
 TIMEOUT = 1.0  # seconds per probe; all peers are probed at once
 MAX_PEERS = 64  # probed at most; the report says how many were left out
-NUD_INCOMPLETE, NUD_FAILED = 0x01, 0x20
 ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
 PAYLOAD = b"weft doctor probe"
 

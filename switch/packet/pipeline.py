@@ -17,6 +17,7 @@ from ipaddress import IPv4Address, IPv4Network
 import numpy as np
 
 from weft.packet import fastpath, slowpath, steps
+from weft.packet.encap import DEFAULT_VNI, VXLAN
 from weft.packet.fastpath import Batch
 from weft.packet.reasons import Reason, Verdict, reason_name
 from weft.packet.steps import EGRESS, INGRESS, KINDS, PATHS, PipelineState
@@ -33,8 +34,9 @@ class LocalInfo:
 
 
 class Pipeline:
-    def __init__(self, kind: str, network: IPv4Network, subnet_len: int, *, vni: int = 1,
-                 port: int = 8472, mtu: int = 1450) -> None:
+    def __init__(self, kind: str, network: IPv4Network, subnet_len: int, *,
+                 vni: int = DEFAULT_VNI, port: int = VXLAN.default_port,
+                 mtu: int = 1500 - VXLAN.overhead) -> None:  # vxlan's on a 1500-byte link
         if kind not in KINDS:
             raise ValueError(f"no datapath for backend {kind!r}")
         self.kind = kind

@@ -13,6 +13,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 import numpy as np
 
+from weft.packet.encap import DEFAULT_VNI, VXLAN
+
 # Indices into DatapathConfig.cfg (int64). Kernels index the array with these names.
 CFG_NETWORK = 0  # cluster network address, host-order u32
 CFG_NETMASK = 1  # cluster network mask, host-order u32
@@ -20,7 +22,7 @@ CFG_SUBNET_SHIFT = 2  # 32 - subnet_len: ip offset >> shift = subnet number
 CFG_LOCAL_INDEX = 3  # our own subnet number, -1 until set_local()
 CFG_LOCAL_PUBLIC_IP = 4  # our PublicIP, host-order u32 (outer source address)
 CFG_VNI = 5  # VXLAN network identifier (24 bit)
-CFG_PORT = 6  # UDP port of the backend (8472 vxlan, 8285 udp)
+CFG_PORT = 6  # UDP port of the backend (its Port option, else Encap.default_port)
 CFG_LOCAL_VTEP_MAC = 7  # our VtepMAC as a 48-bit integer
 CFG_MTU = 8  # overlay MTU: largest inner IPv4 packet sent with DF
 CFG_N_SUBNETS = 9  # number of subnet slots (size of the table arrays)
@@ -184,8 +186,8 @@ class DatapathConfig:
     """The small int64 array `cfg` every kernel takes, with readable setters."""
 
     def __init__(
-        self, network: IPv4Network, subnet_len: int, *, vni: int = 1, port: int = 8472,
-        mtu: int = 1450,
+        self, network: IPv4Network, subnet_len: int, *, vni: int = DEFAULT_VNI,
+        port: int = VXLAN.default_port, mtu: int = 1500 - VXLAN.overhead,  # vxlan, 1500 link
     ) -> None:
         self.cfg = np.zeros(CFG_SIZE, dtype=np.int64)
         self.cfg[CFG_NETWORK] = int(network.network_address)

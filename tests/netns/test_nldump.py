@@ -14,8 +14,8 @@ from ipaddress import IPv4Network
 
 import pytest
 
-from weft.backends import nldump
-from weft.backends.nlbatch import NetlinkBatch
+from weft.host import netlink_dump
+from weft.host.netlink_batch import NetlinkBatch
 from weft.tools.lab import netns
 
 pytestmark = pytest.mark.netns
@@ -60,7 +60,7 @@ def _program_and_dump() -> tuple[dict, dict]:
         batch.route_replace(k, subnet, oif=index, gateway=subnet.network_address, onlink=True)
     failures = batch.commit()
     assert not failures, failures
-    return nldump.dump_kernel(), _pyroute2_view()
+    return netlink_dump.dump_kernel(), _pyroute2_view()
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ UNIT = (files("weft.tools") / "systemd" / "weft.service").read_text()
 LOCK = "/run/xtables.lock"
 RULES = "*filter\n:WEFT-LOCK-TEST - [0:0]\n-A WEFT-LOCK-TEST -s 10.9.0.0/16 -j RETURN\nCOMMIT\n"
 
-# weft's code path: backends/iptables.py runs `iptables-restore --noflush --wait`.
-APPLY = ("import sys\nfrom weft.backends.iptables import Iptables\n"
+# weft's code path: switch/host/iptables.py runs `iptables-restore --noflush --wait`.
+APPLY = ("import sys\nfrom weft.host.iptables import Iptables\n"
          "Iptables().restore(sys.stdin.read())\n")
 
 pytestmark = pytest.mark.skipif(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 
-from weft.backends.defaults import VXLAN_PORT
+from weft.packet.encap import VXLAN
 from weft.packet.table import DatapathConfig, PeerTable
 
 NET = IPv4Network("10.1.0.0/16")
@@ -22,7 +22,7 @@ def ip(text: str) -> int:
 
 
 def make_world() -> tuple[DatapathConfig, PeerTable]:
-    cfg = DatapathConfig(NET, 24, vni=1, port=VXLAN_PORT, mtu=1450)
+    cfg = DatapathConfig(NET, 24, vni=1, port=VXLAN.default_port, mtu=1450)
     local_mac = bytes.fromhex(LOCAL_MAC.replace(":", ""))
     cfg.set_local(IPv4Network("10.1.15.0/24"), IPv4Address(A), local_mac)
     table = PeerTable(NET, 24)

@@ -7,9 +7,9 @@ from ipaddress import IPv4Network
 
 import pytest
 
-from weft.backends.iptables import IptablesError
-from weft.backends.masq_rules import drifted, forward_chain, masq_chain, restore_text
-from weft.backends.masquerade import TrafficRules, start_traffic_rules, wanted_chains
+from weft.host.iptables import IptablesError
+from weft.host.traffic_rule_text import drifted, forward_chain, masq_chain, restore_text
+from weft.host.traffic_rules import TrafficRules, start_traffic_rules, wanted_chains
 from weft.observe.metrics import render_metrics
 from weft.observe.status_text import format_status
 

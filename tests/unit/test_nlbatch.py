@@ -5,8 +5,8 @@ import socket
 import struct
 from ipaddress import IPv4Address, IPv4Network
 
-from weft.backends import nlbatch
-from weft.backends.nlbatch import NetlinkBatch
+from weft.host import netlink_batch, rtnl
+from weft.host.netlink_batch import NetlinkBatch
 
 SUBNET = IPv4Network("10.1.7.0/24")
 
@@ -24,16 +24,16 @@ def test_route_replace_is_pyroute2s_message():
     batch = NetlinkBatch()
     batch.route_replace("k", SUBNET, oif=3, gateway=SUBNET.network_address, onlink=True)
     kind, flags, body, key, missing_ok = batch._requests[0]
-    assert kind == nlbatch.RTM_NEWROUTE and key == "k" and not missing_ok
-    assert flags == nlbatch.NLM_F_CREATE | nlbatch.NLM_F_REPLACE
+    assert kind == rtnl.RTM_NEWROUTE and key == "k" and not missing_ok
+    assert flags == rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE
     family, dst_len, _src, _tos, table, proto, scope, rtype, rflags = struct.unpack_from(
         "=BBBBBBBBI", body)
     assert (family, dst_len, table, proto, scope, rtype) == (socket.AF_INET, 24, 254, 4, 0, 1)
-    assert rflags == nlbatch.RTNH_F_ONLINK
+    assert rflags == rtnl.RTNH_F_ONLINK
     attrs = _attrs(body, 12)
-    assert attrs[nlbatch.RTA_DST] == IPv4Address("10.1.7.0").packed
-    assert attrs[nlbatch.RTA_GATEWAY] == IPv4Address("10.1.7.0").packed
-    assert struct.unpack("=i", attrs[nlbatch.RTA_OIF]) == (3,)
+    assert attrs[rtnl.RTA_DST] == IPv4Address("10.1.7.0").packed
+    assert attrs[rtnl.RTA_GATEWAY] == IPv4Address("10.1.7.0").packed
+    assert struct.unpack("=i", attrs[rtnl.RTA_OIF]) == (3,)
 
 
 def test_neigh_replace_is_permanent_with_the_mac():
@@ -41,22 +41,22 @@ def test_neigh_replace_is_permanent_with_the_mac():
     batch.neigh_replace("k", IPv4Address("10.1.7.0"), bytes.fromhex("020000000007"), ifindex=5)
     kind, _flags, body, _key, _ok = batch._requests[0]
     family, _p1, _p2, ifindex, state, _f, _t = struct.unpack_from("=BBHiHBB", body)
-    assert (kind, family, ifindex, state) == (nlbatch.RTM_NEWNEIGH, socket.AF_INET, 5, 0x80)
+    assert (kind, family, ifindex, state) == (rtnl.RTM_NEWNEIGH, socket.AF_INET, 5, 0x80)
     attrs = _attrs(body, 12)
-    assert attrs[nlbatch.NDA_LLADDR] == bytes.fromhex("020000000007")
+    assert attrs[rtnl.NDA_LLADDR] == bytes.fromhex("020000000007")
 
 
 def _ack(seq: int, code: int) -> bytes:
-    body = struct.pack("=i", -code) + nlbatch._NLMSGHDR.pack(16, 0, 0, seq, 0)
-    return nlbatch._NLMSGHDR.pack(16 + len(body), nlbatch.NLMSG_ERROR, 0, seq, 0) + body
+    body = struct.pack("=i", -code) + rtnl.NLMSGHDR.pack(16, 0, 0, seq, 0)
+    return rtnl.NLMSGHDR.pack(16 + len(body), rtnl.NLMSG_ERROR, 0, seq, 0) + body
 
 
 def test_acks_fail_only_their_own_key_and_missing_deletes_are_fine():
-    pending = {1: (nlbatch.RTM_NEWNEIGH, "a", False), 2: (nlbatch.RTM_NEWROUTE, "a", False),
-               3: (nlbatch.RTM_NEWROUTE, "b", False), 4: (nlbatch.RTM_DELROUTE, "c", True)}
+    pending = {1: (rtnl.RTM_NEWNEIGH, "a", False), 2: (rtnl.RTM_NEWROUTE, "a", False),
+               3: (rtnl.RTM_NEWROUTE, "b", False), 4: (rtnl.RTM_DELROUTE, "c", True)}
     failures: dict = {}
-    nlbatch._read_acks(_ack(1, 0) + _ack(2, errno.EINVAL) + _ack(3, 0) + _ack(4, errno.ESRCH),
-                       pending, failures)
+    acks = _ack(1, 0) + _ack(2, errno.EINVAL) + _ack(3, 0) + _ack(4, errno.ESRCH)
+    netlink_batch._read_acks(acks, pending, failures)
     assert pending == {}
     assert list(failures) == ["a"] and "route replace" in failures["a"]
     assert "errno 22" in failures["a"]
@@ -73,9 +73,9 @@ class FakeSocket:
         self.sent.append(data)
         offset = 0
         while offset < len(data):
-            length, kind, _f, seq, _p = nlbatch._NLMSGHDR.unpack_from(data, offset)
+            length, kind, _f, seq, _p = rtnl.NLMSGHDR.unpack_from(data, offset)
             body = data[offset + 16:offset + length]
-            bad = kind == nlbatch.RTM_NEWROUTE and _attrs(body, 12)[nlbatch.RTA_DST][:2] == \
+            bad = kind == rtnl.RTM_NEWROUTE and _attrs(body, 12)[rtnl.RTA_DST][:2] == \
                 bytes([10, 9])
             self.queue.append(_ack(seq, errno.EINVAL if bad else 0))
             offset += length
@@ -93,7 +93,7 @@ class FakeSocket:
 
 def test_commit_chunks_and_reports_per_key(monkeypatch):
     fake = FakeSocket()
-    monkeypatch.setattr(nlbatch, "_socket", lambda: fake)
+    monkeypatch.setattr(netlink_batch, "_socket", lambda: fake)
     batch = NetlinkBatch()
     subnets = [IPv4Network(f"10.{8 + (i >= 290)}.{i % 256}.0/24") for i in range(300)]
     for subnet in subnets:
@@ -101,6 +101,6 @@ def test_commit_chunks_and_reports_per_key(monkeypatch):
         batch.route_replace(subnet, subnet, oif=3, gateway=subnet.network_address, onlink=True)
     failures = batch.commit()
     # a few datagrams, not one per request; one more undoes the failed peers' neighbours
-    assert len(fake.sent) == -(-600 // nlbatch.CHUNK) + 1
+    assert len(fake.sent) == -(-600 // netlink_batch.CHUNK) + 1
     assert set(failures) == set(subnets[290:])
     assert len(batch) == 0

@@ -15,14 +15,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from weft.backends import nlbatch
 from weft.backends.hostgw import HostGwBackend
-from weft.backends.nlbatch import NetlinkBatch
 from weft.backends.peers import PeerPrograms
 from weft.backends.vxlan import VxlanBackend
 from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
 from weft.control.registry import LeaseEvents
+from weft.host import netlink_batch, rtnl
+from weft.host.netlink_batch import NetlinkBatch
 from weft.packet.table import PeerTable
 
 NETWORK = IPv4Network("10.1.0.0/16")
@@ -67,7 +67,7 @@ class FakeKernel:
         self.datagrams += 1
         offset = 0
         while offset < len(data):
-            length, kind, _flags, seq, _pid = nlbatch._NLMSGHDR.unpack_from(data, offset)
+            length, kind, _flags, seq, _pid = rtnl.NLMSGHDR.unpack_from(data, offset)
             body = data[offset + 16:offset + length]
             dst = IPv4Address(_attrs(body)[1])  # RTA_DST and NDA_DST are both 1
             code = self._apply(kind, body, dst)
@@ -83,19 +83,19 @@ class FakeKernel:
 
     def _apply(self, kind: int, body: bytes, dst: IPv4Address) -> int:
         attrs = _attrs(body)
-        if kind in (nlbatch.RTM_NEWNEIGH, nlbatch.RTM_DELNEIGH):
+        if kind in (rtnl.RTM_NEWNEIGH, rtnl.RTM_DELNEIGH):
             key = (struct.unpack_from("=i", body, 4)[0], dst)
-            if kind == nlbatch.RTM_DELNEIGH:
+            if kind == rtnl.RTM_DELNEIGH:
                 return 0 if self.neighbours.pop(key, None) else errno.ENOENT
-            mac = attrs[nlbatch.NDA_LLADDR]
+            mac = attrs[rtnl.NDA_LLADDR]
             if mac in self.bad_macs:
                 return errno.EINVAL
             self.neighbours[key] = mac
             return 0
         net = IPv4Network((dst, body[1]))
-        oif = struct.unpack("=i", attrs[nlbatch.RTA_OIF])[0]
-        gateway = IPv4Address(attrs[nlbatch.RTA_GATEWAY]) if nlbatch.RTA_GATEWAY in attrs else None
-        if kind == nlbatch.RTM_DELROUTE:
+        oif = struct.unpack("=i", attrs[rtnl.RTA_OIF])[0]
+        gateway = IPv4Address(attrs[rtnl.RTA_GATEWAY]) if rtnl.RTA_GATEWAY in attrs else None
+        if kind == rtnl.RTM_DELROUTE:
             held = self.routes.get(net)
             if held is None or held[0] != oif or gateway not in (None, held[1]):
                 return errno.ESRCH
@@ -108,14 +108,14 @@ class FakeKernel:
 
 
 def _ack(seq: int, code: int) -> bytes:
-    body = struct.pack("=i", -code) + nlbatch._NLMSGHDR.pack(16, 0, 0, seq, 0)
-    return nlbatch._NLMSGHDR.pack(16 + len(body), nlbatch.NLMSG_ERROR, 0, seq, 0) + body
+    body = struct.pack("=i", -code) + rtnl.NLMSGHDR.pack(16, 0, 0, seq, 0)
+    return rtnl.NLMSGHDR.pack(16 + len(body), rtnl.NLMSG_ERROR, 0, seq, 0) + body
 
 
 @pytest.fixture
 def kernel(monkeypatch) -> FakeKernel:
     fake = FakeKernel()
-    monkeypatch.setattr(nlbatch, "_socket", lambda: fake)
+    monkeypatch.setattr(netlink_batch, "_socket", lambda: fake)
     return fake
 
 
@@ -195,7 +195,7 @@ def test_a_round_without_failures_sends_no_more_datagrams(kernel):
     for k in range(200):
         _peer_requests(batch, IPv4Network((int(NETWORK.network_address) + (k << 8), 24)))
     assert batch.commit() == {}
-    assert kernel.datagrams == -(-400 // nlbatch.CHUNK) and len(kernel.routes) == 200
+    assert kernel.datagrams == -(-400 // netlink_batch.CHUNK) and len(kernel.routes) == 200
 
 
 # -- vxlan: neighbour, route, peer table --------------------------------------------------------
@@ -258,7 +258,7 @@ def test_vxlan_change_that_fails_leaves_nothing_of_old_or_new(kernel):
 
 def test_hostgw_route_whose_answer_was_lost_is_deleted_again(kernel, monkeypatch):
     """Not programmed means not routed by: a route the kernel may hold for a failed peer goes."""
-    from weft.backends import netlink
+    from weft.host import netlink
 
     monkeypatch.setattr(netlink, "connected_networks", lambda _i: [IPv4Network("192.0.2.0/24")])
     backend = HostGwBackend(NETWORK_CONFIG, ExternalInterface(

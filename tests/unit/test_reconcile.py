@@ -9,8 +9,9 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from weft.backends import reconcile
-from weft.backends.reconcile import (
+from weft.control.iface import ExternalInterface
+from weft.host import reconcile
+from weft.host.reconcile import (
     Device,
     KernelView,
     Neighbour,
@@ -23,7 +24,6 @@ from weft.backends.reconcile import (
     missing_routes,
     new_public_address,
 )
-from weft.control.iface import ExternalInterface
 from weft.observe.metrics import render_metrics
 from weft.observe.status_text import format_status
 

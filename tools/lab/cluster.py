@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
-from weft.backends.defaults import DEFAULT_VNI, VXLAN_PORT
 from weft.control.lease import LeaseAttrs, subnet_key
 from weft.observe.control_socket import ControlError, control_request
+from weft.packet.encap import DEFAULT_VNI, VXLAN
 from weft.tools.lab import kernel_vxlan
 from weft.tools.lab.topology import POD_MTU, Lab, Pod
 
@@ -158,7 +158,7 @@ class Cluster:
 
     # -- a flannel host: the kernel's VXLAN device, programmed as flanneld does ---------------
     def start_flannel_host(self, host: int, subnet: IPv4Network, vni: int = DEFAULT_VNI,
-                           port: int = VXLAN_PORT) -> None:
+                           port: int = VXLAN.default_port) -> None:
         h = self.host(host)
         h.kind, h.subnet, h.mtu = "flannel", subnet, POD_MTU
         h.vtep_mac = kernel_vxlan.random_mac()

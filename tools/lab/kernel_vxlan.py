@@ -21,8 +21,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
 from weft.backends.vtep import random_mac  # noqa: F401 - re-exported for callers
+from weft.host.rtnl import RTNH_F_ONLINK
 
-RTNH_F_ONLINK = 4
 _GONE = (2, 3, 19)  # ENOENT, ESRCH, ENODEV: already absent is fine when removing
 
 

@@ -16,7 +16,7 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 
-from weft.backends.defaults import VXLAN_PORT
+from weft.packet import encap
 from weft.packet.fastpath import HEADROOM, Batch
 from weft.packet.pipeline import Pipeline
 from weft.tools.lab.scale import network_for
@@ -80,8 +80,8 @@ def scapy_rate(size: int, seconds: float = 1.0) -> tuple[float, float]:
 def _scapy_encap(frame: bytes) -> bytes:
     inner = Ether(frame)
     inner.dst = "02:00:00:00:00:02"
-    outer = IP(src="192.0.2.1", dst="192.0.2.2", ttl=64) / UDP(sport=49152, dport=VXLAN_PORT,
-                                                               chksum=0)
+    outer = (IP(src="192.0.2.1", dst="192.0.2.2", ttl=64)
+             / UDP(sport=49152, dport=encap.VXLAN.default_port, chksum=0))
     return bytes(outer / VXLAN(flags=0x08, vni=1) / inner)
 
 

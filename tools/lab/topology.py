@@ -27,15 +27,15 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from weft.backends.defaults import VXLAN_OVERHEAD
 from weft.cni.runtime import Runtime
+from weft.packet.encap import VXLAN
 from weft.tools.lab import netns
 from weft.tools.lab.etcd import etcd_binary
 
 FABRIC_NET = IPv4Network("192.0.2.0/24")
 FABRIC_IP = IPv4Address("192.0.2.1")
 FABRIC_MTU = 1500  # the veths' default
-POD_MTU = FABRIC_MTU - VXLAN_OVERHEAD  # what flannel gives a vxlan overlay on this fabric
+POD_MTU = FABRIC_MTU - VXLAN.overhead  # what flannel gives a vxlan overlay on this fabric
 DEFAULT_PREFIX = "weft-"
 # Owner markers let cleanup_stale tell a crashed lab from one that another test run still uses.
 MARKER_DIR = "/run/weft-labs"

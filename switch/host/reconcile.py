@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import select
 import socket
-import struct
 import threading
 import time
 from collections import Counter
@@ -28,8 +27,24 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from types import ModuleType
 from typing import Protocol
 
-from weft.backends import netlink
 from weft.control.iface import ExternalInterface
+from weft.host import netlink
+from weft.host.rtnl import (
+    NLMSGHDR,
+    NUD_PERMANENT,
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_DELNEIGH,
+    RTM_DELROUTE,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV4_ROUTE,
+    RTMGRP_LINK,
+    RTMGRP_NEIGH,
+    RTNH_F_ONLINK,
+    nlmsg_align,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +58,9 @@ PASS_SPACING = 5
 ROUTE, NEIGHBOUR, ADDRESS, DEVICE, LINK, PUBLIC_IP = (
     "route", "neighbour", "address", "device", "link", "public_ip")
 
-_NUD_PERMANENT = 0x80
-_RTNH_F_ONLINK = 4
-# rtnetlink multicast groups and message types (<linux/rtnetlink.h>)
-_GROUPS = 0x1 | 0x4 | 0x10 | 0x40  # RTMGRP_LINK | NEIGH | IPV4_IFADDR | IPV4_ROUTE
-_RTM_NEWLINK, _RTM_DELLINK, _RTM_NEWADDR, _RTM_DELADDR = 16, 17, 20, 21
-_RTM_DELROUTE, _RTM_DELNEIGH = 25, 29
+_GROUPS = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
 # Our own repairs announce NEWROUTE/NEWNEIGH; waking on those would only cost empty passes.
-_WAKE_ON = {_RTM_NEWLINK, _RTM_DELLINK, _RTM_NEWADDR, _RTM_DELADDR, _RTM_DELROUTE,
-            _RTM_DELNEIGH}
+_WAKE_ON = {RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR, RTM_DELROUTE, RTM_DELNEIGH}
 
 
 @dataclass(frozen=True)
@@ -103,7 +112,7 @@ class KernelView:
         for r in dump["routes"]:
             route = Route(IPv4Network(r["dst"]), r["oif"],
                           IPv4Address(r["gateway"]) if r["gateway"] else None,
-                          bool(r["flags"] & _RTNH_F_ONLINK))
+                          bool(r["flags"] & RTNH_F_ONLINK))
             self.routes.setdefault(route.dst, set()).add(route)
         self.neighbours = {(n["ifindex"], IPv4Address(n["ip"])): n for n in dump["neighbours"]
                            if n["ip"] and n["mac"]}
@@ -120,7 +129,7 @@ def missing_neighbours(wanted: Wanted, view: KernelView) -> list[Neighbour]:
     for n in wanted.neighbours:
         have = view.neighbours.get((n.ifindex, n.ip))
         if (have is None or have["mac"].lower() != n.mac.lower()
-                or not have["state"] & _NUD_PERMANENT):
+                or not have["state"] & NUD_PERMANENT):
             out.append(n)
     return out
 
@@ -296,12 +305,12 @@ class Reconciler:
 def message_types(data: bytes) -> list[int]:
     """nlmsg_type of each netlink message in one datagram."""
     kinds, off = [], 0
-    while off + 16 <= len(data):
-        length, kind = struct.unpack_from("=IH", data, off)
-        if length < 16:
+    while off + NLMSGHDR.size <= len(data):
+        length, kind, _flags, _seq, _pid = NLMSGHDR.unpack_from(data, off)
+        if length < NLMSGHDR.size:
             break
         kinds.append(kind)
-        off += (length + 3) & ~3
+        off += nlmsg_align(length)
     return kinds
 
 

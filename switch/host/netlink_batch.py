@@ -15,24 +15,43 @@ program identical kernel state and either may replace what the other made.
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import struct
 from collections.abc import Hashable
 from ipaddress import IPv4Address, IPv4Network
 
-from weft.backends.netlink import NUD_PERMANENT, RTNH_F_ONLINK
-
-RTM_NEWROUTE, RTM_DELROUTE, RTM_NEWNEIGH, RTM_DELNEIGH = 24, 25, 28, 29
-NLMSG_ERROR = 2
-NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
-NLM_F_REPLACE, NLM_F_CREATE = 0x100, 0x400
-SOL_NETLINK = 270
-NETLINK_CAP_ACK = 10  # acks carry the request's header only, not the whole request
-RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
-NDA_DST, NDA_LLADDR = 1, 2
-RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 4, 0, 1
+from weft.host.rtnl import (
+    GONE,
+    NDA_DST,
+    NDA_LLADDR,
+    NDMSG,
+    NETLINK_CAP_ACK,
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_REPLACE,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    NLMSGERR,
+    NLMSGHDR,
+    NUD_PERMANENT,
+    RT_SCOPE_UNIVERSE,
+    RT_TABLE_MAIN,
+    RTA_DST,
+    RTA_GATEWAY,
+    RTA_OIF,
+    RTATTR,
+    RTM_DELNEIGH,
+    RTM_DELROUTE,
+    RTM_NEWNEIGH,
+    RTM_NEWROUTE,
+    RTMSG,
+    RTN_UNICAST,
+    RTNH_F_ONLINK,
+    RTPROT_STATIC,
+    SOL_NETLINK,
+    nlmsg_align,
+)
 
 # Every ack of a chunk is queued before sendmsg returns, one skb (~1 KiB of buffer) each: a chunk
 # must fit the receive buffer or acks are lost (ENOBUFS). 256 acks fit well within RCVBUF.
@@ -40,16 +59,11 @@ CHUNK = 256
 RCVBUF = 4 << 20
 SO_RCVBUFFORCE = 33  # Linux; not exported by the socket module
 ACK_TIMEOUT = 5.0  # seconds; the kernel answers within the sendmsg, this only guards a bug
-# A deletion of something already gone is what the caller wanted.
-GONE = frozenset({errno.ESRCH, errno.ENOENT, errno.ENODEV, errno.EADDRNOTAVAIL})
-
-_NLMSGHDR = struct.Struct("=IHHII")
-_NLMSGERR = struct.Struct("=i")
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
-    size = 4 + len(payload)
-    return struct.pack("=HH", size, kind) + payload + b"\0" * (-size & 3)
+    size = RTATTR.size + len(payload)
+    return RTATTR.pack(size, kind) + payload + b"\0" * (nlmsg_align(size) - size)
 
 
 def _ip(addr: IPv4Address) -> bytes:
@@ -69,12 +83,12 @@ class NetlinkBatch:
         return len(self._requests)
 
     def neigh_replace(self, key: Hashable, ip: IPv4Address, mac: bytes, *, ifindex: int) -> None:
-        body = struct.pack("=BBHiHBB", socket.AF_INET, 0, 0, ifindex, NUD_PERMANENT, 0, 0)
+        body = NDMSG.pack(socket.AF_INET, ifindex, NUD_PERMANENT, 0, 0)
         body += _attr(NDA_DST, _ip(ip)) + _attr(NDA_LLADDR, bytes(mac))
         self._add(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body, key)
 
     def neigh_delete(self, key: Hashable, ip: IPv4Address, *, ifindex: int) -> None:
-        body = struct.pack("=BBHiHBB", socket.AF_INET, 0, 0, ifindex, 0, 0, 0)
+        body = NDMSG.pack(socket.AF_INET, ifindex, 0, 0, 0)
         self._add(RTM_DELNEIGH, 0, body + _attr(NDA_DST, _ip(ip)), key, missing_ok=True)
 
     def route_replace(self, key: Hashable, dst: IPv4Network, *, oif: int,
@@ -93,8 +107,8 @@ class NetlinkBatch:
 
     @staticmethod
     def _rtmsg(dst: IPv4Network, kind: int, flags: int) -> bytes:
-        return struct.pack("=BBBBBBBBI", socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN,
-                           RTPROT_STATIC, RT_SCOPE_UNIVERSE, kind, flags)
+        return RTMSG.pack(socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC,
+                          RT_SCOPE_UNIVERSE, kind, flags)
 
     def _add(self, kind: int, flags: int, body: bytes, key: Hashable,
              missing_ok: bool = False) -> None:
@@ -171,7 +185,7 @@ def _exchange(sock: socket.socket, chunk: list, failures: dict[Hashable, str], f
     pending: dict[int, tuple[int, Hashable, bool]] = {}
     parts = []
     for seq, (kind, flags, body, key, missing_ok) in enumerate(chunk, start=first_seq):
-        parts.append(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind,
+        parts.append(NLMSGHDR.pack(NLMSGHDR.size + len(body), kind,
                                     NLM_F_REQUEST | NLM_F_ACK | flags, seq, 0) + body)
         pending[seq] = (kind, key, missing_ok)
     try:
@@ -188,19 +202,19 @@ def _read_acks(data: bytes, pending: dict, failures: dict[Hashable, str],
                refused: set[int] | None = None) -> None:
     """Match acks to pending requests; a failure is kept per key, its sequence in `refused`."""
     offset = 0
-    while offset + _NLMSGHDR.size <= len(data):
-        length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-        if length < _NLMSGHDR.size:
+    while offset + NLMSGHDR.size <= len(data):
+        length, kind, _flags, seq, _pid = NLMSGHDR.unpack_from(data, offset)
+        if length < NLMSGHDR.size:
             break
         if kind == NLMSG_ERROR and seq in pending:
-            (code,) = _NLMSGERR.unpack_from(data, offset + _NLMSGHDR.size)
+            (code,) = NLMSGERR.unpack_from(data, offset + NLMSGHDR.size)
             request, key, missing_ok = pending.pop(seq)
             if code and not (missing_ok and -code in GONE):
                 failures.setdefault(key, f"{_NAMES.get(request, request)}: "
                                          f"{os.strerror(-code)} (errno {-code})")
                 if refused is not None:
                     refused.add(seq)
-        offset += (length + 3) & ~3
+        offset += nlmsg_align(length)
 
 
 _UNDO = {RTM_NEWROUTE: RTM_DELROUTE, RTM_NEWNEIGH: RTM_DELNEIGH}

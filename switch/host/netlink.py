@@ -1,4 +1,4 @@
-"""Kernel programming for the backends through netlink (pyroute2), with replace semantics.
+"""Kernel programming through netlink (pyroute2), one request a call, with replace semantics.
 
 Every call opens a short-lived IPRoute in the current network namespace: the daemon runs inside
 the host's namespace, and programming happens on lease events only, never per packet.
@@ -12,10 +12,8 @@ from ipaddress import IPv4Address, IPv4Network
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from weft.backends import nldump
-
-RTNH_F_ONLINK = 4
-NUD_PERMANENT = 0x80
+from weft.host import netlink_dump
+from weft.host.rtnl import GONE, NUD_PERMANENT, RTNH_F_ONLINK
 
 
 def link_index(name: str) -> int | None:
@@ -94,7 +92,7 @@ def _ignore_missing(fn, *args, **kwargs) -> None:
     try:
         fn(*args, **kwargs)
     except NetlinkError as exc:
-        if exc.code not in (errno.ESRCH, errno.ENOENT, errno.ENODEV, errno.EADDRNOTAVAIL):
+        if exc.code not in GONE:
             raise
 
 
@@ -105,7 +103,7 @@ def set_ipv4_conf(ifname: str, key: str, value: int) -> None:
 
 
 # The reconciler's one read of links, addresses, routes and neighbours (parsed without pyroute2).
-dump_kernel = nldump.dump_kernel
+dump_kernel = netlink_dump.dump_kernel
 
 
 def address_add(index: int, address: IPv4Address, prefixlen: int = 32) -> None:

@@ -17,25 +17,42 @@ import struct
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address
 
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE, RTM_GETNEIGH = 18, 22, 26, 30
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU = 1, 3, 4
-IFA_ADDRESS, IFA_LOCAL = 1, 2
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
-NDA_DST, NDA_LLADDR = 1, 2
-RT_TABLE_MAIN = 254
-IFF_UP = 1
+from weft.host.rtnl import (
+    IFA_ADDRESS,
+    IFA_LOCAL,
+    IFADDRMSG,
+    IFF_UP,
+    IFINFOMSG,
+    IFLA_ADDRESS,
+    IFLA_IFNAME,
+    IFLA_MTU,
+    NDA_DST,
+    NDA_LLADDR,
+    NDMSG,
+    NLA_TYPE_MASK,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSGERR,
+    NLMSGHDR,
+    RT_TABLE_MAIN,
+    RTA_DST,
+    RTA_GATEWAY,
+    RTA_OIF,
+    RTA_TABLE,
+    RTATTR,
+    RTM_GETADDR,
+    RTM_GETLINK,
+    RTM_GETNEIGH,
+    RTM_GETROUTE,
+    RTMSG,
+    nlmsg_align,
+)
+
 RECV_SIZE = 1 << 20  # one recv takes every message the kernel queued for the dump so far
 TIMEOUT = 5.0
 
-_NLMSGHDR = struct.Struct("=IHHII")
-_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
-_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
-# family, dst_len, src_len, tos, table, protocol, scope, type, flags
-_RTMSG = struct.Struct("=BBBBBBBBI")
-_NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
-_RTATTR = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
 
 
@@ -50,38 +67,38 @@ def dump_kernel() -> dict:
         sock.bind((0, 0))
         sock.settimeout(TIMEOUT)
         return {
-            "links": _dump(sock, RTM_GETLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0),
+            "links": _dump(sock, RTM_GETLINK, IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0),
                            _link),
-            "addrs": _dump(sock, RTM_GETADDR, _IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0),
+            "addrs": _dump(sock, RTM_GETADDR, IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0),
                            _addr),
             "routes": _dump(sock, RTM_GETROUTE,
-                            _RTMSG.pack(socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN, 0, 0, 0, 0),
+                            RTMSG.pack(socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN, 0, 0, 0, 0),
                             _route),
-            "neighbours": _dump(sock, RTM_GETNEIGH, _NDMSG.pack(socket.AF_INET, 0, 0, 0, 0),
+            "neighbours": _dump(sock, RTM_GETNEIGH, NDMSG.pack(socket.AF_INET, 0, 0, 0, 0),
                                 _neighbour),
         }
 
 
 def _dump(sock: socket.socket, kind: int, body: bytes,
           parse: Callable[[bytes, int, int], dict | None]) -> list[dict]:
-    sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP,
+    sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP,
                              kind, 0) + body)
     out: list[dict] = []
     while True:
         data = sock.recv(RECV_SIZE)
         offset = 0
-        while offset + _NLMSGHDR.size <= len(data):
-            length, msg_type, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-            if length < _NLMSGHDR.size:
+        while offset + NLMSGHDR.size <= len(data):
+            length, msg_type, _flags, seq, _pid = NLMSGHDR.unpack_from(data, offset)
+            if length < NLMSGHDR.size:
                 raise DumpError(f"netlink: malformed message in the dump (length {length})")
-            start, end = offset + _NLMSGHDR.size, offset + length
-            offset += (length + 3) & ~3
+            start, end = offset + NLMSGHDR.size, offset + length
+            offset += nlmsg_align(length)
             if seq != kind:  # not an answer to this request
                 continue
             if msg_type == NLMSG_DONE:
                 return out
             if msg_type == NLMSG_ERROR:
-                (code,) = struct.unpack_from("=i", data, start)
+                (code,) = NLMSGERR.unpack_from(data, start)
                 raise DumpError(-code, f"netlink dump {kind}: errno {-code}")
             entry = parse(data, start, end)
             if entry is not None:
@@ -89,12 +106,12 @@ def _dump(sock: socket.socket, kind: int, body: bytes,
 
 
 def _attrs(data: bytes, offset: int, end: int) -> Iterator[tuple[int, bytes]]:
-    while offset + _RTATTR.size <= end:
-        size, kind = _RTATTR.unpack_from(data, offset)
-        if size < _RTATTR.size:
+    while offset + RTATTR.size <= end:
+        size, kind = RTATTR.unpack_from(data, offset)
+        if size < RTATTR.size:
             return
-        yield kind & 0x3FFF, data[offset + _RTATTR.size:offset + size]  # without NLA_F_* bits
-        offset += (size + 3) & ~3
+        yield kind & NLA_TYPE_MASK, data[offset + RTATTR.size:offset + size]
+        offset += nlmsg_align(size)
 
 
 def _mac(raw: bytes | None) -> str | None:
@@ -106,8 +123,8 @@ def _ipv4(raw: bytes | None) -> str | None:
 
 
 def _link(data: bytes, start: int, end: int) -> dict:
-    _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(data, start)
-    attrs = dict(_attrs(data, start + _IFINFOMSG.size, end))
+    _family, _type, index, flags, _change = IFINFOMSG.unpack_from(data, start)
+    attrs = dict(_attrs(data, start + IFINFOMSG.size, end))
     name = attrs.get(IFLA_IFNAME, b"").split(b"\0", 1)[0].decode(errors="replace")
     mtu = attrs.get(IFLA_MTU)
     return {"index": index, "name": name, "up": bool(flags & IFF_UP),
@@ -115,10 +132,10 @@ def _link(data: bytes, start: int, end: int) -> dict:
 
 
 def _addr(data: bytes, start: int, end: int) -> dict | None:
-    family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(data, start)
+    family, prefixlen, _flags, _scope, index = IFADDRMSG.unpack_from(data, start)
     if family != socket.AF_INET:
         return None
-    attrs = dict(_attrs(data, start + _IFADDRMSG.size, end))
+    attrs = dict(_attrs(data, start + IFADDRMSG.size, end))
     # IFA_LOCAL is the interface's own address; IFA_ADDRESS is the far end on a point-to-point
     # link, and the same address on every other kind.
     address = _ipv4(attrs.get(IFA_LOCAL, attrs.get(IFA_ADDRESS)))
@@ -126,9 +143,9 @@ def _addr(data: bytes, start: int, end: int) -> dict | None:
 
 
 def _route(data: bytes, start: int, end: int) -> dict | None:
-    family, dst_len, _src, _tos, table, _proto, _scope, _type, flags = _RTMSG.unpack_from(
+    family, dst_len, _src, _tos, table, _proto, _scope, _type, flags = RTMSG.unpack_from(
         data, start)
-    attrs = dict(_attrs(data, start + _RTMSG.size, end))
+    attrs = dict(_attrs(data, start + RTMSG.size, end))
     if RTA_TABLE in attrs:  # tables above 255 are only in the attribute
         table = _U32.unpack(attrs[RTA_TABLE])[0]
     if family != socket.AF_INET or table != RT_TABLE_MAIN:
@@ -140,9 +157,9 @@ def _route(data: bytes, start: int, end: int) -> dict | None:
 
 
 def _neighbour(data: bytes, start: int, end: int) -> dict | None:
-    family, ifindex, state, _flags, _type = _NDMSG.unpack_from(data, start)
+    family, ifindex, state, _flags, _type = NDMSG.unpack_from(data, start)
     if family != socket.AF_INET:
         return None
-    attrs = dict(_attrs(data, start + _NDMSG.size, end))
+    attrs = dict(_attrs(data, start + NDMSG.size, end))
     return {"ifindex": ifindex, "ip": _ipv4(attrs.get(NDA_DST)),
             "mac": _mac(attrs.get(NDA_LLADDR)), "state": state}

@@ -1,4 +1,4 @@
-"""Keeps the masquerade and forward rules (masq_rules) installed while `weft run` runs.
+"""Keeps the masquerade and forward rules (traffic_rule_text) installed while `weft run` runs.
 
 Host plumbing, like the routes the backends program, but for every backend alike, so the
 daemon starts it once the lease (our subnet) is known. It applies the rules, then every
@@ -7,7 +7,7 @@ when anything differs (someone ran `iptables -t nat -F`, a firewall reload): pod
 way out for at most one period. Re-applications are counted (`resyncs`).
 
 On stop the rules stay, as flanneld leaves its own: pods keep working through a restart, and
-the next run's first apply replaces them (see masq_rules on why that is atomic).
+the next run's first apply replaces them (see traffic_rule_text on why that is atomic).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from ipaddress import IPv4Network
 from typing import Protocol
 
-from weft.backends.iptables import IptablesError
-from weft.backends.masq_rules import (
+from weft.host.iptables import IptablesError
+from weft.host.traffic_rule_text import (
     ChainRules,
     drifted,
     forward_chain,
@@ -61,7 +61,7 @@ def start_traffic_rules(network: IPv4Network | None, subnet: IPv4Network,
     if not (ip_masq or forward_rules) or network is None:
         return None
     if iptables is None:
-        from weft.backends.iptables import Iptables
+        from weft.host.iptables import Iptables
 
         iptables = Iptables()
     # Probed once: flanneld likewise decides --random-fully at start-up.
