@@ -154,7 +154,23 @@ def build_parser() -> argparse.ArgumentParser:
     _log_format_flag(common)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser = functools.partial(sub.add_parser, parents=[common])  # type: ignore
+    _add_run(sub)
+    _add_status(sub)
+    _add_config(sub, common)
+    _add_demo(sub)
+    _add_cni(sub, common)
+    _add_bench(sub)
+    from weft.tools.commands import add_replay_parser, add_trace_parser
 
+    add_replay_parser(sub, parents=[common])
+    add_trace_parser(sub, [common])
+    _add_doctor(sub)
+    _add_leases(sub)
+    return parser
+
+
+def _add_run(sub) -> None:
+    """`weft run`: flanneld's flags (and weft's own), flanneld's -v."""
     # `run` takes flanneld's command line: -v is flanneld's log level (-v=N, -v N; >0 = debug).
     run_common = argparse.ArgumentParser(add_help=False)
     run_common.add_argument("-v", "--verbose", nargs="?", const=1, default=0, type=int,
@@ -171,16 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(run, "--subnet-file", default=subnet_env.DEFAULT_PATH, help="subnet file to write")
     _flag(run, "--subnet-lease-renew-margin", type=_renew_margin, default=60,
           help="minutes before expiry to renew the lease (1-1439)")
-    _flag(run, "--ip-masq", type=go_bool,
-          help="masquerade pod traffic leaving the cluster network (iptables nat rules in "
-               "chain WEFT-POSTRTG); also written to subnet.env as FLANNEL_IPMASQ")
-    _flag(run, "--ip-masq-fully-random-disable", type=go_bool,
-          help="masquerade without --random-fully even where iptables supports it")
-    _flag(run, "--iptables-resync", type=_positive_int, default=5,
-          help="seconds between checks that our iptables rules are still in place")
-    _flag(run, "--iptables-forward-rules", type=go_bool, default=True,
-          help="accept forwarding from and to the cluster network (filter chain WEFT-FWD); "
-               "--iptables-forward-rules=false turns it off")
+    _traffic_rule_flags(run)
     _flag(run, "--ip-blackhole-route", type=go_bool,
           help="add a blackhole route for our subnet (left in place at exit, as flanneld)")
     for spec in UNSUPPORTED:
@@ -197,11 +204,31 @@ def build_parser() -> argparse.ArgumentParser:
     _control_flag(run)
     run.set_defaults(func=cmd_run)
 
+
+def _traffic_rule_flags(run: argparse.ArgumentParser) -> None:
+    """flanneld's masquerade and forward-rule flags."""
+    _flag(run, "--ip-masq", type=go_bool,
+          help="masquerade pod traffic leaving the cluster network (iptables nat rules in "
+               "chain WEFT-POSTRTG); also written to subnet.env as FLANNEL_IPMASQ")
+    _flag(run, "--ip-masq-fully-random-disable", type=go_bool,
+          help="masquerade without --random-fully even where iptables supports it")
+    _flag(run, "--iptables-resync", type=_positive_int, default=5,
+          help="seconds between checks that our iptables rules are still in place")
+    _flag(run, "--iptables-forward-rules", type=go_bool, default=True,
+          help="accept forwarding from and to the cluster network (filter chain WEFT-FWD); "
+               "--iptables-forward-rules=false turns it off")
+
+
+def _add_status(sub) -> None:
+    """`weft status`: asks a running daemon over its control socket."""
     status = sub.add_parser("status", help="our lease, peers and counters from a running daemon")
     _control_flag(status)
     status.add_argument("--json", action="store_true", help="raw status JSON")
     status.set_defaults(func=cmd_status)
 
+
+def _add_config(sub, common: argparse.ArgumentParser) -> None:
+    """`weft config put|show`."""
     config = sub.add_parser("config", help="write or show the network config")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     config_sub.add_parser = functools.partial(config_sub.add_parser,  # type: ignore
@@ -214,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     _etcd_flags(show)
     show.set_defaults(func=cmd_config_show)
 
+
+def _add_demo(sub) -> None:
+    """`weft demo`: a lab of hosts and pods in namespaces."""
     demo = sub.add_parser("demo", help="build hosts and pods in namespaces and show weft "
                                        "carrying traffic between them (root)")
     demo.add_argument("--hosts", type=int, default=3)
@@ -224,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "plugins bridge, host-local, portmap in /usr/lib/cni or /opt/cni/bin)")
     demo.set_defaults(func=cmd_demo)
 
+
+def _add_cni(sub, common: argparse.ArgumentParser) -> None:
+    """`weft cni install`."""
     cni = sub.add_parser("cni", help="weft's CNI plugin (type weft; binary weft-cni)")
     cni_sub = cni.add_subparsers(dest="cni_command", required=True, metavar="ACTION")
     cni_sub.add_parser = functools.partial(cni_sub.add_parser,  # type: ignore
@@ -242,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   "weft files the plugin runs (as root)")
     cni_install.set_defaults(func=cmd_cni_install)
 
+
+def _add_bench(sub) -> None:
+    """`weft bench`: weft beside the kernel's VXLAN, or --scale."""
     bench = sub.add_parser("bench", help="pod-to-pod RTT, TCP and UDP for weft's backends beside "
                                          "the kernel's VXLAN, in one run (root)")
     bench.add_argument("--seconds", type=float, default=5.0, help="per TCP/UDP measurement")
@@ -256,11 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --scale: lease changes written per second")
     bench.set_defaults(func=cmd_bench)
 
-    from weft.tools.commands import add_replay_parser, add_trace_parser
 
-    add_replay_parser(sub, parents=[common])
-    add_trace_parser(sub, [common])
-
+def _add_doctor(sub) -> None:
+    """`weft doctor`: this host's checks, each with its fix."""
     doctor = sub.add_parser("doctor", help="check this host for what breaks pod networking "
                                            "and name the fix (exit 1 on a FAIL)")
     _etcd_flags(doctor)
@@ -273,12 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a list of {check, status, found, fix}")
     doctor.set_defaults(func=cmd_doctor)
 
+
+def _add_leases(sub) -> None:
+    """`weft leases`: the leases as `weft run` sees them."""
     leases = sub.add_parser("leases", help="list subnet leases")
     _etcd_flags(leases)
     leases.add_argument("--json", action="store_true",
                         help="print a snapshot for offline tools (--leases FILE)")
     leases.set_defaults(func=cmd_leases)
-    return parser
 
 
 def _go_text(value: object) -> str:
