@@ -30,6 +30,7 @@ from typing import Protocol
 
 from weft.backends import netlink
 from weft.control.iface import ExternalInterface
+from weft.status import RepairStatus
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +247,8 @@ class Reconciler:
         done[what] += 1
         return True
 
-    def status(self) -> dict:
-        return {"repairs": dict(self.repairs), "repair_failing": dict(self.failing)}
+    def status(self) -> RepairStatus:
+        return RepairStatus(repairs=dict(self.repairs), failing=dict(self.failing))
 
     # -- the threads ----------------------------------------------------------------------------
     def start(self) -> None:
