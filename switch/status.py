@@ -37,7 +37,7 @@ class Section:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for f in fields(self):  # type: ignore[arg-type]
+        for f in fields(self):
             value = getattr(self, f.name)
             if value is None and f.metadata.get(_OMIT_NONE):
                 continue
@@ -52,9 +52,9 @@ class Section:
         if not isinstance(data, Mapping):
             raise StatusFormatError(f"{cls.__name__}: expected an object, got {data!r:.60}")
         hints = typing.get_type_hints(cls)
-        own_keys = {_json_key(f) for f in fields(cls) if not f.metadata.get(_FLAT)}  # type: ignore[arg-type]
+        own_keys = {_json_key(f) for f in fields(cls) if not f.metadata.get(_FLAT)}
         kwargs: dict[str, Any] = {}
-        for f in fields(cls):  # type: ignore[arg-type]
+        for f in fields(cls):
             kind = hints[f.name]
             if f.metadata.get(_FLAT):
                 kwargs[f.name] = _flat_from_json(kind, data, own_keys)
@@ -98,7 +98,7 @@ def _flat_from_json(kind: Any, data: Mapping, own_keys: set[str]) -> Any:
         first = _json_key(fields(inner)[0])
         if optional and first not in data:
             return None
-        return inner.from_json(data)  # type: ignore[union-attr]
+        return inner.from_json(data)
     return {k: v for k, v in data.items() if k not in own_keys}
 
 
@@ -108,7 +108,7 @@ def _from_json(kind: Any, value: Any, where: str) -> Any:
         return None
     origin = typing.get_origin(inner)
     if is_dataclass(inner):
-        return inner.from_json(value)  # type: ignore[union-attr]
+        return inner.from_json(value)
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise StatusFormatError(f"{where}: expected a list, got {value!r:.60}")
