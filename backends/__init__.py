@@ -1,18 +1,24 @@
 """Backends, registered by name and looked up in lower case as flanneld does.
 
-A backend sets up its device, tells what to publish in our lease, programs each peer on lease
-events and undoes it on close. Modules load lazily so `alloc` needs no datapath imports.
+A backend sets up its device, tells what to publish in our lease, programs each peer on the
+changes PeerSync hands it and undoes it on close. `Backend` is everything the daemon and observe
+use of one; nothing else is reached for. Modules load lazily so `alloc` needs no datapath
+imports.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from weft.control.config import NetworkConfig
 from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
-from weft.control.registry import LeaseEvents
+from weft.control.peer_sync import PeerChanges
+from weft.status import BackendStatus
+
+if TYPE_CHECKING:  # the hub pulls in the data path; only backends that have one import it
+    from weft.observe.tracehub import TraceHub
 
 # name -> module holding `create(config, iface, options) -> Backend`
 REGISTRY = {
@@ -35,6 +41,12 @@ class Backend(Protocol):
     # devices whose incoming packets the host must forward (the forward rules accept them)
     forward_devices: tuple[str, ...]
 
+    @property
+    def tracehub(self) -> TraceHub | None:
+        """The live trace of our userspace data path (`weft trace --live`); None for host-gw
+        and alloc, which have none."""
+        ...
+
     def lease_attrs(self) -> LeaseAttrs:
         """What to publish for this host (after any device whose MAC goes in it exists)."""
         ...
@@ -43,12 +55,18 @@ class Backend(Protocol):
         """Set up the local side once our subnet is known."""
         ...
 
-    def handle(self, events: LeaseEvents) -> None:
+    def handle(self, changes: PeerChanges) -> None:
         """Program added/changed peers and remove removed ones; one bad peer never stops it."""
         ...
 
-    def status(self) -> dict:
-        """Counters and state for `weft status` and /metrics."""
+    def changed_lease_attrs(self) -> LeaseAttrs | None:
+        """Our new lease attrs if they changed since the last call (the repair pass saw the
+        external interface's address move), else None. The daemon calls it on each turn of its
+        loop and republishes the lease with them (retrying on its own if etcd is away)."""
+        ...
+
+    def status(self) -> BackendStatus:
+        """Peers, counters and state for `weft status` and /metrics."""
         ...
 
     def close(self) -> None: ...

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network
+
 from weft.control.config import NetworkConfig
 from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
-from weft.control.registry import LeaseEvents
+from weft.control.peer_sync import PeerChanges
+from weft.status import BackendStatus, PeerStatus
 
 
 class AllocBackend:
     forward_devices: tuple[str, ...] = ()
+    tracehub = None  # no data path
+
     def __init__(self, iface: ExternalInterface) -> None:
         self.iface = iface
         self.mtu = iface.mtu
-        self.peers: dict = {}
+        # The peers PeerSync handed us, for `weft status`: nothing is programmed for them.
+        self.peers: dict[IPv4Network, Lease] = {}
 
     def lease_attrs(self) -> LeaseAttrs:
         # flannel's alloc publishes the PublicIP only, like udp
@@ -22,16 +28,19 @@ class AllocBackend:
     def start(self, lease: Lease) -> None:
         pass
 
-    def handle(self, events: LeaseEvents) -> None:
-        if events.reset:
-            self.peers.clear()
-        for lease in events.removed:
-            self.peers.pop(lease.subnet, None)
-        for lease in events.added:
+    def handle(self, changes: PeerChanges) -> None:
+        for subnet in changes.removed:
+            self.peers.pop(subnet, None)
+        for lease in changes.added:
             self.peers[lease.subnet] = lease
 
-    def status(self) -> dict:
-        return {"backend": "alloc", "peers": len(self.peers)}
+    def changed_lease_attrs(self) -> LeaseAttrs | None:
+        return None  # no repair pass watches the interface
+
+    def status(self) -> BackendStatus:
+        return BackendStatus(kind="alloc", peers=tuple(
+            PeerStatus(subnet=str(subnet), public_ip=str(lease.attrs.public_ip))
+            for subnet, lease in sorted(self.peers.items())))
 
     def close(self) -> None:
         pass

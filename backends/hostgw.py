@@ -16,10 +16,11 @@ from weft.backends.peers import PeerPrograms
 from weft.control.config import NetworkConfig
 from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
-from weft.control.registry import LeaseEvents
+from weft.control.peer_sync import PeerChanges
 from weft.host import netlink
 from weft.host.netlink_batch import NetlinkBatch
 from weft.host.reconcile import Reconciler, Route, Wanted
+from weft.status import BackendStatus, DatapathStatus
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ NAT_ERROR = ("your PublicIP differs from interface IP, meaning that probably you
 
 class HostGwBackend:
     forward_devices: tuple[str, ...] = ()  # routed by the kernel: nothing of ours to forward
+    tracehub = None  # no userspace data path to trace
+
     def __init__(self, config: NetworkConfig, iface: ExternalInterface) -> None:
         if iface.address != iface.public_ip:
             raise BackendError(NAT_ERROR)
@@ -37,7 +40,8 @@ class HostGwBackend:
         self.peers = PeerPrograms("host-gw", self._program_many, self._unprogram_many)
         self.lock = threading.RLock()  # peer programming and repair passes take turns
         self.reconciler = Reconciler(self)
-        self.attrs_changed = threading.Event()  # our PublicIP changed: republish the lease
+        # Set by the repair pass when our PublicIP moved, taken by changed_lease_attrs().
+        self._public_ip_moved = threading.Event()
 
     def lease_attrs(self) -> LeaseAttrs:
         return LeaseAttrs(self.iface.public_ip, backend_type="host-gw")
@@ -45,9 +49,15 @@ class HostGwBackend:
     def start(self, lease: Lease) -> None:
         self.reconciler.start()
 
-    def handle(self, events: LeaseEvents) -> None:
+    def handle(self, changes: PeerChanges) -> None:
         with self.lock:
-            self.peers.handle(events)
+            self.peers.handle(changes)
+
+    def changed_lease_attrs(self) -> LeaseAttrs | None:
+        if not self._public_ip_moved.is_set():
+            return None
+        self._public_ip_moved.clear()  # before reading: a move after this is seen next turn
+        return self.lease_attrs()
 
     # -- what the reconciler keeps in place (weft.host.reconcile.Repairable) ---------------
     def wanted(self) -> Wanted:
@@ -62,7 +72,7 @@ class HostGwBackend:
 
     def public_ip_changed(self, address: IPv4Address) -> None:
         self.iface = dataclasses.replace(self.iface, address=address, public_ip=address)
-        self.attrs_changed.set()
+        self._public_ip_moved.set()
 
     def _route(self, lease: Lease) -> Route:
         return Route(lease.subnet, self.iface.index, lease.attrs.public_ip)
@@ -90,15 +100,11 @@ class HostGwBackend:
             batch.route_delete(lease.subnet, lease.subnet, oif=self.iface.index)
         return batch.commit()
 
-    def status(self) -> dict:
-        return {
-            "backend": "host-gw",
-            "peers": [{"subnet": str(s), "public_ip": str(lease.attrs.public_ip)}
-                      for s, lease in sorted(self.peers.programmed.items())],
-            "unprogrammed": {str(k): v for k, v in self.peers.failed.items()},
-            "datapath": {"mode": "kernel routes"},
-            **self.reconciler.status(),
-        }
+    def status(self) -> BackendStatus:
+        return BackendStatus(kind="host-gw", peers=self.peers.peers(),
+                             unprogrammed=self.peers.unprogrammed(),
+                             datapath=DatapathStatus(mode="kernel routes"),
+                             repair=self.reconciler.status())
 
     def close(self) -> None:
         self.reconciler.stop()  # routes stay, as flannel leaves them; a restart replaces them

@@ -19,7 +19,7 @@ from weft.backends.peers import PeerPrograms
 from weft.control.config import NetworkConfig
 from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
-from weft.control.registry import LeaseEvents
+from weft.control.peer_sync import PeerChanges
 from weft.dev.tundev import tunnel_tx_name
 from weft.drivers import modes
 from weft.drivers.ladder import DeviceDatapath
@@ -27,6 +27,7 @@ from weft.host import netlink
 from weft.host.reconcile import Device, Neighbour, Reconciler, Route, Wanted
 from weft.observe.tracehub import TraceHub
 from weft.packet.pipeline import Pipeline
+from weft.status import BackendStatus, DatapathStatus, TrafficCounters
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,8 @@ class OverlayBackend:
         # Peer programming (daemon thread) and repair passes (reconciler thread) take turns.
         self.lock = threading.RLock()
         self.reconciler = Reconciler(self)
-        # Set when our PublicIP changed: the daemon then republishes lease_attrs().
-        self.attrs_changed = threading.Event()
+        # Set by the repair pass when our PublicIP moved, taken by changed_lease_attrs().
+        self._public_ip_moved = threading.Event()
         log.info("%s device %s (index %d), MTU %d, port %d", "reusing" if self.reused else
                  "created", device_name, self.index, mtu, port)
 
@@ -87,9 +88,15 @@ class OverlayBackend:
             "public_ip": str(self.iface.public_ip), "port": self.port, "vni": self.vni})
         self.reconciler.start()
 
-    def handle(self, events: LeaseEvents) -> None:
+    def handle(self, changes: PeerChanges) -> None:
         with self.lock:
-            self.peers.handle(events)
+            self.peers.handle(changes)
+
+    def changed_lease_attrs(self) -> LeaseAttrs | None:
+        if not self._public_ip_moved.is_set():
+            return None
+        self._public_ip_moved.clear()  # before reading: a move after this is seen next turn
+        return self.lease_attrs()
 
     # -- what the reconciler keeps in place (weft.host.reconcile.Repairable) ---------------
     def setup_device(self) -> None:
@@ -126,7 +133,7 @@ class OverlayBackend:
         # Outer headers leave with the new source address from the next batch on.
         self.pipeline.set_local(self.lease.subnet, address, self.local_mac())
         self.tracehub.info["public_ip"] = str(address)
-        self.attrs_changed.set()
+        self._public_ip_moved.set()
 
     def device_mac(self) -> str | None:
         """The MAC the device must keep (vxlan's VtepMAC); None for a TUN."""
@@ -142,25 +149,23 @@ class OverlayBackend:
     def _unprogram(self, lease: Lease) -> None:
         self.pipeline.table.remove_peer(lease.subnet)
 
-    def status(self) -> dict:
-        peers = []
-        for subnet, public_ip, mac in self.pipeline.table.peers():
-            peers.append({"subnet": str(subnet), "public_ip": str(public_ip),
-                          "vtep_mac": mac.hex(":") if mac else None})
-        counters = self.pipeline.counter_summary()
+    def status(self) -> BackendStatus:
+        summary = self.pipeline.counter_summary()
         # Packets the driver dropped before the pipeline saw them (refused device reads).
         for name, count in self.datapath.drops().items():
-            counters["drops"][name] = counters["drops"].get(name, 0) + count
-        return {
-            "backend": self.kind,
-            "device": self.device_name,
-            "peers": peers,
-            "unprogrammed": {str(k): v for k, v in self.peers.failed.items()},
-            "counters": counters,
-            "datapath": self.datapath.status(),
-            "trace": self.tracehub.stats(),
-            **self.reconciler.status(),
-        }
+            summary["drops"][name] = summary["drops"].get(name, 0) + count
+        return BackendStatus(
+            kind=self.kind,
+            device=self.device_name,
+            peers=self.peers.peers(),
+            unprogrammed=self.peers.unprogrammed(),
+            # The pipeline and the driver report plain dicts; read strictly, so that a key
+            # renamed there fails here (and in the tests), not as a metric gone missing.
+            counters=TrafficCounters.from_json(summary),
+            datapath=DatapathStatus.from_json(self.datapath.status()),
+            trace=self.tracehub.stats(),
+            repair=self.reconciler.status(),
+        )
 
     def close(self) -> None:
         self.reconciler.stop()

@@ -1,8 +1,11 @@
 """Per-peer programming shared by the backends (flannel's route network, trimmed).
 
-Turns LeaseEvents into program/unprogram rounds: a reset diffs against what is programmed, a
-changed lease is programmed over the old one (replace semantics), a lease of another backend type is
-skipped with a warning, and one failing peer is logged while the others go on.
+Turns PeerChanges (weft.control.peer_sync, which alone decides who is a peer) into
+program/unprogram rounds, and keeps what is programmed with the lease it was programmed from:
+unprogramming, the repair pass and `weft status` read it. A changed lease is programmed over the
+old one (replace semantics), a lease equal to the programmed one is a replay and costs nothing,
+a lease of another backend type is not programmed (and an older one of that peer is removed),
+and one failing peer is logged while the others go on.
 
 A backend may program a whole round at once (`program_many`/`unprogram_many`: thousands of peers
 in a few netlink system calls instead of a round trip each); it then reports failures per peer.
@@ -16,8 +19,9 @@ import logging
 from collections.abc import Callable
 from ipaddress import IPv4Network
 
-from weft.control.lease import Lease
-from weft.control.registry import LeaseEvents
+from weft.control.lease import Lease, parse_vtep_mac
+from weft.control.peer_sync import PeerChanges
+from weft.status import PeerStatus
 
 log = logging.getLogger(__name__)
 
@@ -46,36 +50,37 @@ class PeerPrograms:
         """For a backend whose calls take one lease and raise on failure."""
         return cls(backend_type, _one_by_one(program), _one_by_one(unprogram))
 
-    def handle(self, events: LeaseEvents) -> None:
-        gone = {lease.subnet for lease in events.removed}
-        if events.reset:
-            current = {lease.subnet for lease in events.added}
-            gone |= {subnet for subnet in self.programmed if subnet not in current}
-            for subnet in list(self.failed):
-                if subnet not in current:
-                    del self.failed[subnet]
-        for lease in events.removed:
-            self.failed.pop(lease.subnet, None)
-        wanted: dict[IPv4Network, Lease] = {}
-        for lease in events.added:  # in order: a later event for a subnet wins
-            if lease.attrs.effective_backend != self.backend_type:
-                log.warning("ignoring lease %s of PublicIP %s: backend %s, we run %s",
-                            lease.subnet, lease.attrs.public_ip, lease.attrs.effective_backend,
-                            self.backend_type)
-                self.failed[lease.subnet] = f"backend type {lease.attrs.effective_backend}"
-                wanted.pop(lease.subnet, None)
-                continue
-            wanted[lease.subnet] = lease
+    def handle(self, changes: PeerChanges) -> None:
+        wanted = {lease.subnet: lease for lease in changes.added}  # a later lease wins
+        gone = set(changes.removed) - set(wanted)  # added and removed at once: added
+        for subnet in gone:
+            self.failed.pop(subnet, None)
         for subnet, lease in list(wanted.items()):
             old = self.programmed.get(subnet)
-            if old is not None and subnet not in gone and old.attrs == lease.attrs:
-                del wanted[subnet]  # a replayed event: nothing to do
+            if lease.attrs.effective_backend != self.backend_type:
+                log.warning("ignoring lease %s of PublicIP %s: backend %s, we run %s",
+                            subnet, lease.attrs.public_ip, lease.attrs.effective_backend,
+                            self.backend_type)
+                self.failed[subnet] = f"backend type {lease.attrs.effective_backend}"
+                del wanted[subnet]
+                gone.add(subnet)  # do not keep routing by an older lease of that peer
+            elif old is not None and old.attrs == lease.attrs:
+                del wanted[subnet]  # a replay: nothing to do
         # A changed lease is programmed over the old one: every backend programs with replace
         # semantics (the kernel state and the table entry follow from the lease alone), so the
         # peer never goes missing between an unprogram and a program.
-        self._remove([self.programmed[s] for s in gone
-                      if s in self.programmed and s not in wanted])
+        self._remove([self.programmed[s] for s in gone if s in self.programmed])
         self._add(list(wanted.values()))
+
+    def peers(self) -> tuple[PeerStatus, ...]:
+        """What is programmed, in subnet order, for `weft status`."""
+        return tuple(PeerStatus(subnet=str(subnet), public_ip=str(lease.attrs.public_ip),
+                                vtep_mac=_vtep_mac(lease))
+                     for subnet, lease in sorted(self.programmed.items()))
+
+    def unprogrammed(self) -> dict[str, str]:
+        """Subnets handed to us that are not programmed, and why."""
+        return {str(subnet): why for subnet, why in sorted(self.failed.items())}
 
     def _add(self, leases: list[Lease]) -> None:
         if not leases:
@@ -113,6 +118,15 @@ class PeerPrograms:
             del self.programmed[lease.subnet]
         if len(leases) > LOG_EACH:
             log.info("removed %d peers (%d failed)", len(leases), len(failures))
+
+
+def _vtep_mac(lease: Lease) -> str | None:
+    """The lease's VtepMAC as the kernel shows it (lower case, colons); None without one, or
+    with one that is no MAC (a udp or host-gw lease does not use it, so the policy lets it be)."""
+    try:
+        return parse_vtep_mac(lease.attrs.vtep_mac or "").hex(":")
+    except ValueError:
+        return None
 
 
 def _each(count: int, message: str, *args: object) -> None:

@@ -410,10 +410,11 @@ def cmd_leases(args) -> int:
     leases, revision = registry.list_leases()
     # As `weft run` sees them: refused keys are listed apart, with the reason.
     leases = LeasePolicy(config, registry.rejections).admitted(leases)
-    refused = registry.rejections.snapshot()["current"]
+    refused = registry.rejections.snapshot().current
     leases.sort(key=lambda lease: lease.subnet)
     if args.json:
-        print(json.dumps({**Snapshot(config, revision, leases).to_json(), "refused": refused},
+        print(json.dumps({**Snapshot(config, revision, leases).to_json(),
+                          "refused": {key: why.to_json() for key, why in refused.items()}},
                          indent=2))
         return 0
     leases = registry.with_expirations(leases)  # the listing carries no TTLs (one trip each)
@@ -431,7 +432,7 @@ def cmd_leases(args) -> int:
     if refused:
         print(f"{len(refused)} key(s) refused (never programmed by weft):")
         for key, why in refused.items():
-            print(f"  {key!r}  {why['reason']}: {why['detail']}")
+            print(f"  {key!r}  {why.reason}: {why.detail}")
     return 0
 
 
@@ -444,13 +445,23 @@ def cmd_doctor(args) -> int:
 def cmd_status(args) -> int:
     from weft.observe.control_socket import ControlError, control_request
     from weft.observe.status_text import format_status
+    from weft.status import DaemonStatus, StatusFormatError
 
     try:
-        status = control_request(args.control_socket, "status")
+        reply = control_request(args.control_socket, "status")
     except ControlError as exc:
         print(f"weft: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    if args.json:
+        print(json.dumps(reply, indent=2))
+        return 0
+    try:
+        status = DaemonStatus.from_json(reply)
+    except StatusFormatError as exc:  # a daemon of another weft version
+        print(f"weft: the daemon's status is not what this weft reads ({exc}); "
+              "`weft status --json` shows it as it is", file=sys.stderr)
+        return EXIT_FAILURE
+    print(format_status(status))
     return 0
 
 

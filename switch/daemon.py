@@ -24,7 +24,7 @@ from weft.control import subnet_env
 from weft.control.blackhole import add_blackhole_route
 from weft.control.config import NetworkConfig
 from weft.control.iface import find_external_interface
-from weft.control.lease import Lease
+from weft.control.lease import Lease, LeaseAttrs
 from weft.control.lease_keeper import CHECK_INTERVAL, LeaseKeeper
 from weft.control.lease_manager import LeaseTiming, acquire_lease
 from weft.control.lease_policy import LeasePolicy
@@ -38,6 +38,7 @@ from weft.control.registry import (
 )
 from weft.host.traffic_rules import TrafficRules, start_traffic_rules
 from weft.observe.sdnotify import Notifier
+from weft.status import DaemonStatus, LeaseStatus
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +92,13 @@ class Daemon:
         self.rng = random.Random()
         self.notifier = Notifier.from_environment()  # systemd, when it started us
         self.servers: dict[str, Any] = {}  # "control"/"http" -> server, for their client stats
+        # The backend's new lease attrs while etcd did not take them yet (retried each turn).
+        self.unpublished: LeaseAttrs | None = None
 
     def stop(self) -> None:
         self.stopping.set()
 
-    def status(self) -> dict:
+    def status(self) -> DaemonStatus:
         """The snapshot /readyz, /metrics and `weft status` are made from."""
         # Ready: our lease is safe and the data path runs. A dead watch (peers no longer
         # tracked) or renewals failing inside the renew margin end it; etcd merely unreachable
@@ -103,37 +106,29 @@ class Daemon:
         keeper = self.keeper
         risk = keeper.at_risk() if keeper is not None else None
         lease = keeper.lease if keeper is not None else self.lease
-        ready = self.ready.is_set() and self.watch_error is None and risk is None
-        status: dict[str, Any] = {"ready": ready, "lease": None}
-        if self.watch_error is not None:
-            status["reason"] = f"lease watch failed: {describe_error(self.watch_error)}"
-        elif risk is not None:
-            status["reason"] = risk
-        health = getattr(self.registry, "health", None)
-        if health is not None:
-            status["etcd"] = health.snapshot()
-        status["leases_rejected"] = self.registry.rejections.snapshot()
-        if keeper is not None:
-            status["lease_keeper"] = keeper.status()
-        if self.peers is not None:
-            status["peer_sync"] = self.peers.status()
-        if lease is not None:
-            expires = lease.expiration
-            status["lease"] = {
-                "subnet": str(lease.subnet),
-                "public_ip": str(lease.attrs.public_ip),
-                "backend": self.config.backend_type if self.config else None,
-                "expires_in": None if expires is None else max(expires - time.time(), 0.0),
-            }
-        if self.backend is not None:
-            status.update(self.backend.status())
+        reason = (f"lease watch failed: {describe_error(self.watch_error)}"
+                  if self.watch_error is not None else risk)
         # Refused and cut-off clients of the control socket and health endpoints, by reason.
-        guards = {name: server.stats() for name, server in self.servers.items()}
-        if guards:
-            status["clients"] = guards
-        if self.traffic is not None:
-            status["iptables"] = self.traffic.status()
-        return status
+        clients = {name: server.stats() for name, server in self.servers.items()}
+        return DaemonStatus(
+            ready=self.ready.is_set() and self.watch_error is None and risk is None,
+            reason=reason,
+            lease=None if lease is None else self._lease_status(lease),
+            etcd=self.registry.health.snapshot(),
+            leases_rejected=self.registry.rejections.snapshot(),
+            lease_keeper=keeper.status() if keeper is not None else None,
+            peer_sync=self.peers.status() if self.peers is not None else None,
+            backend=self.backend.status() if self.backend is not None else None,
+            clients=clients or None,
+            iptables=self.traffic.status() if self.traffic is not None else None,
+        )
+
+    def _lease_status(self, lease: Lease) -> LeaseStatus:
+        expires = lease.expiration
+        return LeaseStatus(
+            subnet=str(lease.subnet), public_ip=str(lease.attrs.public_ip),
+            backend=self.config.backend_type if self.config else None,
+            expires_in=None if expires is None else max(expires - time.time(), 0.0))
 
     def run(self) -> int:
         """Run until stopped; 0 on a requested stop, 1 when our lease is lost."""
@@ -165,13 +160,13 @@ class Daemon:
 
     def control_handlers(self) -> dict:
         def trace(args: dict):  # `weft trace --live`: stream events from the backend's hub
-            hub = getattr(self.backend, "tracehub", None)
+            hub = self.backend.tracehub if self.backend is not None else None
             if hub is None:
                 raise RuntimeError("no userspace data path to trace (backend not started yet, "
                                    "or host-gw, which is kernel routing)")
             return hub.stream(args)
 
-        return {"status": lambda _args: self.status(), "trace": trace}
+        return {"status": lambda _args: self.status().to_json(), "trace": trace}
 
     def _run(self) -> int:
         self.config = self._wait_for_config()
@@ -233,12 +228,12 @@ class Daemon:
         self.notifier.ready(f"subnet {self.lease.subnet}, backend {self.config.backend_type}, "
                             f"{self.options.subnet_file} written")
         try:
-            return self._loop(self.keeper, self.peers)
+            return self._loop(backend, self.keeper, self.peers)
         finally:
             self.ready.clear()
             stop_watch()
 
-    def _loop(self, keeper: LeaseKeeper, peers: PeerSync) -> int:
+    def _loop(self, backend: backends.Backend, keeper: LeaseKeeper, peers: PeerSync) -> int:
         while not self.stopping.is_set():
             self.notifier.watchdog()  # here only: a loop that hangs stops the pings
             due = [keeper.next_due() - time.time()]
@@ -260,7 +255,7 @@ class Daemon:
             if self.stopping.is_set():
                 break
             try:
-                self._republish_if_changed(keeper)
+                self._republish_if_changed(backend, keeper)
                 keeper.tick()
             except LeaseTaken as exc:  # another host holds our subnet: flannel's exit
                 log.error("%s", exc)
@@ -271,22 +266,21 @@ class Daemon:
         log.info("stopping; keeping lease %s", keeper.lease.subnet)
         return 0
 
-    def _republish_if_changed(self, keeper: LeaseKeeper) -> None:
+    def _republish_if_changed(self, backend: backends.Backend, keeper: LeaseKeeper) -> None:
         """Put the backend's new attrs in our lease when it says they changed (its repair pass
         saw the external interface's address move): peers then follow our new PublicIP."""
-        changed = getattr(self.backend, "attrs_changed", None)  # a threading.Event, if any
-        if self.backend is None or changed is None or not changed.is_set():
+        attrs = backend.changed_lease_attrs() or self.unpublished
+        if attrs is None:
             return
-        changed.clear()
-        attrs = self.backend.lease_attrs()
         old = keeper.lease
         try:
             keeper.lease = self.registry.update_lease(old.subnet, attrs, self.options.timing.ttl,
                                                       old_lease_id=old.etcd_lease_id)
         except RegistryUnavailable as exc:  # retried on the next turn of the loop
             log.warning("republishing lease %s failed: %s; retrying", old.subnet, exc)
-            changed.set()
+            self.unpublished = attrs
             return
+        self.unpublished = None
         self.lease = keeper.lease
         if self.peers is not None:  # a peer may not claim our new address either
             self.peers.policy.own_public_ip = attrs.public_ip

@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from weft.control.lease import Lease
 from weft.control.lease_manager import RECREATED, LeaseTiming, reclaim_lease, renew_lease
 from weft.control.registry import LeaseEvents, LeaseRegistry, RegistryUnavailable
+from weft.status import KeeperStatus
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +84,11 @@ class LeaseKeeper:
                     f"{now - self.renew_failing_since:.0f}s; it expires in {left}")
         return None
 
-    def status(self) -> dict[str, Any]:
-        return {"renewals": self.renewals, "checks": self.checks,
-                "renew_failures": self.renew_failures,
-                "renew_failing_since": self.renew_failing_since,
-                "recreated": self.recreated, "next_renewal": self.renew_at}
+    def status(self) -> KeeperStatus:
+        return KeeperStatus(renewals=self.renewals, checks=self.checks,
+                            renew_failures=self.renew_failures,
+                            renew_failing_since=self.renew_failing_since,
+                            recreated=self.recreated, next_renewal=self.renew_at)
 
     # -- the work -----------------------------------------------------------------------------
     def _renew(self) -> None:

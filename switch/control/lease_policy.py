@@ -24,12 +24,12 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from weft.control.config import NetworkConfig
 from weft.control.lease import Lease, parse_vtep_mac
+from weft.status import Refusal, RejectionsStatus
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,6 @@ OVERLAPS_OWN = "overlaps_own"
 PUBLIC_IP = "public_ip"
 OWN_PUBLIC_IP = "own_public_ip"
 VTEP_MAC = "vtep_mac"
-
-
-@dataclass(frozen=True)
-class Refusal:
-    reason: str
-    detail: str
 
 
 class LeaseRejections:
@@ -82,11 +76,10 @@ class LeaseRejections:
         with self._lock:
             self.current.clear()
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> RejectionsStatus:
         with self._lock:
-            return {"total": dict(self.totals),
-                    "current": {key: {"reason": r.reason, "detail": r.detail}
-                                for key, r in sorted(self.current.items())}}
+            return RejectionsStatus(total=dict(self.totals),
+                                    current=dict(sorted(self.current.items())))
 
 
 class LeasePolicy:

@@ -1,4 +1,10 @@
-"""Feeding the backend peer changes, with removals deferred by a grace period.
+"""Which subnets are our peers, and feeding the backend their changes, with removals deferred
+by a grace period.
+
+PeerSync is the one owner of peer membership: it takes the store's events (watch batches and
+full re-listings), judges them, and hands the backend only what changed (`PeerChanges`: leases
+to program, subnets to unprogram), never a listing to diff. The backend keeps what it has put
+in the kernel (backends/peers.py), the data path its table; neither decides who is a peer.
 
 After an etcd outage longer than the lease TTL, etcd deletes every lease that expired while it
 was away, and each host puts its own back as soon as it sees the deletion. Unprogramming a peer
@@ -18,22 +24,32 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Network
+from dataclasses import dataclass
+from ipaddress import IPv4Network
 
-from weft.control.lease import Lease, LeaseAttrs
+from weft.control.lease import Lease
 from weft.control.lease_policy import LeasePolicy
 from weft.control.registry import LeaseEvents, LeaseRegistry, RegistryUnavailable
+from weft.status import PeerSyncStatus
 
 log = logging.getLogger(__name__)
 
 # Longer than the watch's longest reconnect backoff (5 s) plus a renewal round trip, so a peer
 # that re-creates its key when it sees the deletion is back well before the grace runs out.
 REMOVAL_GRACE = 10.0
-_ABSENT_ATTRS = LeaseAttrs(IPv4Address(0))  # a removal needs only the subnet
+
+
+@dataclass(frozen=True)
+class PeerChanges:
+    """What the backend is told: peers to program (new ones, and changed ones, programmed over
+    the old lease) and subnets that are no longer peers."""
+
+    added: tuple[Lease, ...] = ()
+    removed: tuple[IPv4Network, ...] = ()
 
 
 class PeerSync:
-    def __init__(self, policy: LeasePolicy, apply: Callable[[LeaseEvents], None],
+    def __init__(self, policy: LeasePolicy, apply: Callable[[PeerChanges], None],
                  grace: float = REMOVAL_GRACE, clock: Callable[[], float] = time.monotonic) -> None:
         assert policy.own_subnet is not None, "peers are judged against our own lease"
         self.policy = policy
@@ -41,7 +57,7 @@ class PeerSync:
         self.apply = apply  # the backend's handle()
         self.grace = grace
         self.clock = clock
-        self.known: set[IPv4Network] = set()  # subnets handed to the backend as present
+        self.known: set[IPv4Network] = set()  # our peers: subnets handed to the backend
         self.pending: dict[IPv4Network, float] = {}  # subnet -> when its grace runs out
         self.deferred = 0  # removals that waited for the grace (a counter)
         self.cancelled = 0  # ... and were cancelled by the peer coming back
@@ -74,7 +90,7 @@ class PeerSync:
                          subnet, self.grace)
         if added:
             self.known |= {lease.subnet for lease in added}
-            self.apply(LeaseEvents(tuple(added), revision=batch.revision))
+            self.apply(PeerChanges(added=tuple(added)))
 
     def _remove_now(self, subnets: set[IPv4Network]) -> None:
         for subnet in subnets:
@@ -82,14 +98,19 @@ class PeerSync:
             self.known.discard(subnet)
             log.warning("peer %s's lease is refused now: removing it", subnet)
         if subnets:
-            self.apply(LeaseEvents(removed=tuple(Lease(s, _ABSENT_ATTRS) for s in subnets)))
+            self.apply(PeerChanges(removed=tuple(sorted(subnets))))
 
     def next_due(self) -> float | None:
         return min(self.pending.values(), default=None)
 
     def confirm_due(self, registry: LeaseRegistry) -> None:
-        """Unprogram each peer whose grace ran out and whose subnet the store still lacks."""
+        """Unprogram each peer whose grace ran out and whose subnet the store still lacks.
+
+        The backend gets one round for all of them: after a long outage that may be many.
+        """
         now = self.clock()
+        kept: list[Lease] = []
+        gone: list[IPv4Network] = []
         for subnet in [s for s, due in self.pending.items() if due <= now]:
             try:
                 current = registry.get_lease(subnet)
@@ -100,11 +121,13 @@ class PeerSync:
             del self.pending[subnet]
             if current is not None and self.policy.admit(current, as_peer=True):
                 log.info("peer %s is still in the store: kept", subnet)
-                self.apply(LeaseEvents((current,)))  # reprogrammed only if it changed
+                kept.append(current)  # reprogrammed only if it changed
                 continue
             self.known.discard(subnet)
-            self.apply(LeaseEvents(removed=(Lease(subnet, _ABSENT_ATTRS),)))
+            gone.append(subnet)
+        if kept or gone:
+            self.apply(PeerChanges(added=tuple(kept), removed=tuple(gone)))
 
-    def status(self) -> dict:
-        return {"pending_removal": sorted(map(str, self.pending)), "deferred": self.deferred,
-                "cancelled": self.cancelled, "grace": self.grace}
+    def status(self) -> PeerSyncStatus:
+        return PeerSyncStatus(pending_removal=tuple(sorted(map(str, self.pending))),
+                              deferred=self.deferred, cancelled=self.cancelled, grace=self.grace)

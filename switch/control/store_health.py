@@ -12,7 +12,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+
+from weft.status import EtcdStatus
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +69,15 @@ class StoreHealth:
         with self._lock:
             self.watch_restarts += 1
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> EtcdStatus:
         with self._lock:
-            return {
-                "up": self.up,
-                "down_since": self.down_since,
-                "down_for": None if self.down_since is None else self.clock() - self.down_since,
-                "retries": self.retries,
-                "last_error": self.last_error,
-                "outages": self.outages,
-                "watch": self.watch_state,
-                "watch_restarts": self.watch_restarts,
-            }
+            return EtcdStatus(
+                up=self.up,
+                down_since=self.down_since,
+                down_for=None if self.down_since is None else self.clock() - self.down_since,
+                retries=self.retries,
+                last_error=self.last_error,
+                outages=self.outages,
+                watch=self.watch_state,
+                watch_restarts=self.watch_restarts,
+            )

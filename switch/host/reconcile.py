@@ -45,6 +45,7 @@ from weft.host.rtnl import (
     RTNH_F_ONLINK,
     nlmsg_align,
 )
+from weft.status import RepairStatus
 
 log = logging.getLogger(__name__)
 
@@ -255,8 +256,8 @@ class Reconciler:
         done[what] += 1
         return True
 
-    def status(self) -> dict:
-        return {"repairs": dict(self.repairs), "repair_failing": dict(self.failing)}
+    def status(self) -> RepairStatus:
+        return RepairStatus(repairs=dict(self.repairs), failing=dict(self.failing))
 
     # -- the threads ----------------------------------------------------------------------------
     def start(self) -> None:

@@ -27,6 +27,7 @@ from weft.host.traffic_rule_text import (
     restore_text,
     tables,
 )
+from weft.status import IptablesStatus
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +140,6 @@ class TrafficRules:
         while not self._stop.wait(self.resync):
             self.check()
 
-    def status(self) -> dict:
-        status = {"chains": [f"{c.table}/{c.chain}" for c in self.chains],
-                  "applied": self.applied, "resyncs": self.resyncs}
-        if self.last_error is not None:
-            status["error"] = self.last_error
-        return status
+    def status(self) -> IptablesStatus:
+        return IptablesStatus(chains=tuple(f"{c.table}/{c.chain}" for c in self.chains),
+                              applied=self.applied, resyncs=self.resyncs, error=self.last_error)

@@ -28,6 +28,7 @@ from weft.observe import doctor_checks as checks
 from weft.observe import firewall_view, host_facts, peer_probe
 from weft.observe.doctor_checks import FAIL, OK, WARN, Finding
 from weft.packet.encap import DEFAULT_VNI, ENCAPS, UDP, VXLAN
+from weft.status import Refusal
 
 ETCD_TIMEOUT = 3.0  # seconds for each etcd request; doctor asks each question once
 EXIT_FAIL = 1
@@ -56,7 +57,7 @@ class EtcdFacts:
     config: NetworkConfig | None = None
     leases: list[Lease] = field(default_factory=list)  # ours and the peers the policy admits
     ours: Lease | None = None
-    refused: dict[str, dict[str, str]] = field(default_factory=dict)  # key -> reason, detail
+    refused: dict[str, Refusal] = field(default_factory=dict)  # key -> why it is refused
     ttl_left: float | None = None
 
 
@@ -218,7 +219,7 @@ def _converse(options: EtcdOptions, subnet: IPv4Network | None,
         leases, facts.revision = registry.list_leases()
         ours = checks.find_our_lease(leases, subnet, public_ip)
         facts.leases = _admitted(registry, facts.config, leases, ours, public_ip)
-        facts.refused = registry.rejections.snapshot()["current"]
+        facts.refused = registry.rejections.snapshot().current
         if ours is not None:
             ours = registry.with_expirations([ours])[0]
             if ours.expiration is not None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from weft.control.lease import Lease
+from weft.status import Refusal
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 STATUSES = (OK, WARN, FAIL)
@@ -163,11 +164,11 @@ def config(prefix: str, reachable: bool, missing: bool, error: str | None,
     return Finding("config", OK, f"{key}: {summary}")
 
 
-def refused_leases(prefix: str, refused: dict[str, dict[str, str]]) -> Finding:
+def refused_leases(prefix: str, refused: dict[str, Refusal]) -> Finding:
     """Keys under the subnets prefix that weft refuses (lease_policy): no host routes to them."""
     if not refused:
         return Finding("leases", OK, "every lease in etcd is valid for the network config")
-    listed = "; ".join(f"{key!r} ({why['reason']}: {why['detail']})"
+    listed = "; ".join(f"{key!r} ({why.reason}: {why.detail})"
                        for key, why in list(refused.items())[:5])
     more = f"; and {len(refused) - 5} more" if len(refused) > 5 else ""
     return Finding("leases", WARN, f"{len(refused)} lease key(s) refused, never programmed: "

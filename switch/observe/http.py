@@ -1,9 +1,9 @@
 """HTTP health and metrics endpoints: /healthz, /readyz and Prometheus /metrics.
 
-Everything comes from one `status_provider()` snapshot (the dict `weft status` prints), so the
-endpoints never reach into daemon internals and a half-built daemon (no lease yet, no datapath)
-simply yields fewer samples. The metrics themselves are in metrics.py; `respond` does no IO, so
-the routes are tested without sockets.
+Everything comes from one `status_provider()` snapshot (weft.status.DaemonStatus, what
+`weft status` prints), so the endpoints never reach into daemon internals and a half-built
+daemon (no lease yet, no datapath) simply yields fewer samples. The metrics themselves are in
+metrics.py; `respond` does no IO, so the routes are tested without sockets.
 """
 
 from __future__ import annotations
@@ -15,18 +15,18 @@ from typing import Any
 
 from weft.observe.http_guard import GuardedHandler, GuardedHTTPServer
 from weft.observe.metrics import negotiate
+from weft.status import DaemonStatus
 
 log = logging.getLogger(__name__)
 
-StatusProvider = Callable[[], dict]
+StatusProvider = Callable[[], DaemonStatus]
 
 
-def not_ready_reason(status: dict) -> str:
+def not_ready_reason(status: DaemonStatus) -> str:
     """Why /readyz says 503, in words an operator can act on."""
-    explicit = status.get("reason")
-    if explicit:
-        return str(explicit)
-    if not status.get("lease"):
+    if status.reason:
+        return status.reason
+    if status.lease is None:
         return "no subnet lease yet (waiting for the network config or etcd?)"
     return "lease held but peers not yet synced"
 
@@ -88,7 +88,7 @@ class HealthServer:
         except Exception as exc:  # the provider is daemon code; one bad snapshot is not fatal
             log.exception("status provider failed for %s", route)
             return 500, text, f"status unavailable: {type(exc).__name__}: {exc}\n"
-        if status.get("ready"):
+        if status.ready:
             return 200, text, "ready\n"
         return 503, text, f"not ready: {not_ready_reason(status)}\n"
 

@@ -1,7 +1,8 @@
-"""What `weft status` prints: a status snapshot (the control socket's reply) as plain text.
+"""What `weft status` prints: a status snapshot (the control socket's reply, read back into
+weft.status.DaemonStatus) as plain text.
 
-Pure, so the layout is tested without a daemon; every section tolerates missing keys because
-the daemon reports what it has (no lease while waiting for etcd, no datapath before start).
+Pure, so the layout is tested without a daemon. Sections the daemon does not have yet (no lease
+while waiting for etcd, no data path before start) are None and print as such.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from ipaddress import ip_network
-from typing import Any
+
+from weft.status import BackendStatus, DaemonStatus
 
 
 def format_duration(seconds: float) -> str:
@@ -26,10 +28,6 @@ def format_duration(seconds: float) -> str:
     return "".join(f"{value}{unit}" for value, unit in parts)
 
 
-def _mapping(value: Any) -> Mapping:
-    return value if isinstance(value, Mapping) else {}
-
-
 def _table(headers: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(headers)]
@@ -39,31 +37,29 @@ def _table(headers: list[str], rows: list[list[str]], indent: str = "  ") -> lis
     return [line(headers)] + [line(r) for r in rows]
 
 
-def _lease_lines(status: Mapping) -> list[str]:
-    lease = _mapping(status.get("lease"))
-    state = "ready" if status.get("ready") else "not ready"
-    if status.get("reason") and not status.get("ready"):
-        state += f" ({status['reason']})"
-    if not lease:
+def _lease_lines(status: DaemonStatus) -> list[str]:
+    lease = status.lease
+    state = "ready" if status.ready else "not ready"
+    if status.reason and not status.ready:
+        state += f" ({status.reason})"
+    if lease is None:
         return [f"state:     {state}", "lease:     none"]
-    expires = lease.get("expires_in")
-    left = format_duration(float(expires)) if isinstance(expires, int | float) else "unknown"
+    left = format_duration(lease.expires_in) if lease.expires_in is not None else "unknown"
     return [
         f"state:     {state}",
-        f"subnet:    {lease.get('subnet', '?')}",
-        f"public IP: {lease.get('public_ip', '?')}",
-        f"backend:   {lease.get('backend', '?')}",
+        f"subnet:    {lease.subnet}",
+        f"public IP: {lease.public_ip}",
+        f"backend:   {lease.backend or '?'}",
         f"expires:   in {left}" if not left.startswith("expired") else f"expires:   {left}",
     ]
 
 
-def _peer_lines(status: Mapping) -> list[str]:
-    peers = [p for p in status.get("peers") or [] if isinstance(p, Mapping)]
+def _peer_lines(backend: BackendStatus | None) -> list[str]:
+    peers = backend.peers if backend is not None else ()
     lines = [f"peers ({len(peers)}):"]
     if not peers:
         return lines + ["  none"]
-    rows = [[str(p.get("subnet", "?")), str(p.get("public_ip", "?")),
-             str(p.get("vtep_mac") or "-")] for p in peers]
+    rows = [[p.subnet, p.public_ip, p.vtep_mac or "-"] for p in peers]
     rows.sort(key=_subnet_order)
     return lines + _table(["SUBNET", "PUBLIC IP", "VTEP MAC"], rows)
 
@@ -77,104 +73,96 @@ def _subnet_order(row: list[str]) -> tuple:
     return (0, int(net.network_address), row[0])
 
 
-def _by_reason(title: str, counts: Mapping) -> list[str]:
-    items = sorted((str(k), v) for k, v in counts.items() if v)
+def _by_reason(title: str, counts: Mapping[str, int]) -> list[str]:
+    items = sorted((name, value) for name, value in counts.items() if value)
     if not items:
         return [f"{title}: none"]
     width = max(len(name) for name, _ in items)
     return [f"{title}:"] + [f"  {name.ljust(width)}  {value}" for name, value in items]
 
 
-def _counter_lines(status: Mapping) -> list[str]:
-    counters = _mapping(status.get("counters"))
-    rows = []
-    for direction in ("egress", "ingress"):
-        per_dir = _mapping(counters.get(direction))
-        rows.append([direction, str(per_dir.get("packets", 0)), str(per_dir.get("bytes", 0))])
+def _counter_lines(backend: BackendStatus | None) -> list[str]:
+    counters = backend.counters if backend is not None else None
+    if counters is None:
+        return ["traffic:   not counted (no userspace data path)"]
+    rows = [[direction, str(figures.packets), str(figures.bytes)]
+            for direction, figures in (("egress", counters.egress),
+                                       ("ingress", counters.ingress))]
     lines = ["traffic:"] + _table(["DIRECTION", "PACKETS", "BYTES"], rows)
-    lines += _by_reason("drops", _mapping(counters.get("drops")))
-    lines += _by_reason("slow path", _mapping(counters.get("slow_path")))
+    lines += _by_reason("drops", counters.drops)
+    lines += _by_reason("slow path", counters.slow_path)
     return lines
 
 
-def _etcd_lines(status: Mapping) -> list[str]:
-    etcd = _mapping(status.get("etcd"))
-    if not etcd:
-        return []
-    if etcd.get("up"):
+def _etcd_lines(status: DaemonStatus) -> list[str]:
+    etcd = status.etcd
+    if etcd.up:
         line = "etcd:      reachable"
     else:
-        since = etcd.get("down_since")
-        when = time.strftime("%H:%M:%S", time.localtime(since)) if isinstance(
-            since, int | float) else "?"
-        down_for = etcd.get("down_for")
-        ago = f" ({format_duration(float(down_for))} ago)" if isinstance(
-            down_for, int | float) else ""
-        line = (f"etcd:      unreachable since {when}{ago}, {etcd.get('retries', 0)} retries: "
-                f"{etcd.get('last_error') or '?'}")
-    lines = [line, f"watch:     {etcd.get('watch', '?')} "
-                   f"({etcd.get('watch_restarts', 0)} restarts)"]
-    keeper = _mapping(status.get("lease_keeper"))
-    if keeper:
-        lines.append(f"renewals:  {keeper.get('renewals', 0)} ok, "
-                     f"{keeper.get('renew_failures', 0)} failed, "
-                     f"{keeper.get('recreated', 0)} re-created after expiry/deletion")
-    pending = _mapping(status.get("peer_sync")).get("pending_removal") or []
+        since = etcd.down_since
+        when = time.strftime("%H:%M:%S", time.localtime(since)) if since is not None else "?"
+        ago = f" ({format_duration(etcd.down_for)} ago)" if etcd.down_for is not None else ""
+        line = (f"etcd:      unreachable since {when}{ago}, {etcd.retries} retries: "
+                f"{etcd.last_error or '?'}")
+    lines = [line, f"watch:     {etcd.watch} ({etcd.watch_restarts} restarts)"]
+    keeper = status.lease_keeper
+    if keeper is not None:
+        lines.append(f"renewals:  {keeper.renewals} ok, {keeper.renew_failures} failed, "
+                     f"{keeper.recreated} re-created after expiry/deletion")
+    pending = status.peer_sync.pending_removal if status.peer_sync is not None else ()
     if pending:
-        lines.append(f"pending:   peers {', '.join(map(str, pending))} lost their lease; "
+        lines.append(f"pending:   peers {', '.join(pending)} lost their lease; "
                      "removed after the grace period unless they come back")
     return lines
 
 
-def _datapath_lines(status: Mapping) -> list[str]:
-    datapath = _mapping(status.get("datapath"))
-    if not datapath:
+def _datapath_lines(backend: BackendStatus | None) -> list[str]:
+    datapath = backend.datapath if backend is not None else None
+    if datapath is None:
         return ["datapath:  not started"]
-    extra = ", ".join(f"{k}={v}" for k, v in sorted(datapath.items()) if k != "mode")
-    mode = str(datapath.get("mode", "?"))
-    return [f"datapath:  {mode}" + (f" ({extra})" if extra else "")]
+    extra = ", ".join(f"{k}={v}" for k, v in sorted(datapath.details.items()))
+    return [f"datapath:  {datapath.mode}" + (f" ({extra})" if extra else "")]
 
 
-def _repair_lines(status: Mapping) -> list[str]:
+def _repair_lines(backend: BackendStatus | None) -> list[str]:
     """Kernel state put back by the repair pass, and repairs the kernel still refuses."""
-    repairs = _mapping(status.get("repairs"))
-    done = ", ".join(f"{k}={v}" for k, v in sorted(repairs.items()) if v) or "none"
+    repair = backend.repair if backend is not None else None
+    if repair is None:
+        return ["repairs:   none"]
+    done = ", ".join(f"{k}={v}" for k, v in sorted(repair.repairs.items()) if v) or "none"
     lines = [f"repairs:   {done}"]
-    for detail, why in sorted(_mapping(status.get("repair_failing")).items()):
+    for detail, why in sorted(repair.failing.items()):
         lines.append(f"  failing: {detail}: {why}")
     return lines
 
 
-def _refused_lines(status: Mapping) -> list[str]:
+def _refused_lines(status: DaemonStatus) -> list[str]:
     """Lease keys in etcd that the policy refuses now (never programmed), and why."""
-    refused = _mapping(status.get("leases_rejected"))
-    current = _mapping(refused.get("current"))
-    if not refused:
-        return []
+    current = status.leases_rejected.current
     if not current:
         return ["refused:   no lease refused now"]
-    rows = [[repr(str(key))[1:-1], str(_mapping(why).get("reason", "?")),
-             str(_mapping(why).get("detail", ""))] for key, why in current.items()]
+    rows = [[repr(key)[1:-1], why.reason, why.detail] for key, why in current.items()]
     return [f"refused leases ({len(rows)}, never programmed):"] + _table(
         ["KEY", "REASON", "DETAIL"], rows)
 
 
-def _iptables_lines(status: Mapping) -> list[str]:
+def _iptables_lines(status: DaemonStatus) -> list[str]:
     """Our masquerade/forward rules: which chains, how often re-applied, a failing apply."""
-    iptables = _mapping(status.get("iptables"))
-    if not iptables:
+    iptables = status.iptables
+    if iptables is None:
         return []
-    chains = ", ".join(map(str, iptables.get("chains") or [])) or "none"
-    state = "applied" if iptables.get("applied") else "not applied"
-    lines = [f"iptables:  {chains} {state}, {iptables.get('resyncs', 0)} resyncs"]
-    if iptables.get("error"):
-        lines.append(f"  failing: {iptables['error']}")
+    chains = ", ".join(iptables.chains) or "none"
+    state = "applied" if iptables.applied else "not applied"
+    lines = [f"iptables:  {chains} {state}, {iptables.resyncs} resyncs"]
+    if iptables.error:
+        lines.append(f"  failing: {iptables.error}")
     return lines
 
 
-def format_status(status: dict) -> str:
+def format_status(status: DaemonStatus) -> str:
     """The `weft status` report: lease, etcd, datapath, peers, counters, repairs."""
-    sections = [_lease_lines(status), _etcd_lines(status), _datapath_lines(status),
-                _peer_lines(status), _refused_lines(status), _counter_lines(status),
-                _repair_lines(status), _iptables_lines(status)]
+    backend = status.backend
+    sections = [_lease_lines(status), _etcd_lines(status), _datapath_lines(backend),
+                _peer_lines(backend), _refused_lines(status), _counter_lines(backend),
+                _repair_lines(backend), _iptables_lines(status)]
     return "\n".join(line for section in sections for line in section) + "\n"

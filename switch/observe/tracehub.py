@@ -35,6 +35,7 @@ from weft.drivers.driver import Driver
 from weft.packet.fastpath import HEADROOM, Batch
 from weft.packet.outer import wrap_udp
 from weft.packet.reasons import Reason, Verdict, reason_name
+from weft.status import TraceStatus
 
 PROTOS = {"icmp": 1, "tcp": 6, "udp": 17, "arp": -1}  # arp is no IP protocol: -1 marks it
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", -1: "arp"}
@@ -297,10 +298,10 @@ class TraceHub:
             if self._target is not None and not self._subs:
                 self._target.observer = None  # back to zero cost
 
-    def stats(self) -> dict:
+    def stats(self) -> TraceStatus:
         subs = self._subs
-        return {"subscribers": len(subs),
-                "dropped": self.dropped_total + sum(s.dropped for s in subs)}
+        return TraceStatus(subscribers=len(subs),
+                           dropped=self.dropped_total + sum(s.dropped for s in subs))
 
     def observe(self, direction: str, batch: Batch, n: int) -> None:
         """The driver's observer: runs on the data path thread, so it never blocks."""

@@ -55,7 +55,8 @@ class PeerTable:
     """Remote subnets -> (PublicIP, VtepMAC), plus a hash set of every peer PublicIP.
 
     Arrays read by the kernels: `present`, `public_ip`, `vtep_mac`, `sender_keys`.
-    A zero VtepMAC means the lease carried none (udp backend).
+    A zero VtepMAC means the lease carried none (udp backend). The table follows what the
+    backend programs (backends/peers.py); who is a peer is decided by PeerSync, not here.
     """
 
     def __init__(self, network: IPv4Network, subnet_len: int) -> None:

@@ -47,9 +47,9 @@ def test_malformed_entries_are_skipped(registry, caplog):
     leases, _ = registry.list_leases()
     assert [item.subnet for item in leases] == [SUBNET]
     assert "refusing lease" in caplog.text
-    current = registry.rejections.snapshot()["current"]
-    assert current["not-a-subnet"]["reason"] == "malformed_key"
-    assert current["10.1.20.0-24"]["reason"] == "malformed_value"
+    current = registry.rejections.snapshot().current
+    assert current["not-a-subnet"].reason == "malformed_key"
+    assert current["10.1.20.0-24"].reason == "malformed_value"
 
 
 def _collect(events: queue.Queue, count: int, timeout: float = 10.0):

@@ -185,15 +185,15 @@ def test_watch_refuses_alias_keys_and_forgets_them_when_deleted(registry):
         # whose policy refuses them (covered in tests/unit/test_lease_policy.py).
         keys = {lease.key for lease in added}
         assert not keys & {"10.1.1.0-024", "10.1.1.0-24\n", "x/10.1.1.0-24"}
-        current = registry.rejections.snapshot()["current"]
-        assert {k: current[k]["reason"] for k in current} == {
+        current = registry.rejections.snapshot().current
+        assert {k: current[k].reason for k in current} == {
             k: r for k, r in ALIAS_KEYS.items() if r in ("key_not_canonical", "malformed_key")}
         for key in ALIAS_KEYS:
             registry.client.delete(registry.subnets_prefix + key)
         deadline = time.monotonic() + 15
-        while registry.rejections.snapshot()["current"] and time.monotonic() < deadline:
+        while registry.rejections.snapshot().current and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert registry.rejections.snapshot()["current"] == {}
+        assert registry.rejections.snapshot().current == {}
         assert registry.rejections.totals["key_not_canonical"] == 1
     finally:
         stop()

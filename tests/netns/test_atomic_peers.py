@@ -48,7 +48,7 @@ def _program_and_remove() -> dict:
     from weft.backends.vxlan import VxlanBackend
     from weft.control.config import NetworkConfig
     from weft.control.iface import ExternalInterface
-    from weft.control.registry import LeaseEvents
+    from weft.control.peer_sync import PeerChanges
 
     _ip("link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
     for dev in ("eth0", "eth1"):
@@ -63,11 +63,11 @@ def _program_and_remove() -> dict:
     leases = (_lease(TABLE_REFUSES, "192.0.2.11"), _lease(KERNEL_REFUSES, "192.0.2.12"),
               _lease(GOOD, "192.0.2.13"))
     try:
-        backend.handle(LeaseEvents(added=leases))
+        backend.handle(PeerChanges(added=leases))
         programmed = _peer_state()
         failed = {str(subnet): why for subnet, why in backend.peers.failed.items()}
         table = [str(subnet) for subnet, _ip_, _mac in backend.pipeline.table.peers()]
-        backend.handle(LeaseEvents(removed=leases))
+        backend.handle(PeerChanges(removed=tuple(lease.subnet for lease in leases)))
         return {"programmed": programmed, "failed": failed, "table": table,
                 "removed": _peer_state()}
     finally:

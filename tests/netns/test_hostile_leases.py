@@ -18,6 +18,7 @@ import pytest
 
 from weft.control.lease import LeaseAttrs, subnet_key
 from weft.observe.metrics import render_metrics
+from weft.status import DaemonStatus
 from weft.tools.lab import probe
 from weft.tools.lab.cluster import PREFIX, Cluster
 from weft.tools.lab.topology import Lab
@@ -119,7 +120,7 @@ def test_hostile_leases_touch_no_host(backend):
         wait_refused(cluster, 2, want)
 
         # Visible: metrics by reason, and doctor names them.
-        metrics = render_metrics(cluster.status(0))
+        metrics = render_metrics(DaemonStatus.from_json(cluster.status(0)))
         assert 'weft_leases_rejected_total{reason="subnet_size"} 4.0' in metrics
         assert f"weft_leases_refused {float(len(hostile))}" in metrics
         result = cluster.weft_cli(0, "doctor", "--iface", "eth0", "--subnet-file",

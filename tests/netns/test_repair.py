@@ -15,6 +15,7 @@ from pyroute2 import IPRoute
 
 from weft.control.lease import LeaseAttrs, subnet_key
 from weft.observe.metrics import render_metrics
+from weft.status import DaemonStatus
 from weft.tools.lab import netns, probe
 from weft.tools.lab.cluster import PREFIX, Cluster
 from weft.tools.lab.topology import Lab
@@ -77,7 +78,7 @@ def _check_repair(cluster: Cluster, what: str, break_it, host: int = 0) -> None:
     repaired = _wait_repaired(cluster, host, what, before, t0)
     reachable = _reachable_after(cluster, 0, 1, t0)
     _report(what, cluster.backend, repaired, reachable)
-    metrics = render_metrics(cluster.status(host))
+    metrics = render_metrics(DaemonStatus.from_json(cluster.status(host)))
     assert f'weft_repairs_total{{what="{what}"}}' in metrics
     text = cluster.weft_cli(host, "status", "--control-socket", cluster.socket_path(host))
     assert f"{what}=" in text.stdout, text.stdout

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from status_samples import FULL, WAITING
 
 from weft.observe.control_socket import (
     DEFAULT_CONTROL_SOCKET,
@@ -276,40 +277,26 @@ def test_permission_error_message(monkeypatch, tmp_path):
         control_request(DEFAULT_CONTROL_SOCKET, "status")
 
 
-STATUS = {
-    "ready": True,
-    "lease": {"subnet": "10.1.15.0/24", "public_ip": "192.0.2.11", "backend": "vxlan",
-              "expires_in": 86000.0},
-    "peers": [
-        {"subnet": "10.1.16.0/24", "public_ip": "192.0.2.12", "vtep_mac": "aa:bb:cc:dd:ee:01"},
-        {"subnet": "10.1.2.0/24", "public_ip": "192.0.2.13"},
-    ],
-    "counters": {"egress": {"packets": 10, "bytes": 1500}, "ingress": {"packets": 7, "bytes": 700},
-                 "drops": {"wrong_vni": 3, "ttl_exceeded": 0},
-                 "slow_path": {"arp_replied": 4}},
-    "datapath": {"mode": "plain"},
-}
-
-
 def test_format_status_contains_key_fields():
-    text = format_status(STATUS)
+    text = format_status(FULL)
     for expected in ("10.1.15.0/24", "192.0.2.11", "vxlan", "23h53m20s", "ready", "plain",
                      "10.1.16.0/24", "192.0.2.12", "aa:bb:cc:dd:ee:01", "wrong_vni",
                      "arp_replied", "1500", "700"):
         assert expected in text, expected
     assert "ttl_exceeded" not in text  # zero counters are noise
     lines = text.splitlines()
-    peer_rows = [line for line in lines if "192.0.2.1" in line and "/24" in line]
-    assert [row.split()[0] for row in peer_rows] == ["10.1.2.0/24", "10.1.16.0/24"]
+    start = lines.index("peers (2):") + 2  # past the header row
+    assert [row.split()[0] for row in lines[start:start + 2]] == ["10.1.2.0/24", "10.1.16.0/24"]
     egress = next(line for line in lines if line.strip().startswith("egress"))
     assert egress.split() == ["egress", "10", "1500"]
 
 
 def test_format_status_without_lease():
-    text = format_status({"ready": False, "lease": None})
+    text = format_status(WAITING)
     assert "not ready" in text
     assert "lease:     none" in text
     assert "peers (0)" in text
+    assert "datapath:  not started" in text
 
 
 def test_format_duration():

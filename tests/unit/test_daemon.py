@@ -102,7 +102,7 @@ def test_a_deleted_own_lease_is_put_back_with_the_same_subnet(running, tmp_path,
     run.wait_ready()
     own = run.daemon.lease
     registry.delete_lease(own.subnet)
-    wait_until(lambda: run.daemon.status()["lease_keeper"]["recreated"] == 1, "a re-create")
+    wait_until(lambda: run.daemon.status().lease_keeper.recreated == 1, "a re-create")
     back = registry.get_lease(own.subnet)
     assert back is not None and back.attrs == own.attrs and run.thread.is_alive()
     assert "re-created it" in caplog.text and daemon_module.REVOKED not in caplog.text
@@ -143,16 +143,16 @@ def test_a_stale_deletion_after_our_renewal_is_not_a_loss(running, tmp_path, cap
     own = run.daemon.lease.subnet
     registry.hold_watches()
     registry.delete_lease(own)  # as the expiry would
-    renewals = run.daemon.status()["lease_keeper"]["renewals"]
-    wait_until(lambda: run.daemon.status()["lease_keeper"]["renewals"] > renewals, "a renewal")
-    checks = run.daemon.status()["lease_keeper"]["checks"]
+    renewals = run.daemon.status().lease_keeper.renewals
+    wait_until(lambda: run.daemon.status().lease_keeper.renewals > renewals, "a renewal")
+    checks = run.daemon.status().lease_keeper.checks
     registry.release_watches()  # the deletion, then our put
-    wait_until(lambda: run.daemon.status()["lease_keeper"]["checks"] > checks,
+    wait_until(lambda: run.daemon.status().lease_keeper.checks > checks,
                "a check of our key, prompted by the stale deletion")
     run.daemon.stop()
     assert run.join() == 0
     assert daemon_module.REVOKED not in caplog.text
-    assert run.daemon.status()["lease_keeper"]["recreated"] == 0
+    assert run.daemon.status().lease_keeper.recreated == 0
     assert registry.get_lease(own).attrs.public_ip == IPv4Address("192.0.2.10")
 
 
@@ -163,8 +163,8 @@ def test_a_failed_watch_ends_the_daemon_and_readiness(running, tmp_path, caplog)
     registry.fail_watches(PermissionError("etcdserver: permission denied"))
     assert run.join() == 1
     status = run.daemon.status()
-    assert status["ready"] is False
-    assert status["reason"] == "lease watch failed: PermissionError: etcdserver: permission denied"
+    assert status.ready is False
+    assert status.reason == "lease watch failed: PermissionError: etcdserver: permission denied"
     assert "lease watch failed: PermissionError" in caplog.text
     code, _, body = HealthServer("127.0.0.1", 0, run.daemon.status).respond("/readyz")
     assert code == 503 and body.startswith("not ready: lease watch failed")
@@ -173,9 +173,9 @@ def test_a_failed_watch_ends_the_daemon_and_readiness(running, tmp_path, caplog)
 def test_a_dead_watch_is_never_ready(tmp_path):
     daemon = Daemon(MemoryRegistry(NETWORK), RunOptions())
     daemon.ready.set()
-    assert daemon.status()["ready"] is True
+    assert daemon.status().ready is True
     daemon.watch_error = RuntimeError("watch thread died")
-    assert daemon.status()["ready"] is False
+    assert daemon.status().ready is False
 
 
 class FlakyRegistry(MemoryRegistry):
@@ -232,17 +232,34 @@ def test_refused_renewal_ends_the_daemon(running, tmp_path):
     assert isinstance(result, RegistryError) and registry.calls == 1
 
 
+def test_new_attrs_from_the_backend_are_republished_until_etcd_takes_them(running, tmp_path):
+    """The backend says our attrs changed (its repair pass saw the PublicIP move): the daemon
+    puts them in our lease, and keeps them to retry while etcd is away."""
+    registry = FlakyRegistry("update_lease")
+    run = running(registry, tmp_path)
+    run.wait_ready()
+    own = run.daemon.lease.subnet
+    moved = LeaseAttrs(IPv4Address("192.0.2.77"))
+    offered = [moved]  # offered once, as a backend does
+    registry.errors = [RegistryUnavailable("etcd at x: UNAVAILABLE")]
+    run.daemon.backend.changed_lease_attrs = lambda: offered.pop() if offered else None
+    wait_until(lambda: registry.get_lease(own).attrs == moved, "the republished lease")
+    assert registry.errors == [] and registry.calls == 2  # refused once, then retried
+    assert run.daemon.lease.attrs == moved and run.daemon.unpublished is None
+    assert run.daemon.peers.policy.own_public_ip == moved.public_ip  # no peer may claim it
+
+
 class Recording:
-    """Wraps the backend's handle() to keep every batch the daemon applied to it."""
+    """Wraps the backend's handle() to keep every removal PeerSync handed it."""
 
     def __init__(self, daemon: Daemon) -> None:
         self.removed: list[IPv4Network] = []
         self._apply = daemon.peers.apply
         daemon.peers.apply = self
 
-    def __call__(self, batch) -> None:
-        self.removed += [lease.subnet for lease in batch.removed]
-        self._apply(batch)
+    def __call__(self, changes) -> None:
+        self.removed += changes.removed
+        self._apply(changes)
 
 
 def running_with_a_peer(running, tmp_path, peer_removal_grace: float):
@@ -260,10 +277,10 @@ def running_with_a_peer(running, tmp_path, peer_removal_grace: float):
 def test_a_peer_that_comes_back_within_the_grace_is_never_unprogrammed(running, tmp_path):
     registry, run, record, peer = running_with_a_peer(running, tmp_path, 3600)
     registry.delete_lease(peer)
-    wait_until(lambda: run.daemon.status()["peer_sync"]["pending_removal"] == [str(peer)],
+    wait_until(lambda: run.daemon.status().peer_sync.pending_removal == (str(peer),),
                "the removal to be deferred")
     registry.create_lease(peer, PEER, ttl=60)
-    wait_until(lambda: run.daemon.status()["peer_sync"]["cancelled"] == 1, "the cancel")
+    wait_until(lambda: run.daemon.status().peer_sync.cancelled == 1, "the cancel")
     assert record.removed == [] and peer in run.daemon.backend.peers
 
 
@@ -274,8 +291,8 @@ def test_a_peer_removal_waits_for_the_grace_and_the_store(running, tmp_path):
     registry.delete_lease(peer)
     registry.create_lease(peer, PEER, ttl=60)
     run.daemon.events.put(LeaseEvents(removed=(Lease(peer, PEER),)))
-    wait_until(lambda: run.daemon.status()["peer_sync"]["deferred"] == 1, "the deferral")
-    wait_until(lambda: run.daemon.status()["peer_sync"]["pending_removal"] == [],
+    wait_until(lambda: run.daemon.status().peer_sync.deferred == 1, "the deferral")
+    wait_until(lambda: run.daemon.status().peer_sync.pending_removal == (),
                "the store to be asked")
     assert record.removed == [] and peer in run.daemon.backend.peers  # still in the store
     registry.release_watches()
@@ -293,23 +310,23 @@ def test_etcd_outage_is_visible_and_readiness_follows_the_lease(running, tmp_pat
     server = HealthServer("127.0.0.1", 0, run.daemon.status)
     registry.set_reachable(False)
     status = run.daemon.status()
-    assert status["etcd"]["up"] is False and status["etcd"]["watch"] == "reconnecting"
+    assert status.etcd.up is False and status.etcd.watch == "reconnecting"
     wait_until(lambda: server.respond("/readyz")[0] == 503, "not ready once renewal fails")
     body = server.respond("/readyz")[2]
     assert "renewing lease" in body and "has failed" in body
     metrics = server.respond("/metrics")[2]
     assert "weft_etcd_up 0" in metrics and "weft_watch_up 0" in metrics
-    failures = run.daemon.status()["lease_keeper"]["renew_failures"]
+    failures = run.daemon.status().lease_keeper.renew_failures
     assert failures >= 1 and f"weft_lease_renew_failures_total {failures}" in metrics
     text = format_status(run.daemon.status())
     assert "etcd:      unreachable since" in text and "watch:     reconnecting" in text
-    wait_until(lambda: run.daemon.status()["etcd"]["retries"] >= 8, "several retries")
+    wait_until(lambda: run.daemon.status().etcd.retries >= 8, "several retries")
     registry.set_reachable(True)
     wait_until(lambda: server.respond("/readyz")[0] == 200, "ready again")
     metrics = server.respond("/metrics")[2]
     assert "weft_etcd_up 1" in metrics and "weft_watch_restarts_total 1" in metrics
     assert caplog.text.count("etcd reachable again after") == 1
-    retries = run.daemon.status()["lease_keeper"]["renew_failures"]
+    retries = run.daemon.status().lease_keeper.renew_failures
     # rate-limited: one line per doubling of the retry count, not one per retry
     assert caplog.text.count("unreachable") <= 2 + retries.bit_length() + 1
     assert run.thread.is_alive()
@@ -332,8 +349,8 @@ def test_an_outage_past_the_ttl_keeps_our_subnet_and_the_peer(running, tmp_path,
     registry.set_reachable(True)  # etcd deletes both: events for both
     assert registry.get_lease(peer) is None
     registry.create_lease(peer, PEER, ttl=60)  # the peer host puts its own back
-    wait_until(lambda: run.daemon.status()["lease_keeper"]["recreated"] == 1, "our re-create")
-    wait_until(lambda: run.daemon.status()["peer_sync"]["cancelled"] == 1, "the peer back")
+    wait_until(lambda: run.daemon.status().lease_keeper.recreated == 1, "our re-create")
+    wait_until(lambda: run.daemon.status().peer_sync.cancelled == 1, "the peer back")
     assert record.removed == [] and run.thread.is_alive()
     assert registry.get_lease(own).attrs.public_ip == IPv4Address("192.0.2.10")
     assert daemon_module.REVOKED not in caplog.text

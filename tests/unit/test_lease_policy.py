@@ -20,7 +20,7 @@ from weft.control.lease import Lease, LeaseAttrs
 from weft.control.lease_manager import LeaseTiming, acquire_lease
 from weft.control.lease_policy import LeasePolicy, LeaseRejections
 from weft.control.memory_registry import MemoryRegistry
-from weft.control.peer_sync import PeerSync
+from weft.control.peer_sync import PeerChanges, PeerSync
 from weft.control.registry import LeaseEvents
 
 CONFIG = parse_config('{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}')
@@ -86,7 +86,8 @@ def test_good_leases_are_admitted(lease):
     policy = judge()
     assert policy.refusal(lease, as_peer=True) is None
     assert policy.admit(lease, as_peer=True)
-    assert policy.rejections.snapshot() == {"total": {}, "current": {}}
+    snap = policy.rejections.snapshot()
+    assert snap.total == {} and snap.current == {}
 
 
 @pytest.mark.parametrize(("lease", "reason"), HOSTILE + AS_PEER,
@@ -95,8 +96,8 @@ def test_hostile_leases_are_refused_with_their_reason(lease, reason):
     policy = judge()
     assert not policy.admit(lease, as_peer=True)
     snap = policy.rejections.snapshot()
-    assert snap["total"] == {reason: 1}
-    assert snap["current"][lease.key]["reason"] == reason
+    assert snap.total == {reason: 1}
+    assert snap.current[lease.key].reason == reason
 
 
 @pytest.mark.parametrize(("lease", "reason"), AS_PEER, ids=lambda x: str(x))
@@ -123,7 +124,7 @@ def test_refusal_is_logged_and_counted_once_per_key_and_reason(caplog):
     assert policy.rejections.totals == {policy_module.PUBLIC_IP: 1}
     # fixed: no longer refused, but the total remembers
     assert policy.admit(vxlan("10.1.9.0/24"), as_peer=True)
-    assert policy.rejections.snapshot()["current"] == {}
+    assert policy.rejections.snapshot().current == {}
     assert policy.rejections.totals == {policy_module.PUBLIC_IP: 1}
     # broken again: a new refusal
     policy.admit(bad, as_peer=True)
@@ -134,7 +135,7 @@ def test_relisting_forgets_what_is_no_longer_there():
     rejections = LeaseRejections()
     rejections.refuse("10.1.9.0-024", "key_not_canonical", "x")
     rejections.relisted()
-    assert rejections.snapshot()["current"] == {}
+    assert rejections.snapshot().current == {}
     assert rejections.totals == {"key_not_canonical": 1}
 
 
@@ -183,13 +184,13 @@ def test_own_stale_lease_of_another_size_is_still_deleted():
 class Backend:
     def __init__(self) -> None:
         self.peers: dict[IPv4Network, Lease] = {}
-        self.batches: list[LeaseEvents] = []
+        self.batches: list[PeerChanges] = []
 
-    def handle(self, events: LeaseEvents) -> None:
-        self.batches.append(events)
-        for lease in events.removed:
-            self.peers.pop(lease.subnet, None)
-        for lease in events.added:
+    def handle(self, changes: PeerChanges) -> None:
+        self.batches.append(changes)
+        for subnet in changes.removed:
+            self.peers.pop(subnet, None)
+        for lease in changes.added:
             self.peers[lease.subnet] = lease
 
 

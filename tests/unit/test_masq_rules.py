@@ -3,15 +3,18 @@ against a fake iptables that stores what iptables-restore --noflush would leave.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import IPv4Network
 
 import pytest
+from status_samples import WAITING
 
 from weft.host.iptables import IptablesError
 from weft.host.traffic_rule_text import drifted, forward_chain, masq_chain, restore_text
 from weft.host.traffic_rules import TrafficRules, start_traffic_rules, wanted_chains
 from weft.observe.metrics import render_metrics
 from weft.observe.status_text import format_status
+from weft.status import IptablesStatus
 
 pytestmark = pytest.mark.unit
 
@@ -162,8 +165,8 @@ def test_keeper_applies_once_then_only_on_drift_and_counts_resyncs():
     fake.tables["nat"].clear()  # iptables -t nat -F
     assert rules.check() is True and rules.resyncs == 1
     assert rules.check() is False and rules.resyncs == 1
-    assert rules.status() == {"chains": ["nat/WEFT-POSTRTG", "filter/WEFT-FWD"],
-                              "applied": True, "resyncs": 1}
+    assert rules.status() == IptablesStatus(chains=("nat/WEFT-POSTRTG", "filter/WEFT-FWD"),
+                                            applied=True, resyncs=1)
 
 
 def test_keeper_reports_failures_and_recovers():
@@ -171,10 +174,10 @@ def test_keeper_reports_failures_and_recovers():
     fake.fail = "iptables-save not found"
     rules = TrafficRules(wanted_chains(NET, SUB, True, False, True), fake, resync=3600)
     assert rules.check() is False
-    assert rules.status()["error"] == "iptables-save not found"
-    assert not rules.status()["applied"]
+    assert rules.status().error == "iptables-save not found"
+    assert not rules.status().applied
     fake.fail = None
-    assert rules.check() is True and "error" not in rules.status() and rules.resyncs == 0
+    assert rules.check() is True and rules.status().error is None and rules.resyncs == 0
 
 
 def test_start_probes_random_fully_and_honours_disable():
@@ -210,11 +213,13 @@ def test_nothing_wanted_nothing_started():
 
 
 def test_metric_and_status_line():
-    status = {"iptables": {"chains": ["nat/WEFT-POSTRTG"], "applied": True, "resyncs": 3}}
+    status = replace(WAITING, iptables=IptablesStatus(chains=("nat/WEFT-POSTRTG",), applied=True,
+                                                      resyncs=3))
     assert "\nweft_iptables_resyncs_total 3.0\n" in render_metrics(status)
-    assert "\nweft_iptables_resyncs_total " not in render_metrics({})
+    assert "\nweft_iptables_resyncs_total " not in render_metrics(WAITING)
     assert "iptables:  nat/WEFT-POSTRTG applied, 3 resyncs\n" in format_status(status)
-    failing = {"iptables": {"chains": [], "applied": False, "resyncs": 0, "error": "boom"}}
+    failing = replace(WAITING, iptables=IptablesStatus(chains=(), applied=False, resyncs=0,
+                                                       error="boom"))
     assert "  failing: boom" in format_status(failing)
 
 

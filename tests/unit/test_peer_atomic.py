@@ -20,7 +20,7 @@ from weft.backends.peers import PeerPrograms
 from weft.backends.vxlan import VxlanBackend
 from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
-from weft.control.registry import LeaseEvents
+from weft.control.peer_sync import PeerChanges
 from weft.host import netlink_batch, rtnl
 from weft.host.netlink_batch import NetlinkBatch
 from weft.packet.table import PeerTable
@@ -205,11 +205,11 @@ def test_vxlan_peer_the_table_refuses_never_reaches_the_kernel(kernel):
     backend = _vxlan()
     refused = (_vxlan_lease("10.1.77.0/32"), _vxlan_lease("10.9.0.0/24"))
     good = _vxlan_lease("10.1.2.0/24")
-    backend.handle(LeaseEvents(added=(*refused, good)))
+    backend.handle(PeerChanges(added=(*refused, good)))
     assert set(backend.peers.failed) == {lease.subnet for lease in refused}
     assert "not a /24 subnet" in backend.peers.failed[refused[0].subnet]
     assert _vxlan_state(kernel, backend) == ({"10.1.2.0/24"}, {"10.1.2.0"}, {"10.1.2.0/24"})
-    backend.handle(LeaseEvents(removed=(*refused, good)))
+    backend.handle(PeerChanges(removed=tuple(lease.subnet for lease in (*refused, good))))
     assert _vxlan_state(kernel, backend) == (set(), set(), set())
 
 
@@ -217,10 +217,10 @@ def test_vxlan_route_refused_by_the_kernel_leaves_no_neighbour(kernel):
     backend = _vxlan()
     bad, good = _vxlan_lease("10.1.77.0/24"), _vxlan_lease("10.1.2.0/24")
     kernel.bad_gateways.add(IPv4Address("10.1.77.0"))
-    backend.handle(LeaseEvents(added=(bad, good)))
+    backend.handle(PeerChanges(added=(bad, good)))
     assert "route replace" in backend.peers.failed[bad.subnet]
     assert _vxlan_state(kernel, backend) == ({"10.1.2.0/24"}, {"10.1.2.0"}, {"10.1.2.0/24"})
-    backend.handle(LeaseEvents(removed=(bad,)))
+    backend.handle(PeerChanges(removed=(bad.subnet,)))
     assert _vxlan_state(kernel, backend) == ({"10.1.2.0/24"}, {"10.1.2.0"}, {"10.1.2.0/24"})
 
 
@@ -237,7 +237,7 @@ def test_vxlan_peer_table_refusing_after_the_kernel_took_it_undoes_the_kernel(ke
         set_peer(subnet, public_ip, mac)
 
     monkeypatch.setattr(table, "set_peer", refuse_one)
-    backend.handle(LeaseEvents(added=(_vxlan_lease("10.1.2.0/24"), _vxlan_lease("10.1.3.0/24"))))
+    backend.handle(PeerChanges(added=(_vxlan_lease("10.1.2.0/24"), _vxlan_lease("10.1.3.0/24"))))
     assert backend.peers.failed == {IPv4Network("10.1.3.0/24"): "table says no"}
     assert _vxlan_state(kernel, backend) == ({"10.1.2.0/24"}, {"10.1.2.0"}, {"10.1.2.0/24"})
 
@@ -247,9 +247,9 @@ def test_vxlan_change_that_fails_leaves_nothing_of_old_or_new(kernel):
     one, and the other peers keep theirs."""
     backend = _vxlan()
     old, other = _vxlan_lease("10.1.3.0/24"), _vxlan_lease("10.1.2.0/24")
-    backend.handle(LeaseEvents(added=(old, other)))
+    backend.handle(PeerChanges(added=(old, other)))
     kernel.bad_macs.add(bytes.fromhex("020000000009"))
-    backend.handle(LeaseEvents(added=(_vxlan_lease("10.1.3.0/24", mac="02:00:00:00:00:09"),)))
+    backend.handle(PeerChanges(added=(_vxlan_lease("10.1.3.0/24", mac="02:00:00:00:00:09"),)))
     assert set(backend.peers.programmed) == {other.subnet}
     assert _vxlan_state(kernel, backend) == ({"10.1.2.0/24"}, {"10.1.2.0"}, {"10.1.2.0/24"})
 
@@ -266,7 +266,7 @@ def test_hostgw_route_whose_answer_was_lost_is_deleted_again(kernel, monkeypatch
     lost, good = (Lease(IPv4Network(s), LeaseAttrs(IPv4Address(ip), backend_type="host-gw"))
                   for s, ip in (("10.1.3.0/24", "192.0.2.3"), ("10.1.2.0/24", "192.0.2.2")))
     kernel.mute.add(IPv4Address("10.1.3.0"))
-    backend.handle(LeaseEvents(added=(lost, good)))
+    backend.handle(PeerChanges(added=(lost, good)))
     assert set(backend.peers.failed) == {lost.subnet}
     assert kernel.routes == {good.subnet: (INDEX, IPv4Address("192.0.2.2"))}
 

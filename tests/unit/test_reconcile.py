@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import struct
 import threading
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
+from status_samples import FULL, VXLAN, WAITING
 
 from weft.control.iface import ExternalInterface
 from weft.host import reconcile
@@ -26,6 +28,7 @@ from weft.host.reconcile import (
 )
 from weft.observe.metrics import render_metrics
 from weft.observe.status_text import format_status
+from weft.status import RepairStatus
 
 pytestmark = pytest.mark.unit
 
@@ -191,7 +194,7 @@ def test_a_pass_restores_routes_and_neighbours_and_counts_them():
     assert ("neigh", PEER_GW, PEER_MAC, 5) in kernel.calls
     assert ("route", PEER_NET, 5, PEER_GW, True) in kernel.calls
     assert ("route", NETWORK, 5, None, False) in kernel.calls
-    assert reconciler.status()["repairs"] == {"route": 2, "neighbour": 1}
+    assert reconciler.status().repairs == {"route": 2, "neighbour": 1}
 
 
 def test_a_deleted_device_is_recreated_then_everything_on_it_restored():
@@ -226,11 +229,11 @@ def test_a_refused_repair_is_retried_and_logged_once(caplog):
             assert reconciler.run_once() == {}
     failed = [r for r in caplog.records if "failed" in r.getMessage()]
     assert len(failed) == 1
-    assert list(reconciler.status()["repair_failing"]) == [f"route {PEER_NET} via {PEER_GW} "
+    assert list(reconciler.status().failing) == [f"route {PEER_NET} via {PEER_GW} "
                                                             f"dev #5"]
     kernel.refuse_routes = None  # the interface is back
     assert reconciler.run_once() == {"route": 1}
-    assert reconciler.status() == {"repairs": {"route": 1}, "repair_failing": {}}
+    assert reconciler.status() == RepairStatus(repairs={"route": 1}, failing={})
 
 
 def test_a_moved_public_address_is_reported_to_the_backend():
@@ -254,12 +257,13 @@ def test_notifications_that_wake_a_pass():
 # -- where repairs show ---------------------------------------------------------------------------
 
 def test_repairs_in_metrics_and_status_text():
-    status = {"repairs": {"route": 3, "device": 1},
-              "repair_failing": {"route 10.1.8.0/24 via 192.0.2.11 dev #2": "unreachable"}}
+    repair = RepairStatus(repairs={"route": 3, "device": 1},
+                          failing={"route 10.1.8.0/24 via 192.0.2.11 dev #2": "unreachable"})
+    status = replace(FULL, backend=replace(VXLAN, repair=repair))
     metrics = render_metrics(status)
     assert 'weft_repairs_total{what="device"} 1' in metrics
     assert 'weft_repairs_total{what="route"} 3' in metrics
     text = format_status(status)
     assert "repairs:   device=1, route=3" in text
     assert "failing: route 10.1.8.0/24 via 192.0.2.11 dev #2: unreachable" in text
-    assert "repairs:   none" in format_status({})
+    assert "repairs:   none" in format_status(WAITING)

@@ -16,6 +16,7 @@ from scapy.utils import rdpcap, wrpcap
 from weft.control.registry import load_snapshot
 from weft.observe.tracehub import FilterError, TraceHub, event_frames, parse_filter, row_key
 from weft.packet.fastpath import Batch
+from weft.status import TraceStatus
 from weft.tools import trace
 from weft.tools.commands import add_trace_parser
 from weft.tools.offline import host_from_snapshot
@@ -233,9 +234,9 @@ def test_hub_attaches_only_while_subscribed_and_drops_when_full():
     events = [next(stream), next(stream)]
     assert [e["proto"] for e in events] == ["icmp", "icmp"]
     assert events[0]["dir"] == "egress" and "in" not in events[0]
-    assert hub.stats() == {"subscribers": 1, "dropped": 2}
+    assert hub.stats() == TraceStatus(subscribers=1, dropped=2)
     stream.close()
-    assert dp.observer is None and hub.stats() == {"subscribers": 0, "dropped": 2}
+    assert dp.observer is None and hub.stats() == TraceStatus(subscribers=0, dropped=2)
 
 
 def test_hub_count_ends_the_stream_and_bytes_only_on_request():
