@@ -3,13 +3,11 @@ UDP datagram from port to port (default 8285), TTL decremented on send and recei
 
 from __future__ import annotations
 
+from weft.backends.defaults import overlay_settings
 from weft.backends.overlay import OverlayBackend
 from weft.control.config import NetworkConfig
 from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
-
-DEFAULT_PORT = 8285
-OVERHEAD = 28  # outer IPv4 20 + UDP 8
 
 
 class UdpBackend(OverlayBackend):
@@ -18,10 +16,9 @@ class UdpBackend(OverlayBackend):
 
     def __init__(self, config: NetworkConfig, iface: ExternalInterface,
                  options: dict | None = None) -> None:
-        port = int(config.backend_option("Port") or DEFAULT_PORT)
-        mtu = int(config.backend_option("MTU") or iface.mtu - OVERHEAD)
-        super().__init__(config, iface, device_name="weft0", tap=False, mtu=mtu, port=port,
-                         options=options)
+        settings = overlay_settings(config, iface.mtu)
+        super().__init__(config, iface, device_name=settings.device, tap=False,
+                         mtu=settings.mtu, port=settings.port, options=options)
 
     def lease_attrs(self) -> LeaseAttrs:
         return LeaseAttrs(self.iface.public_ip)  # flannel's udp writes no BackendType

@@ -10,6 +10,7 @@ from __future__ import annotations
 from ipaddress import IPv4Network
 
 from weft.backends import netlink
+from weft.backends.defaults import overlay_settings
 from weft.backends.nlbatch import NetlinkBatch
 from weft.backends.overlay import OverlayBackend
 from weft.backends.peers import PeerPrograms
@@ -18,10 +19,7 @@ from weft.backends.vtep import random_mac
 from weft.control.config import NetworkConfig
 from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
-from weft.packet.table import parse_mac
-
-DEFAULT_PORT = 8472  # the kernel's default, and flannel's
-OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+from weft.packet.table import PeerTable, parse_mac
 
 
 class VxlanBackend(OverlayBackend):
@@ -30,17 +28,14 @@ class VxlanBackend(OverlayBackend):
 
     def __init__(self, config: NetworkConfig, iface: ExternalInterface,
                  options: dict | None = None) -> None:
-        vni = int(config.backend_option("VNI") or 1)
-        port = int(config.backend_option("Port") or DEFAULT_PORT)
-        mtu = int(config.backend_option("MTU") or iface.mtu - OVERHEAD)
-        super().__init__(config, iface, device_name=f"weft.{vni}", tap=True, mtu=mtu,
-                         port=port, vni=vni,
-                         options=options)
+        settings = overlay_settings(config, iface.mtu)
+        super().__init__(config, iface, device_name=settings.device, tap=True,
+                         mtu=settings.mtu, port=settings.port, vni=settings.vni, options=options)
         if self.reused:
             self.mac = netlink.link_mac(self.index)  # keep the VtepMAC peers already know
         else:
             self.mac = random_mac()
-            netlink.configure_link(self.index, mtu=mtu, mac=self.mac)
+            netlink.configure_link(self.index, mtu=self.mtu, mac=self.mac)
         # Whole rounds of peers in a few netlink calls: 4,096 peers in well under a second.
         self.peers = PeerPrograms(self.lease_backend_type, self._program_many,
                                   self._unprogram_many)
@@ -62,18 +57,6 @@ class VxlanBackend(OverlayBackend):
         return ([Route(lease.subnet, self.index, gateway, onlink=True)],
                 [Neighbour(gateway, mac, self.index)])
 
-    def _checked_mac(self, lease: Lease) -> bytes:
-        """The peer's VtepMAC once nothing short of the kernel would refuse the lease, or
-        ValueError saying why it cannot be programmed (the peer table's checks included)."""
-        mac = lease.attrs.vtep_mac
-        if not mac:
-            raise ValueError("vxlan lease has no VtepMAC")
-        if lease.attrs.vni not in (None, self.vni):  # flannel <= 0.13 leases carry no VNI
-            raise ValueError(f"peer VNI {lease.attrs.vni} differs from ours ({self.vni})")
-        raw = parse_mac(mac)
-        self.pipeline.table.check_peer(lease.subnet, lease.attrs.public_ip, raw)
-        return raw
-
     def _program_many(self, leases: list[Lease]) -> dict[IPv4Network, str]:
         """Neighbour then onlink route per peer, as flanneld; the peer table for those that took.
 
@@ -85,7 +68,7 @@ class VxlanBackend(OverlayBackend):
         sent = []
         for lease in leases:
             try:
-                mac = self._checked_mac(lease)
+                mac = peer_vtep_mac(lease, self.vni, self.pipeline.table)
             except ValueError as exc:
                 failures[lease.subnet] = str(exc)
                 continue
@@ -122,6 +105,21 @@ class VxlanBackend(OverlayBackend):
     def _delete_kernel_state(self, batch: NetlinkBatch, lease: Lease) -> None:
         batch.route_delete(lease.subnet, lease.subnet, oif=self.index)
         batch.neigh_delete(lease.subnet, lease.subnet.network_address, ifindex=self.index)
+
+
+def peer_vtep_mac(lease: Lease, vni: int, table: PeerTable) -> bytes:
+    """The VtepMAC a peer's lease puts in the peer table, once nothing short of the kernel
+    would refuse the lease; ValueError says why it cannot be programmed (the peer table's
+    checks included). No kernel here: the root-free two-host test programs its hosts with it.
+    """
+    mac = lease.attrs.vtep_mac
+    if not mac:
+        raise ValueError("vxlan lease has no VtepMAC")
+    if lease.attrs.vni not in (None, vni):  # flannel <= 0.13 leases carry no VNI
+        raise ValueError(f"peer VNI {lease.attrs.vni} differs from ours ({vni})")
+    raw = parse_mac(mac)
+    table.check_peer(lease.subnet, lease.attrs.public_ip, raw)
+    return raw
 
 
 def create(config: NetworkConfig, iface: ExternalInterface, options: dict) -> VxlanBackend:

@@ -50,9 +50,10 @@ class FakeDevice:
     def unread(self) -> list[bytes]:
         """What the driver wrote that nobody read yet, without waiting."""
         out = []
+        self._pods.setblocking(False)
         while True:
             try:
-                out.append(self._pods.recv(MAX_PACKET, socket.MSG_DONTWAIT))
+                out.append(self._pods.recv(MAX_PACKET))
             except BlockingIOError:
                 return out
 

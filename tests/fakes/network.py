@@ -52,7 +52,8 @@ class LoopbackTransport:
     that header as the path would (lengths, the IPv4 checksum, the UDP checksum when set, our
     own address as the source) and sends the UDP payload from that source to the header's
     destination address and port, where the peer's socket receives it as from the kernel's
-    VXLAN. What the path would drop is dropped, and why is kept in `refused`.
+    VXLAN. What the path would drop is dropped, and why is kept in `refused`; what it
+    carried is kept in `carried` (UDP payloads, as the peer receives them).
     """
 
     def __init__(self, kind: str, address: str, port: int) -> None:
@@ -68,17 +69,20 @@ class LoopbackTransport:
             self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self.tx.bind((address, 0))
         self.refused: list[str] = []
+        self.carried: list[bytes] = []
 
     def send(self, data, dst_ip: int) -> None:
         dst = str(IPv4Address(dst_ip))
-        if self.kind == "udp":
-            self.tx.sendto(data, (dst, self.port))
-            return
         packet = bytes(data)
+        if self.kind == "udp":
+            self.carried.append(packet)
+            self.tx.sendto(packet, (dst, self.port))
+            return
         problem = self._outer_problem(packet, dst)
         if problem:
             self.refused.append(problem)
             return
+        self.carried.append(packet[28:])
         self.tx.sendto(packet[28:], (dst, struct.unpack_from("!H", packet, 22)[0]))
 
     def _outer_problem(self, packet: bytes, dst: str) -> str:
@@ -87,7 +91,7 @@ class LoopbackTransport:
             return f"not an IPv4 header without options: {packet[:20].hex()}"
         total, ttl, proto = struct.unpack_from("!H", packet, 2)[0], packet[8], packet[9]
         src, to = socket.inet_ntoa(packet[12:16]), socket.inet_ntoa(packet[16:20])
-        udp_len, udp_sum = struct.unpack_from("!H2xH", packet, 24)
+        udp_len, udp_sum = struct.unpack_from("!HH", packet, 24)
         pseudo = packet[12:20] + struct.pack("!HH", 17, len(packet) - 20)
         checks = [
             (total == len(packet), f"IPv4 total length {total}, {len(packet)} bytes sent"),
