@@ -58,6 +58,13 @@ MUTATIONS = (
         KERNEL_TESTS,
     ),
     Mutation(
+        "lease-vni-check",
+        "the vxlan backend programs a peer whose lease has another VNI",
+        "    if lease.attrs.vni not in (None, vni):",
+        "    if False:",
+        ("tests/unit/test_two_hosts.py",),
+    ),
+    Mutation(
         "ttl-decrement",
         "the udp kernels forward without taking one from the TTL",
         "    b[ip + 8] = ttl - 1\n",
