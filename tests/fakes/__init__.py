@@ -9,6 +9,7 @@ under test runs unchanged, and the fakes stand only where the kernel would, carr
            independently of weft's kernels
   netlink  FakeNetlink: the netlink socket of NetlinkBatch over a kernel that keeps routes and
            neighbours
+  rpc      RpcError: a gRPC error of a chosen status and details, as the etcd client raises
 
 Import the module you need (`from fakes.device import FakeDevice`): each loads only what its
 fake stands in front of.
