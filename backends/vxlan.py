@@ -19,7 +19,7 @@ from weft.host import netlink
 from weft.host.netlink_batch import NetlinkBatch
 from weft.host.reconcile import Neighbour, Route
 from weft.packet.encap import VXLAN
-from weft.packet.table import parse_mac
+from weft.packet.table import PeerTable, parse_mac
 
 
 class VxlanBackend(OverlayBackend):
@@ -57,18 +57,6 @@ class VxlanBackend(OverlayBackend):
         return ([Route(lease.subnet, self.index, gateway, onlink=True)],
                 [Neighbour(gateway, mac, self.index)])
 
-    def _checked_mac(self, lease: Lease) -> bytes:
-        """The peer's VtepMAC once nothing short of the kernel would refuse the lease, or
-        ValueError saying why it cannot be programmed (the peer table's checks included)."""
-        mac = lease.attrs.vtep_mac
-        if not mac:
-            raise ValueError("vxlan lease has no VtepMAC")
-        if lease.attrs.vni not in (None, self.vni):  # flannel <= 0.13 leases carry no VNI
-            raise ValueError(f"peer VNI {lease.attrs.vni} differs from ours ({self.vni})")
-        raw = parse_mac(mac)
-        self.pipeline.table.check_peer(lease.subnet, lease.attrs.public_ip, raw)
-        return raw
-
     def _program_many(self, leases: list[Lease]) -> dict[IPv4Network, str]:
         """Neighbour then onlink route per peer, as flanneld; the peer table for those that took.
 
@@ -80,7 +68,7 @@ class VxlanBackend(OverlayBackend):
         sent = []
         for lease in leases:
             try:
-                mac = self._checked_mac(lease)
+                mac = peer_vtep_mac(lease, self.vni, self.pipeline.table)
             except ValueError as exc:
                 failures[lease.subnet] = str(exc)
                 continue
@@ -117,6 +105,21 @@ class VxlanBackend(OverlayBackend):
     def _delete_kernel_state(self, batch: NetlinkBatch, lease: Lease) -> None:
         batch.route_delete(lease.subnet, lease.subnet, oif=self.index)
         batch.neigh_delete(lease.subnet, lease.subnet.network_address, ifindex=self.index)
+
+
+def peer_vtep_mac(lease: Lease, vni: int, table: PeerTable) -> bytes:
+    """The VtepMAC a peer's lease puts in the peer table, once nothing short of the kernel
+    would refuse the lease; ValueError says why it cannot be programmed (the peer table's
+    checks included). No kernel here: the root-free two-host test programs its hosts with it.
+    """
+    mac = lease.attrs.vtep_mac
+    if not mac:
+        raise ValueError("vxlan lease has no VtepMAC")
+    if lease.attrs.vni not in (None, vni):  # flannel <= 0.13 leases carry no VNI
+        raise ValueError(f"peer VNI {lease.attrs.vni} differs from ours ({vni})")
+    raw = parse_mac(mac)
+    table.check_peer(lease.subnet, lease.attrs.public_ip, raw)
+    return raw
 
 
 def create(config: NetworkConfig, iface: ExternalInterface, options: dict) -> VxlanBackend:

@@ -223,4 +223,47 @@ def _backend(value: Any) -> tuple[str, dict[str, Any]]:
             backend_type = item
     if not isinstance(backend_type, str):
         raise ConfigError(f"unknown backend type: {backend_type}")
-    return backend_type.lower(), value
+    backend_type = backend_type.lower()
+    _check_options(backend_type, value)
+    return backend_type, value
+
+
+# The numeric Backend options of the userspace backends: (lowest, highest) when set. 0 or null
+# means the default (VNI 1, the backend's port, the external interface's MTU less the overhead).
+# flannel decodes them into Go ints and only the kernel refuses a VNI past 24 bits when it
+# creates the device; weft checks them here so `weft config put` refuses what no host could run.
+_OPTION_RANGES = {
+    "VNI": (1, (1 << 24) - 1),  # the VXLAN network identifier is 24 bits (RFC 7348)
+    "Port": (1, 65535),
+    "MTU": (68, 65535),  # RFC 791's minimum; a TUN/TAP takes no more than 65535
+}
+_BACKEND_OPTIONS = {"vxlan": ("VNI", "Port", "MTU"), "udp": ("Port", "MTU")}
+
+
+def _check_options(backend_type: str, backend: dict[str, Any]) -> None:
+    """Refuse a VNI, Port or MTU of the wrong type or out of range, in flannel's words.
+
+    Every case variant of a key is checked: encoding/json takes the last one, backend_option
+    the first, and both must be valid.
+    """
+    names = {name.lower(): name for name in _BACKEND_OPTIONS.get(backend_type, ())}
+    for key, value in backend.items():
+        name = names.get(str(key).lower())
+        if name is None or value is None:
+            continue
+        where = f"error decoding {backend_type.upper()} backend config"
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {name} must be an integer, not {_shown(value)}")
+        low, high = _OPTION_RANGES[name]
+        if value != 0 and not low <= value <= high:
+            raise ConfigError(f"{where}: {name} {_shown(value)} is out of range: {low} to {high} "
+                              f"(0 or null for the default)")
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """A value for an error message, cut short: the config may hold megabytes of it."""
+    try:
+        text = json.dumps(value)
+    except ValueError:  # an integer past Python's digit limit for str()
+        text = "a number too long to show"
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -84,6 +84,9 @@ def test_invalid_config_exits_2_and_writes_nothing(env):
     assert "SubnetLen must be less than /31" in result.stderr
     result = weft(env, "config", "put", '{"Network":"10.1.0.0/16","Backend":{"Port":1}}')
     assert result.returncode == 2 and "unknown backend type: " in result.stderr
+    result = weft(env, "config", "put",
+                  '{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}')
+    assert result.returncode == 2 and "VNI 16777216 is out of range" in result.stderr
     shown = weft(env, "config", "show")
     assert shown.returncode == 1 and "flannel config not found in etcd store" in shown.stderr
 

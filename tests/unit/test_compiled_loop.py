@@ -1,7 +1,7 @@
 """The compiled driver (weft.drivers.hotloop.HotLoop) without root: no namespaces, no TUN/TAP.
 
-A SOCK_DGRAM socketpair stands in for the device (one read or write per packet, like a TUN/TAP),
-loopback UDP sockets for the peers: our host is 127.0.0.1, the peer holding 10.1.2.0/24 is
+The shared fakes (tests/fakes): a FakeDevice stands in for the TUN/TAP (one read or write per
+packet), loopback UDP sockets for the peers: our host is 127.0.0.1, the peer holding 10.1.2.0/24 is
 127.0.0.2 and 127.0.0.3 holds no lease. Every test stops the loop before it compares counters:
 only then are the loop's and the pipeline's counts final.
 """
@@ -25,69 +25,35 @@ from weft.drivers.driver import CompiledLoopUnavailable
 pytestmark = pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1",
                                 reason="the libc intrinsics exist only in compiled code")
 
+from fakes.device import WAIT, FakeDevice  # noqa: E402
+from fakes.network import free_port, udp_socket  # noqa: E402
+from fakes.packets import ipv4_udp, ttl_decremented, with_header_checksum  # noqa: E402
+
 from weft.dev.vnet_hdr import VNET_HDR_LEN  # noqa: E402
 from weft.drivers import loopio  # noqa: E402
 from weft.drivers.hotloop import HotLoop  # noqa: E402
 from weft.packet.pipeline import EGRESS, INGRESS, Pipeline  # noqa: E402
 from weft.packet.reasons import Reason  # noqa: E402
 from weft.packet.table import CFG_PORT  # noqa: E402
-from weft.packet.wirebytes import checksum  # noqa: E402
 
 NETWORK = IPv4Network("10.1.0.0/16")
 OURS, THEIRS = IPv4Network("10.1.1.0/24"), IPv4Network("10.1.2.0/24")
 US, PEER, STRANGER = "127.0.0.1", "127.0.0.2", "127.0.0.3"
 OUR_MAC, PEER_MAC = bytes.fromhex("020000000a01"), bytes.fromhex("020000000a02")
-WAIT = 10.0  # seconds a blocking receive waits before the test fails instead of hanging
-
-
-def _ipv4(src: str, dst: str, ttl: int = 64, payload: bytes = b"weft" * 4) -> bytes:
-    udp = struct.pack("!HHHH", 1234, 5678, 8 + len(payload), 0) + payload
-    hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 7, 0, ttl, 17, 0,
-                                socket.inet_aton(src), socket.inet_aton(dst)))
-    hdr[10:12] = struct.pack("!H", _ip_checksum(bytes(hdr)))
-    return bytes(hdr) + udp
-
-
-def _ip_checksum(header: bytes) -> int:
-    import numpy as np
-
-    return int(checksum(np.frombuffer(header, dtype=np.uint8), 0, len(header)))
-
-
-def _ttl_minus_one(packet: bytes) -> bytes:
-    hdr = bytearray(packet[:20])
-    hdr[8] -= 1
-    hdr[10:12] = b"\0\0"
-    hdr[10:12] = struct.pack("!H", _ip_checksum(bytes(hdr)))
-    return bytes(hdr) + packet[20:]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((US, 0))
-        return s.getsockname()[1]
-
-
-def _udp(addr: str, port: int) -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((addr, port))
-    s.settimeout(WAIT)
-    return s
 
 
 class Host:
     """Our end: the pipeline, the device pair, our UDP socket and the loop over them."""
 
     def __init__(self, kind: str, offload: bool = False, gso: bool = False) -> None:
-        self.port = _free_port()
+        self.port = free_port(US, PEER)
         self.pipeline = Pipeline(kind, NETWORK, 24, port=self.port)
         vxlan = kind == "vxlan"
         self.pipeline.set_local(OURS, IPv4Address(US), OUR_MAC if vxlan else None)
         self.pipeline.table.set_peer(THEIRS, IPv4Address(PEER), PEER_MAC if vxlan else None)
-        self.device, self.wire = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.wire.settimeout(WAIT)
-        self.sock = _udp(US, self.port)  # receives, and sends for udp
-        self.peer = _udp(PEER, self.port)
+        self.device = FakeDevice()
+        self.sock = udp_socket(US, self.port)  # receives, and sends for udp
+        self.peer = udp_socket(PEER, self.port)
         # vxlan's raw sending socket needs root; with UDP GSO the loop sends from UDP sockets.
         self.loop = HotLoop(self.pipeline, self.device.fileno(), self.sock.fileno(),
                             self.sock.fileno(), self.port, offload=offload,
@@ -95,7 +61,7 @@ class Host:
 
     def close(self) -> None:
         self.loop.stop()
-        for s in (self.device, self.wire, self.sock, self.peer):
+        for s in (self.device, self.sock, self.peer):
             s.close()
 
 
@@ -125,23 +91,23 @@ def _wait_for(predicate, what: str) -> None:
 
 
 def test_udp_egress_encapsulates_and_sends_to_the_peer(udp_host: Host) -> None:
-    packet = _ipv4("10.1.1.5", "10.1.2.5")
+    packet = ipv4_udp("10.1.1.5", "10.1.2.5")
     with running(udp_host) as loop:
-        udp_host.wire.send(packet)
+        udp_host.device.write([packet])
         data, sender = udp_host.peer.recvfrom(65536)
     assert sender == (US, udp_host.port)  # flannel's udp: from our port to the peer's
-    assert data == _ttl_minus_one(packet)  # the bare packet, TTL decremented, checksum fixed
+    assert data == ttl_decremented(packet)  # the bare packet, TTL decremented, checksum fixed
     summary = udp_host.pipeline.counter_summary()
     assert summary["egress"]["forwarded"] == loop.stats()["egress"]["sent"] == 1
     assert loop.errors["send"] == 0
 
 
 def test_udp_ingress_decapsulates_and_writes_into_the_device(udp_host: Host) -> None:
-    packet = _ipv4("10.1.2.5", "10.1.1.5")
+    packet = ipv4_udp("10.1.2.5", "10.1.1.5")
     with running(udp_host) as loop:
         udp_host.peer.sendto(packet, (US, udp_host.port))
-        written = udp_host.wire.recv(65536)
-    assert written == _ttl_minus_one(packet)
+        [written] = udp_host.device.read()
+    assert written == ttl_decremented(packet)
     summary = udp_host.pipeline.counter_summary()
     assert summary["ingress"]["forwarded"] == loop.stats()["ingress"]["sent"] == 1
     assert loop.stats()["ingress"]["packets"] == summary["ingress"]["packets"] == 1
@@ -150,9 +116,9 @@ def test_udp_ingress_decapsulates_and_writes_into_the_device(udp_host: Host) -> 
 def test_drops_are_counted_once_by_reason(udp_host: Host) -> None:
     """A datagram from a sender with no lease is dropped and counted exactly once."""
     pipeline = udp_host.pipeline
-    with running(udp_host), _udp(STRANGER, 0) as stranger:
+    with running(udp_host), udp_socket(STRANGER) as stranger:
         for _ in range(3):
-            stranger.sendto(_ipv4("10.1.2.5", "10.1.1.5"), (US, udp_host.port))
+            stranger.sendto(ipv4_udp("10.1.2.5", "10.1.1.5"), (US, udp_host.port))
         _wait_for(lambda: pipeline.drops[INGRESS].sum() >= 3, "three ingress drops")
     assert pipeline.drops[INGRESS][int(Reason.UNKNOWN_SENDER)] == 3
     assert pipeline.drops[INGRESS].sum() == 3
@@ -164,8 +130,8 @@ def test_drops_are_counted_once_by_reason(udp_host: Host) -> None:
 def test_slow_packet_gets_its_answer_written_into_the_device(udp_host: Host) -> None:
     """No lease covers 10.1.9.1: the slow path answers ICMP net unreachable into the device."""
     with running(udp_host):
-        udp_host.wire.send(_ipv4("10.1.1.5", "10.1.9.1"))
-        answer = udp_host.wire.recv(65536)
+        udp_host.device.write([ipv4_udp("10.1.1.5", "10.1.9.1")])
+        [answer] = udp_host.device.read()
     assert answer[9] == 1 and answer[20] == 3 and answer[21] == 0  # ICMP, unreachable, net
     assert socket.inet_ntoa(answer[16:20]) == "10.1.1.5"
     assert udp_host.pipeline.slow_counts[int(Reason.ICMP_ERROR_SENT)] == 1
@@ -176,14 +142,14 @@ def test_vxlan_both_ways_over_udp_gso_sockets() -> None:
     try:
         if host.loop.offloads()["gso"] != "on":
             pytest.skip("this kernel refuses UDP_SEGMENT")
-        inner = _ipv4("10.1.1.5", "10.1.2.5")
+        inner = ipv4_udp("10.1.1.5", "10.1.2.5")
         frame = PEER_MAC + OUR_MAC + b"\x08\x00" + inner
-        back = OUR_MAC + PEER_MAC + b"\x08\x00" + _ipv4("10.1.2.5", "10.1.1.5")
+        back = OUR_MAC + PEER_MAC + b"\x08\x00" + ipv4_udp("10.1.2.5", "10.1.1.5")
         with running(host) as loop:
-            host.wire.send(frame)
+            host.device.write([frame])
             data, _ = host.peer.recvfrom(65536)
             host.peer.sendto(bytes([0x08, 0, 0, 0, 0, 0, 1, 0]) + back, (US, host.port))
-            written = host.wire.recv(65536)
+            [written] = host.device.read()
         assert data[:8] == bytes([0x08, 0, 0, 0, 0, 0, 1, 0])  # flags I, VNI 1
         assert data[8:] == frame  # the TAP frame as it was read
         assert written == back
@@ -202,14 +168,13 @@ def test_offload_super_frame_is_split_into_packets() -> None:
         mss = 1000
         payload = bytes(range(256)) * 12  # 3072 bytes: segments of 1000, 1000, 1000, 72
         tcp = struct.pack("!HHIIBBHHH", 1000, 2000, 1, 1, 5 << 4, 0x18, 65535, 0, 0) + payload
-        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 9, 0x4000, 64, 6,
-                                   0, socket.inet_aton("10.1.1.5"),
-                                   socket.inet_aton("10.1.2.5")))
-        ip[10:12] = struct.pack("!H", _ip_checksum(bytes(ip)))
+        ip = with_header_checksum(struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 9, 0x4000, 64, 6, 0,
+            socket.inet_aton("10.1.1.5"), socket.inet_aton("10.1.2.5")))
         vnet = struct.pack("<BBHHHH", 0, 1, 40, mss, 0, 0)  # GSO_TCPV4, gso_size = mss
         assert len(vnet) == VNET_HDR_LEN
         with running(host) as loop:
-            host.wire.send(vnet + bytes(ip) + tcp)
+            host.device.write([vnet + ip + tcp])
             got = [host.peer.recv(65536) for _ in range(4)]
         assert [len(g) - 40 for g in got] == [1000, 1000, 1000, 72]
         assert b"".join(g[40:] for g in got) == payload
@@ -224,14 +189,14 @@ def test_offload_bad_super_frame_is_dropped_and_counted() -> None:
     """A device read split_super refuses becomes no rows and one counted drop, not a crash."""
     host = Host("udp", offload=True)
     # Outside the network: never forwarded (the slow path takes it), so nothing is sent.
-    packet = _ipv4("10.1.1.5", "192.0.2.9")
+    packet = ipv4_udp("10.1.1.5", "192.0.2.9")
     frames = [b"\x00" * 5,  # shorter than a virtio_net_hdr
               bytes([0, 5]) + bytes(8) + packet,  # gso UDP_L4, never enabled: unsupported
               bytes(10) + packet]  # fine
     try:
         with running(host) as loop:
             for k, frame in enumerate(frames, 1):
-                host.wire.send(frame)
+                host.device.write([frame])
                 _wait_for(lambda k=k: loop.egress.stats[loopio.ST_DEVICE_IO] >= k,
                           f"device read {k}")
             _wait_for(lambda: loop.stats()["egress"]["batches"] >= 1, "a batch")
@@ -260,32 +225,18 @@ def test_dead_device_fd_ends_the_loop_with_its_errno() -> None:
     assert loop.errors["fatal_egress"] == errno.ENODEV  # end of file: the device is gone
 
 
-class _PlainDevice:
-    """What tundev.open_device returns, over a socketpair end: fileno() and close()."""
-
-    def __init__(self) -> None:
-        self.end, self.other = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-
-    def fileno(self) -> int:
-        return self.end.fileno()
-
-    def close(self) -> None:
-        self.end.close()
-        self.other.close()
-
-
 @pytest.fixture
 def plain_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ladder opens a socketpair instead of a TUN/TAP (which needs root)."""
+    """The ladder opens a FakeDevice instead of a TUN/TAP (which needs root)."""
     from weft.dev.tundev import PLAIN, Mode
     from weft.drivers import ladder
 
     monkeypatch.setattr(ladder, "open_device",
-                        lambda name, tap, offload: (_PlainDevice(), Mode(PLAIN, "test")))
+                        lambda name, tap, offload: (FakeDevice(), Mode(PLAIN, "test")))
 
 
 def _pipeline() -> Pipeline:
-    p = Pipeline("udp", NETWORK, 24, port=_free_port())
+    p = Pipeline("udp", NETWORK, 24, port=free_port())
     p.set_local(OURS, IPv4Address(US))
     return p
 

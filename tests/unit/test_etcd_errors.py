@@ -1,6 +1,7 @@
 """How etcd errors are told apart and explained (the live cases are in tests/etcd)."""
 
 import grpc
+from fakes.rpc import RpcError
 from pyetcd import exceptions as etcd_exc
 
 from weft.control.etcd_errors import explain, is_stale_token, is_transient, tls_failure
@@ -8,17 +9,6 @@ from weft.control.etcd_errors import explain, is_stale_token, is_transient, tls_
 HANDSHAKE = ("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:2379: Tls "
              "handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL "
              "routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: unable to get local issuer")
-
-
-class RpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        self._code, self._details = code, details
-
-    def code(self):
-        return self._code
-
-    def details(self):
-        return self._details
 
 
 def wrapped(error: RpcError) -> etcd_exc.Etcd3Exception:

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
+from fakes.rpc import RpcError
 from pyetcd import exceptions as etcd_exc
 
 from weft.control.etcd_errors import describe, is_transient
@@ -17,17 +18,6 @@ from weft.control.registry import RegistryError, RegistryUnavailable
 
 PREFIX = "/coreos.com/network/subnets/"
 WAIT = 15.0  # upper bound only; the conditions below hold long before
-
-
-class RpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode) -> None:
-        self._code = code
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return f"scripted {self._code.name}"
 
 
 class ScriptedClient:

@@ -1,12 +1,15 @@
 """Lease values from etcd are untrusted: any bytes must decode or raise LeaseFormatError.
 
 Anything else escaping the decoder (TypeError, RecursionError, ValueError from int parsing)
-would end the lease watch or the listing instead of skipping one bad key.
+would end the lease watch or the listing instead of skipping one bad key. And what decodes
+must hold what the backends rely on: addresses of the right family, a string BackendType, and
+a value that writes out and reads back the same.
 """
 
 from __future__ import annotations
 
 import json
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -26,10 +29,19 @@ LEASE_SHAPED = st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=4)
 
 
 def decode(value: bytes) -> LeaseAttrs | None:
+    """The attributes, their invariants checked, or None when refused with LeaseFormatError."""
     try:
-        return LeaseAttrs.from_json(value)
+        attrs = LeaseAttrs.from_json(value)
     except LeaseFormatError:
         return None
+    assert isinstance(attrs.public_ip, IPv4Address)
+    assert attrs.public_ipv6 is None or isinstance(attrs.public_ipv6, IPv6Address)
+    assert isinstance(attrs.backend_type, str)
+    assert attrs.vni is None or isinstance(attrs.vni, int)
+    assert attrs.vtep_mac is None or isinstance(attrs.vtep_mac, str)
+    written = attrs.to_json()  # what we republish or show is what we read
+    assert LeaseAttrs.from_json(written).to_json() == written
+    return attrs
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
@@ -51,8 +63,7 @@ def test_lease_fields_with_wrong_types(value):
     if attrs is not None:  # accepted only with a real address in a string, as flannel's Go
         raw = {k.lower(): v for k, v in value.items()}
         assert isinstance(raw["publicip"], str)
-        assert isinstance(attrs.backend_type, str)
-        attrs.to_json()  # and what was accepted can be written back
+        assert attrs.public_ip == IPv4Address(raw["publicip"])
 
 
 @pytest.mark.parametrize("value", [

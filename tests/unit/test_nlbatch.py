@@ -5,19 +5,13 @@ import socket
 import struct
 from ipaddress import IPv4Address, IPv4Network
 
-from weft.host import netlink_batch, rtnl
+from fakes.netlink import FakeNetlink, ack, attributes
+
+from weft.host import netlink_batch as nlbatch
+from weft.host import rtnl
 from weft.host.netlink_batch import NetlinkBatch
 
 SUBNET = IPv4Network("10.1.7.0/24")
-
-
-def _attrs(body: bytes, offset: int) -> dict[int, bytes]:
-    out = {}
-    while offset + 4 <= len(body):
-        size, kind = struct.unpack_from("=HH", body, offset)
-        out[kind] = body[offset + 4:offset + size]
-        offset += (size + 3) & ~3
-    return out
 
 
 def test_route_replace_is_pyroute2s_message():
@@ -30,7 +24,7 @@ def test_route_replace_is_pyroute2s_message():
         "=BBBBBBBBI", body)
     assert (family, dst_len, table, proto, scope, rtype) == (socket.AF_INET, 24, 254, 4, 0, 1)
     assert rflags == rtnl.RTNH_F_ONLINK
-    attrs = _attrs(body, 12)
+    attrs = attributes(body)
     assert attrs[rtnl.RTA_DST] == IPv4Address("10.1.7.0").packed
     assert attrs[rtnl.RTA_GATEWAY] == IPv4Address("10.1.7.0").packed
     assert struct.unpack("=i", attrs[rtnl.RTA_OIF]) == (3,)
@@ -42,65 +36,33 @@ def test_neigh_replace_is_permanent_with_the_mac():
     kind, _flags, body, _key, _ok = batch._requests[0]
     family, _p1, _p2, ifindex, state, _f, _t = struct.unpack_from("=BBHiHBB", body)
     assert (kind, family, ifindex, state) == (rtnl.RTM_NEWNEIGH, socket.AF_INET, 5, 0x80)
-    attrs = _attrs(body, 12)
+    attrs = attributes(body)
     assert attrs[rtnl.NDA_LLADDR] == bytes.fromhex("020000000007")
-
-
-def _ack(seq: int, code: int) -> bytes:
-    body = struct.pack("=i", -code) + rtnl.NLMSGHDR.pack(16, 0, 0, seq, 0)
-    return rtnl.NLMSGHDR.pack(16 + len(body), rtnl.NLMSG_ERROR, 0, seq, 0) + body
 
 
 def test_acks_fail_only_their_own_key_and_missing_deletes_are_fine():
     pending = {1: (rtnl.RTM_NEWNEIGH, "a", False), 2: (rtnl.RTM_NEWROUTE, "a", False),
                3: (rtnl.RTM_NEWROUTE, "b", False), 4: (rtnl.RTM_DELROUTE, "c", True)}
     failures: dict = {}
-    acks = _ack(1, 0) + _ack(2, errno.EINVAL) + _ack(3, 0) + _ack(4, errno.ESRCH)
-    netlink_batch._read_acks(acks, pending, failures)
+    nlbatch._read_acks(ack(1, 0) + ack(2, errno.EINVAL) + ack(3, 0) + ack(4, errno.ESRCH),
+                       pending, failures)
     assert pending == {}
     assert list(failures) == ["a"] and "route replace" in failures["a"]
     assert "errno 22" in failures["a"]
 
 
-class FakeSocket:
-    """Answers each datagram with one ack per request; EINVAL for routes to 10.9.x.x."""
-
-    def __init__(self):
-        self.sent = []
-        self.queue = []
-
-    def send(self, data: bytes) -> int:
-        self.sent.append(data)
-        offset = 0
-        while offset < len(data):
-            length, kind, _f, seq, _p = rtnl.NLMSGHDR.unpack_from(data, offset)
-            body = data[offset + 16:offset + length]
-            bad = kind == rtnl.RTM_NEWROUTE and _attrs(body, 12)[rtnl.RTA_DST][:2] == \
-                bytes([10, 9])
-            self.queue.append(_ack(seq, errno.EINVAL if bad else 0))
-            offset += length
-        return len(data)
-
-    def recv(self, _size: int) -> bytes:
-        return self.queue.pop(0)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def test_commit_chunks_and_reports_per_key(monkeypatch):
-    fake = FakeSocket()
-    monkeypatch.setattr(netlink_batch, "_socket", lambda: fake)
+    fake = FakeNetlink().install(monkeypatch)
     batch = NetlinkBatch()
     subnets = [IPv4Network(f"10.{8 + (i >= 290)}.{i % 256}.0/24") for i in range(300)]
+    fake.bad_gateways |= {subnet.network_address for subnet in subnets[290:]}  # EINVAL
     for subnet in subnets:
         batch.neigh_replace(subnet, subnet.network_address, bytes(6), ifindex=3)
         batch.route_replace(subnet, subnet, oif=3, gateway=subnet.network_address, onlink=True)
     failures = batch.commit()
     # a few datagrams, not one per request; one more undoes the failed peers' neighbours
-    assert len(fake.sent) == -(-600 // netlink_batch.CHUNK) + 1
+    assert fake.datagrams == -(-600 // nlbatch.CHUNK) + 1
     assert set(failures) == set(subnets[290:])
+    assert set(fake.routes) == set(subnets[:290])  # and the refused ones' neighbours undone
+    assert {ip for _index, ip in fake.neighbours} == {s.network_address for s in subnets[:290]}
     assert len(batch) == 0

@@ -231,10 +231,17 @@ def test_stop_releases_the_port():
     srv = HealthServer("127.0.0.1", 0, lambda: WAITING)
     srv.start()
     port = srv.port
+    assert get(srv, "/healthz")[0] == 200
     srv.stop()
-    again = HealthServer("127.0.0.1", port, lambda: WAITING)
+    with pytest.raises(urllib.error.URLError):  # nothing listens there any more
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    again = HealthServer("127.0.0.1", port, lambda: {})  # and the port can be bound again
     again.start()
-    again.stop()
+    try:
+        assert again.port == port
+        assert get(again, "/healthz")[0] == 200
+    finally:
+        again.stop()
 
 
 OUTAGE = replace(FULL, ready=False, reason="renewing lease 10.1.15.0/24 has failed for 9s",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numba
@@ -739,45 +738,11 @@ def test_fuzz_without_jit() -> None:
         pytest.skip("already running without the JIT")
     env = {**os.environ, "NUMBA_DISABLE_JIT": "1", "WEFT_OFFLOAD_FUZZ": "1000"}
     root = Path(__file__).resolve().parents[2]
-    # The two tests that skip themselves without the JIT are deselected, not skipped: under CI
+    # The test that skips itself without the JIT is deselected, not skipped: under CI
     # (inherited, so the inner run still fails on any other skip) a skip fails the run.
-    without = "not test_fuzz_without_jit and not test_microbench"
+    without = "not test_fuzz_without_jit"
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", without,
          __file__],
         capture_output=True, text=True, env=env, cwd=root, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-
-# ---- throughput (printed with -s, not asserted) -------------------------------------------------
-
-
-def test_microbench() -> None:
-    if not JIT:
-        pytest.skip("timing the interpreter says nothing")
-    for l3 in L3:
-        frame = super_frame(l3)
-        src = np.frombuffer(frame, np.uint8).copy()
-        bufs = np.zeros((64, 2048), np.uint8)
-        lens = np.zeros(64, np.int32)
-        n = offload.split_super(src, len(frame), l3, bufs, lens, 0)
-        out, out_lens = offload.new_units(64)
-        off, verdict = np.full(64, HEADROOM, np.int32), np.zeros(64, np.uint8)
-        payload = 65483 * 8
-
-        ts = _best(offload.split_super, src, len(frame), l3, bufs, lens, 0)
-        tc = _best(offload.coalesce, bufs, off, lens, verdict, n, l3, out, out_lens)
-        print(f"\nl3_off={l3}: split {ts * 1e6:.1f} us/64 KiB = {payload / ts / 1e9:.1f} Gbit/s, "
-              f"coalesce {tc * 1e6:.1f} us/{n} segments = {payload / tc / 1e9:.1f} Gbit/s")
-
-
-def _best(kernel, *args, reps: int = 7, k: int = 200) -> float:
-    """Best mean seconds per call over `reps` runs of k calls (the machine is shared)."""
-    kernel(*args)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(k):
-            kernel(*args)
-        times.append((time.perf_counter() - t0) / k)
-    return min(times)

@@ -7,13 +7,12 @@ left behind, not just what the backend returned.
 
 from __future__ import annotations
 
-import errno
-import struct
 import threading
 from ipaddress import IPv4Address, IPv4Network
 from types import SimpleNamespace
 
 import pytest
+from fakes.netlink import FakeNetlink
 
 from weft.backends.hostgw import HostGwBackend
 from weft.backends.peers import PeerPrograms
@@ -21,7 +20,7 @@ from weft.backends.vxlan import VxlanBackend
 from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
 from weft.control.peer_sync import PeerChanges
-from weft.host import netlink_batch, rtnl
+from weft.host import netlink_batch
 from weft.host.netlink_batch import NetlinkBatch
 from weft.packet.table import PeerTable
 
@@ -31,92 +30,9 @@ MAC = "7e:81:33:71:e9:51"
 NETWORK_CONFIG = SimpleNamespace(network=NETWORK, subnet_len=24)
 
 
-def _attrs(body: bytes) -> dict[int, bytes]:
-    out, offset = {}, 12  # rtmsg and ndmsg are both 12 bytes
-    while offset + 4 <= len(body):
-        size, kind = struct.unpack_from("=HH", body, offset)
-        out[kind] = body[offset + 4:offset + size]
-        offset += (size + 3) & ~3
-    return out
-
-
-class FakeKernel:
-    """The netlink socket of NetlinkBatch, over a kernel that only holds routes and neighbours.
-
-    Refuses (EINVAL) routes via `bad_gateways` and neighbours to `bad_macs`, as the kernel
-    refuses a gateway that is a local address or a link-layer address of the wrong length;
-    leaves unanswered the requests for `mute` destinations (an ack lost).
-    """
-
-    def __init__(self) -> None:
-        self.routes: dict[IPv4Network, tuple[int, IPv4Address | None]] = {}
-        self.neighbours: dict[tuple[int, IPv4Address], bytes] = {}
-        self.bad_gateways: set[IPv4Address] = set()
-        self.bad_macs: set[bytes] = set()
-        self.mute: set[IPv4Address] = set()
-        self.datagrams = 0
-        self._acks: list[bytes] = []
-
-    def __enter__(self) -> FakeKernel:
-        return self
-
-    def __exit__(self, *exc: object) -> bool:
-        return False
-
-    def send(self, data: bytes) -> int:
-        self.datagrams += 1
-        offset = 0
-        while offset < len(data):
-            length, kind, _flags, seq, _pid = rtnl.NLMSGHDR.unpack_from(data, offset)
-            body = data[offset + 16:offset + length]
-            dst = IPv4Address(_attrs(body)[1])  # RTA_DST and NDA_DST are both 1
-            code = self._apply(kind, body, dst)
-            if dst not in self.mute:
-                self._acks.append(_ack(seq, code))
-            offset += length
-        return len(data)
-
-    def recv(self, _size: int) -> bytes:
-        if not self._acks:
-            raise TimeoutError("timed out")
-        return self._acks.pop(0)
-
-    def _apply(self, kind: int, body: bytes, dst: IPv4Address) -> int:
-        attrs = _attrs(body)
-        if kind in (rtnl.RTM_NEWNEIGH, rtnl.RTM_DELNEIGH):
-            key = (struct.unpack_from("=i", body, 4)[0], dst)
-            if kind == rtnl.RTM_DELNEIGH:
-                return 0 if self.neighbours.pop(key, None) else errno.ENOENT
-            mac = attrs[rtnl.NDA_LLADDR]
-            if mac in self.bad_macs:
-                return errno.EINVAL
-            self.neighbours[key] = mac
-            return 0
-        net = IPv4Network((dst, body[1]))
-        oif = struct.unpack("=i", attrs[rtnl.RTA_OIF])[0]
-        gateway = IPv4Address(attrs[rtnl.RTA_GATEWAY]) if rtnl.RTA_GATEWAY in attrs else None
-        if kind == rtnl.RTM_DELROUTE:
-            held = self.routes.get(net)
-            if held is None or held[0] != oif or gateway not in (None, held[1]):
-                return errno.ESRCH
-            del self.routes[net]
-            return 0
-        if gateway in self.bad_gateways:
-            return errno.EINVAL
-        self.routes[net] = (oif, gateway)
-        return 0
-
-
-def _ack(seq: int, code: int) -> bytes:
-    body = struct.pack("=i", -code) + rtnl.NLMSGHDR.pack(16, 0, 0, seq, 0)
-    return rtnl.NLMSGHDR.pack(16 + len(body), rtnl.NLMSG_ERROR, 0, seq, 0) + body
-
-
 @pytest.fixture
-def kernel(monkeypatch) -> FakeKernel:
-    fake = FakeKernel()
-    monkeypatch.setattr(netlink_batch, "_socket", lambda: fake)
-    return fake
+def kernel(monkeypatch) -> FakeNetlink:
+    return FakeNetlink().install(monkeypatch)
 
 
 def _vxlan_lease(subnet: str, ip: str = "192.0.2.2", mac: str = MAC) -> Lease:
@@ -134,7 +50,7 @@ def _vxlan() -> VxlanBackend:
     return backend
 
 
-def _vxlan_state(kernel: FakeKernel, backend: VxlanBackend) -> tuple[set, set, set]:
+def _vxlan_state(kernel: FakeNetlink, backend: VxlanBackend) -> tuple[set, set, set]:
     """(route destinations, neighbour addresses, peer table subnets) now held."""
     return (set(map(str, kernel.routes)), {str(ip) for _i, ip in kernel.neighbours},
             {str(subnet) for subnet, _ip, _mac in backend.pipeline.table.peers()})

@@ -147,14 +147,17 @@ def run_bench(seconds: float = 5.0, as_json: bool = False, paths=PATHS,
             "measured with Python probes instead, which top out near 10 Gbit/s")
     log("[bench] fast path without IO (numba vs scapy) ...")
     micro = microbench.run(seconds=min(seconds, 1.0))
+    log("[bench] offload kernels (TSO split, GRO coalesce) ...")
+    offload = microbench.offload_rates()
     results = []
     for path in paths:
         log(f"[bench] {path} ...")
         results.append(measure(path, seconds, log, wire_like))
     if as_json:
-        print(json.dumps({"paths": results, "fast_path": micro}, indent=2))
+        print(json.dumps({"paths": results, "fast_path": micro, "offload": offload}, indent=2))
     else:
         print(format_table(results))
         print()
         print(microbench.format_results(micro))
+        print(microbench.format_offload(offload))
     return 0
