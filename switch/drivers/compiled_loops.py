@@ -22,8 +22,8 @@ unit, so one write carries up to 64 segments of a TCP flow. Everything between (
 path, observer) still sees one ordinary packet per row.
 
 Tunnel GSO (LoopParams.tnl_fd, a TX TAP from weft.dev.tundev.open_tunnel_tx): a TCP super-frame
-is not split but handed whole to the kernel (weft.packet.tunnel_gso: the egress kernel decides on
-its first segment), and a tunnel-GSO packet received whole is written to the device whole. With
+is not split but handed whole to the kernel (weft.packet.offload.tunnel: the egress kernel decides
+on its first segment), and a tunnel-GSO packet received whole is written to the device whole. With
 an observer attached both are off, so it still sees every packet as a row.
 """
 
@@ -34,8 +34,7 @@ import errno
 import numpy as np
 from numba import njit
 
-from weft.dev.vnet_hdr import GSO_TCPV4, VNET_GSO_TYPE
-from weft.drivers import jitcache  # noqa: F401 - jitcache: the cache locator, before cache=True
+from weft import jitcache  # noqa: F401 - jitcache: the cache locator, before cache=True
 from weft.drivers.libc import (
     EAGAIN,
     EBADF,
@@ -111,11 +110,8 @@ from weft.packet.fastpath import (
     PATH_VXLAN_EGRESS,
     PATH_VXLAN_INGRESS,
 )
-from weft.packet.offload import ERR_NO_ROOM, coalesce_into, split_super, unit_segments
-from weft.packet.reasons import Verdict
-from weft.packet.steps import KIND_VXLAN
-from weft.packet.table import CFG_MTU
-from weft.packet.tunnel_gso import (
+from weft.packet.offload.coalesce import ERR_NO_ROOM, coalesce_into, split_super, unit_segments
+from weft.packet.offload.tunnel import (
     INFO_SEGMENTS,
     SUP_HEAD,
     SUP_HEAD_UDP,
@@ -128,6 +124,10 @@ from weft.packet.tunnel_gso import (
     restore_read,
     restore_read_udp,
 )
+from weft.packet.offload.vnet_hdr import GSO_TCPV4, VNET_GSO_TYPE
+from weft.packet.reasons import Verdict
+from weft.packet.steps import KIND_VXLAN
+from weft.packet.table import CFG_MTU
 
 _FORWARD = int(Verdict.FORWARD)
 _SLOW = int(Verdict.SLOW)

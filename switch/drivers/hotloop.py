@@ -24,7 +24,6 @@ from numba.core.errors import NumbaError
 
 from weft.dev.tundev import TunnelTx
 from weft.dev.udpopts import enable_udp_gro, probe_udp_offloads
-from weft.dev.vnet_hdr import VNET_HDR_LEN
 from weft.drivers.compiled_loops import egress_loop, ingress_loop
 from weft.drivers.driver import CompiledLoopUnavailable, Observer
 from weft.drivers.jitmem import release_compiler_pages
@@ -68,6 +67,7 @@ from weft.drivers.scratch import (
     new_ingress_io,
 )
 from weft.packet.fastpath import HEADROOM, Batch
+from weft.packet.offload.vnet_hdr import VNET_HDR_LEN
 from weft.packet.pipeline import Pipeline
 from weft.packet.reasons import Verdict
 from weft.packet.steps import KIND_VXLAN, batch_arrays

@@ -13,9 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from weft import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
 from weft.dev.udpopts import SOL_UDP, UDP_GRO, UDP_SEGMENT
-from weft.dev.vnet_hdr import GSO_TCPV4, VNET_GSO_SIZE, VNET_GSO_TYPE, VNET_HDR_LEN
-from weft.drivers import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
 from weft.drivers.libc import (
     CMSG_DATA_AT,
     CMSG_LEN_AT,
@@ -38,10 +37,11 @@ from weft.drivers.libc import (
 )
 from weft.drivers.loopio import ONE, ST_TUNNEL_GSO
 from weft.packet.fastpath import HEADROOM
-from weft.packet.offload import ERR_MALFORMED, ERR_NO_ROOM, split_super
+from weft.packet.offload.coalesce import ERR_MALFORMED, ERR_NO_ROOM, split_super
+from weft.packet.offload.tunnel import RX_PAD, RX_PAD_UDP
+from weft.packet.offload.vnet_hdr import GSO_TCPV4, VNET_GSO_SIZE, VNET_GSO_TYPE, VNET_HDR_LEN
 from weft.packet.reasons import Verdict
 from weft.packet.steps import KIND_VXLAN
-from weft.packet.tunnel_gso import RX_PAD, RX_PAD_UDP
 
 UDP_SEGMENT_DATA = 2  # the UDP_SEGMENT cmsg carries a u16 segment size
 GSO_CMSG = cmsg_space(UDP_SEGMENT_DATA)  # 24: the UDP_SEGMENT cmsg of one message

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from weft.drivers import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
+from weft import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
 from weft.packet.reasons import Reason, Verdict
 from weft.packet.table import (
     CFG_LOCAL_INDEX,

@@ -8,7 +8,7 @@ uint8 overflow surprises.
 import numpy as np
 from numba import njit
 
-from weft.drivers import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
+from weft import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from pyroute2 import IPRoute
 
-from weft.dev import tundev, vnet_hdr
+from weft.dev import tundev
+from weft.packet.offload import vnet_hdr
 from weft.tools.lab import netns
 
 TUNGETIFF = 0x800454D2
@@ -279,8 +280,9 @@ def _tunnel_send(a: str, b: str, wire_like: bool, kind: str) -> dict:
     import multiprocessing
     from ipaddress import IPv4Address, IPv4Network
 
-    from weft.packet import offload, tunnel_gso
     from weft.packet.fastpath import BUFSIZE, Batch
+    from weft.packet.offload import coalesce as offload
+    from weft.packet.offload import tunnel as tunnel_gso
     from weft.packet.pipeline import Pipeline
 
     sys_path_tests()

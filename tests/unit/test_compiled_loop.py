@@ -25,9 +25,9 @@ from weft.drivers.driver import CompiledLoopUnavailable
 pytestmark = pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1",
                                 reason="the libc intrinsics exist only in compiled code")
 
-from weft.dev.vnet_hdr import VNET_HDR_LEN  # noqa: E402
 from weft.drivers import loopio  # noqa: E402
 from weft.drivers.hotloop import HotLoop  # noqa: E402
+from weft.packet.offload.vnet_hdr import VNET_HDR_LEN  # noqa: E402
 from weft.packet.pipeline import EGRESS, INGRESS, Pipeline  # noqa: E402
 from weft.packet.reasons import Reason  # noqa: E402
 from weft.packet.table import CFG_PORT  # noqa: E402

@@ -15,7 +15,18 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet
 
-from weft.dev.vnet_hdr import (
+from weft.packet.fastpath import HEADROOM
+from weft.packet.offload import coalesce as offload
+from weft.packet.offload import coalesce_twin as twin
+from weft.packet.offload.coalesce import (
+    ERR_MALFORMED,
+    ERR_NO_ROOM,
+    ERR_UNSUPPORTED,
+    MAX_SEGMENTS,
+    UNIT_ROW,
+)
+from weft.packet.offload.coalesce_twin import VnetHdr
+from weft.packet.offload.vnet_hdr import (
     GSO_ECN,
     GSO_NONE,
     GSO_TCPV4,
@@ -26,17 +37,6 @@ from weft.dev.vnet_hdr import (
     VNET_F_NEEDS_CSUM,
     VNET_HDR_LEN,
 )
-from weft.packet import offload
-from weft.packet import offload_twin as twin
-from weft.packet.fastpath import HEADROOM
-from weft.packet.offload import (
-    ERR_MALFORMED,
-    ERR_NO_ROOM,
-    ERR_UNSUPPORTED,
-    MAX_SEGMENTS,
-    UNIT_ROW,
-)
-from weft.packet.offload_twin import VnetHdr
 
 JIT = not numba.config.DISABLE_JIT
 L3 = [14, 0]

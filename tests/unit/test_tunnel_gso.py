@@ -16,9 +16,6 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 from test_offload import ETH, MSS, super_frame
 
-from weft.dev.vnet_hdr import GSO_NONE, GSO_TCPV4, VNET_HDR_LEN
-from weft.packet import tunnel_gso
-from weft.packet import tunnel_gso_twin as twin
 from weft.packet.fastpath import (
     BUFSIZE,
     HEADROOM,
@@ -29,9 +26,12 @@ from weft.packet.fastpath import (
     SLOT_IP_ID,
     Batch,
 )
-from weft.packet.offload_twin import VnetHdr
+from weft.packet.offload import tunnel as tunnel_gso
+from weft.packet.offload import tunnel_twin as twin
+from weft.packet.offload.coalesce_twin import VnetHdr
+from weft.packet.offload.tunnel import SUP_HEAD, TNL_HDR_LEN
+from weft.packet.offload.vnet_hdr import GSO_NONE, GSO_TCPV4, VNET_HDR_LEN
 from weft.packet.pipeline import Pipeline
-from weft.packet.tunnel_gso import SUP_HEAD, TNL_HDR_LEN
 
 LOCAL, PEER = IPv4Network("10.1.15.0/24"), IPv4Network("10.1.16.0/24")
 LOCAL_MAC, PEER_MAC = bytes.fromhex("020000000001"), bytes.fromhex("0200000000aa")
@@ -65,7 +65,7 @@ def kernel(p: Pipeline, data: bytes) -> tuple[bytes | None, np.ndarray, bytes]:
 def split_path(p: Pipeline, data: bytes) -> list[bytes]:
     """What the ordinary path sends for the same read: split_super + the egress kernel."""
     batch = Batch(128)
-    from weft.packet import offload
+    from weft.packet.offload import coalesce as offload
 
     src = np.frombuffer(data, np.uint8).copy()
     n = offload.split_super(src, len(data), 14, batch.bufs, batch.lens, 0)
@@ -221,7 +221,7 @@ def received(payload: int = BIG, mss: int = 1398, flags: str = "A", src: str = "
 
 def kernel_decap(p: Pipeline, datagram: bytes, sender: int = PEER_IP):
     from weft.drivers.udpgso import GRO_BUF
-    from weft.packet.tunnel_gso import RX_PAD
+    from weft.packet.offload.tunnel import RX_PAD
 
     msg = np.zeros(RX_PAD + GRO_BUF, np.uint8)
     msg[RX_PAD : RX_PAD + len(datagram)] = np.frombuffer(datagram, np.uint8)
@@ -238,8 +238,8 @@ def kernel_decap(p: Pipeline, datagram: bytes, sender: int = PEER_IP):
 def old_path(p: Pipeline, datagram: bytes) -> list[bytes]:
     """What the loop wrote before: split_tunnel_gso into rows, the ingress kernel, coalesce."""
     from weft.drivers.udpgso import GRO_BUF, split_tunnel_gso
-    from weft.packet import offload
-    from weft.packet.tunnel_gso import RX_PAD
+    from weft.packet.offload import coalesce as offload
+    from weft.packet.offload.tunnel import RX_PAD
 
     msg = np.zeros(RX_PAD + GRO_BUF, np.uint8)
     msg[RX_PAD : RX_PAD + len(datagram)] = np.frombuffer(datagram, np.uint8)
@@ -323,7 +323,7 @@ def kernel_udp(p: Pipeline, data: bytes) -> tuple[bytes | None, np.ndarray]:
 
 def udp_split_path(p: Pipeline, data: bytes) -> list[bytes]:
     """What the udp backend sends for the read: the UDP payloads (inner IPv4 packets)."""
-    from weft.packet import offload
+    from weft.packet.offload import coalesce as offload
 
     batch = Batch(128)
     n = offload.split_super(np.frombuffer(data, np.uint8).copy(), len(data), 0, batch.bufs,
@@ -409,7 +409,7 @@ def kernel_decap_udp(p: Pipeline, datagram: bytes, sender: int = PEER_IP):
 
 @pytest.mark.parametrize("payload", [2 * 1420, 30000, 0xFFFF - 52])
 def test_udp_whole_write_is_what_split_and_coalesce_would_write(payload: int) -> None:
-    from weft.packet import offload
+    from weft.packet.offload import coalesce as offload
 
     p, q = udp_pipeline(), udp_pipeline()
     datagram = udp_received(payload, flags="PA")

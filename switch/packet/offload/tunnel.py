@@ -39,18 +39,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from weft.dev.vnet_hdr import (
-    GSO_TCPV4,
-    VNET_CSUM_OFFSET,
-    VNET_CSUM_START,
-    VNET_F_NEEDS_CSUM,
-    VNET_FLAGS,
-    VNET_GSO_SIZE,
-    VNET_GSO_TYPE,
-    VNET_HDR_LEN,
-    VNET_HDR_LEN_AT,
-)
-from weft.drivers import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
+from weft import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
 from weft.packet.fastpath import (
     HEADROOM,
     OUTER_TTL,
@@ -69,7 +58,18 @@ from weft.packet.fastpath import (
     vxlan_egress_one,
     vxlan_ingress_one,
 )
-from weft.packet.offload import _copy, _fold16, _ip_csum, _pseudo, _segment, _tso_geometry
+from weft.packet.offload.coalesce import _copy, _fold16, _ip_csum, _pseudo, _segment, _tso_geometry
+from weft.packet.offload.vnet_hdr import (
+    GSO_TCPV4,
+    VNET_CSUM_OFFSET,
+    VNET_CSUM_START,
+    VNET_F_NEEDS_CSUM,
+    VNET_FLAGS,
+    VNET_GSO_SIZE,
+    VNET_GSO_TYPE,
+    VNET_HDR_LEN,
+    VNET_HDR_LEN_AT,
+)
 from weft.packet.reasons import Reason, Verdict
 from weft.packet.table import CFG_LOCAL_PUBLIC_IP, CFG_LOCAL_VTEP_MAC, CFG_MTU, CFG_PORT
 from weft.packet.wirebytes import checksum as _checksum
@@ -101,7 +101,7 @@ _OK = int(Reason.OK)
 def new_sup() -> np.ndarray:
     """The egress read buffer of an offload loop: SUP_HEAD (or SUP_HEAD_UDP) spare bytes,
     then a 64 KiB read."""
-    from weft.packet.offload import UNIT_ROW
+    from weft.packet.offload.coalesce import UNIT_ROW
 
     return np.zeros(max(SUP_HEAD, SUP_HEAD_UDP) + UNIT_ROW, dtype=np.uint8)
 

@@ -2,7 +2,7 @@
 
 A device opened with IFF_VNET_HDR and TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4) prefixes every read
 and every write with a 10-byte virtio_net_hdr; its layout and constants are defined once, in
-weft.dev.vnet_hdr (little-endian u16 fields, the byte order of the hosts weft runs on).
+weft.packet.offload.vnet_hdr (little-endian u16 fields, the byte order of the hosts weft runs on).
 
 `split_super` turns one read (header + Ethernet frame or raw IPv4 packet at `l3_off`) into the
 ordinary packets the rest of the datapath handles; `coalesce` turns FORWARD rows after the
@@ -17,7 +17,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from weft.dev.vnet_hdr import (
+from weft import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
+from weft.packet.fastpath import HEADROOM
+from weft.packet.offload.vnet_hdr import (
     GSO_ECN,
     GSO_NONE,
     GSO_TCPV4,
@@ -30,8 +32,6 @@ from weft.dev.vnet_hdr import (
     VNET_HDR_LEN,
     VNET_HDR_LEN_AT,
 )
-from weft.drivers import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
-from weft.packet.fastpath import HEADROOM
 from weft.packet.wirebytes import fold16 as _fold16
 from weft.packet.wirebytes import sum16 as _sum16
 from weft.packet.wirebytes import u16 as _u16

@@ -13,10 +13,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from weft.dev.vnet_hdr import GSO_ECN, GSO_NONE, GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR_LEN
-from weft.dev.vnet_hdr import VNET_HDR as _VNET_DTYPE
 from weft.packet.checksum import fold16, sum16
-from weft.packet.offload import (
+from weft.packet.offload.coalesce import (
     ERR_MALFORMED,
     ERR_NO_ROOM,
     ERR_UNSUPPORTED,
@@ -28,8 +26,16 @@ from weft.packet.offload import (
     TCP_PSH,
     UNIT_ROW,
 )
+from weft.packet.offload.vnet_hdr import (
+    GSO_ECN,
+    GSO_NONE,
+    GSO_TCPV4,
+    VNET_F_NEEDS_CSUM,
+    VNET_HDR_LEN,
+)
+from weft.packet.offload.vnet_hdr import VNET_HDR as _VNET_DTYPE
 
-# The numpy layout of weft.dev.vnet_hdr as a struct format: "<" + one code per field.
+# The numpy layout of weft.packet.offload.vnet_hdr as a struct format: "<" + one code per field.
 VNET_HDR = struct.Struct("<" + "".join(_VNET_DTYPE.fields[name][0].char
                                        for name in _VNET_DTYPE.names))
 assert VNET_HDR.size == VNET_HDR_LEN

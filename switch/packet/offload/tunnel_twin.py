@@ -14,19 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from weft.dev.vnet_hdr import GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR_LEN
 from weft.packet.checksum import fold16, inet_checksum
 from weft.packet.fastpath import BUFSIZE, HEADROOM, OUTER_TTL, VXLAN_ENCAP, VXLAN_HDR
-from weft.packet.offload_twin import VnetHdr, _tso_geometry, split_super, tcp_pseudo_sum
-from weft.packet.reasons import Verdict
-from weft.packet.table import (
-    CFG_LOCAL_PUBLIC_IP,
-    CFG_LOCAL_VTEP_MAC,
-    CFG_MTU,
-    CFG_PORT,
-    PeerTable,
-)
-from weft.packet.tunnel_gso import (
+from weft.packet.offload.coalesce_twin import VnetHdr, _tso_geometry, split_super, tcp_pseudo_sum
+from weft.packet.offload.tunnel import (
     FRAME_INNER,
     FRAME_INNER_UDP,
     GSO_UDP_TUNNEL_IPV4,
@@ -34,6 +25,15 @@ from weft.packet.tunnel_gso import (
     OUTER_ETH,
     TNL_HDR_LEN,
     TNL_TTL_EXTRA,
+)
+from weft.packet.offload.vnet_hdr import GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR_LEN
+from weft.packet.reasons import Verdict
+from weft.packet.table import (
+    CFG_LOCAL_PUBLIC_IP,
+    CFG_LOCAL_VTEP_MAC,
+    CFG_MTU,
+    CFG_PORT,
+    PeerTable,
 )
 from weft.packet.twins import udp_egress, udp_ingress, vxlan_egress, vxlan_ingress
 

@@ -20,21 +20,22 @@ import os
 from numba.core import caching
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_PACKET = os.path.join(os.path.dirname(_HERE), "packet")
-_DEV = os.path.join(os.path.dirname(_HERE), "dev")
+_PACKET = os.path.join(_HERE, "packet")
+_OFFLOAD = os.path.join(_PACKET, "offload")
+_DRIVERS = os.path.join(_HERE, "drivers")
 # Functions defined in these files get the stamp ...
 _COVERED = frozenset(
-    [os.path.join(_HERE, name)
+    [os.path.join(_DRIVERS, name)
      for name in ("compiled_loops.py", "libc.py", "loopio.py", "udpgso.py")]
-    + [os.path.join(_PACKET, name)
-       for name in ("steps.py", "fastpath.py", "offload.py", "wirebytes.py")])
+    + [os.path.join(_PACKET, name) for name in ("steps.py", "fastpath.py", "wirebytes.py")]
+    + [os.path.join(_OFFLOAD, name) for name in ("coalesce.py", "tunnel.py")])
 # ... which is taken over these: the covered modules and what their compiled code freezes.
 _DEPENDS = sorted(_COVERED) + [
-    os.path.join(_HERE, "scratch.py"),
+    os.path.join(_DRIVERS, "scratch.py"),
     os.path.join(_PACKET, "table.py"),
     os.path.join(_PACKET, "reasons.py"),
-    os.path.join(_DEV, "vnet_hdr.py"),
-    os.path.join(_DEV, "udpopts.py"),
+    os.path.join(_OFFLOAD, "vnet_hdr.py"),
+    os.path.join(_HERE, "dev", "udpopts.py"),
 ]
 
 
