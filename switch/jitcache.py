@@ -28,7 +28,7 @@ _COVERED = frozenset(
     [os.path.join(_DRIVERS, name)
      for name in ("compiled_loops.py", "libc.py", "loopio.py", "udpgso.py")]
     + [os.path.join(_PACKET, name) for name in ("steps.py", "fastpath.py", "wirebytes.py")]
-    + [os.path.join(_OFFLOAD, name) for name in ("coalesce.py", "tunnel.py")])
+    + [os.path.join(_OFFLOAD, name) for name in ("gro_coalesce.py", "tunnel.py")])
 # ... which is taken over these: the covered modules and what their compiled code freezes.
 _DEPENDS = sorted(_COVERED) + [
     os.path.join(_DRIVERS, "scratch.py"),

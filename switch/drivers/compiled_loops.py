@@ -110,7 +110,7 @@ from weft.packet.fastpath import (
     PATH_VXLAN_EGRESS,
     PATH_VXLAN_INGRESS,
 )
-from weft.packet.offload.coalesce import ERR_NO_ROOM, coalesce_into, split_super, unit_segments
+from weft.packet.offload.gro_coalesce import ERR_NO_ROOM, coalesce_into, split_super, unit_segments
 from weft.packet.offload.tunnel import (
     INFO_SEGMENTS,
     SUP_HEAD,

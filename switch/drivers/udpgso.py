@@ -37,7 +37,7 @@ from weft.drivers.libc import (
 )
 from weft.drivers.loopio import ONE, ST_TUNNEL_GSO
 from weft.packet.fastpath import HEADROOM
-from weft.packet.offload.coalesce import ERR_MALFORMED, ERR_NO_ROOM, split_super
+from weft.packet.offload.gro_coalesce import ERR_MALFORMED, ERR_NO_ROOM, split_super
 from weft.packet.offload.tunnel import RX_PAD, RX_PAD_UDP
 from weft.packet.offload.vnet_hdr import GSO_TCPV4, VNET_GSO_SIZE, VNET_GSO_TYPE, VNET_HDR_LEN
 from weft.packet.reasons import Verdict

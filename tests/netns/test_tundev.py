@@ -281,7 +281,7 @@ def _tunnel_send(a: str, b: str, wire_like: bool, kind: str) -> dict:
     from ipaddress import IPv4Address, IPv4Network
 
     from weft.packet.fastpath import BUFSIZE, Batch
-    from weft.packet.offload import coalesce as offload
+    from weft.packet.offload import gro_coalesce as offload
     from weft.packet.offload import tunnel as tunnel_gso
     from weft.packet.pipeline import Pipeline
 

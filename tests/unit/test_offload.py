@@ -16,16 +16,16 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet
 
 from weft.packet.fastpath import HEADROOM
-from weft.packet.offload import coalesce as offload
-from weft.packet.offload import coalesce_twin as twin
-from weft.packet.offload.coalesce import (
+from weft.packet.offload import gro_coalesce as offload
+from weft.packet.offload import gro_coalesce_twin as twin
+from weft.packet.offload.gro_coalesce import (
     ERR_MALFORMED,
     ERR_NO_ROOM,
     ERR_UNSUPPORTED,
     MAX_SEGMENTS,
     UNIT_ROW,
 )
-from weft.packet.offload.coalesce_twin import VnetHdr
+from weft.packet.offload.gro_coalesce_twin import VnetHdr
 from weft.packet.offload.vnet_hdr import (
     GSO_ECN,
     GSO_NONE,

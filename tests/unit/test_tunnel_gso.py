@@ -28,7 +28,7 @@ from weft.packet.fastpath import (
 )
 from weft.packet.offload import tunnel as tunnel_gso
 from weft.packet.offload import tunnel_twin as twin
-from weft.packet.offload.coalesce_twin import VnetHdr
+from weft.packet.offload.gro_coalesce_twin import VnetHdr
 from weft.packet.offload.tunnel import SUP_HEAD, TNL_HDR_LEN
 from weft.packet.offload.vnet_hdr import GSO_NONE, GSO_TCPV4, VNET_HDR_LEN
 from weft.packet.pipeline import Pipeline
@@ -65,7 +65,7 @@ def kernel(p: Pipeline, data: bytes) -> tuple[bytes | None, np.ndarray, bytes]:
 def split_path(p: Pipeline, data: bytes) -> list[bytes]:
     """What the ordinary path sends for the same read: split_super + the egress kernel."""
     batch = Batch(128)
-    from weft.packet.offload import coalesce as offload
+    from weft.packet.offload import gro_coalesce as offload
 
     src = np.frombuffer(data, np.uint8).copy()
     n = offload.split_super(src, len(data), 14, batch.bufs, batch.lens, 0)
@@ -238,7 +238,7 @@ def kernel_decap(p: Pipeline, datagram: bytes, sender: int = PEER_IP):
 def old_path(p: Pipeline, datagram: bytes) -> list[bytes]:
     """What the loop wrote before: split_tunnel_gso into rows, the ingress kernel, coalesce."""
     from weft.drivers.udpgso import GRO_BUF, split_tunnel_gso
-    from weft.packet.offload import coalesce as offload
+    from weft.packet.offload import gro_coalesce as offload
     from weft.packet.offload.tunnel import RX_PAD
 
     msg = np.zeros(RX_PAD + GRO_BUF, np.uint8)
@@ -323,7 +323,7 @@ def kernel_udp(p: Pipeline, data: bytes) -> tuple[bytes | None, np.ndarray]:
 
 def udp_split_path(p: Pipeline, data: bytes) -> list[bytes]:
     """What the udp backend sends for the read: the UDP payloads (inner IPv4 packets)."""
-    from weft.packet.offload import coalesce as offload
+    from weft.packet.offload import gro_coalesce as offload
 
     batch = Batch(128)
     n = offload.split_super(np.frombuffer(data, np.uint8).copy(), len(data), 0, batch.bufs,
@@ -409,7 +409,7 @@ def kernel_decap_udp(p: Pipeline, datagram: bytes, sender: int = PEER_IP):
 
 @pytest.mark.parametrize("payload", [2 * 1420, 30000, 0xFFFF - 52])
 def test_udp_whole_write_is_what_split_and_coalesce_would_write(payload: int) -> None:
-    from weft.packet.offload import coalesce as offload
+    from weft.packet.offload import gro_coalesce as offload
 
     p, q = udp_pipeline(), udp_pipeline()
     datagram = udp_received(payload, flags="PA")

@@ -58,7 +58,14 @@ from weft.packet.fastpath import (
     vxlan_egress_one,
     vxlan_ingress_one,
 )
-from weft.packet.offload.coalesce import _copy, _fold16, _ip_csum, _pseudo, _segment, _tso_geometry
+from weft.packet.offload.gro_coalesce import (
+    _copy,
+    _fold16,
+    _ip_csum,
+    _pseudo,
+    _segment,
+    _tso_geometry,
+)
 from weft.packet.offload.vnet_hdr import (
     GSO_TCPV4,
     VNET_CSUM_OFFSET,
@@ -101,7 +108,7 @@ _OK = int(Reason.OK)
 def new_sup() -> np.ndarray:
     """The egress read buffer of an offload loop: SUP_HEAD (or SUP_HEAD_UDP) spare bytes,
     then a 64 KiB read."""
-    from weft.packet.offload.coalesce import UNIT_ROW
+    from weft.packet.offload.gro_coalesce import UNIT_ROW
 
     return np.zeros(max(SUP_HEAD, SUP_HEAD_UDP) + UNIT_ROW, dtype=np.uint8)
 

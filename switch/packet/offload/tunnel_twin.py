@@ -16,7 +16,12 @@ import numpy as np
 
 from weft.packet.checksum import fold16, inet_checksum
 from weft.packet.fastpath import BUFSIZE, HEADROOM, OUTER_TTL, VXLAN_ENCAP, VXLAN_HDR
-from weft.packet.offload.coalesce_twin import VnetHdr, _tso_geometry, split_super, tcp_pseudo_sum
+from weft.packet.offload.gro_coalesce_twin import (
+    VnetHdr,
+    _tso_geometry,
+    split_super,
+    tcp_pseudo_sum,
+)
 from weft.packet.offload.tunnel import (
     FRAME_INNER,
     FRAME_INNER_UDP,

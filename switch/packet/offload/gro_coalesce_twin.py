@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from weft.packet.checksum import fold16, sum16
-from weft.packet.offload.coalesce import (
+from weft.packet.offload.gro_coalesce import (
     ERR_MALFORMED,
     ERR_NO_ROOM,
     ERR_UNSUPPORTED,
