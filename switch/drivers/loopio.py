@@ -32,7 +32,7 @@ from weft.drivers.libc import (
     sendmmsg,
     write,
 )
-from weft.packet.offload.gro_coalesce import ERR_MALFORMED, ERR_NO_ROOM
+from weft.packet.offload.tso import ERR_MALFORMED, ERR_NO_ROOM
 
 # Why a loop returned to Python (first element of its (code, n, errno) result).
 RET_STOP = 0  # ctl[CTL_STOP] was set
