@@ -7,8 +7,9 @@ reasons, argument groups) into its machine code: the compiled loops (weft.driver
 pipeline's steps, the fastpath and offload kernels and the byte helpers; the tunnel kernels hold
 the fastpath's; every kernel freezes the constants it reads. After an edit of any of those files
 old code would keep running. So the stamp of a function defined in a weft module is taken over
-that module and every weft module it imports, directly or through others: an edit of any file
-a kernel depends on recompiles it, an edit elsewhere (a twin, the slow path) recompiles nothing.
+that module and every weft module it imports, directly or through others, and the modules that
+define the argument groups (NamedTuples) compiled functions take: an edit of any file a kernel
+depends on recompiles it, an edit elsewhere (a twin, the slow path) recompiles nothing.
 
 The imports are read from the source files (import statements anywhere in them), not from what
 happens to be imported at run time, so the stamp is the same in every process whatever was imported
@@ -117,6 +118,32 @@ def dependencies(path: str) -> tuple[str, ...]:
     return tuple(sorted(seen))
 
 
+# numba types a NamedTuple by its class name and field types, not its field names: a cached
+# function would read the wrong array after two fields of one type were swapped or renamed.
+# The argument groups are made by the drivers and passed in, so their module is not among the
+# function's imports; every module defining a NamedTuple of arrays is in every stamp instead.
+_GROUP_CLASS = re.compile(r"^class \w+\((typing\.)?NamedTuple\)", re.M)
+_NUMPY = re.compile(r"^(import numpy|from numpy)", re.M)
+
+
+@functools.cache
+def argument_groups() -> tuple[str, ...]:
+    """Files of the weft modules that define NamedTuples and import numpy (argument groups of
+    compiled functions: weft.packet.steps, weft.drivers.scratch)."""
+    found = []
+    for path in sorted(_package_files(os.path.join(_ROOT, "__init__.py"))):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if _GROUP_CLASS.search(text) and _NUMPY.search(text):
+            found.append(path)
+    return tuple(found)
+
+
+def stamp_files(path: str) -> tuple[str, ...]:
+    """The files whose state the cache stamp of functions defined in `path` is taken over."""
+    return tuple(sorted(set(dependencies(path)) | set(argument_groups())))
+
+
 def covers(py_file: str) -> bool:
     """Whether functions defined in `py_file` get this stamp: any module of the weft package."""
     return os.path.abspath(py_file).startswith(_ROOT + os.sep)
@@ -127,7 +154,7 @@ class _DependentStamp:
 
     def get_source_stamp(self):
         stamp = []
-        for path in dependencies(os.path.abspath(self._py_file)):
+        for path in stamp_files(os.path.abspath(self._py_file)):
             st = os.stat(path)
             stamp.append((os.path.relpath(path, _ROOT), st.st_mtime, st.st_size))
         return tuple(stamp)

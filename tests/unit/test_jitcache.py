@@ -64,7 +64,19 @@ def test_kernels_are_stamped_with_their_dependencies() -> None:
     locator = tunnel.encap_super._cache._impl._locator
     assert isinstance(locator, jitcache._DependentStamp)
     stamp = locator.get_source_stamp()
-    files = jitcache.dependencies(os.path.abspath(tunnel.__file__))
+    files = jitcache.stamp_files(os.path.abspath(tunnel.__file__))
+    assert set(jitcache.dependencies(os.path.abspath(tunnel.__file__))) <= set(files)
     assert [entry[0] for entry in stamp] == [os.path.relpath(f, ROOT) for f in files]
     assert all(entry[1:] == (os.stat(f).st_mtime, os.stat(f).st_size)
                for entry, f in zip(stamp, files, strict=True))
+
+
+def test_argument_groups_are_in_every_stamp() -> None:
+    """numba keys its cache by a NamedTuple's class name and field types, not field names: a
+    swap of two int64 arrays in IngressIO must still recompile the loops that take it."""
+    groups = _rel(jitcache.argument_groups())
+    assert {"packet/steps.py", "drivers/scratch.py"} <= groups
+    assert "control/lease_manager.py" not in groups  # a NamedTuple, but no arrays for numba
+    loops = _rel(jitcache.stamp_files(str(ROOT / "drivers" / "compiled_loops.py")))
+    gro = _rel(jitcache.stamp_files(str(ROOT / "packet" / "offload" / "udp_gro.py")))
+    assert "drivers/scratch.py" in loops and "drivers/scratch.py" in gro
