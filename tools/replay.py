@@ -44,6 +44,15 @@ from pathlib import Path
 from weft.control.registry import RegistryError, Snapshot, load_snapshot
 from weft.packet.encap import UDP, VXLAN
 from weft.packet.fastpath import BUFSIZE, HEADROOM, Batch
+from weft.packet.headers import (
+    ETH_HLEN,
+    ETH_P_IP,
+    ETH_TYPE_AT,
+    VXLAN_FLAG_I,
+    VXLAN_FLAGS_AT,
+    VXLAN_HLEN,
+    VXLAN_VNI_AT,
+)
 from weft.packet.outer import find_datagram, is_ingress, wrap_udp
 from weft.packet.reasons import Reason, Verdict, reason_name, verdict_name
 from weft.packet.slowpath import describe
@@ -62,9 +71,6 @@ from weft.tools.pcapio import (
 
 EXIT_OK, EXIT_USAGE = 0, 2
 BATCH = 64
-ETH_HLEN = 14
-VXLAN_HDR = 8
-VXLAN_FLAG_I = 0x08
 EGRESS, INGRESS, DECAP = "egress", "ingress", "decap"
 
 
@@ -105,7 +111,7 @@ def _drop(outcome: Outcome, reason: Reason) -> Outcome:
 def ip_offset(data: bytes, linktype: int) -> int | None:
     """Offset of the IPv4 header in a record, None when the record carries no IPv4."""
     if linktype == LINKTYPE_ETHERNET:
-        if len(data) >= ETH_HLEN and data[12:14] == b"\x08\x00":
+        if len(data) >= ETH_HLEN and struct.unpack_from("!H", data, ETH_TYPE_AT)[0] == ETH_P_IP:
             return ETH_HLEN
         return None
     if linktype in RAW_IP_LINKTYPES and data and data[0] >> 4 == 4:
@@ -259,12 +265,12 @@ def decap(record: Record, port: int, udp_raw: bool = False) -> Outcome:
             return _drop(outcome, Reason.NOT_IPV4)
         inner = payload
     else:
-        if len(payload) < VXLAN_HDR + ETH_HLEN:
+        if len(payload) < VXLAN_HLEN + ETH_HLEN:
             return _drop(outcome, Reason.TRUNCATED)
-        if not payload[0] & VXLAN_FLAG_I:
+        if not payload[VXLAN_FLAGS_AT] & VXLAN_FLAG_I:
             return _drop(outcome, Reason.BAD_VXLAN_FLAGS)
-        outcome.vni = struct.unpack_from("!I", payload, 4)[0] >> 8
-        inner = payload[VXLAN_HDR:]
+        outcome.vni = struct.unpack_from("!I", payload, VXLAN_VNI_AT)[0] >> 8
+        inner = payload[VXLAN_HLEN:]
     outcome.verdict, outcome.out_len = int(Verdict.FORWARD), len(inner)
     outcome.outputs.append(("device", inner))
     return outcome

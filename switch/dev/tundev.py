@@ -1,10 +1,10 @@
 """TUN/TAP with the virtio-net header and TSO, with a plain fallback.
 
 With IFF_VNET_HDR and TUNSETOFFLOAD(CSUM|TSO4) the kernel hands a TCP flow to us as super-frames
-of up to 64 KiB behind a 10-byte virtio_net_hdr (vnet_hdr.py), one read per ~45 packets instead
-of one each: past ~0.3 Mpps the cost is system calls per packet, not the packet work. A kernel
-or device that refuses either step gets the plain device (no header, MTU-sized frames) and the
-reason, so the daemon always comes up.
+of up to 64 KiB behind a 10-byte virtio_net_hdr (weft.packet.offload.vnet_hdr), one read per ~45
+packets instead of one each: past ~0.3 Mpps the cost is system calls per packet, not the packet
+work. A kernel or device that refuses either step gets the plain device (no header, MTU-sized
+frames) and the reason, so the daemon always comes up.
 
 The device is persistent, so a restarted daemon keeps its MAC and
 routes. Linux re-reads IFF_VNET_HDR on every TUNSETIFF of an existing device, so a device made
@@ -26,6 +26,29 @@ import struct
 from dataclasses import dataclass
 
 import pytun
+
+from weft.packet.headers import (
+    ETH_HLEN,
+    ETH_P_IP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    IPV4_HLEN,
+    IPV4_VER_IHL,
+    TCP_ACK,
+    TCP_CSUM_AT,
+    TCP_HLEN,
+    UDP_HLEN,
+    VXLAN_ENCAP,
+    VXLAN_HLEN,
+)
+from weft.packet.offload.vnet_hdr import (
+    GSO_TCPV4,
+    GSO_UDP_TUNNEL_IPV4,
+    TNL_HDR_LEN,
+    VNET_F_NEEDS_CSUM,
+    VnetHdr,
+    tunnel_header,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +147,6 @@ def open_device(name: str, tap: bool, offload: bool = True,
 
 # ---- the TX TAP: UDP-tunnel GSO frames into the host's routing ----------------------------------
 
-TUNNEL_HDR_SIZE = 24  # sizeof(struct virtio_net_hdr_v1_hash_tunnel): tun then parses tunnel GSO
 _PROC_IPV4 = "/proc/sys/net/ipv4"
 
 
@@ -161,16 +183,20 @@ def _sysctl(path: str, value: int | None = None) -> int:
 def _probe_frame() -> bytes:
     """A tiny tunnel-GSO frame to a MAC that is not the TAP's: tun must parse its header (an
     older kernel refuses the gso_type with EINVAL), and the host drops it unrouted (not ours)."""
-    inner_tcp = struct.pack("!HHIIBBHHH", 9, 9, 0, 0, 5 << 4, 0x10, 0, 0, 0)
+    inner_tcp = struct.pack("!HHIIBBHHH", 9, 9, 0, 0, (TCP_HLEN // 4) << 4, TCP_ACK, 0, 0, 0)
     payload = bytes(200)
-    inner_ip = struct.pack("!BBHHHBBHII", 0x45, 0, 40 + len(payload), 0, 0, 1, 6, 0, 0, 0)
-    inner = bytes(14) + inner_ip + inner_tcp + payload
-    udp = struct.pack("!HHHH", 9, 9, 16 + len(inner), 0)
-    outer_ip = struct.pack("!BBHHHBBHII", 0x45, 0, 36 + len(inner), 0, 0, 1, 17, 0, 0, 0)
-    eth = bytes.fromhex("020000000000") * 2 + b"\x08\x00"
-    frame = eth + outer_ip + udp + bytes(8) + inner
-    hdr = struct.pack("<BBHHHH", 1, 0x21, 104, 100, 84, 16) + bytes(10) + struct.pack("<HH", 34, 64)
-    return hdr + frame
+    inner_ip = struct.pack("!BBHHHBBHII", IPV4_VER_IHL, 0, IPV4_HLEN + TCP_HLEN + len(payload),
+                           0, 0, 1, IPPROTO_TCP, 0, 0, 0)
+    inner = bytes(ETH_HLEN) + inner_ip + inner_tcp + payload
+    udp = struct.pack("!HHHH", 9, 9, UDP_HLEN + VXLAN_HLEN + len(inner), 0)
+    outer_ip = struct.pack("!BBHHHBBHII", IPV4_VER_IHL, 0, VXLAN_ENCAP + len(inner), 0, 0, 1,
+                           IPPROTO_UDP, 0, 0, 0)
+    eth = bytes.fromhex("020000000000") * 2 + ETH_P_IP.to_bytes(2, "big")
+    frame = eth + outer_ip + udp + bytes(VXLAN_HLEN) + inner
+    inner_nh = ETH_HLEN + VXLAN_ENCAP + ETH_HLEN
+    head = VnetHdr(VNET_F_NEEDS_CSUM, GSO_TCPV4 | GSO_UDP_TUNNEL_IPV4,
+                   inner_nh + IPV4_HLEN + TCP_HLEN, 100, inner_nh + IPV4_HLEN, TCP_CSUM_AT)
+    return tunnel_header(head, ETH_HLEN + IPV4_HLEN, inner_nh) + frame
 
 
 def open_tunnel_tx(device: str) -> TunnelTx:
@@ -197,7 +223,7 @@ def open_tunnel_tx(device: str) -> TunnelTx:
         return TunnelTx(reason=f"TX TAP {name}: {exc}")
     tx = TunnelTx(dev.fileno(), 0, name, "", dev)
     try:
-        fcntl.ioctl(dev.fileno(), TUNSETVNETHDRSZ, struct.pack("i", TUNNEL_HDR_SIZE))
+        fcntl.ioctl(dev.fileno(), TUNSETVNETHDRSZ, struct.pack("i", TNL_HDR_LEN))
         dev.persist(False)
         _sysctl(f"conf/{name}/accept_local", 1)
         _sysctl(f"conf/{name}/rp_filter", 0)

@@ -11,19 +11,21 @@ Each loop takes five argument groups (scratch.py: LoopParams and its direction's
 weft.packet.steps: the batch, the peer table, the pipeline state), never loose arrays.
 libc is reached through @intrinsic declarations (libc.py), so cache=True works and a
 restarted daemon loads the machine code from __pycache__ instead of compiling for a minute
-(jitcache.py says when that code is stale). The codes, stats slots and counted system
-calls both loops share are in loopio.py, the UDP GSO/GRO message handling in udpgso.py.
+(weft/jitcache.py says when that code is stale). The codes, stats slots and counted system
+calls both loops share are in loopio.py, the UDP GSO/GRO message handling in udpgso.py; the
+buffer transforms of offload mode (no system calls) are weft.packet.offload's.
 
 Offload mode (a device opened by weft.dev.tundev with IFF_VNET_HDR + TUNSETOFFLOAD): every device
 read and write carries a 10-byte virtio_net_hdr. Egress reads each frame (up to a 64 KiB TSO
-super-frame) into one buffer and offload.split_super cuts it into ordinary packets in the
-batch rows; ingress runs offload.coalesce over the FORWARD rows and writes each resulting
-unit, so one write carries up to 64 segments of a TCP flow. Everything between (kernels, slow
-path, observer) still sees one ordinary packet per row.
+super-frame) into one buffer and offload.tso_split.split_super cuts it into ordinary packets
+in the batch rows; ingress runs offload.gro_coalesce.coalesce over the FORWARD rows and writes
+each resulting unit, so one write carries up to 64 segments of a TCP flow. With UDP_GRO on the
+socket, offload.udp_gro.gro_split cuts the received messages into rows first. Everything
+between (kernels, slow path, observer) still sees one ordinary packet per row.
 
 Tunnel GSO (LoopParams.tnl_fd, a TX TAP from weft.dev.tundev.open_tunnel_tx): a TCP super-frame
-is not split but handed whole to the kernel (weft.packet.tunnel_gso: the egress kernel decides on
-its first segment), and a tunnel-GSO packet received whole is written to the device whole. With
+is not split but handed whole to the kernel (weft.packet.offload.tunnel: the egress kernel decides
+on its first segment), and a tunnel-GSO packet received whole is written to the device whole. With
 an observer attached both are off, so it still sees every packet as a row.
 """
 
@@ -34,8 +36,7 @@ import errno
 import numpy as np
 from numba import njit
 
-from weft.dev.vnet_hdr import GSO_TCPV4, VNET_GSO_TYPE
-from weft.drivers import jitcache  # noqa: F401 - jitcache: the cache locator, before cache=True
+from weft import jitcache  # noqa: F401 - jitcache: the cache locator, before cache=True
 from weft.drivers.libc import (
     EAGAIN,
     EBADF,
@@ -93,16 +94,7 @@ from weft.drivers.loopio import (
     wait_readable,
     write_one,
 )
-from weft.drivers.udpgso import (
-    GRO_CMSG,
-    GRO_PAD,
-    UDP_VIEW,
-    VX_VIEW,
-    gro_size,
-    gro_split,
-    gso_messages,
-    row_messages,
-)
+from weft.drivers.udpgso import GRO_CMSG, gro_size, gso_messages, row_messages
 from weft.packet import steps
 from weft.packet.fastpath import (
     HEADROOM,
@@ -111,11 +103,10 @@ from weft.packet.fastpath import (
     PATH_VXLAN_EGRESS,
     PATH_VXLAN_INGRESS,
 )
-from weft.packet.offload import ERR_NO_ROOM, coalesce_into, split_super, unit_segments
-from weft.packet.reasons import Verdict
-from weft.packet.steps import KIND_VXLAN
-from weft.packet.table import CFG_MTU
-from weft.packet.tunnel_gso import (
+from weft.packet.offload.gro_coalesce import coalesce_into, unit_segments
+from weft.packet.offload.tso import ERR_NO_ROOM
+from weft.packet.offload.tso_split import split_super
+from weft.packet.offload.tunnel import (
     INFO_SEGMENTS,
     SUP_HEAD,
     SUP_HEAD_UDP,
@@ -128,6 +119,11 @@ from weft.packet.tunnel_gso import (
     restore_read,
     restore_read_udp,
 )
+from weft.packet.offload.udp_gro import GRO_PAD, UDP_VIEW, VX_VIEW, gro_split
+from weft.packet.offload.vnet_hdr import GSO_TCPV4, VNET_GSO_TYPE
+from weft.packet.reasons import Verdict
+from weft.packet.steps import KIND_VXLAN
+from weft.packet.table import CFG_MTU
 
 _FORWARD = int(Verdict.FORWARD)
 _SLOW = int(Verdict.SLOW)
@@ -326,7 +322,7 @@ def _write_whole(p, io, gi, peers, state):
     """Write GRO message gi, a tunnel-GSO packet received whole, to the TAP as one TSO frame.
 
     Returns 1 when handled (written, or dropped on a counted write error), 0 when it must be
-    split as usual (tunnel_gso.decap_super declined it), or -errno that ends the loop.
+    split as usual (offload.tunnel.decap_super declined it), or -errno that ends the loop.
     """
     stats = io.stats
     vxlan = p.kind == KIND_VXLAN
@@ -443,8 +439,9 @@ def ingress_loop(p, io, b, peers, state):
                 if w > 0:
                     gi += 1
                     continue
-            n, gi, gpos = gro_split(p.kind, io, got, gi, gpos, b, cap, state.cfg[CFG_MTU],
-                                    whole)
+            n, gi, gpos, tunnels = gro_split(p.kind, io, got, gi, gpos, b, cap,
+                                             state.cfg[CFG_MTU], whole)
+            stats[ST_TUNNEL_GSO] += np.uint64(tunnels)
         else:
             n = got
             got = 0

@@ -24,7 +24,6 @@ from numba.core.errors import NumbaError
 
 from weft.dev.tundev import TunnelTx
 from weft.dev.udpopts import enable_udp_gro, probe_udp_offloads
-from weft.dev.vnet_hdr import VNET_HDR_LEN
 from weft.drivers.compiled_loops import egress_loop, ingress_loop
 from weft.drivers.driver import CompiledLoopUnavailable, Observer
 from weft.drivers.jitmem import release_compiler_pages
@@ -68,6 +67,8 @@ from weft.drivers.scratch import (
     new_ingress_io,
 )
 from weft.packet.fastpath import HEADROOM, Batch
+from weft.packet.headers import ETH_HLEN
+from weft.packet.offload.vnet_hdr import VNET_HDR_LEN
 from weft.packet.pipeline import Pipeline
 from weft.packet.reasons import Verdict
 from weft.packet.steps import KIND_VXLAN, batch_arrays
@@ -131,7 +132,7 @@ class HotLoop:
         self.offload = offload
         # Where IPv4 starts in a device packet: after Ethernet on the vxlan TAP, at 0 on the udp
         # TUN; -1 tells the loops the device has no virtio_net_hdr.
-        self.l3_off = (14 if pipeline.kind_code == KIND_VXLAN else 0) if offload else -1
+        self.l3_off = (ETH_HLEN if pipeline.kind_code == KIND_VXLAN else 0) if offload else -1
         self.batch = batch or (OFFLOAD_BATCH if offload else BATCH)
         kernel = probe_udp_offloads() if (gso_fds or gro) else {}
         # What the kernel refused is said, not hidden: status shows it next to the mode.

@@ -14,7 +14,7 @@ import errno
 import numpy as np
 from numba import njit
 
-from weft.drivers import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
+from weft import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
 from weft.drivers.libc import (
     EAGAIN,
     EBADF,
@@ -32,7 +32,7 @@ from weft.drivers.libc import (
     sendmmsg,
     write,
 )
-from weft.packet.offload import ERR_MALFORMED, ERR_NO_ROOM
+from weft.packet.offload.tso import ERR_MALFORMED, ERR_NO_ROOM
 
 # Why a loop returned to Python (first element of its (code, n, errno) result).
 RET_STOP = 0  # ctl[CTL_STOP] was set

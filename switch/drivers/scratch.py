@@ -22,10 +22,11 @@ import numpy as np
 
 from weft.drivers.libc import IOVEC, MMSG, POLLFD, SOCKADDR_IN_SIZE
 from weft.drivers.loopio import CTL_SIZE, ST_SIZE
-from weft.drivers.udpgso import GRO_BUF, GRO_CMSG, GRO_MESSAGES, GRO_PAD, GSO_CMSG
+from weft.drivers.udpgso import GRO_CMSG, GRO_MESSAGES, GSO_CMSG
 from weft.packet.fastpath import BUFSIZE
-from weft.packet.offload import new_unit_scratch, new_units
-from weft.packet.tunnel_gso import INFO_SIZE, new_sup
+from weft.packet.offload.gro_coalesce import new_unit_scratch, new_units
+from weft.packet.offload.tunnel import INFO_SIZE, new_sup
+from weft.packet.offload.udp_gro import GRO_BUF, GRO_PAD
 
 
 class LoopParams(NamedTuple):
@@ -56,7 +57,7 @@ class EgressIO(NamedTuple):
     #                  64 KiB) at SUP_HEAD, room before it for a tunnel-GSO frame's headers
     gso_fds: np.ndarray  # int64[]: UDP sockets that send with UDP_SEGMENT; empty: no GSO
     probe: np.ndarray  # uint8[BUFSIZE]: the first segment of a tunnel-GSO candidate
-    tnl_info: np.ndarray  # int64[INFO_SIZE]: what tunnel_gso.encap_super reports
+    tnl_info: np.ndarray  # int64[INFO_SIZE]: what offload.tunnel.encap_super reports
 
 
 class IngressIO(NamedTuple):
@@ -75,7 +76,7 @@ class IngressIO(NamedTuple):
     gro_seg: np.ndarray  # int64[gro_n]: its UDP_GRO segment size
     gro_src: np.ndarray  # int64[gro_n]: its sender (host-order IPv4)
     probe: np.ndarray  # uint8[BUFSIZE]: the first segment of a tunnel-GSO packet received whole
-    tnl_info: np.ndarray  # int64[INFO_SIZE]: what tunnel_gso.decap_super reports
+    tnl_info: np.ndarray  # int64[INFO_SIZE]: what offload.tunnel.decap_super reports
 
 
 def _common(rows: int) -> dict[str, np.ndarray]:

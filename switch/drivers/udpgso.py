@@ -1,11 +1,11 @@
-"""UDP GSO and GRO for the compiled loops: rows into sendmmsg messages, GRO messages into rows.
+"""UDP GSO and GRO messages for the compiled loops: rows into sendmmsg messages, and the segment
+size of a received GRO message.
 
 Egress: row_messages makes one message per FORWARD row; gso_messages groups rows for the same
 peer and socket into UDP GSO messages (a UDP_SEGMENT cmsg makes the kernel cut them back into
 one datagram per row), pointing at the payloads in the rows, so nothing is copied.
-Ingress with UDP_GRO on: gro_size reads a message's segment size from its cmsg and gro_split
-copies each datagram into a row; a kernel VXLAN's GSO packet that arrived whole is cut into
-rows by split_tunnel_gso.
+Ingress with UDP_GRO on: gro_size reads a message's segment size from its cmsg; cutting the
+messages into rows is a buffer transform without IO, weft.packet.offload.udp_gro.gro_split.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from weft import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
 from weft.dev.udpopts import SOL_UDP, UDP_GRO, UDP_SEGMENT
-from weft.dev.vnet_hdr import GSO_TCPV4, VNET_GSO_SIZE, VNET_GSO_TYPE, VNET_HDR_LEN
-from weft.drivers import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
 from weft.drivers.libc import (
     CMSG_DATA_AT,
     CMSG_LEN_AT,
@@ -36,12 +35,10 @@ from weft.drivers.libc import (
     cmsg_space,
     put_sockaddr,
 )
-from weft.drivers.loopio import ONE, ST_TUNNEL_GSO
-from weft.packet.fastpath import HEADROOM
-from weft.packet.offload import ERR_MALFORMED, ERR_NO_ROOM, split_super
+from weft.packet.headers import IPV4_HLEN, IPV4_MAX_LEN, IPV4_UDP_HLEN, L4_SPORT_AT
 from weft.packet.reasons import Verdict
 from weft.packet.steps import KIND_VXLAN
-from weft.packet.tunnel_gso import RX_PAD, RX_PAD_UDP
+from weft.packet.wirebytes import wle16
 
 UDP_SEGMENT_DATA = 2  # the UDP_SEGMENT cmsg carries a u16 segment size
 GSO_CMSG = cmsg_space(UDP_SEGMENT_DATA)  # 24: the UDP_SEGMENT cmsg of one message
@@ -50,8 +47,8 @@ UDP_GRO_DATA = 4  # the UDP_GRO cmsg carries an int segment size
 GRO_CMSG = 64  # control room per received message (the UDP_GRO cmsg is CMSG_SPACE(int) = 24)
 GSO_SEGMENTS = 64  # UDP_MAX_SEGMENTS on every kernel with UDP GSO (newer ones take 128)
 # A GSO message is one UDP datagram to the IP layer until it is cut: its payload must fit the
-# 16-bit IPv4 total length with the 20 + 8 header bytes, or the send fails with EMSGSIZE.
-GSO_BYTES = 0xFFFF - 28
+# 16-bit IPv4 total length with the IPv4 and UDP headers, or the send fails with EMSGSIZE.
+GSO_BYTES = IPV4_MAX_LEN - IPV4_UDP_HLEN
 # 64 KiB receive buffers per recvmmsg when UDP GRO is on. Where nothing merges datagrams (a
 # veth without GRO, a NIC with GRO off) each holds one, and a batch is one recvmmsg: coalesce
 # merges only within a batch, so the buffers bound the segments per TSO write. 64 (4 MiB, pages
@@ -59,15 +56,6 @@ GSO_BYTES = 0xFFFF - 28
 # 6, 20 -> 30 segments a write) against 32; with veth offloads no change (8.63 -> 8.76); 128 gave
 # 2.89 wire-like but 8.47 with offloads.
 GRO_MESSAGES = 64
-GRO_BUF = 65536  # the largest UDP datagram (GRO never merges past it) fits
-# Spare bytes before each GRO receive buffer: the 10-byte room a virtio_net_hdr needs in front
-# of a bare IPv4 payload (udp backend); a VXLAN datagram's inner frame has 2 + its 8-byte VXLAN
-# header in front, so vxlan code works on the row from VX_VIEW on (split_tunnel_gso, and
-# tunnel_gso.decap_super, which writes a virtio header there and the TAP write starts there).
-GRO_PAD = 10
-VX_VIEW = GRO_PAD - RX_PAD  # 8: a vxlan receive row seen from here has RX_PAD spare bytes
-UDP_VIEW = GRO_PAD - RX_PAD_UDP  # 0
-VXLAN_OUTER = 28  # outer IPv4 + UDP written by the kernel; a UDP socket writes its own
 _FORWARD = int(Verdict.FORWARD)
 
 
@@ -110,8 +98,7 @@ def _udp_segment_cmsg(ctrl, c, size):
     ctrl[c + CMSG_LEN_AT] = GSO_CMSG_LEN  # size_t, little-endian
     ctrl[c + CMSG_LEVEL_AT] = SOL_UDP
     ctrl[c + CMSG_TYPE_AT] = UDP_SEGMENT
-    ctrl[c + CMSG_DATA_AT] = size & 0xFF  # u16, little-endian
-    ctrl[c + CMSG_DATA_AT + 1] = (size >> 8) & 0xFF
+    wle16(ctrl, c + CMSG_DATA_AT, size)  # u16, host order (little-endian)
 
 
 @njit(cache=True, nogil=True)
@@ -143,10 +130,12 @@ def gso_messages(kind, n, b, port, io):
         off = np.int64(b.out_off[i])
         ln = np.int64(b.out_len[i])
         if kind == KIND_VXLAN:
-            sport = (np.int64(b.bufs[i, off + 20]) << 8) | np.int64(b.bufs[i, off + 21])
+            # the outer IPv4 + UDP the fast path wrote: a UDP socket writes its own
+            at = off + IPV4_HLEN + L4_SPORT_AT
+            sport = (np.int64(b.bufs[i, at]) << 8) | np.int64(b.bufs[i, at + 1])
             fd = gso_fds[sport % pool]
-            off += VXLAN_OUTER
-            ln -= VXLAN_OUTER
+            off += IPV4_UDP_HLEN
+            ln -= IPV4_UDP_HLEN
         else:
             fd = gso_fds[0]
         dst = np.int64(b.dst_ip[i])
@@ -203,99 +192,3 @@ def gro_size(ctrl, controllen):
                     | (np.int64(ctrl[data + 2]) << 16))
         pos += (clen + 7) & ~7  # CMSG_NXTHDR: the next header is 8-byte aligned
     return 0
-
-
-@njit(cache=True, nogil=True)
-def split_tunnel_gso(msg, total, mtu, bufs, lens, first):
-    """A kernel VXLAN's GSO packet that reached us whole: VXLAN header + a TCP super-frame.
-
-    A veth with offloads on hands the peer's 64 KiB SKB_GSO_UDP_TUNNEL packet to our socket
-    as one datagram without a UDP_GRO cmsg (the kernel only segments unexpected UDP_L4 GSO).
-    Its inner frame is what a TSO TAP read gives, so split_super cuts it into segments that
-    fit our MTU (computing every checksum, the inner one may be partial) and each row gets the
-    VXLAN header back in front. msg is the receive row from VX_VIEW on: RX_PAD spare bytes,
-    then the datagram, so the virtio_net_hdr split_super wants is written over the VXLAN
-    header (saved and put back). Returns rows written from `first`, or split_super's code.
-    """
-    hdr = np.int64(0)  # the VXLAN header, kept in a register (no allocation per packet)
-    for j in range(8):
-        hdr = (hdr << 8) | np.int64(msg[RX_PAD + j])
-    ip = RX_PAD + 8 + 14
-    if total < 8 + 14 + 40 or (msg[ip] & 0x0F) < 5:
-        return ERR_MALFORMED
-    ihl = (np.int64(msg[ip]) & 0x0F) * 4
-    doff = (np.int64(msg[ip + ihl + 12]) >> 4) * 4
-    gso_size = mtu - ihl - doff  # any size works for the rows; this one keeps them in the MTU
-    if gso_size <= 0:
-        return ERR_MALFORMED
-    for j in range(VNET_HDR_LEN):  # flags 0, gso TCPV4, hdr_len 0, gso_size, csum 0
-        msg[j] = 0
-    msg[VNET_GSO_TYPE] = GSO_TCPV4
-    msg[VNET_GSO_SIZE] = gso_size & 0xFF  # little-endian u16
-    msg[VNET_GSO_SIZE + 1] = (gso_size >> 8) & 0xFF
-    r = split_super(msg, VNET_HDR_LEN + total - 8, 14, bufs, lens, first)
-    for j in range(8):
-        msg[RX_PAD + j] = (hdr >> (56 - 8 * j)) & 0xFF
-    for i in range(first, first + max(r, 0)):
-        row = bufs[i]
-        ln = lens[i]
-        for j in range(ln - 1, -1, -1):  # make room for the VXLAN header in front
-            row[HEADROOM + 8 + j] = row[HEADROOM + j]
-        for j in range(8):
-            row[HEADROOM + j] = (hdr >> (56 - 8 * j)) & 0xFF
-        lens[i] = ln + 8
-    return r
-
-
-@njit(cache=True, nogil=True)
-def gro_split(kind, io, got, gi, gpos, b, cap, mtu, whole_first=False):
-    """Copy the datagrams of received GRO messages gi.. (in io, IngressIO) into the rows of
-    batch b; returns (n, gi, gpos).
-
-    Message j holds gro_len[j] bytes, datagrams of gro_seg[j] bytes back to back (the last may
-    be shorter); each becomes a row with its sender's address. When the rows run out the
-    cursor (gi, gpos) says where the next batch starts, so nothing is dropped for lack of rows.
-    A datagram longer than a row is a kernel VXLAN's GSO packet (split_tunnel_gso) or else
-    one row of length cap + 1, which the kernel drops as TRUNCATED, as the plain path does.
-    whole_first: the loop tries such a packet whole first (tunnel_gso.decap_super), so one
-    met after other rows ends the batch and is left for the next call (rows keep their order).
-    """
-    gro, gro_len, gro_seg, gro_src = io.gro, io.gro_len, io.gro_seg, io.gro_src
-    bufs, lens, src_ip = b.bufs, b.lens, b.src_ip
-    rows = bufs.shape[0]
-    n = 0
-    while n < rows and gi < got:
-        total = gro_len[gi]
-        seg = gro_seg[gi]
-        take = min(seg, total - gpos)
-        if seg > cap:
-            if whole_first and n > 0:
-                break
-            take = total - gpos
-            r = -1
-            if kind == KIND_VXLAN and total <= GRO_BUF:
-                r = split_tunnel_gso(gro[gi, VX_VIEW:], total, mtu, bufs, lens, n)
-                if r == ERR_NO_ROOM and n > 0:
-                    break  # the next batch starts with it, from row 0
-            if r > 0:
-                io.stats[ST_TUNNEL_GSO] += ONE
-                for i in range(n, n + r):
-                    src_ip[i] = gro_src[gi]
-                n += r
-                gi += 1
-                gpos = 0
-                continue
-            lens[n] = cap + 1
-        else:
-            row = bufs[n]
-            src = gro[gi]
-            for j in range(take):
-                row[HEADROOM + j] = src[GRO_PAD + gpos + j]
-            lens[n] = take
-        src_ip[n] = gro_src[gi]
-        n += 1
-        gpos += take
-        if gpos >= total:
-            gi += 1
-            gpos = 0
-    return n, gi, gpos

@@ -33,6 +33,17 @@ from ipaddress import IPv4Address, IPv4Network
 
 from weft.drivers.driver import Driver
 from weft.packet.fastpath import HEADROOM, Batch
+from weft.packet.headers import (
+    ETH_HLEN,
+    ETH_P_ARP,
+    ETH_P_IP,
+    ETH_TYPE_AT,
+    IPV4_HLEN,
+    IPV4_PROTO_AT,
+    IPV4_SRC_AT,
+    L4_PORTS_LEN,
+    VXLAN_HLEN,
+)
 from weft.packet.outer import wrap_udp
 from weft.packet.reasons import Reason, Verdict, reason_name
 from weft.status import TraceStatus
@@ -43,8 +54,6 @@ VERDICTS = {"forward": Verdict.FORWARD, "drop": Verdict.DROP, "slow": Verdict.SL
 DEFAULT_QUEUE = 1024  # events buffered per subscriber before they are dropped
 STATS_EVERY = 1.0  # seconds between drop-count records while events are being dropped
 IDLE_TICK = 0.5  # the control server notices a gone client this often
-
-_ETH_P_IP, _ETH_P_ARP = 0x0800, 0x0806
 
 
 class FilterError(ValueError):
@@ -204,7 +213,7 @@ def parse_filter(text: str | None) -> Predicate:
 def _inner_offsets(kind: str, direction: str) -> tuple[int, bool]:
     """(offset of the inner packet in the row's input, whether it starts with Ethernet)."""
     if kind == "vxlan":
-        return (8 if direction == "ingress" else 0), True  # ingress input starts with VXLAN
+        return (VXLAN_HLEN if direction == "ingress" else 0), True  # ingress input: VXLAN first
     return 0, False
 
 
@@ -213,18 +222,19 @@ def row_key(data: bytes, kind: str, direction: str, verdict: int, reason: int,
     """Parse the flow fields of one input packet; anything unparsable gets zeros."""
     off, ether = _inner_offsets(kind, direction)
     proto, src, dst, sport, dport = -2, 0, 0, 0, 0
-    ethertype = _ETH_P_IP
+    ethertype = ETH_P_IP
     if ether:
-        ethertype = int.from_bytes(data[off + 12:off + 14], "big") if len(data) >= off + 14 else 0
-        off += 14
-    if ethertype == _ETH_P_ARP and len(data) >= off + 28:
+        ethertype = (struct.unpack_from("!H", data, off + ETH_TYPE_AT)[0]
+                     if len(data) >= off + ETH_HLEN else 0)
+        off += ETH_HLEN
+    if ethertype == ETH_P_ARP and len(data) >= off + 28:  # an IPv4 ARP body: 28 bytes
         proto = -1
-        src, dst = struct.unpack_from("!I6xI", data, off + 14)
-    elif ethertype == _ETH_P_IP and len(data) >= off + 20 and data[off] >> 4 == 4:
-        proto = data[off + 9]
-        src, dst = struct.unpack_from("!II", data, off + 12)
+        src, dst = struct.unpack_from("!I6xI", data, off + 14)  # sender and target address
+    elif ethertype == ETH_P_IP and len(data) >= off + IPV4_HLEN and data[off] >> 4 == 4:
+        proto = data[off + IPV4_PROTO_AT]
+        src, dst = struct.unpack_from("!II", data, off + IPV4_SRC_AT)
         l4 = off + (data[off] & 0x0F) * 4
-        if proto in (1, 6, 17) and len(data) >= l4 + 4:
+        if proto in (1, 6, 17) and len(data) >= l4 + L4_PORTS_LEN:
             if proto == 1:  # ICMP: type and code stand in for the ports, as in OVS flows
                 sport, dport = data[l4], data[l4 + 1]
             else:

@@ -1,14 +1,14 @@
 """The Internet checksum (RFC 1071) in plain Python: the one copy every Python caller uses.
 
-The numba kernels (fastpath, offload) carry their own compiled copies; tests hold them equal
-to this one. No numpy or numba here, so tools and lab probes can import it cheaply.
+The numba kernels (fastpath, offload) carry their own compiled copies (wirebytes.py); tests hold
+them equal to this one. No numpy or numba here, so tools and lab probes can import it cheaply.
 """
 
 from __future__ import annotations
 
 import struct
 
-IPPROTO_UDP = 17
+from weft.packet.headers import IPPROTO_UDP
 
 
 def sum16(data: bytes) -> int:

@@ -16,7 +16,47 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from weft.drivers import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
+from weft import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
+from weft.packet.headers import (
+    ETH_ALEN,
+    ETH_DST_AT,
+    ETH_HLEN,
+    ETH_P_ARP,
+    ETH_P_IP,
+    ETH_P_IPV6,
+    ETH_SRC_AT,
+    ETH_TYPE_AT,
+    IP_DF,
+    IP_MF_OFFSET,
+    IPPROTO_SCTP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    IPV4_CSUM_AT,
+    IPV4_DST_AT,
+    IPV4_FRAG_AT,
+    IPV4_HLEN,
+    IPV4_ID_AT,
+    IPV4_MAX_LEN,
+    IPV4_PROTO_AT,
+    IPV4_SRC_AT,
+    IPV4_TOS_AT,
+    IPV4_TOT_LEN_AT,
+    IPV4_TTL_AT,
+    IPV4_VER_IHL,
+    L4_DPORT_AT,
+    L4_PORTS_LEN,
+    L4_SPORT_AT,
+    TCP_CSUM_AT,
+    TCP_HLEN,
+    UDP_CSUM_AT,
+    UDP_HLEN,
+    UDP_LEN_AT,
+    VXLAN_ENCAP,
+    VXLAN_FLAG_I,
+    VXLAN_FLAGS_AT,
+    VXLAN_HLEN,
+    VXLAN_VNI_AT,
+)
 from weft.packet.reasons import Reason, Verdict
 from weft.packet.table import (
     CFG_LOCAL_INDEX,
@@ -39,12 +79,9 @@ from weft.packet.wirebytes import u32 as _u32
 from weft.packet.wirebytes import w16 as _w16
 from weft.packet.wirebytes import w32 as _w32
 
-HEADROOM = 64  # bytes before every packet, room for the outer headers
+HEADROOM = 64  # bytes before every packet, room for the outer headers (VXLAN_ENCAP)
 BUFSIZE = 2048  # default row size of a batch buffer (HEADROOM + the largest packet)
-VXLAN_HDR = 8
-VXLAN_ENCAP = 36  # outer IPv4 (20) + UDP (8) + VXLAN (8) written into the headroom
 OUTER_TTL = 64
-VXLAN_FLAG_I = 0x08
 # Linux udp_flow_src_port() with the default ip_local_port_range 32768..60999.
 SRC_PORT_MIN = 32768
 SRC_PORT_MAX = 60999
@@ -168,13 +205,13 @@ def _sender_known(keys, ip):
 @njit(cache=True, nogil=True)
 def _ipv4_check(b, o, avail):
     """Reason code for the IPv4 header at b[o:], `avail` bytes readable."""
-    if avail < 20:
+    if avail < IPV4_HLEN:
         return _TRUNCATED
     vihl = _u8(b, o)
     ihl = (vihl & 0x0F) * 4
-    if vihl >> 4 != 4 or ihl < 20:
+    if vihl >> 4 != 4 or ihl < IPV4_HLEN:
         return _BAD_IP_HEADER
-    total = _u16(b, o + 2)
+    total = _u16(b, o + IPV4_TOT_LEN_AT)
     if total < ihl:
         return _BAD_IP_HEADER
     if total > avail:
@@ -254,37 +291,37 @@ def _vxlan_egress_one(b, ln, cap, cfg, present, public_ip, vtep_mac, ip_id):
     h = HEADROOM
     if ln < 0 or ln > cap:
         return _DROP, _TRUNCATED, h, 0, 0
-    if ln < 14:
+    if ln < ETH_HLEN:
         return _DROP, _TRUNCATED, h, ln, 0
-    ethertype = _u16(b, h + 12)
-    if ethertype == 0x0806:
+    ethertype = _u16(b, h + ETH_TYPE_AT)
+    if ethertype == ETH_P_ARP:
         return _SLOW, _ARP, h, ln, 0
-    if ethertype == 0x86DD:
+    if ethertype == ETH_P_IPV6:
         return _SLOW, _IPV6, h, ln, 0
-    if ethertype != 0x0800:
+    if ethertype != ETH_P_IP:
         return _DROP, _UNKNOWN_ETHERTYPE, h, ln, 0
-    if _u8(b, h) & 1:
+    if _u8(b, h + ETH_DST_AT) & 1:
         bcast = True
-        for k in range(6):
-            if _u8(b, h + k) != 0xFF:
+        for k in range(ETH_ALEN):
+            if _u8(b, h + ETH_DST_AT + k) != 0xFF:
                 bcast = False
         return _DROP, (_BROADCAST if bcast else _MULTICAST), h, ln, 0
-    ip = h + 14
-    r = _ipv4_check(b, ip, ln - 14)
+    ip = h + ETH_HLEN
+    r = _ipv4_check(b, ip, ln - ETH_HLEN)
     if r != _OK:
         return _DROP, r, h, ln, 0
-    dst = _u32(b, ip + 16)
+    dst = _u32(b, ip + IPV4_DST_AT)
     v, r, idx = _egress_route(dst, cfg, present)
     if r != _OK:
         return v, r, h, ln, 0
-    total = _u16(b, ip + 2)
-    flen = 14 + total  # Ethernet padding past the IP packet is not carried
+    total = _u16(b, ip + IPV4_TOT_LEN_AT)
+    flen = ETH_HLEN + total  # Ethernet padding past the IP packet is not carried
     outer_total = VXLAN_ENCAP + flen
-    dont_fragment = (_u8(b, ip + 6) & 0x40) != 0
-    if total > cfg[CFG_MTU] and (dont_fragment or outer_total > 0xFFFF):
+    dont_fragment = (_u8(b, ip + IPV4_FRAG_AT) & (IP_DF >> 8)) != 0
+    if total > cfg[CFG_MTU] and (dont_fragment or outer_total > IPV4_MAX_LEN):
         return _SLOW, _FRAG_NEEDED, h, ln, 0
     mac_set = False
-    for k in range(6):
+    for k in range(ETH_ALEN):
         if vtep_mac[idx, k] != 0:
             mac_set = True
     if not mac_set:
@@ -292,55 +329,56 @@ def _vxlan_egress_one(b, ln, cap, cfg, present, public_ip, vtep_mac, ip_id):
 
     # Verdict is FORWARD: from here on the buffer is modified.
     peer_ip = np.int64(public_ip[idx])
-    for k in range(6):
-        b[h + k] = vtep_mac[idx, k]
+    for k in range(ETH_ALEN):
+        b[h + ETH_DST_AT + k] = vtep_mac[idx, k]
     local_mac = cfg[CFG_LOCAL_VTEP_MAC]
-    for k in range(6):
-        b[h + 6 + k] = (local_mac >> (40 - 8 * k)) & 0xFF
+    for k in range(ETH_ALEN):
+        b[h + ETH_SRC_AT + k] = (local_mac >> (40 - 8 * k)) & 0xFF
 
-    proto = _u8(b, ip + 9)
+    proto = _u8(b, ip + IPV4_PROTO_AT)
     ihl = (_u8(b, ip) & 0x0F) * 4
     sport = 0
     dport = 0
-    not_fragment = (_u16(b, ip + 6) & 0x3FFF) == 0
-    if not_fragment and (proto == 6 or proto == 17 or proto == 132) and ihl + 4 <= total:
-        sport = _u16(b, ip + ihl)
-        dport = _u16(b, ip + ihl + 2)
-    fh = _flow_hash(_u32(b, ip + 12), dst, proto, sport, dport)
+    not_fragment = (_u16(b, ip + IPV4_FRAG_AT) & IP_MF_OFFSET) == 0
+    if (not_fragment and (proto == IPPROTO_TCP or proto == IPPROTO_UDP or proto == IPPROTO_SCTP)
+            and ihl + L4_PORTS_LEN <= total):
+        sport = _u16(b, ip + ihl + L4_SPORT_AT)
+        dport = _u16(b, ip + ihl + L4_DPORT_AT)
+    fh = _flow_hash(_u32(b, ip + IPV4_SRC_AT), dst, proto, sport, dport)
     src_port = ((fh * (SRC_PORT_MAX - SRC_PORT_MIN)) >> 32) + SRC_PORT_MIN
 
     o = h - VXLAN_ENCAP
-    b[o] = 0x45
-    b[o + 1] = 0
-    _w16(b, o + 2, outer_total)
-    _w16(b, o + 4, ip_id & 0xFFFF)
-    _w16(b, o + 6, 0)
-    b[o + 8] = OUTER_TTL
-    b[o + 9] = 17
-    _w16(b, o + 10, 0)
-    _w32(b, o + 12, cfg[CFG_LOCAL_PUBLIC_IP])
-    _w32(b, o + 16, peer_ip)
-    _w16(b, o + 10, _checksum(b, o, 20))
-    u = o + 20
-    _w16(b, u, src_port)
-    _w16(b, u + 2, cfg[CFG_PORT])
-    _w16(b, u + 4, outer_total - 20)
-    _w16(b, u + 6, 0)
-    x = u + 8
+    b[o] = IPV4_VER_IHL
+    b[o + IPV4_TOS_AT] = 0
+    _w16(b, o + IPV4_TOT_LEN_AT, outer_total)
+    _w16(b, o + IPV4_ID_AT, ip_id & 0xFFFF)
+    _w16(b, o + IPV4_FRAG_AT, 0)
+    b[o + IPV4_TTL_AT] = OUTER_TTL
+    b[o + IPV4_PROTO_AT] = IPPROTO_UDP
+    _w16(b, o + IPV4_CSUM_AT, 0)
+    _w32(b, o + IPV4_SRC_AT, cfg[CFG_LOCAL_PUBLIC_IP])
+    _w32(b, o + IPV4_DST_AT, peer_ip)
+    _w16(b, o + IPV4_CSUM_AT, _checksum(b, o, IPV4_HLEN))
+    u = o + IPV4_HLEN
+    _w16(b, u + L4_SPORT_AT, src_port)
+    _w16(b, u + L4_DPORT_AT, cfg[CFG_PORT])
+    _w16(b, u + UDP_LEN_AT, outer_total - IPV4_HLEN)
+    _w16(b, u + UDP_CSUM_AT, 0)
+    x = u + UDP_HLEN
     vni = cfg[CFG_VNI]
-    b[x] = VXLAN_FLAG_I
-    b[x + 1] = 0
-    b[x + 2] = 0
-    b[x + 3] = 0
-    b[x + 4] = (vni >> 16) & 0xFF
-    b[x + 5] = (vni >> 8) & 0xFF
-    b[x + 6] = vni & 0xFF
-    b[x + 7] = 0
+    b[x + VXLAN_FLAGS_AT] = VXLAN_FLAG_I
+    b[x + VXLAN_FLAGS_AT + 1] = 0  # reserved
+    b[x + VXLAN_FLAGS_AT + 2] = 0
+    b[x + VXLAN_FLAGS_AT + 3] = 0
+    b[x + VXLAN_VNI_AT] = (vni >> 16) & 0xFF
+    b[x + VXLAN_VNI_AT + 1] = (vni >> 8) & 0xFF
+    b[x + VXLAN_VNI_AT + 2] = vni & 0xFF
+    b[x + VXLAN_VNI_AT + 3] = 0  # reserved
     return _FORWARD, _OK, o, outer_total, peer_ip
 
 
 # One frame in a row, nothing counted: (verdict, reason, out offset, out length, peer IP).
-# tunnel_gso runs it on the first segment of a super-frame it hands to the kernel whole.
+# offload.tunnel runs it on the first segment of a super-frame it hands to the kernel whole.
 vxlan_egress_one = _vxlan_egress_one
 
 
@@ -374,34 +412,34 @@ def _vxlan_ingress_one(b, ln, cap, sender, cfg, present, public_ip, sender_keys)
     h = HEADROOM
     if ln < 0 or ln > cap:
         return _DROP, _TRUNCATED, h, 0
-    if ln < VXLAN_HDR + 14 + 20:
+    if ln < VXLAN_HLEN + ETH_HLEN + IPV4_HLEN:
         return _DROP, _TRUNCATED, h, ln
     # RFC 7348: only the I bit matters; other flag and reserved bits are ignored on receipt.
-    if (_u8(b, h) & VXLAN_FLAG_I) == 0:
+    if (_u8(b, h + VXLAN_FLAGS_AT) & VXLAN_FLAG_I) == 0:
         return _DROP, _BAD_VXLAN_FLAGS, h, ln
-    if (_u32(b, h + 4) >> 8) != cfg[CFG_VNI]:
+    if (_u32(b, h + VXLAN_VNI_AT) >> 8) != cfg[CFG_VNI]:
         return _DROP, _WRONG_VNI, h, ln
     if not _sender_known(sender_keys, sender):
         return _DROP, _UNKNOWN_SENDER, h, ln
-    e = h + VXLAN_HDR
-    if _u16(b, e + 12) != 0x0800:
+    e = h + VXLAN_HLEN
+    if _u16(b, e + ETH_TYPE_AT) != ETH_P_IP:
         return _DROP, _NOT_IPV4, h, ln
-    ip = e + 14
-    r = _ipv4_check(b, ip, ln - VXLAN_HDR - 14)
+    ip = e + ETH_HLEN
+    r = _ipv4_check(b, ip, ln - VXLAN_HLEN - ETH_HLEN)
     if r != _OK:
         return _DROP, r, h, ln
-    if not _inner_src_ok(_u32(b, ip + 12), sender, cfg, present, public_ip):
+    if not _inner_src_ok(_u32(b, ip + IPV4_SRC_AT), sender, cfg, present, public_ip):
         return _DROP, _SPOOFED_INNER_SRC, h, ln
-    if not _is_local(_u32(b, ip + 16), cfg, present.shape[0]):
+    if not _is_local(_u32(b, ip + IPV4_DST_AT), cfg, present.shape[0]):
         return _DROP, _NOT_FOR_US, h, ln
-    dmac = (_u16(b, e) << 32) | _u32(b, e + 2)
+    dmac = (_u16(b, e + ETH_DST_AT) << 32) | _u32(b, e + ETH_DST_AT + 2)
     if dmac != cfg[CFG_LOCAL_VTEP_MAC] and dmac != 0xFFFFFFFFFFFF:
         return _DROP, _WRONG_INNER_MAC, h, ln
-    return _FORWARD, _OK, e, ln - VXLAN_HDR
+    return _FORWARD, _OK, e, ln - VXLAN_HLEN
 
 
 # One payload in a row, nothing counted: (verdict, reason, out offset, out length).
-# tunnel_gso runs it on the first segment of a tunnel-GSO packet it writes to the TAP whole.
+# offload.tunnel runs it on the first segment of a tunnel-GSO packet it writes to the TAP whole.
 vxlan_ingress_one = _vxlan_ingress_one
 
 
@@ -420,30 +458,30 @@ def _complete_partial_l4_csum(b, ip):
     value Linux pre-fills for CHECKSUM_PARTIAL, so any other mismatch is treated as corruption.
     `ip` is the offset of an inner IPv4 header _ipv4_check accepted (whole packet present).
     """
-    if (_u16(b, ip + 6) & 0x3FFF) != 0:  # a fragment: the segment is not all here
+    if (_u16(b, ip + IPV4_FRAG_AT) & IP_MF_OFFSET) != 0:  # a fragment: not all of it is here
         return False
     ihl = (_u8(b, ip) & 0x0F) * 4
-    room = _u16(b, ip + 2) - ihl
-    proto = _u8(b, ip + 9)
+    room = _u16(b, ip + IPV4_TOT_LEN_AT) - ihl
+    proto = _u8(b, ip + IPV4_PROTO_AT)
     l4 = ip + ihl
-    if proto == 6:
-        if room < 20:
+    if proto == IPPROTO_TCP:
+        if room < TCP_HLEN:
             return False
         l4len = room
-        field = l4 + 16
-    elif proto == 17:
-        if room < 8:
+        field = l4 + TCP_CSUM_AT
+    elif proto == IPPROTO_UDP:
+        if room < UDP_HLEN:
             return False
-        l4len = _u16(b, l4 + 4)  # the pseudo-header and the sum use UDP's own length
-        if l4len < 8 or l4len > room:
+        l4len = _u16(b, l4 + UDP_LEN_AT)  # the pseudo-header and the sum use UDP's own length
+        if l4len < UDP_HLEN or l4len > room:
             return False
-        field = l4 + 6
+        field = l4 + UDP_CSUM_AT
         if _u16(b, field) == 0:  # no checksum sent (RFC 768): nothing to complete
             return False
     else:
         return False
-    pseudo = _fold16(_u16(b, ip + 12) + _u16(b, ip + 14) + _u16(b, ip + 16)
-                     + _u16(b, ip + 18) + proto + l4len)
+    pseudo = _fold16(_u16(b, ip + IPV4_SRC_AT) + _u16(b, ip + IPV4_SRC_AT + 2)
+                     + _u16(b, ip + IPV4_DST_AT) + _u16(b, ip + IPV4_DST_AT + 2) + proto + l4len)
     seg = _sum16(b, l4, l4len)
     if _fold16(pseudo + seg) == 0xFFFF:  # verifies already
         return False
@@ -476,7 +514,7 @@ def vxlan_ingress(bufs, lens, src_ip, n, out_off, out_len, verdict, reason, dst_
         )
         if v == _FORWARD:
             forwarded += 1
-            if _complete_partial_l4_csum(bufs[i], off + 14):
+            if _complete_partial_l4_csum(bufs[i], off + ETH_HLEN):
                 counters[PATH_VXLAN_INGRESS, SLOT_CSUM_COMPLETED] += np.uint64(1)
         _record(counters, PATH_VXLAN_INGRESS, i, v, r, off, olen, 0, ln,
                 out_off, out_len, verdict, reason, dst_ip)
@@ -488,11 +526,12 @@ def vxlan_ingress(bufs, lens, src_ip, n, out_off, out_len, verdict, reason, dst_
 
 @njit(cache=True, nogil=True)
 def _decrement_ttl(b, ip):
-    ttl = _u8(b, ip + 8)
-    proto = _u8(b, ip + 9)
-    b[ip + 8] = ttl - 1
-    new_csum = _ttl_csum(_u16(b, ip + 10), (ttl << 8) | proto, ((ttl - 1) << 8) | proto)
-    _w16(b, ip + 10, new_csum)
+    ttl = _u8(b, ip + IPV4_TTL_AT)
+    proto = _u8(b, ip + IPV4_PROTO_AT)
+    b[ip + IPV4_TTL_AT] = ttl - 1
+    # TTL and protocol are one 16-bit word of the header sum
+    new_csum = _ttl_csum(_u16(b, ip + IPV4_CSUM_AT), (ttl << 8) | proto, ((ttl - 1) << 8) | proto)
+    _w16(b, ip + IPV4_CSUM_AT, new_csum)
 
 
 @njit(cache=True, nogil=True)
@@ -510,19 +549,19 @@ def _udp_egress_one(b, ln, cap, cfg, present, public_ip):
     r = _ipv4_check(b, h, ln)
     if r != _OK:
         return _DROP, r, h, ln, 0
-    v, r, idx = _egress_route(_u32(b, h + 16), cfg, present)
+    v, r, idx = _egress_route(_u32(b, h + IPV4_DST_AT), cfg, present)
     if r != _OK:
         return v, r, h, ln, 0
-    if _u8(b, h + 8) <= 1:
+    if _u8(b, h + IPV4_TTL_AT) <= 1:
         return _SLOW, _TTL_EXCEEDED, h, ln, 0
-    total = _u16(b, h + 2)
-    if total > cfg[CFG_MTU] and (_u8(b, h + 6) & 0x40) != 0:
+    total = _u16(b, h + IPV4_TOT_LEN_AT)
+    if total > cfg[CFG_MTU] and (_u8(b, h + IPV4_FRAG_AT) & (IP_DF >> 8)) != 0:
         return _SLOW, _FRAG_NEEDED, h, ln, 0
     _decrement_ttl(b, h)
     return _FORWARD, _OK, h, total, np.int64(public_ip[idx])
 
 
-# One packet in a row, nothing counted (tunnel_gso's probe of a super-frame's first segment).
+# One packet in a row, nothing counted (offload.tunnel's probe of a super-frame's first segment).
 udp_egress_one = _udp_egress_one
 
 
@@ -557,15 +596,15 @@ def _udp_ingress_one(b, ln, cap, sender, cfg, present, public_ip, sender_keys):
     r = _ipv4_check(b, h, ln)
     if r != _OK:
         return _DROP, r, h, ln
-    if not _inner_src_ok(_u32(b, h + 12), sender, cfg, present, public_ip):
+    if not _inner_src_ok(_u32(b, h + IPV4_SRC_AT), sender, cfg, present, public_ip):
         return _DROP, _SPOOFED_INNER_SRC, h, ln
-    if not _is_local(_u32(b, h + 16), cfg, present.shape[0]):
+    if not _is_local(_u32(b, h + IPV4_DST_AT), cfg, present.shape[0]):
         return _DROP, _NOT_FOR_US, h, ln
     # flannel decrements on receive too and drops what reaches 0.
-    if _u8(b, h + 8) <= 1:
+    if _u8(b, h + IPV4_TTL_AT) <= 1:
         return _DROP, _TTL_EXCEEDED, h, ln
     _decrement_ttl(b, h)
-    return _FORWARD, _OK, h, _u16(b, h + 2)
+    return _FORWARD, _OK, h, _u16(b, h + IPV4_TOT_LEN_AT)
 
 
 udp_ingress_one = _udp_ingress_one

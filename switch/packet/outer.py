@@ -20,15 +20,26 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from weft.packet.checksum import IPPROTO_UDP, inet_checksum, udp_checksum
+from weft.packet.checksum import inet_checksum, udp_checksum
+from weft.packet.headers import (
+    IP_DF,
+    IP_MF_OFFSET,
+    IPPROTO_UDP,
+    IPV4_CSUM_AT,
+    IPV4_FRAG_AT,
+    IPV4_HLEN,
+    IPV4_PROTO_AT,
+    IPV4_SRC_AT,
+    IPV4_TOT_LEN_AT,
+    IPV4_VER_IHL,
+    L4_DPORT_AT,
+    UDP_CSUM_AT,
+    UDP_HLEN,
+    UDP_LEN_AT,
+)
 from weft.packet.reasons import Reason
 
-IPV4_HLEN = 20
-UDP_HLEN = 8
 WIRE_TTL = 64  # net.ipv4.ip_default_ttl
-# Linux sets DF on UDP sockets (IP_PMTUDISC_WANT, the default with ip_no_pmtu_disc=0) and, for
-# an unconnected socket's DF datagram, an IP ID of 0 (ip_select_ident).
-IP_DF = 0x4000
 
 
 @dataclass(frozen=True)
@@ -53,22 +64,22 @@ def find_datagram(data: bytes, off: int = 0) -> Datagram | None:
     if len(ip) < IPV4_HLEN or ip[0] >> 4 != 4:
         return None
     ihl = (ip[0] & 0x0F) * 4
-    total = struct.unpack_from("!H", ip, 2)[0]
-    src, dst = struct.unpack_from("!II", ip, 12)
+    total = struct.unpack_from("!H", ip, IPV4_TOT_LEN_AT)[0]
+    src, dst = struct.unpack_from("!II", ip, IPV4_SRC_AT)
     if ihl < IPV4_HLEN or total < ihl:  # the protocol field of a broken header means nothing
         return Datagram(src, dst, -1, None, Reason.BAD_IP_HEADER)
-    if ip[9] != IPPROTO_UDP:
+    if ip[IPV4_PROTO_AT] != IPPROTO_UDP:
         return None
-    if len(ip) < ihl + 4:
+    if len(ip) < ihl + L4_DPORT_AT + 2:
         return Datagram(src, dst, -1, None, Reason.TRUNCATED)
-    dport = struct.unpack_from("!H", ip, ihl + 2)[0]
+    dport = struct.unpack_from("!H", ip, ihl + L4_DPORT_AT)[0]
     if total < ihl + UDP_HLEN:
         return Datagram(src, dst, dport, None, Reason.BAD_UDP)
     if total > len(ip):
         return Datagram(src, dst, dport, None, Reason.TRUNCATED)
-    if struct.unpack_from("!H", ip, 6)[0] & 0x3FFF:  # a fragment: the kernel would reassemble
+    if struct.unpack_from("!H", ip, IPV4_FRAG_AT)[0] & IP_MF_OFFSET:  # the kernel reassembles
         return Datagram(src, dst, dport, None, Reason.BAD_UDP)
-    udp_len = struct.unpack_from("!H", ip, ihl + 4)[0]
+    udp_len = struct.unpack_from("!H", ip, ihl + UDP_LEN_AT)[0]
     if udp_len < UDP_HLEN or ihl + udp_len > total:
         return Datagram(src, dst, dport, None, Reason.BAD_UDP)
     return Datagram(src, dst, dport, bytes(ip[ihl + UDP_HLEN : ihl + udp_len]))
@@ -84,12 +95,15 @@ def wrap_udp(payload: bytes, src: int, dst: int, port: int) -> bytes:
 
     Source and destination port are both `port`, as between two flanneld udp sockets (a VXLAN
     sender's real source port is a flow hash the receiving socket never reports). The UDP
-    checksum is computed, as a Linux UDP socket does unless told otherwise (SO_NO_CHECK).
+    checksum is computed, as a Linux UDP socket does unless told otherwise (SO_NO_CHECK). Linux
+    sets DF on UDP sockets (IP_PMTUDISC_WANT, the default with ip_no_pmtu_disc=0) and, for an
+    unconnected socket's DF datagram, an IP ID of 0 (ip_select_ident).
     """
     udp_len = UDP_HLEN + len(payload)
     udp = struct.pack("!HHHH", port, port, udp_len, 0) + payload
-    udp = udp[:6] + struct.pack("!H", udp_checksum(src, dst, udp)) + udp[8:]
-    ip = struct.pack("!BBHHHBBHII", 0x45, 0, IPV4_HLEN + udp_len, 0, IP_DF, WIRE_TTL,
+    udp = (udp[:UDP_CSUM_AT] + struct.pack("!H", udp_checksum(src, dst, udp))
+           + udp[UDP_CSUM_AT + 2 :])
+    ip = struct.pack("!BBHHHBBHII", IPV4_VER_IHL, 0, IPV4_HLEN + udp_len, 0, IP_DF, WIRE_TTL,
                      IPPROTO_UDP, 0, src, dst)
-    ip = ip[:10] + struct.pack("!H", inet_checksum(ip)) + ip[12:]
+    ip = ip[:IPV4_CSUM_AT] + struct.pack("!H", inet_checksum(ip)) + ip[IPV4_CSUM_AT + 2 :]
     return ip + udp

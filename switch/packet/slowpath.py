@@ -29,6 +29,22 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 from weft.packet.checksum import inet_checksum
+from weft.packet.headers import (
+    ETH_ALEN,
+    ETH_DST_AT,
+    ETH_HLEN,
+    ETH_P_ARP,
+    ETH_P_IP,
+    ETH_P_IPV6,
+    ETH_SRC_AT,
+    ETH_TYPE_AT,
+    IPV4_DST_AT,
+    IPV4_FRAG_AT,
+    IPV4_HLEN,
+    IPV4_PROTO_AT,
+    IPV4_SRC_AT,
+    IPV4_TOT_LEN_AT,
+)
 from weft.packet.reasons import Reason, reason_name
 
 BACKENDS = ("vxlan", "udp")
@@ -41,11 +57,7 @@ BACKENDS = ("vxlan", "udp")
 # kernel's re-probe of the stale entry is answered with the real VtepMAC.
 UNREACHABLE_MAC = bytes.fromhex("027765667400")
 
-ETH_P_IP = 0x0800
-ETH_P_ARP = 0x0806
-ETH_P_IPV6 = 0x86DD
-ETH_HLEN = 14
-BROADCAST_MAC = b"\xff" * 6
+BROADCAST_MAC = b"\xff" * ETH_ALEN
 
 ICMP_TTL = 64
 IPTOS_PREC_INTERNETCONTROL = 0xC0  # precedence Linux gives its ICMP errors (RFC 1812 4.3.2.5)
@@ -159,14 +171,15 @@ def _drop(reason: int, summary: str) -> SlowResult:
 def _from_tap(frame: bytes, reason: int, ctx: SlowPathContext) -> SlowResult:
     if len(frame) < ETH_HLEN:
         return _drop(Reason.TRUNCATED, f"{len(frame)}-byte frame")
-    (ethertype,) = struct.unpack_from("!H", frame, 12)
+    (ethertype,) = struct.unpack_from("!H", frame, ETH_TYPE_AT)
     if ethertype == ETH_P_ARP:
         return _arp(frame, ctx)
     if ethertype == ETH_P_IPV6:
         return _ipv6(frame)
     if ethertype != ETH_P_IP:
         return _drop(Reason.UNKNOWN_ETHERTYPE, f"ethertype 0x{ethertype:04x}")
-    dst_mac, src_mac = frame[0:6], frame[6:12]
+    dst_mac = frame[ETH_DST_AT : ETH_DST_AT + ETH_ALEN]
+    src_mac = frame[ETH_SRC_AT : ETH_SRC_AT + ETH_ALEN]
     if dst_mac == BROADCAST_MAC:
         return _drop(Reason.BROADCAST, "IPv4 to the Ethernet broadcast address")
     if dst_mac[0] & 1:
@@ -197,17 +210,18 @@ def _from_tun(packet: bytes, reason: int, ctx: SlowPathContext) -> SlowResult:
 
 
 def _ipv4(ip: bytes, reason: int, ctx: SlowPathContext) -> SlowResult:
-    if len(ip) < 20:
+    if len(ip) < IPV4_HLEN:
         return _drop(Reason.TRUNCATED, f"{len(ip)}-byte IPv4 header")
     ihl = (ip[0] & 0x0F) * 4
-    (total,) = struct.unpack_from("!H", ip, 2)
-    if ip[0] >> 4 != 4 or ihl < 20 or total < ihl:
+    (total,) = struct.unpack_from("!H", ip, IPV4_TOT_LEN_AT)
+    if ip[0] >> 4 != 4 or ihl < IPV4_HLEN or total < ihl:
         return _drop(Reason.BAD_IP_HEADER, f"version/IHL/length {ip[0]:#04x}/{total}")
     if total > len(ip):
         return _drop(Reason.TRUNCATED, f"IPv4 length {total} > {len(ip)} bytes")
     if inet_checksum(ip[:ihl]) != 0:  # a router silently drops these (RFC 1812 5.2.2)
         return _drop(Reason.BAD_IP_HEADER, "bad IPv4 header checksum")
-    src, dst = IPv4Address(ip[12:16]), IPv4Address(ip[16:20])
+    src = IPv4Address(ip[IPV4_SRC_AT : IPV4_SRC_AT + 4])
+    dst = IPv4Address(ip[IPV4_DST_AT : IPV4_DST_AT + 4])
     flow = f"{src} > {dst}"
     if _is_broadcast(dst, ctx):
         return _drop(Reason.BROADCAST, f"{flow}: IPv4 broadcast")
@@ -239,12 +253,12 @@ def _is_broadcast(dst: IPv4Address, ctx: SlowPathContext) -> bool:
 
 def _why_no_icmp_error(ip: bytes, ihl: int, total: int, src: IPv4Address) -> str:
     """RFC 1122 3.2.2 / RFC 1812 4.3.2.7: the cases where a router stays silent."""
-    (frag,) = struct.unpack_from("!H", ip, 6)
+    (frag,) = struct.unpack_from("!H", ip, IPV4_FRAG_AT)
     if frag & 0x1FFF:
         return "non-first fragment"
     if any(src in net for net in _NOT_A_HOST_V4):
         return f"source {src} is not a unique host"
-    if ip[9] == 1:  # ICMP
+    if ip[IPV4_PROTO_AT] == 1:  # ICMP
         if total <= ihl:
             return "ICMP without a type"
         if ip[ihl] in ICMP_ERROR_TYPES:

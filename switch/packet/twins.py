@@ -15,14 +15,44 @@ from ipaddress import IPv4Address
 import numpy as np
 
 from weft.packet.checksum import fold16, inet_checksum, sum16
-from weft.packet.fastpath import (
-    FLOW_SEED,
-    OUTER_TTL,
-    SRC_PORT_MAX,
-    SRC_PORT_MIN,
+from weft.packet.fastpath import FLOW_SEED, OUTER_TTL, SRC_PORT_MAX, SRC_PORT_MIN
+from weft.packet.headers import (
+    ETH_ALEN,
+    ETH_DST_AT,
+    ETH_HLEN,
+    ETH_P_ARP,
+    ETH_P_IP,
+    ETH_P_IPV6,
+    ETH_SRC_AT,
+    ETH_TYPE_AT,
+    IP_DF,
+    IP_MF_OFFSET,
+    IPPROTO_SCTP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    IPV4_ADDRS,
+    IPV4_CSUM_AT,
+    IPV4_DST_AT,
+    IPV4_FRAG_AT,
+    IPV4_HLEN,
+    IPV4_MAX_LEN,
+    IPV4_PROTO_AT,
+    IPV4_SRC_AT,
+    IPV4_TOT_LEN_AT,
+    IPV4_TTL_AT,
+    IPV4_VER_IHL,
+    L4_PORTS_LEN,
+    L4_SPORT_AT,
+    TCP_CSUM_AT,
+    TCP_HLEN,
+    UDP_CSUM_AT,
+    UDP_HLEN,
+    UDP_LEN_AT,
     VXLAN_ENCAP,
     VXLAN_FLAG_I,
-    VXLAN_HDR,
+    VXLAN_FLAGS_AT,
+    VXLAN_HLEN,
+    VXLAN_VNI_AT,
 )
 from weft.packet.reasons import Reason, Verdict
 from weft.packet.table import (
@@ -38,11 +68,16 @@ from weft.packet.table import (
     PeerTable,
 )
 
-ETH_P_IP = 0x0800
-ETH_P_ARP = 0x0806
-ETH_P_IPV6 = 0x86DD
-BROADCAST_MAC = b"\xff" * 6
+BROADCAST_MAC = b"\xff" * ETH_ALEN
 MASK32 = 0xFFFFFFFF
+
+
+def _be16(data: bytes, at: int) -> int:
+    return struct.unpack_from("!H", data, at)[0]
+
+
+def _be32(data: bytes, at: int) -> int:
+    return struct.unpack_from("!I", data, at)[0]
 
 
 @dataclass(frozen=True)
@@ -90,22 +125,22 @@ def complete_partial_l4_checksum(ip: bytearray) -> int | None:
     bad checksum stays, so real corruption is still dropped by the receiver. `ip` is a whole,
     header-checked IPv4 packet; it is modified in place.
     """
-    if int.from_bytes(ip[6:8], "big") & 0x3FFF:  # a fragment: the segment is not all here
+    if _be16(ip, IPV4_FRAG_AT) & IP_MF_OFFSET:  # a fragment: the segment is not all here
         return None
     ihl = (ip[0] & 0x0F) * 4
-    room = int.from_bytes(ip[2:4], "big") - ihl
-    proto = ip[9]
-    if proto == 6 and room >= 20:
-        l4len, field = room, ihl + 16
-    elif proto == 17 and room >= 8:
-        l4len, field = int.from_bytes(ip[ihl + 4 : ihl + 6], "big"), ihl + 6
-        if not 8 <= l4len <= room:  # the pseudo-header and the sum use UDP's own length
+    room = _be16(ip, IPV4_TOT_LEN_AT) - ihl
+    proto = ip[IPV4_PROTO_AT]
+    if proto == IPPROTO_TCP and room >= TCP_HLEN:
+        l4len, field = room, ihl + TCP_CSUM_AT
+    elif proto == IPPROTO_UDP and room >= UDP_HLEN:
+        l4len, field = _be16(ip, ihl + UDP_LEN_AT), ihl + UDP_CSUM_AT
+        if not UDP_HLEN <= l4len <= room:  # the pseudo-header and the sum use UDP's own length
             return None
         if ip[field : field + 2] == b"\0\0":  # no checksum sent (RFC 768)
             return None
     else:
         return None
-    pseudo = fold16(sum16(ip[12:20]) + proto + l4len)
+    pseudo = fold16(sum16(ip[IPV4_ADDRS]) + proto + l4len)
     seg = sum16(ip[ihl : ihl + l4len])
     if fold16(pseudo + seg) == 0xFFFF:  # verifies already
         return None
@@ -157,12 +192,13 @@ def flow_src_port(hash32: int) -> int:
 def inner_flow_hash(ip: bytes) -> int:
     """Flow hash of a valid IPv4 packet; ports only for unfragmented TCP/UDP/SCTP."""
     ihl = (ip[0] & 0x0F) * 4
-    total, frag = struct.unpack_from("!H2xH", ip, 2)
-    proto = ip[9]
-    src, dst = struct.unpack_from("!II", ip, 12)
+    total, frag = _be16(ip, IPV4_TOT_LEN_AT), _be16(ip, IPV4_FRAG_AT)
+    proto = ip[IPV4_PROTO_AT]
+    src, dst = struct.unpack_from("!II", ip, IPV4_SRC_AT)
     sport = dport = 0
-    if frag & 0x3FFF == 0 and proto in (6, 17, 132) and ihl + 4 <= total:
-        sport, dport = struct.unpack_from("!HH", ip, ihl)
+    if (frag & IP_MF_OFFSET == 0 and proto in (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP)
+            and ihl + L4_PORTS_LEN <= total):
+        sport, dport = struct.unpack_from("!HH", ip, ihl + L4_SPORT_AT)
     return flow_hash(src, dst, proto, sport, dport)
 
 
@@ -171,12 +207,12 @@ def inner_flow_hash(ip: bytes) -> int:
 
 def ipv4_header_problem(ip: bytes) -> Reason:
     """Reason.OK or why the bytes do not start with a complete IPv4 header and packet."""
-    if len(ip) < 20:
+    if len(ip) < IPV4_HLEN:
         return Reason.TRUNCATED
     ihl = (ip[0] & 0x0F) * 4
-    if ip[0] >> 4 != 4 or ihl < 20:
+    if ip[0] >> 4 != 4 or ihl < IPV4_HLEN:
         return Reason.BAD_IP_HEADER
-    total = int.from_bytes(ip[2:4], "big")
+    total = _be16(ip, IPV4_TOT_LEN_AT)
     if total < ihl:
         return Reason.BAD_IP_HEADER
     if total > len(ip):
@@ -230,10 +266,10 @@ def _inner_ingress_checks(ip: bytes, src_ip: int, cfg: np.ndarray,
     problem = ipv4_header_problem(ip)
     if problem != Reason.OK:
         return problem, -1
-    peer = _sender_subnet(int.from_bytes(ip[12:16], "big"), src_ip, cfg, table)
+    peer = _sender_subnet(_be32(ip, IPV4_SRC_AT), src_ip, cfg, table)
     if peer < 0:
         return Reason.SPOOFED_INNER_SRC, -1
-    if not _is_local(int.from_bytes(ip[16:20], "big"), cfg, table):
+    if not _is_local(_be32(ip, IPV4_DST_AT), cfg, table):
         return Reason.NOT_FOR_US, peer
     return Reason.OK, peer
 
@@ -247,50 +283,51 @@ def _mac(raw: bytes) -> str:
 
 def vxlan_egress(frame: bytes, cfg: np.ndarray, table: PeerTable, ip_id: int = 0) -> StepResult:
     """Twin of fastpath.vxlan_egress: Ethernet frame from the TAP -> outer IPv4/UDP/VXLAN."""
-    if len(frame) < 14:
+    if len(frame) < ETH_HLEN:
         return _drop(Reason.TRUNCATED, frame)
-    ethertype = int.from_bytes(frame[12:14], "big")
+    ethertype = _be16(frame, ETH_TYPE_AT)
     if ethertype == ETH_P_ARP:
         return _slow(Reason.ARP, frame)
     if ethertype == ETH_P_IPV6:
         return _slow(Reason.IPV6, frame)
     if ethertype != ETH_P_IP:
         return _drop(Reason.UNKNOWN_ETHERTYPE, frame)
-    if frame[0] & 1:  # group bit: nothing to unicast to
-        return _drop(Reason.BROADCAST if frame[:6] == BROADCAST_MAC else Reason.MULTICAST, frame)
-    ip = frame[14:]
+    dst_mac = frame[ETH_DST_AT : ETH_DST_AT + ETH_ALEN]
+    if dst_mac[0] & 1:  # group bit: nothing to unicast to
+        return _drop(Reason.BROADCAST if dst_mac == BROADCAST_MAC else Reason.MULTICAST, frame)
+    ip = frame[ETH_HLEN:]
     problem = ipv4_header_problem(ip)
     if problem != Reason.OK:
         return _drop(problem, frame)
-    dst = int.from_bytes(ip[16:20], "big")
+    dst = _be32(ip, IPV4_DST_AT)
     verdict, reason, idx = _egress_route(dst, cfg, table)
     if reason != Reason.OK:
         return StepResult(verdict, reason, bytes(frame))
-    total = int.from_bytes(ip[2:4], "big")
-    inner = bytearray(frame[: 14 + total])  # Ethernet padding is not carried
+    total = _be16(ip, IPV4_TOT_LEN_AT)
+    inner = bytearray(frame[: ETH_HLEN + total])  # Ethernet padding is not carried
     outer_total = VXLAN_ENCAP + len(inner)
-    dont_fragment = bool(ip[6] & 0x40)
-    if total > cfg[CFG_MTU] and (dont_fragment or outer_total > 0xFFFF):
+    dont_fragment = bool(_be16(ip, IPV4_FRAG_AT) & IP_DF)
+    if total > cfg[CFG_MTU] and (dont_fragment or outer_total > IPV4_MAX_LEN):
         return _slow(Reason.FRAG_NEEDED, frame)
     peer_mac = bytes(table.vtep_mac[idx])
     if not any(peer_mac):
         return _drop(Reason.PEER_LOOKUP_MISS, frame)
 
     # What the kernel's neighbour entry would have put there; usually already the same.
-    local_mac = int(cfg[CFG_LOCAL_VTEP_MAC]).to_bytes(6, "big")
-    inner[0:6] = peer_mac
-    inner[6:12] = local_mac
+    local_mac = int(cfg[CFG_LOCAL_VTEP_MAC]).to_bytes(ETH_ALEN, "big")
+    inner[ETH_DST_AT : ETH_DST_AT + ETH_ALEN] = peer_mac
+    inner[ETH_SRC_AT : ETH_SRC_AT + ETH_ALEN] = local_mac
     src_ip = int(cfg[CFG_LOCAL_PUBLIC_IP])
     peer_ip = int(table.public_ip[idx])
     sport = flow_src_port(inner_flow_hash(ip))
     dport = int(cfg[CFG_PORT])
     vni = int(cfg[CFG_VNI])
     ip_id &= 0xFFFF
-    outer_ip = bytearray(struct.pack("!BBHHHBBHII", 0x45, 0, outer_total, ip_id, 0,
-                                     OUTER_TTL, 17, 0, src_ip, peer_ip))
+    outer_ip = bytearray(struct.pack("!BBHHHBBHII", IPV4_VER_IHL, 0, outer_total, ip_id, 0,
+                                     OUTER_TTL, IPPROTO_UDP, 0, src_ip, peer_ip))
     csum = ipv4_checksum(bytes(outer_ip))
-    outer_ip[10:12] = csum.to_bytes(2, "big")
-    udp = struct.pack("!HHHH", sport, dport, outer_total - 20, 0)
+    outer_ip[IPV4_CSUM_AT : IPV4_CSUM_AT + 2] = csum.to_bytes(2, "big")
+    udp = struct.pack("!HHHH", sport, dport, outer_total - IPV4_HLEN, 0)
     vxlan = struct.pack("!B3xI", VXLAN_FLAG_I, vni << 8)
     fields = (
         ("inner.eth.dst", _mac(peer_mac)),
@@ -298,13 +335,13 @@ def vxlan_egress(frame: bytes, cfg: np.ndarray, table: PeerTable, ip_id: int = 0
         ("outer.ip.len", outer_total),
         ("outer.ip.id", ip_id),
         ("outer.ip.ttl", OUTER_TTL),
-        ("outer.ip.proto", 17),
+        ("outer.ip.proto", IPPROTO_UDP),
         ("outer.ip.csum", csum),
         ("outer.ip.src", str(IPv4Address(src_ip))),
         ("outer.ip.dst", str(IPv4Address(peer_ip))),
         ("udp.sport", sport),
         ("udp.dport", dport),
-        ("udp.len", outer_total - 20),
+        ("udp.len", outer_total - IPV4_HLEN),
         ("udp.csum", 0),
         ("vxlan.flags", VXLAN_FLAG_I),
         ("vxlan.vni", vni),
@@ -319,32 +356,32 @@ def vxlan_ingress(payload: bytes, src_ip: int, cfg: np.ndarray, table: PeerTable
     A FORWARD frame whose inner TCP/UDP checksum came in CHECKSUM_PARTIAL form is completed
     (see complete_partial_l4_checksum) and the value written appears in `fields`.
     """
-    if len(payload) < VXLAN_HDR + 14 + 20:
+    if len(payload) < VXLAN_HLEN + ETH_HLEN + IPV4_HLEN:
         return _drop(Reason.TRUNCATED, payload)
     # RFC 7348: only the I bit matters; other flag and reserved bits are ignored on receipt.
-    if not payload[0] & VXLAN_FLAG_I:
+    if not payload[VXLAN_FLAGS_AT] & VXLAN_FLAG_I:
         return _drop(Reason.BAD_VXLAN_FLAGS, payload)
-    if int.from_bytes(payload[4:7], "big") != cfg[CFG_VNI]:
+    if _be32(payload, VXLAN_VNI_AT) >> 8 != cfg[CFG_VNI]:
         return _drop(Reason.WRONG_VNI, payload)
     if not table.has_sender(src_ip):
         return _drop(Reason.UNKNOWN_SENDER, payload)
-    frame = payload[VXLAN_HDR:]
-    if int.from_bytes(frame[12:14], "big") != ETH_P_IP:
+    frame = payload[VXLAN_HLEN:]
+    if _be16(frame, ETH_TYPE_AT) != ETH_P_IP:
         return _drop(Reason.NOT_IPV4, payload)
-    ip = frame[14:]
+    ip = frame[ETH_HLEN:]
     reason, peer = _inner_ingress_checks(ip, src_ip, cfg, table)
     if reason != Reason.OK:
         return _drop(reason, payload)
-    local_mac = int(cfg[CFG_LOCAL_VTEP_MAC]).to_bytes(6, "big")
-    if frame[:6] not in (local_mac, BROADCAST_MAC):
+    local_mac = int(cfg[CFG_LOCAL_VTEP_MAC]).to_bytes(ETH_ALEN, "big")
+    if frame[ETH_DST_AT : ETH_DST_AT + ETH_ALEN] not in (local_mac, BROADCAST_MAC):
         return _drop(Reason.WRONG_INNER_MAC, payload)
     out = bytearray(frame)
-    ip_out = out[14:]
+    ip_out = out[ETH_HLEN:]
     csum = complete_partial_l4_checksum(ip_out)
     if csum is None:
         return StepResult(Verdict.FORWARD, Reason.OK, bytes(frame), peer, 0)
-    out[14:] = ip_out
-    field = "inner.tcp.csum" if ip_out[9] == 6 else "inner.udp.csum"
+    out[ETH_HLEN:] = ip_out
+    field = "inner.tcp.csum" if ip_out[IPV4_PROTO_AT] == IPPROTO_TCP else "inner.udp.csum"
     return StepResult(Verdict.FORWARD, Reason.OK, bytes(out), peer, 0, ((field, csum),))
 
 
@@ -352,12 +389,12 @@ def vxlan_ingress(payload: bytes, src_ip: int, cfg: np.ndarray, table: PeerTable
 
 
 def _decrement_ttl(ip: bytes) -> tuple[bytes, tuple[tuple[str, int], ...]]:
-    total = int.from_bytes(ip[2:4], "big")
+    total = _be16(ip, IPV4_TOT_LEN_AT)
     out = bytearray(ip[:total])
-    ttl = out[8]
-    csum = ttl_decrement_checksum(int.from_bytes(out[10:12], "big"), ttl, out[9])
-    out[8] = ttl - 1
-    out[10:12] = csum.to_bytes(2, "big")
+    ttl = out[IPV4_TTL_AT]
+    csum = ttl_decrement_checksum(_be16(out, IPV4_CSUM_AT), ttl, out[IPV4_PROTO_AT])
+    out[IPV4_TTL_AT] = ttl - 1
+    out[IPV4_CSUM_AT : IPV4_CSUM_AT + 2] = csum.to_bytes(2, "big")
     return bytes(out), (("ip.ttl", ttl - 1), ("ip.csum", csum))
 
 
@@ -372,12 +409,12 @@ def udp_egress(packet: bytes, cfg: np.ndarray, table: PeerTable) -> StepResult:
     problem = ipv4_header_problem(packet)
     if problem != Reason.OK:
         return _drop(problem, packet)
-    verdict, reason, idx = _egress_route(int.from_bytes(packet[16:20], "big"), cfg, table)
+    verdict, reason, idx = _egress_route(_be32(packet, IPV4_DST_AT), cfg, table)
     if reason != Reason.OK:
         return StepResult(verdict, reason, bytes(packet))
-    if packet[8] <= 1:
+    if packet[IPV4_TTL_AT] <= 1:
         return _slow(Reason.TTL_EXCEEDED, packet)
-    if int.from_bytes(packet[2:4], "big") > cfg[CFG_MTU] and packet[6] & 0x40:
+    if _be16(packet, IPV4_TOT_LEN_AT) > cfg[CFG_MTU] and _be16(packet, IPV4_FRAG_AT) & IP_DF:
         return _slow(Reason.FRAG_NEEDED, packet)
     out, fields = _decrement_ttl(packet)
     return StepResult(Verdict.FORWARD, Reason.OK, out, idx, int(table.public_ip[idx]), fields)
@@ -394,7 +431,7 @@ def udp_ingress(packet: bytes, src_ip: int, cfg: np.ndarray, table: PeerTable) -
     reason, peer = _inner_ingress_checks(packet, src_ip, cfg, table)
     if reason != Reason.OK:
         return _drop(reason, packet)
-    if packet[8] <= 1:  # flannel decrements on receive too and drops what reaches 0
+    if packet[IPV4_TTL_AT] <= 1:  # flannel decrements on receive too and drops what reaches 0
         return _drop(Reason.TTL_EXCEEDED, packet)
     out, fields = _decrement_ttl(packet)
     return StepResult(Verdict.FORWARD, Reason.OK, out, peer, 0, fields)

@@ -1,5 +1,5 @@
-"""Big-endian field access and the RFC 1071 checksum on uint8 buffers, for the numba kernels
-(fastpath, offload).
+"""Field access on uint8 buffers and the RFC 1071 checksum, for the numba kernels (fastpath,
+offload): big-endian for what is on the wire, little-endian (le16/wle16) for the virtio header.
 
 int64 on purpose: the same code runs under NUMBA_DISABLE_JIT=1 on numpy scalars without
 uint8 overflow surprises.
@@ -8,7 +8,7 @@ uint8 overflow surprises.
 import numpy as np
 from numba import njit
 
-from weft.drivers import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
+from weft import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -36,6 +36,17 @@ def w16(b, o, v):
 def w32(b, o, v):
     w16(b, o, (v >> 16) & 0xFFFF)
     w16(b, o + 2, v & 0xFFFF)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def le16(b, o):
+    return np.int64(b[o]) | (np.int64(b[o + 1]) << 8)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def wle16(b, o, v):
+    b[o] = v & 0xFF
+    b[o + 1] = (v >> 8) & 0xFF
 
 
 # ---- RFC 1071 one's-complement sums: the one numba implementation fastpath and offload share ----

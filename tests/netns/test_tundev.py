@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from pyroute2 import IPRoute
 
-from weft.dev import tundev, vnet_hdr
+from weft.dev import tundev
+from weft.packet.offload import vnet_hdr
 from weft.tools.lab import netns
 
 TUNGETIFF = 0x800454D2
@@ -97,7 +98,7 @@ def _tcp_transfer(dev, hdr_len: int, name: str) -> dict:
     while len(result["payload"]) < TOTAL and time.monotonic() < deadline:
         select.select([fd], [], [], 0.2)
         for raw in _drain(fd):
-            vnet = np.frombuffer(raw[:hdr_len], vnet_hdr.VNET_HDR)[0] if hdr_len else None
+            vnet = vnet_hdr.VnetHdr.unpack(raw) if hdr_len else None
             frame = Ether(raw[hdr_len:])
             if TCP not in frame:
                 continue
@@ -112,9 +113,9 @@ def _tcp_transfer(dev, hdr_len: int, name: str) -> dict:
                 result["payload"] += bytes(tcp.payload)[:size]
                 result["frames"].append({
                     "read": len(raw), "frame": len(raw) - hdr_len, "payload": size,
-                    "gso_type": int(vnet["gso_type"]) if vnet is not None else None,
-                    "gso_size": int(vnet["gso_size"]) if vnet is not None else None,
-                    "vnet_flags": int(vnet["flags"]) if vnet is not None else None,
+                    "gso_type": vnet.gso_type if vnet is not None else None,
+                    "gso_size": vnet.gso_size if vnet is not None else None,
+                    "vnet_flags": vnet.flags if vnet is not None else None,
                 })
                 reply = TCP(sport=5001, dport=tcp.sport, flags="A", seq=1001,
                             ack=tcp.seq + size, window=65535)
@@ -279,8 +280,9 @@ def _tunnel_send(a: str, b: str, wire_like: bool, kind: str) -> dict:
     import multiprocessing
     from ipaddress import IPv4Address, IPv4Network
 
-    from weft.packet import offload, tunnel_gso
+    from weft.packet import offload
     from weft.packet.fastpath import BUFSIZE, Batch
+    from weft.packet.offload import tunnel
     from weft.packet.pipeline import Pipeline
 
     sys_path_tests()
@@ -312,17 +314,17 @@ def _tunnel_send(a: str, b: str, wire_like: bool, kind: str) -> dict:
     want = [batch.bufs[i, batch.out_off[i] : batch.out_off[i] + batch.out_len[i]].tobytes()
             for i in range(n)]
     p = pipeline()
-    sup = tunnel_gso.new_sup()
-    head = tunnel_gso.SUP_HEAD if vxlan else tunnel_gso.SUP_HEAD_UDP
+    sup = tunnel.new_sup()
+    head = tunnel.SUP_HEAD if vxlan else tunnel.SUP_HEAD_UDP
     sup[head : head + len(data)] = np.frombuffer(data, np.uint8)
-    info = np.zeros(tunnel_gso.INFO_SIZE, np.int64)
+    info = np.zeros(tunnel.INFO_SIZE, np.int64)
     probe_row = np.zeros(BUFSIZE, np.uint8)
     if vxlan:
-        t = tunnel_gso.encap_super(sup, len(data), probe_row, p.cfg, p.table.present,
-                                   p.table.public_ip, p.table.vtep_mac, p.counters, tx.mac, info)
+        t = tunnel.encap_super(sup, len(data), probe_row, p.cfg, p.table.present,
+                               p.table.public_ip, p.table.vtep_mac, p.counters, tx.mac, info)
     else:
-        t = tunnel_gso.encap_super_udp(sup, len(data), probe_row, p.cfg, p.table.present,
-                                       p.table.public_ip, p.counters, tx.mac, info)
+        t = tunnel.encap_super_udp(sup, len(data), probe_row, p.cfg, p.table.present,
+                                   p.table.public_ip, p.counters, tx.mac, info)
     assert t > 0
     ready = multiprocessing.Event()
     peer = netns.spawn_in(b, _peer_side, ready, wire_like, port)

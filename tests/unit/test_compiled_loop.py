@@ -29,9 +29,9 @@ from fakes.device import WAIT, FakeDevice  # noqa: E402
 from fakes.network import free_port, udp_socket  # noqa: E402
 from fakes.packets import ipv4_udp, ttl_decremented, with_header_checksum  # noqa: E402
 
-from weft.dev.vnet_hdr import VNET_HDR_LEN  # noqa: E402
 from weft.drivers import loopio  # noqa: E402
 from weft.drivers.hotloop import HotLoop  # noqa: E402
+from weft.packet.offload.vnet_hdr import VNET_HDR_LEN  # noqa: E402
 from weft.packet.pipeline import EGRESS, INGRESS, Pipeline  # noqa: E402
 from weft.packet.reasons import Reason  # noqa: E402
 from weft.packet.table import CFG_PORT  # noqa: E402

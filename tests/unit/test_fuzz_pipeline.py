@@ -20,9 +20,9 @@ from weft.packet.fastpath import (
     PATH_VXLAN_INGRESS,
     REASON_SLOTS,
     SLOT_IP_ID,
-    VXLAN_ENCAP,
     Batch,
 )
+from weft.packet.headers import VXLAN_ENCAP
 from weft.packet.reasons import Verdict
 from weft.packet.table import DatapathConfig, PeerTable
 

@@ -14,7 +14,13 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet
 
-from weft.dev.vnet_hdr import (
+from weft.packet import offload
+from weft.packet.checksum import fold16, sum16
+from weft.packet.fastpath import HEADROOM
+from weft.packet.offload import gro_coalesce_twin, tso_split_twin
+from weft.packet.offload.gro_coalesce import MAX_SEGMENTS
+from weft.packet.offload.tso import ERR_MALFORMED, ERR_NO_ROOM, ERR_UNSUPPORTED, UNIT_ROW
+from weft.packet.offload.vnet_hdr import (
     GSO_ECN,
     GSO_NONE,
     GSO_TCPV4,
@@ -24,18 +30,8 @@ from weft.dev.vnet_hdr import (
     VNET_F_DATA_VALID,
     VNET_F_NEEDS_CSUM,
     VNET_HDR_LEN,
+    VnetHdr,
 )
-from weft.packet import offload
-from weft.packet import offload_twin as twin
-from weft.packet.fastpath import HEADROOM
-from weft.packet.offload import (
-    ERR_MALFORMED,
-    ERR_NO_ROOM,
-    ERR_UNSUPPORTED,
-    MAX_SEGMENTS,
-    UNIT_ROW,
-)
-from weft.packet.offload_twin import VnetHdr
 
 JIT = not numba.config.DISABLE_JIT
 L3 = [14, 0]
@@ -74,7 +70,7 @@ def partial(raw: bytes) -> bytes:
     l4len = len(out) - ihl
     field = ihl + (16 if proto == 6 else 6)
     out[field : field + 2] = b"\0\0"
-    pseudo = twin.fold16(twin.sum16(out[12:20]) + proto + l4len)
+    pseudo = fold16(sum16(out[12:20]) + proto + l4len)
     out[field : field + 2] = pseudo.to_bytes(2, "big")
     return bytes(out)
 
@@ -122,8 +118,8 @@ def rows_left(rows: int, first_row: int) -> int:
 def split(data: bytes, l3_off: int, rows: int = 256, width: int = 2048,
           first_row: int = 0) -> list[bytes] | int:
     got = kernel_split(data, l3_off, rows, width, first_row)
-    want = twin.split_super(data, l3_off, max_rows=rows_left(rows, first_row),
-                            row_cap=width - HEADROOM)
+    want = tso_split_twin.split_super(data, l3_off, max_rows=rows_left(rows, first_row),
+                                      row_cap=width - HEADROOM)
     assert got == want
     return got
 
@@ -154,8 +150,9 @@ def coalesce(packets: list[bytes], l3_off: int, verdicts: list[int] | None = Non
              m: int | None = None, width: int = UNIT_ROW) -> list[bytes] | int:
     got = kernel_coalesce(packets, l3_off, verdicts, m, width)
     rows = [p if not verdicts or verdicts[i] == 0 else None for i, p in enumerate(packets)]
-    want = twin.coalesce(rows, l3_off, max_units=max(1, len(packets)) if m is None else m,
-                         unit_cap=width)
+    want = gro_coalesce_twin.coalesce(rows, l3_off,
+                                      max_units=max(1, len(packets)) if m is None else m,
+                                      unit_cap=width)
     assert got == want
     return got
 
@@ -267,11 +264,11 @@ def test_needs_csum_zero_goes_out_as_ffff() -> None:
     body = bytearray(pattern(100))
     body[-2:] = b"\0\0"
     raw = bytearray(partial(bytes(IP(src=A_IP, dst=B_IP) / UDP(sport=5, dport=53) / bytes(body))))
-    s = twin.fold16(twin.sum16(raw[20:]))
+    s = fold16(sum16(raw[20:]))
     raw[-2:] = ((0xFFFF - s) & 0xFFFF).to_bytes(2, "big")
     [got] = split(plain(bytes(raw), VNET_F_NEEDS_CSUM, 20, 6), 0)
     assert got[26:28] == b"\xff\xff"
-    assert twin.fold16(twin.sum16(got[12:20]) + 17 + len(got) - 20 + twin.sum16(got[20:])) == 0xFFFF
+    assert fold16(sum16(got[12:20]) + 17 + len(got) - 20 + sum16(got[20:])) == 0xFFFF
 
 
 def _edit(frame: bytes, at: int, value: bytes) -> bytes:
@@ -541,7 +538,7 @@ def test_rows_with_a_span_outside_the_row_are_skipped() -> None:
     out, out_lens = offload.new_units(3)
     n = offload.coalesce(bufs, out_off, out_len, np.zeros(3, np.uint8), 3, 0, out, out_lens)
     assert n == 1 and out[0, : out_lens[0]].tobytes() == bytes(VNET_HDR_LEN) + pkts[0]
-    assert twin.coalesce([pkts[0], None, None], 0) == [bytes(VNET_HDR_LEN) + pkts[0]]
+    assert gro_coalesce_twin.coalesce([pkts[0], None, None], 0) == [bytes(VNET_HDR_LEN) + pkts[0]]
 
 
 def test_coalesce_no_room_and_bad_l3_off() -> None:
@@ -631,8 +628,8 @@ def test_fuzz_split() -> None:
                 inside = (cols >= HEADROOM) & (cols < HEADROOM + lens[r])
                 assert (bufs[r][~inside] == bufs_before[r][~inside]).all()
         if src_len <= len(data):
-            want = twin.split_super(data, l3, max_rows=rows_left(rows, first),
-                                    row_cap=width - HEADROOM)
+            want = tso_split_twin.split_super(data, l3, max_rows=rows_left(rows, first),
+                                              row_cap=width - HEADROOM)
             got = n if n < 0 else [bufs[first + i, HEADROOM : HEADROOM + lens[first + i]]
                                    .tobytes() for i in range(n)]
             assert got == want, (data.hex(), l3, rows, width, first)
@@ -715,7 +712,7 @@ def test_fuzz_coalesce() -> None:
         rows = [r if r is None or out_off[i] == HEADROOM else
                 bufs[i, out_off[i] : out_off[i] + out_len[i]].tobytes()
                 for i, r in enumerate(rows)]
-        want = twin.coalesce(rows, l3, max_units=m, unit_cap=width)
+        want = gro_coalesce_twin.coalesce(rows, l3, max_units=m, unit_cap=width)
         got = k if k < 0 else [out[i, : out_lens[i]].tobytes() for i in range(k)]
         assert got == want
         if k > 0:
@@ -724,7 +721,8 @@ def test_fuzz_coalesce() -> None:
             # each flow's payloads in their input order.
             sent = []
             for unit in got:
-                again = twin.split_super(unit, l3) if unit[1] == GSO_TCPV4 else [unit[10:]]
+                again = (tso_split_twin.split_super(unit, l3) if unit[1] == GSO_TCPV4
+                         else [unit[VNET_HDR_LEN:]])
                 assert isinstance(again, list)
                 sent += again
             assert _flows(sent, l3) == _flows([r for r in rows if r is not None], l3)

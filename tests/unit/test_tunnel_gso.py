@@ -1,4 +1,4 @@
-"""Tunnel-GSO kernel (tunnel_gso.encap_super) against its twin and against the split path.
+"""Tunnel-GSO kernels (weft.packet.offload.tunnel) against their twins and the split path.
 
 The byte-exact check against what the kernel puts on the wire is in
 tests/netns/test_tundev.py (a real TAP, forwarded out a wire-like veth).
@@ -16,9 +16,7 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 from test_offload import ETH, MSS, super_frame
 
-from weft.dev.vnet_hdr import GSO_NONE, GSO_TCPV4, VNET_HDR_LEN
-from weft.packet import tunnel_gso
-from weft.packet import tunnel_gso_twin as twin
+from weft.packet import offload
 from weft.packet.fastpath import (
     BUFSIZE,
     HEADROOM,
@@ -29,9 +27,19 @@ from weft.packet.fastpath import (
     SLOT_IP_ID,
     Batch,
 )
-from weft.packet.offload_twin import VnetHdr
+from weft.packet.offload import tunnel
+from weft.packet.offload import tunnel_twin as twin
+from weft.packet.offload.tunnel import RX_PAD, SUP_HEAD
+from weft.packet.offload.udp_gro import GRO_BUF, GRO_PAD, split_tunnel_gso
+from weft.packet.offload.vnet_hdr import (
+    GSO_NONE,
+    GSO_TCPV4,
+    GSO_UDP_TUNNEL_IPV4,
+    TNL_HDR_LEN,
+    VNET_HDR_LEN,
+    VnetHdr,
+)
 from weft.packet.pipeline import Pipeline
-from weft.packet.tunnel_gso import SUP_HEAD, TNL_HDR_LEN
 
 LOCAL, PEER = IPv4Network("10.1.15.0/24"), IPv4Network("10.1.16.0/24")
 LOCAL_MAC, PEER_MAC = bytes.fromhex("020000000001"), bytes.fromhex("0200000000aa")
@@ -48,14 +56,14 @@ def pipeline(mtu: int = 1500) -> Pipeline:
 
 def kernel(p: Pipeline, data: bytes) -> tuple[bytes | None, np.ndarray, bytes]:
     """encap_super on data as a TAP read; (frame or None, info, sup bytes after)."""
-    sup = tunnel_gso.new_sup()
+    sup = tunnel.new_sup()
     sup[SUP_HEAD : SUP_HEAD + len(data)] = np.frombuffer(data, np.uint8)
     probe = np.zeros(BUFSIZE, np.uint8)
-    info = np.zeros(tunnel_gso.INFO_SIZE, np.int64)
+    info = np.zeros(tunnel.INFO_SIZE, np.int64)
     before = sup.copy()
-    t = tunnel_gso.encap_super(sup, len(data), probe, p.cfg, p.table.present,
-                               p.table.public_ip, p.table.vtep_mac, p.counters,
-                               int.from_bytes(TX_MAC, "big"), info)
+    t = tunnel.encap_super(sup, len(data), probe, p.cfg, p.table.present,
+                           p.table.public_ip, p.table.vtep_mac, p.counters,
+                           int.from_bytes(TX_MAC, "big"), info)
     if t == 0:
         assert (sup == before).all()
         return None, info, sup.tobytes()
@@ -65,8 +73,6 @@ def kernel(p: Pipeline, data: bytes) -> tuple[bytes | None, np.ndarray, bytes]:
 def split_path(p: Pipeline, data: bytes) -> list[bytes]:
     """What the ordinary path sends for the same read: split_super + the egress kernel."""
     batch = Batch(128)
-    from weft.packet import offload
-
     src = np.frombuffer(data, np.uint8).copy()
     n = offload.split_super(src, len(data), 14, batch.bufs, batch.lens, 0)
     assert n > 0
@@ -122,7 +128,7 @@ def test_frame_matches_twin_and_cuts_into_what_the_split_path_sends() -> None:
     assert want is not None and frame == want.frame
     assert (info[0], info[1], info[2]) == (want.segments, want.rx_bytes, want.tx_bytes)
     hdr = frame[:TNL_HDR_LEN]
-    assert hdr[1] == GSO_TCPV4 | tunnel_gso.GSO_UDP_TUNNEL_IPV4
+    assert hdr[1] == GSO_TCPV4 | GSO_UDP_TUNNEL_IPV4
     assert struct.unpack_from("<HH", hdr, 20) == (34, 64)
     assert frame[TNL_HDR_LEN : TNL_HDR_LEN + 6] == TX_MAC
     # Cut as the kernel cuts it, the frame is byte for byte the datagrams we used to send.
@@ -136,7 +142,7 @@ def test_count_sent_adds_what_the_egress_kernel_would_have_counted() -> None:
     p, q = pipeline(), pipeline()
     frame, info, _ = kernel(p, data)
     assert frame is not None
-    tunnel_gso.count_sent(p.counters, PATH_VXLAN_EGRESS, info)
+    tunnel.count_sent(p.counters, PATH_VXLAN_EGRESS, info)
     split_path(q, data)
     assert (p.counters == q.counters).all()
     assert p.counters[PATH_VXLAN_EGRESS, SLOT_IP_ID] == 11
@@ -148,7 +154,7 @@ def test_restore_read_gives_split_super_its_header_back() -> None:
     frame, _, after = kernel(p, data)
     assert frame is not None
     sup = np.frombuffer(after, np.uint8).copy()
-    tunnel_gso.restore_read(sup)
+    tunnel.restore_read(sup)
     hdr = VnetHdr.unpack(sup[SUP_HEAD : SUP_HEAD + VNET_HDR_LEN].tobytes())
     assert (hdr.gso_type, hdr.gso_size, hdr.csum_start) == (GSO_TCPV4, MSS, 14 + 20)
     read = sup[SUP_HEAD : SUP_HEAD + len(data)].tobytes()
@@ -194,12 +200,12 @@ def test_sizes_agree_with_twin_and_split_path(payload: int, mss: int) -> None:
 def test_probe_row_too_small_is_left_alone() -> None:
     data = super_frame(14, payload=BIG)
     p = pipeline()
-    sup = tunnel_gso.new_sup()
+    sup = tunnel.new_sup()
     sup[SUP_HEAD : SUP_HEAD + len(data)] = np.frombuffer(data, np.uint8)
-    info = np.zeros(tunnel_gso.INFO_SIZE, np.int64)
-    t = tunnel_gso.encap_super(sup, len(data), np.zeros(HEADROOM + 500, np.uint8), p.cfg,
-                               p.table.present, p.table.public_ip, p.table.vtep_mac,
-                               p.counters, 1, info)
+    info = np.zeros(tunnel.INFO_SIZE, np.int64)
+    t = tunnel.encap_super(sup, len(data), np.zeros(HEADROOM + 500, np.uint8), p.cfg,
+                           p.table.present, p.table.public_ip, p.table.vtep_mac,
+                           p.counters, 1, info)
     assert t == 0
 
 
@@ -220,15 +226,12 @@ def received(payload: int = BIG, mss: int = 1398, flags: str = "A", src: str = "
 
 
 def kernel_decap(p: Pipeline, datagram: bytes, sender: int = PEER_IP):
-    from weft.drivers.udpgso import GRO_BUF
-    from weft.packet.tunnel_gso import RX_PAD
-
     msg = np.zeros(RX_PAD + GRO_BUF, np.uint8)
     msg[RX_PAD : RX_PAD + len(datagram)] = np.frombuffer(datagram, np.uint8)
     before = msg.copy()
-    info = np.zeros(tunnel_gso.INFO_SIZE, np.int64)
-    t = tunnel_gso.decap_super(msg, len(datagram), sender, np.zeros(BUFSIZE, np.uint8), p.cfg,
-                               p.table.present, p.table.public_ip, p.table.sender_keys, info)
+    info = np.zeros(tunnel.INFO_SIZE, np.int64)
+    t = tunnel.decap_super(msg, len(datagram), sender, np.zeros(BUFSIZE, np.uint8), p.cfg,
+                           p.table.present, p.table.public_ip, p.table.sender_keys, info)
     if t == 0:
         assert (msg == before).all()
         return None, info
@@ -237,10 +240,6 @@ def kernel_decap(p: Pipeline, datagram: bytes, sender: int = PEER_IP):
 
 def old_path(p: Pipeline, datagram: bytes) -> list[bytes]:
     """What the loop wrote before: split_tunnel_gso into rows, the ingress kernel, coalesce."""
-    from weft.drivers.udpgso import GRO_BUF, split_tunnel_gso
-    from weft.packet import offload
-    from weft.packet.tunnel_gso import RX_PAD
-
     msg = np.zeros(RX_PAD + GRO_BUF, np.uint8)
     msg[RX_PAD : RX_PAD + len(datagram)] = np.frombuffer(datagram, np.uint8)
     batch = Batch(128)
@@ -264,7 +263,7 @@ def test_whole_write_is_what_split_and_coalesce_wrote(payload: int, flags: str) 
     assert got is not None and want is not None and got == want.frame
     assert (info[0], info[1], info[2]) == (want.segments, want.rx_bytes, want.tx_bytes)
     assert [got] == old_path(q, datagram)
-    tunnel_gso.count_received(p.counters, PATH_VXLAN_INGRESS, info)
+    tunnel.count_received(p.counters, PATH_VXLAN_INGRESS, info)
     assert (p.counters == q.counters).all()
 
 
@@ -303,19 +302,19 @@ def udp_pipeline(mtu: int = 1472) -> Pipeline:
 
 
 def kernel_udp(p: Pipeline, data: bytes) -> tuple[bytes | None, np.ndarray]:
-    sup = tunnel_gso.new_sup()
-    at = tunnel_gso.SUP_HEAD_UDP
+    sup = tunnel.new_sup()
+    at = tunnel.SUP_HEAD_UDP
     sup[at : at + len(data)] = np.frombuffer(data, np.uint8)
-    info = np.zeros(tunnel_gso.INFO_SIZE, np.int64)
+    info = np.zeros(tunnel.INFO_SIZE, np.int64)
     before = sup.copy()
-    t = tunnel_gso.encap_super_udp(sup, len(data), np.zeros(BUFSIZE, np.uint8), p.cfg,
-                                   p.table.present, p.table.public_ip, p.counters,
-                                   int.from_bytes(TX_MAC, "big"), info)
+    t = tunnel.encap_super_udp(sup, len(data), np.zeros(BUFSIZE, np.uint8), p.cfg,
+                               p.table.present, p.table.public_ip, p.counters,
+                               int.from_bytes(TX_MAC, "big"), info)
     if t == 0:
         assert (sup == before).all()
         return None, info
     restored = sup.copy()
-    tunnel_gso.restore_read_udp(restored)
+    tunnel.restore_read_udp(restored)
     hdr = VnetHdr.unpack(restored[at : at + VNET_HDR_LEN].tobytes())
     assert (hdr.gso_type, hdr.csum_start) == (GSO_TCPV4, 20)
     return sup[:t].tobytes(), info
@@ -323,8 +322,6 @@ def kernel_udp(p: Pipeline, data: bytes) -> tuple[bytes | None, np.ndarray]:
 
 def udp_split_path(p: Pipeline, data: bytes) -> list[bytes]:
     """What the udp backend sends for the read: the UDP payloads (inner IPv4 packets)."""
-    from weft.packet import offload
-
     batch = Batch(128)
     n = offload.split_super(np.frombuffer(data, np.uint8).copy(), len(data), 0, batch.bufs,
                             batch.lens, 0)
@@ -372,7 +369,7 @@ def test_udp_frame_matches_twin_and_cuts_into_the_split_path_payloads(payload: i
     assert struct.unpack_from("<HH", frame, 20) == (34, 42)
     q = udp_pipeline()
     assert udp_gso_model(frame) == udp_split_path(q, data)
-    tunnel_gso.count_sent(p.counters, PATH_UDP_EGRESS, info)
+    tunnel.count_sent(p.counters, PATH_UDP_EGRESS, info)
     p.counters[PATH_UDP_EGRESS, SLOT_IP_ID] = 0  # the outer ids: ours alone
     assert (p.counters == q.counters).all()
 
@@ -392,15 +389,13 @@ def udp_received(payload: int = 30000, mss: int = 1420, **kw) -> bytes:
 
 
 def kernel_decap_udp(p: Pipeline, datagram: bytes, sender: int = PEER_IP):
-    from weft.drivers.udpgso import GRO_BUF, GRO_PAD
-
     msg = np.zeros(GRO_PAD + GRO_BUF, np.uint8)
     msg[GRO_PAD : GRO_PAD + len(datagram)] = np.frombuffer(datagram, np.uint8)
     before = msg.copy()
-    info = np.zeros(tunnel_gso.INFO_SIZE, np.int64)
-    t = tunnel_gso.decap_super_udp(msg, len(datagram), sender, np.zeros(BUFSIZE, np.uint8),
-                                   p.cfg, p.table.present, p.table.public_ip,
-                                   p.table.sender_keys, info)
+    info = np.zeros(tunnel.INFO_SIZE, np.int64)
+    t = tunnel.decap_super_udp(msg, len(datagram), sender, np.zeros(BUFSIZE, np.uint8),
+                               p.cfg, p.table.present, p.table.public_ip,
+                               p.table.sender_keys, info)
     if t == 0:
         assert (msg == before).all()
         return None, info
@@ -409,8 +404,6 @@ def kernel_decap_udp(p: Pipeline, datagram: bytes, sender: int = PEER_IP):
 
 @pytest.mark.parametrize("payload", [2 * 1420, 30000, 0xFFFF - 52])
 def test_udp_whole_write_is_what_split_and_coalesce_would_write(payload: int) -> None:
-    from weft.packet import offload
-
     p, q = udp_pipeline(), udp_pipeline()
     datagram = udp_received(payload, flags="PA")
     got, info = kernel_decap_udp(p, datagram)
@@ -428,7 +421,7 @@ def test_udp_whole_write_is_what_split_and_coalesce_would_write(payload: int) ->
     units = offload.coalesce(batch.bufs, batch.out_off, batch.out_len, batch.verdict, n, 0, out,
                              out_lens)
     assert [got] == [out[m, : out_lens[m]].tobytes() for m in range(units)]
-    tunnel_gso.count_received(p.counters, PATH_UDP_INGRESS, info)
+    tunnel.count_received(p.counters, PATH_UDP_INGRESS, info)
     assert (p.counters == q.counters).all()
 
 

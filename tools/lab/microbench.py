@@ -22,9 +22,9 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 
-from weft.dev.vnet_hdr import GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR
 from weft.packet import encap, offload
 from weft.packet.fastpath import HEADROOM, Batch
+from weft.packet.offload.vnet_hdr import GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VnetHdr
 from weft.packet.pipeline import Pipeline
 from weft.tools.lab.scale import network_for
 
@@ -188,8 +188,8 @@ def tso_super_frame(l3_off: int, payload: int = 0xFFFF - 20 - 20 - TCP_OPTIONS) 
     tcp = struct.pack("!HHIIBBHHH", 40000, 5201, 1000, 4242, (5 + TCP_OPTIONS // 4) << 4, 0x10,
                       501, pseudo, 0) + b"\x01\x01\x08\x0a" + struct.pack("!II", 123456, 654321)
     eth = bytes.fromhex("020000000002" "020000000001" "0800") if l3_off else b""
-    hdr = np.array([(VNET_F_NEEDS_CSUM, GSO_TCPV4, l3_off + 20 + len(tcp), MSS, l3_off + 20, 16)],
-                   dtype=VNET_HDR).tobytes()
+    hdr = VnetHdr(VNET_F_NEEDS_CSUM, GSO_TCPV4, l3_off + 20 + len(tcp), MSS, l3_off + 20,
+                  16).pack()
     return hdr + eth + ip + tcp + data
 
 
@@ -217,7 +217,7 @@ def offload_rates(reps: int = 7, calls: int = 200) -> list[dict]:
         split = _best(offload.split_super, (src, len(frame), l3_off, bufs, lens, 0), reps, calls)
         merge = _best(offload.coalesce, (bufs, off, lens, verdict, segments, l3_off, out,
                                          out_lens), reps, calls)
-        payload_bits = 8 * (len(frame) - VNET_HDR.itemsize - l3_off - 20 - 20 - TCP_OPTIONS)
+        payload_bits = 8 * (len(frame) - VNET_HDR_LEN - l3_off - 20 - 20 - TCP_OPTIONS)
         results.append({"device": "tap" if l3_off else "tun", "segments": int(segments),
                         "split_us": split * 1e6, "split_gbit_s": payload_bits / split / 1e9,
                         "coalesce_us": merge * 1e6,
