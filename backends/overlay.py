@@ -26,6 +26,7 @@ from weft.drivers.ladder import DeviceDatapath
 from weft.host import netlink
 from weft.host.reconcile import Device, Neighbour, Reconciler, Route, Wanted
 from weft.observe.tracehub import TraceHub
+from weft.packet.encap import Encap
 from weft.packet.pipeline import Pipeline
 from weft.status import BackendStatus, DatapathStatus, TrafficCounters
 
@@ -33,35 +34,44 @@ log = logging.getLogger(__name__)
 
 
 class OverlayBackend:
-    kind = ""  # "vxlan" or "udp": which pipeline kernels
-    lease_backend_type = ""  # what peers' leases must say (effective type)
+    # The backend's row of weft.packet.encap: its defaults, device, pipeline kernels. Its
+    # backend type is also what peers' leases must say (their effective type).
+    encap: Encap
 
-    def __init__(self, config: NetworkConfig, iface: ExternalInterface, *, device_name: str,
-                 tap: bool, mtu: int, port: int, vni: int = 0,
+    @property
+    def kind(self) -> str:
+        return self.encap.backend
+
+    @property
+    def lease_backend_type(self) -> str:
+        return self.encap.backend
+
+    def __init__(self, config: NetworkConfig, iface: ExternalInterface,
                  options: dict | None = None) -> None:
         assert config.network is not None
         self.options = options or {}
         self.config = config
         self.iface = iface
-        self.mtu = mtu
-        self.port = port
-        self.vni = vni
-        self.device_name = device_name
+        settings = self.encap.settings(config, iface.mtu)
+        self.mtu = mtu = settings.mtu
+        self.port = port = settings.port
+        self.vni = vni = settings.vni
+        self.device_name = device_name = settings.device
         # The TX TAP of tunnel GSO, whether or not this kernel takes it: a rule for an absent
         # device matches nothing, and one rule set fits every datapath mode.
         self.forward_devices = (tunnel_tx_name(device_name),)
         self.reused = netlink.link_index(device_name) is not None
-        self.datapath = DeviceDatapath(device_name, tap,
+        self.datapath = DeviceDatapath(device_name, self.encap.tap,
                                        str(self.options.get("datapath") or modes.AUTO))
         index = netlink.link_index(device_name)
         assert index is not None
         self.index = index
-        self.pipeline = Pipeline(self.kind, config.network, config.subnet_len, vni=vni,
+        self.pipeline = Pipeline(self.encap, config.network, config.subnet_len, vni=vni,
                                  port=port, mtu=mtu)
         self.peers = PeerPrograms.one_at_a_time(self.lease_backend_type, self._program,
                                                   self._unprogram)
         self.lease: Lease | None = None
-        self.tracehub = TraceHub(self.kind)  # live trace; attached to the driver in start()
+        self.tracehub = TraceHub(self.encap)  # live trace; attached to the driver in start()
         # Peer programming (daemon thread) and repair passes (reconciler thread) take turns.
         self.lock = threading.RLock()
         self.reconciler = Reconciler(self)

@@ -12,14 +12,7 @@ from weft.packet.encap import UDP
 
 
 class UdpBackend(OverlayBackend):
-    kind = "udp"
-    lease_backend_type = "udp"
-
-    def __init__(self, config: NetworkConfig, iface: ExternalInterface,
-                 options: dict | None = None) -> None:
-        settings = UDP.settings(config, iface.mtu)
-        super().__init__(config, iface, device_name=settings.device, tap=UDP.tap,
-                         mtu=settings.mtu, port=settings.port, options=options)
+    encap = UDP
 
     def lease_attrs(self) -> LeaseAttrs:
         return LeaseAttrs(self.iface.public_ip)  # flannel's udp writes no BackendType

@@ -23,14 +23,11 @@ from weft.packet.table import PeerTable, parse_mac
 
 
 class VxlanBackend(OverlayBackend):
-    kind = "vxlan"
-    lease_backend_type = "vxlan"
+    encap = VXLAN
 
     def __init__(self, config: NetworkConfig, iface: ExternalInterface,
                  options: dict | None = None) -> None:
-        settings = VXLAN.settings(config, iface.mtu)
-        super().__init__(config, iface, device_name=settings.device, tap=VXLAN.tap,
-                         mtu=settings.mtu, port=settings.port, vni=settings.vni, options=options)
+        super().__init__(config, iface, options)
         if self.reused:
             self.mac = netlink.link_mac(self.index)  # keep the VtepMAC peers already know
         else:
@@ -41,7 +38,7 @@ class VxlanBackend(OverlayBackend):
                                   self._unprogram_many)
 
     def lease_attrs(self) -> LeaseAttrs:
-        return LeaseAttrs(self.iface.public_ip, backend_type="vxlan",
+        return LeaseAttrs(self.iface.public_ip, backend_type=VXLAN.backend,
                           backend_data={"VNI": self.vni, "VtepMAC": self.mac})
 
     def local_mac(self) -> bytes:

@@ -12,7 +12,7 @@ from ipaddress import IPv4Network
 
 from weft.control.lease import Lease
 from weft.control.registry import Snapshot
-from weft.packet.encap import ENCAPS
+from weft.packet.encap import ENCAPS, Encap
 from weft.packet.pipeline import Pipeline
 from weft.packet.table import parse_mac
 
@@ -33,26 +33,31 @@ class OfflineHost:
     def kind(self) -> str:
         return self.pipeline.kind
 
+    @property
+    def encap(self) -> Encap:
+        return self.pipeline.encap
+
 
 def host_from_snapshot(snapshot: Snapshot, as_subnet: IPv4Network) -> OfflineHost:
     """The pipeline of the host that holds `as_subnet` in `snapshot`."""
     config = snapshot.config
     kind = config.backend_type
-    if kind not in ENCAPS:
+    encap = ENCAPS.get(kind)
+    if encap is None:
         raise OfflineError(f"backend {kind!r} has no userspace pipeline to replay or trace "
-                           f"(only vxlan and udp do; host-gw is kernel routing)")
+                           f"(only {' and '.join(ENCAPS)} do; host-gw is kernel routing)")
     lease = snapshot.lease_for(as_subnet)
     if lease is None:
         held = ", ".join(str(item.subnet) for item in snapshot.leases) or "none"
         raise OfflineError(f"no lease for {as_subnet} in the snapshot (leases: {held})")
     assert config.network is not None
-    settings = ENCAPS[kind].settings(config, DEFAULT_IFACE_MTU)
-    pipeline = Pipeline(kind, config.network, config.subnet_len, vni=settings.vni,
+    settings = encap.settings(config, DEFAULT_IFACE_MTU)
+    pipeline = Pipeline(encap, config.network, config.subnet_len, vni=settings.vni,
                         port=settings.port, mtu=settings.mtu)
     mac = lease.attrs.vtep_mac
     pipeline.set_local(lease.subnet, lease.attrs.public_ip, parse_mac(mac) if mac else None)
     for peer in snapshot.leases:
-        if peer.subnet == lease.subnet or peer.attrs.effective_backend != kind:
+        if peer.subnet == lease.subnet or peer.attrs.effective_backend != encap.backend:
             continue
         peer_mac = peer.attrs.vtep_mac
         pipeline.table.set_peer(peer.subnet, peer.attrs.public_ip,

@@ -18,6 +18,8 @@ from typing import BinaryIO
 
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101  # raw IPv4/IPv6, the portable link type
+# a device's link (weft.packet.encap.Encap.device_link) -> the link type its packets are saved as
+LINKTYPE_OF_LINK = {"ether": LINKTYPE_ETHERNET, "ip": LINKTYPE_RAW}
 # DLT_RAW is 12 on most systems and 14 on OpenBSD; LINKTYPE_IPV4 (228) is IPv4 only.
 RAW_IP_LINKTYPES = frozenset({12, 14, LINKTYPE_RAW, 228})
 # libpcap keeps the FCS-length flags in the upper bits of the link-type field

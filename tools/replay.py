@@ -42,7 +42,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from weft.control.registry import RegistryError, Snapshot, load_snapshot
-from weft.packet.encap import UDP, VXLAN
+from weft.packet.encap import UDP, VXLAN, Encap
 from weft.packet.fastpath import BUFSIZE, HEADROOM, Batch
 from weft.packet.headers import (
     ETH_HLEN,
@@ -50,7 +50,6 @@ from weft.packet.headers import (
     ETH_TYPE_AT,
     VXLAN_FLAG_I,
     VXLAN_FLAGS_AT,
-    VXLAN_HLEN,
     VXLAN_VNI_AT,
 )
 from weft.packet.outer import find_datagram, is_ingress, wrap_udp
@@ -61,6 +60,7 @@ from weft.tools.commands import add_replay_parser
 from weft.tools.offline import OfflineError, OfflineHost, host_from_snapshot
 from weft.tools.pcapio import (
     LINKTYPE_ETHERNET,
+    LINKTYPE_OF_LINK,
     LINKTYPE_RAW,
     RAW_IP_LINKTYPES,
     Capture,
@@ -128,7 +128,7 @@ class Replayer:
     def __init__(self, host: OfflineHost) -> None:
         self.host = host
         self.pipeline = host.pipeline
-        self.kind = host.kind
+        self.encap = host.encap
         self.public_ip = int(host.lease.attrs.public_ip)
         self.port = int(self.pipeline.dpcfg.cfg[CFG_PORT])
         self.pre_drops: Counter[str] = Counter()  # decided before the pipeline
@@ -172,7 +172,7 @@ class Replayer:
         outcome.direction = EGRESS
         if record.truncated:  # the device never hands over part of a packet
             return _drop(outcome, Reason.TRUNCATED), None, 0
-        if self.kind == "vxlan":
+        if self.encap.tap:
             if linktype != LINKTYPE_ETHERNET:
                 return _drop(outcome, Reason.UNSUPPORTED_LINKTYPE), None, 0
             return outcome, data, 0
@@ -202,7 +202,7 @@ class Replayer:
                 outcome.out_len = len(out)
                 if egress:
                     outcome.peer = self._peer_by_public_ip(int(batch.dst_ip[i]), data)
-                    if self.kind == "udp":
+                    if not self.encap.builds_outer:  # the UDP socket would add these
                         out = wrap_udp(out, self.public_ip, int(batch.dst_ip[i]), self.port)
                 outcome.outputs.append(("wire" if egress else "device", out))
             elif outcome.verdict == Verdict.SLOW:
@@ -224,7 +224,7 @@ class Replayer:
         return {"subnet": str(found[0]), "public_ip": str(found[1])}
 
     def _inner_dst_subnet(self, inner: bytes) -> IPv4Network | None:
-        off = ETH_HLEN if self.kind == "vxlan" else 0
+        off = self.encap.inner_l3_offset
         if len(inner) < off + 20:
             return None
         idx = self.pipeline.table.index_of(struct.unpack_from("!I", inner, off + 16)[0])
@@ -265,12 +265,12 @@ def decap(record: Record, port: int, udp_raw: bool = False) -> Outcome:
             return _drop(outcome, Reason.NOT_IPV4)
         inner = payload
     else:
-        if len(payload) < VXLAN_HLEN + ETH_HLEN:
+        if len(payload) < VXLAN.header_len + ETH_HLEN:
             return _drop(outcome, Reason.TRUNCATED)
         if not payload[VXLAN_FLAGS_AT] & VXLAN_FLAG_I:
             return _drop(outcome, Reason.BAD_VXLAN_FLAGS)
         outcome.vni = struct.unpack_from("!I", payload, VXLAN_VNI_AT)[0] >> 8
-        inner = payload[VXLAN_HLEN:]
+        inner = VXLAN.inner(payload)
     outcome.verdict, outcome.out_len = int(Verdict.FORWARD), len(inner)
     outcome.outputs.append(("device", inner))
     return outcome
@@ -346,9 +346,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"weft replay: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.out:
-        device = LINKTYPE_ETHERNET if host.kind == "vxlan" else LINKTYPE_RAW
+        device = LINKTYPE_OF_LINK[host.encap.device_link]
         write_outputs(outcomes, args.out, capture.nano, LINKTYPE_RAW, device)
-    return _print(args, outcomes, capture, summary, host.kind)
+    return _print(args, outcomes, capture, summary, host.encap)
 
 
 def _cmd_decap(args: argparse.Namespace) -> int:
@@ -358,15 +358,15 @@ def _cmd_decap(args: argparse.Namespace) -> int:
         raise _Usage(f"--port {port} is not a UDP port")
     capture, outcomes = decap_capture(args.capture, port, args.udp_raw)
     if args.out:
-        inner = LINKTYPE_RAW if args.udp_raw else LINKTYPE_ETHERNET
+        inner = LINKTYPE_OF_LINK[encap.device_link]
         write_outputs(outcomes, args.out, capture.nano, inner, None)
-    return _print(args, outcomes, capture, None, "udp" if args.udp_raw else "vxlan")
+    return _print(args, outcomes, capture, None, encap)
 
 
 def _print(args, outcomes: list[Outcome], capture: Capture, summary: dict | None,
-           kind: str) -> int:
+           encap: Encap) -> int:
     try:
-        _emit(args, outcomes, summary, kind)
+        _emit(args, outcomes, summary, encap)
     except BrokenPipeError:  # `weft replay ... | head`: the reader has seen enough
         # Python's documented recipe: point stdout at devnull so the exit-time flush is quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -375,18 +375,18 @@ def _print(args, outcomes: list[Outcome], capture: Capture, summary: dict | None
     return EXIT_OK
 
 
-def _emit(args, outcomes: list[Outcome], summary: dict | None, kind: str) -> None:
+def _emit(args, outcomes: list[Outcome], summary: dict | None, encap: Encap) -> None:
     if args.json:
         for outcome in outcomes:
             print(json.dumps(outcome.to_json(), sort_keys=False))
     else:
         for outcome in outcomes:
-            print(_line(outcome, kind))
+            print(_line(outcome, encap))
         if summary is not None:
             print(json.dumps(summary, indent=2))
 
 
-def _line(outcome: Outcome, kind: str) -> str:
+def _line(outcome: Outcome, encap: Encap) -> str:
     peer = outcome.peer
     via = f" peer {peer['subnet']} at {peer['public_ip']}" if peer else ""
     vni = f" vni {outcome.vni}" if outcome.vni is not None else ""
@@ -396,8 +396,7 @@ def _line(outcome: Outcome, kind: str) -> str:
     if outcome.slow:
         text += f" | {outcome.slow}"
     for side, data in outcome.outputs[:1]:
-        ether = side == "device" and kind == "vxlan"
-        text += f" | {describe(data, 'ether' if ether else 'ip')}"
+        text += f" | {describe(data, encap.device_link if side == 'device' else 'ip')}"
     return text
 
 

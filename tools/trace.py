@@ -23,6 +23,7 @@ from __future__ import annotations
 import struct
 import sys
 import time
+from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -31,7 +32,7 @@ from weft.control.registry import DEFAULT_PREFIX, RegistryError, load_snapshot
 from weft.observe.control_socket import ControlError, control_stream
 from weft.observe.tracehub import FilterError, event_frames, parse_filter
 from weft.packet import twins
-from weft.packet.encap import encap_of
+from weft.packet.encap import UDP, VXLAN
 from weft.packet.fastpath import SLOT_IP_ID, Batch
 from weft.packet.reasons import Reason, Verdict, reason_name
 from weft.packet.slowpath import describe
@@ -71,35 +72,34 @@ WHY = {  # what each reason means to somebody reading a trace
 
 def device_of(host: OfflineHost) -> str:
     pl = host.pipeline
-    encap = encap_of(pl.kind)
-    return f"{encap.device_kind.upper()} {encap.device_name(int(pl.dpcfg.cfg[CFG_VNI]))}"
+    return f"{pl.encap.device_label} {pl.encap.device_name(int(pl.dpcfg.cfg[CFG_VNI]))}"
 
 
 def host_info(host: OfflineHost) -> dict:
     pl, lease = host.pipeline, host.lease
     return {"subnet": str(lease.subnet), "public_ip": str(lease.attrs.public_ip),
             "vtep_mac": lease.attrs.vtep_mac, "backend": pl.kind, "network": str(pl.network),
-            "vni": int(pl.cfg[CFG_VNI]) if pl.kind == "vxlan" else None,
+            "vni": int(pl.cfg[CFG_VNI]) if pl.encap.has_vni else None,
             "port": int(pl.cfg[CFG_PORT]),
             "mtu": pl.mtu, "device": device_of(host), "revision": host.snapshot.revision}
 
 
 def flow_key(data: bytes, inp: TraceInput, host: OfflineHost) -> dict[str, Any]:
     """The parsed flow, with OVS field names (tun_*, dl_*, nw_*, tp_*)."""
-    kind = host.pipeline.kind
+    encap = host.pipeline.encap
     key: dict[str, Any] = {}
     if inp.direction == "ingress":
         key["in_port"] = f"udp socket :{int(host.pipeline.cfg[CFG_PORT])} (ingress)"
         key["tun_src"] = str(IPv4Address(inp.src_ip))
         key["tun_dst"] = str(host.lease.attrs.public_ip)
-        if kind == "vxlan" and len(data) >= 8:
+        if encap.has_vni and len(data) >= encap.header_len:  # VXLAN's flags, VNI
             key["tun_flags"] = f"0x{data[0]:02x}"
             key["tun_id"] = int.from_bytes(data[4:7], "big")
-            data = data[8:]
+            data = encap.inner(data)
     else:
         key["in_port"] = f"{device_of(host)} (egress)"
     ethertype = 0x0800
-    if kind == "vxlan":
+    if encap.tap:
         if len(data) < 14:
             return {**key, "truncated": len(data)}
         ethertype = int.from_bytes(data[12:14], "big")
@@ -167,14 +167,24 @@ def lookups(flow: dict, inp: TraceInput, host: OfflineHost) -> list[dict]:
     return out
 
 
+TwinStep = Callable[[Any, bytes, int], twins.StepResult]  # (pipeline, data, sender)
+
+# backend type -> the twin steps (egress, ingress) of its kernels, called alike. Here rather than
+# in weft.packet.encap, which imports nothing of weft (doctor and the CLI read it cheaply).
+TWIN_STEPS: dict[str, tuple[TwinStep, TwinStep]] = {
+    VXLAN.backend: (
+        lambda pl, data, _src: twins.vxlan_egress(  # the IP ID the kernel would give next
+            data, pl.cfg, pl.table, int(pl.counters[pl.path_egress, SLOT_IP_ID])),
+        lambda pl, data, src: twins.vxlan_ingress(data, src, pl.cfg, pl.table)),
+    UDP.backend: (
+        lambda pl, data, _src: twins.udp_egress(data, pl.cfg, pl.table),
+        lambda pl, data, src: twins.udp_ingress(data, src, pl.cfg, pl.table)),
+}
+
+
 def _run_twin(pl, data: bytes, inp: TraceInput) -> twins.StepResult:
-    if inp.direction == "egress":
-        if pl.kind == "vxlan":
-            ip_id = int(pl.counters[pl.path_egress, SLOT_IP_ID])
-            return twins.vxlan_egress(data, pl.cfg, pl.table, ip_id)
-        return twins.udp_egress(data, pl.cfg, pl.table)
-    step = twins.vxlan_ingress if pl.kind == "vxlan" else twins.udp_ingress
-    return step(data, inp.src_ip, pl.cfg, pl.table)
+    egress, ingress = TWIN_STEPS[pl.encap.backend]
+    return (egress if inp.direction == "egress" else ingress)(pl, data, inp.src_ip)
 
 
 def _run_kernel(pl, data: bytes, inp: TraceInput) -> tuple[int, int, bytes, int]:
@@ -205,12 +215,7 @@ def _compare(twin: twins.StepResult, kernel: tuple[int, int, bytes, int]) -> dic
 def _actions(pl, direction: str, step: twins.StepResult) -> list[dict]:
     if step.verdict != Verdict.FORWARD:
         return []
-    if pl.kind == "vxlan":
-        head = ("encap: push outer IPv4 + UDP + VXLAN (36 bytes, into the headroom)"
-                if direction == "egress" else "decap: pop VXLAN, inner frame to the TAP")
-    else:
-        head = ("ttl: decrement; the packet is the payload of one UDP datagram"
-                if direction == "egress" else "ttl: decrement, as flannel's udp does on receive")
+    head = pl.encap.egress_action if direction == "egress" else pl.encap.ingress_action
     sets = [{"action": "set_field", "field": f, "value": v} for f, v in step.fields]
     return [{"action": head}, *sets]
 
@@ -226,7 +231,7 @@ def _output(host: OfflineHost, inp: TraceInput, step: twins.StepResult) -> dict:
     if inp.direction == "ingress":
         return {"action": f"output: write to {device_of(host)}"}
     peer = IPv4Address(step.dst_ip)
-    if pl.kind == "vxlan":
+    if pl.encap.builds_outer:
         return {"action": f"output: raw socket -> {peer}", "peer": str(peer)}
     port = int(pl.cfg[CFG_PORT])
     return {"action": f"output: udp socket :{port} -> {peer}:{port}",
@@ -240,8 +245,8 @@ def trace_input(host: OfflineHost, inp: TraceInput) -> dict:
     flow = flow_key(data, inp, host)
     step = _run_twin(pl, data, inp)
     check = _compare(step, _run_kernel(pl, data, inp))
-    linktype = "ether" if pl.kind == "vxlan" else "ip"
-    inner = data[8:] if pl.kind == "vxlan" and inp.direction == "ingress" else data
+    linktype = pl.encap.device_link
+    inner = pl.encap.inner(data) if inp.direction == "ingress" else data
     kernel_name = f"{pl.kind}_{inp.direction}"
     path = "slow" if step.verdict == Verdict.SLOW else "fast"
     doc: dict[str, Any] = {
@@ -275,15 +280,16 @@ def trace_input(host: OfflineHost, inp: TraceInput) -> dict:
 def _final(pl, inp: TraceInput, step: twins.StepResult) -> str:
     out = step.out
     if inp.direction == "ingress":
-        return describe(out, "ether" if pl.kind == "vxlan" else "ip")
-    if pl.kind == "udp":
+        return describe(out, pl.encap.device_link)
+    if not pl.encap.builds_outer:
         port = int(pl.cfg[CFG_PORT])
         return (f"udp :{port} -> {IPv4Address(step.dst_ip)}:{port} carrying "
                 + describe(out, "ip"))
     outer = (f"IPv4 {IPv4Address(out[12:16])} > {IPv4Address(out[16:20])} ttl {out[8]} / UDP "
-             f"{int.from_bytes(out[20:22], 'big')} > {int.from_bytes(out[22:24], 'big')} / VXLAN "
-             f"vni {int.from_bytes(out[32:35], 'big')}")
-    return f"{outer} / {describe(out[36:], 'ether')}"
+             f"{int.from_bytes(out[20:22], 'big')} > {int.from_bytes(out[22:24], 'big')} / "
+             f"{pl.encap.header_name} vni {int.from_bytes(out[32:35], 'big')}")
+    payload = out[28:]  # after the outer IPv4 (20, no options) and UDP (8) headers
+    return f"{outer} / {describe(pl.encap.inner(payload), pl.encap.device_link)}"
 
 
 def _value(name: str, value: Any) -> str:

@@ -199,17 +199,19 @@ def normalise(raw: bytes, link: str, host: OfflineHost, direction: str | None,
         if not sender:
             raise TraceInputError("an ingress payload without outer headers needs --src-ip")
         return raw, "ingress", sender
-    if pl.kind == "vxlan" and link == "ip":
+    if link == "ip" and pl.encap.device_link == "ether":
         from scapy.layers.l2 import Ether
 
         frame = Ether(dst=_peer_mac_for(host, str(IPv4Address(raw[16:20]))) or "00:00:00:00:00:00",
                       src=host.lease.attrs.vtep_mac or "00:00:00:00:00:00", type=0x0800)
         notes.append("Ethernet header added (the TAP carries frames)")
         return bytes(frame) + raw, "egress", 0
-    if pl.kind == "udp" and link == "ether":
+    if link == "ether" and pl.encap.device_link == "ip":
         if raw[12:14] != b"\x08\x00":
-            raise TraceInputError("the udp backend's TUN carries only IP packets")
-        notes.append("Ethernet header removed (the TUN carries bare IP packets)")
+            raise TraceInputError(f"the {pl.encap.backend} backend's {pl.encap.device_label} "
+                                  f"carries only IP packets")
+        notes.append(f"Ethernet header removed (the {pl.encap.device_label} carries bare IP "
+                     f"packets)")
         return raw[14:], "egress", 0
     return raw, "egress", 0
 

@@ -283,9 +283,9 @@ def _backend(config: NetworkConfig | None, links: dict[str, host_facts.Link]
         port = config.backend_option("Port") or _default_port(kind)
         return kind, vni, int(port) if kind in ENCAPS and port else None
     if UDP.device_name() in links:
-        return "udp", 0, UDP.default_port
+        return UDP.backend, 0, UDP.default_port
     vnis = [vni for name in links if (vni := VXLAN.vni_of_device(name)) is not None]
-    return "vxlan", (vnis[0] if vnis else DEFAULT_VNI), VXLAN.default_port
+    return VXLAN.backend, (vnis[0] if vnis else DEFAULT_VNI), VXLAN.default_port
 
 
 def _default_port(backend: str) -> int | None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from weft.drivers.driver import Driver
+from weft.packet.encap import ENCAPS, UDP, Encap, as_encap
 from weft.packet.fastpath import HEADROOM, Batch
 from weft.packet.headers import (
     ETH_HLEN,
@@ -42,7 +43,6 @@ from weft.packet.headers import (
     IPV4_PROTO_AT,
     IPV4_SRC_AT,
     L4_PORTS_LEN,
-    VXLAN_HLEN,
 )
 from weft.packet.outer import wrap_udp
 from weft.packet.reasons import Reason, Verdict, reason_name
@@ -210,17 +210,16 @@ def parse_filter(text: str | None) -> Predicate:
 # ---- rows -> keys -> events -----------------------------------------------------------------
 
 
-def _inner_offsets(kind: str, direction: str) -> tuple[int, bool]:
+def _inner_offsets(encap: Encap, direction: str) -> tuple[int, bool]:
     """(offset of the inner packet in the row's input, whether it starts with Ethernet)."""
-    if kind == "vxlan":
-        return (VXLAN_HLEN if direction == "ingress" else 0), True  # ingress input: VXLAN first
-    return 0, False
+    # an ingress input is the UDP payload: it starts with the encapsulation header
+    return (encap.header_len if direction == "ingress" else 0), encap.tap
 
 
-def row_key(data: bytes, kind: str, direction: str, verdict: int, reason: int,
+def row_key(data: bytes, kind: Encap | str, direction: str, verdict: int, reason: int,
             peer: int) -> Key:
     """Parse the flow fields of one input packet; anything unparsable gets zeros."""
-    off, ether = _inner_offsets(kind, direction)
+    off, ether = _inner_offsets(as_encap(kind), direction)
     proto, src, dst, sport, dport = -2, 0, 0, 0, 0
     ethertype = ETH_P_IP
     if ether:
@@ -276,9 +275,10 @@ class Subscription:
 class TraceHub:
     """Fan-out of datapath batches to live-trace subscribers; attach it with `bind(driver)`."""
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.info: dict = {"backend": kind}  # sent to clients first: what pcap writers need
+    def __init__(self, kind: Encap | str) -> None:
+        self.encap = as_encap(kind)  # looked up once, passed to row_key per row
+        self.kind = self.encap.backend
+        self.info: dict = {"backend": self.kind}  # sent to clients first: what pcap writers need
         self._subs: tuple[Subscription, ...] = ()  # replaced whole, read lock-free per batch
         self._lock = threading.Lock()
         self._target: Driver | None = None  # the driver whose `observer` we set and clear
@@ -328,7 +328,7 @@ class TraceHub:
             verdict = int(verdicts[i])
             # dst_ip is only meaningful for an egress FORWARD; elsewhere it is stale.
             peer = int(peers[i]) if ingress or verdict == Verdict.FORWARD else 0
-            key = row_key(data, self.kind, direction, verdict, int(reasons[i]), peer)
+            key = row_key(data, self.encap, direction, verdict, int(reasons[i]), peer)
             event = None
             for sub in subs:
                 if not sub.predicate(key):
@@ -398,19 +398,20 @@ def event_frames(event: dict, info: dict) -> list[bytes]:
     """
     if "in" not in event:
         return []
-    vxlan = info.get("backend") == "vxlan"
+    # the hello names the backend; one that names none is read as bare IP, as udp's
+    encap = ENCAPS.get(str(info.get("backend")), UDP)
     local = int(IPv4Address(info.get("public_ip") or "0.0.0.0"))
     peer = int(IPv4Address(event.get("peer") or "0.0.0.0"))
     port = int(info.get("port") or 0)
     data_in = bytes.fromhex(event["in"])
     data_out = bytes.fromhex(event["out"]) if "out" in event else None
     if event["dir"] == "egress":
-        frames = [data_in if vxlan else _ZERO_ETH_IP + data_in]
+        frames = [data_in if encap.tap else _ZERO_ETH_IP + data_in]
         if data_out is not None:  # vxlan: outer IPv4 from the pipeline; udp: the inner packet
-            outer = data_out if vxlan else wrap_udp(data_out, local, peer, port)
+            outer = data_out if encap.builds_outer else wrap_udp(data_out, local, peer, port)
             frames.append(_ZERO_ETH_IP + outer)
     else:
         frames = [_ZERO_ETH_IP + wrap_udp(data_in, peer, local, port)]
         if data_out is not None:
-            frames.append(data_out if vxlan else _ZERO_ETH_IP + data_out)
+            frames.append(data_out if encap.tap else _ZERO_ETH_IP + data_out)
     return frames

@@ -14,6 +14,14 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 DEFAULT_VNI = 1  # flannel's default VNI
+ETHERNET_HEADER_LEN = 14  # destination MAC, source MAC, ethertype
+
+# What a device carries, by its kind: the link type a packet reader (scapy's describe, pcap)
+# needs, and where the inner IP header starts in what the device hands over.
+_DEVICE_LINK: dict[str, tuple[Literal["ether", "ip"], int]] = {
+    "tap": ("ether", ETHERNET_HEADER_LEN),  # Ethernet frames
+    "tun": ("ip", 0),  # bare IP packets
+}
 
 
 class BackendOptions(Protocol):
@@ -24,7 +32,13 @@ class BackendOptions(Protocol):
 
 @dataclass(frozen=True)
 class Encap:
-    """An encapsulation as one backend type carries it over an IPv4 underlay."""
+    """An encapsulation as one backend type carries it over an IPv4 underlay.
+
+    Every vxlan/udp difference the packet path, the offline tools and doctor act on is a field
+    here, read from the row the backend type selects once (Pipeline.encap, the backend's class):
+    a third encapsulation is a third row, and an IPv6 underlay is a row with outer="ipv6" (and
+    its own overhead), not a branch in the readers.
+    """
 
     backend: str  # the backend type that carries it (its key in ENCAPS)
     default_port: int  # outer UDP port when the Backend gives no Port
@@ -34,10 +48,40 @@ class Encap:
     device_kind: Literal["tap", "tun"]  # TAP carries Ethernet frames, TUN bare IP packets
     device_name_rule: str  # the device's name, "{vni}" replaced by the VNI
     has_vni: bool  # a VNI travels in the header (and names the device)
+    # Bytes of encapsulation header between the outer UDP header and the inner frame or packet
+    # (the start of what the UDP socket receives): VXLAN's 8, none for flannel's udp.
+    header_len: int
+    header_name: str  # how traces name that header ("" when there is none)
+    # The egress step writes the outer IPv4 + UDP itself and the datagram leaves on a raw
+    # socket (vxlan); else the step's output is the UDP payload and a UDP socket adds them (udp).
+    builds_outer: bool
+    # What `weft trace` says the forwarding step does, egress and ingress.
+    egress_action: str
+    ingress_action: str
+    outer: Literal["ipv4"] = "ipv4"  # the underlay family; an IPv6 underlay is another row
 
     @property
     def tap(self) -> bool:
         return self.device_kind == "tap"
+
+    @property
+    def device_link(self) -> Literal["ether", "ip"]:
+        """What the device carries, as weft.packet.slowpath.describe names link types."""
+        return _DEVICE_LINK[self.device_kind][0]
+
+    @property
+    def inner_l3_offset(self) -> int:
+        """Where the inner IP header starts in a frame or packet of the device."""
+        return _DEVICE_LINK[self.device_kind][1]
+
+    @property
+    def device_label(self) -> str:
+        """The device kind as people write it: TAP, TUN."""
+        return self.device_kind.upper()
+
+    def inner(self, payload: bytes) -> bytes:
+        """The inner frame or packet in a UDP payload this encapsulation received."""
+        return payload[self.header_len:]
 
     def device_name(self, vni: int = DEFAULT_VNI) -> str:
         """The device the backend opens: `weft.<VNI>` (flannel's flannel.<VNI>) or weft0."""
@@ -72,14 +116,26 @@ class OverlaySettings:
 
 VXLAN = Encap("vxlan", default_port=8472,  # the Linux kernel's default VXLAN port, and flannel's
               overhead=50,  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
-              device_kind="tap", device_name_rule="weft.{vni}", has_vni=True)
+              device_kind="tap", device_name_rule="weft.{vni}", has_vni=True,
+              header_len=8, header_name="VXLAN",  # RFC 7348: flags, reserved, VNI, reserved
+              builds_outer=True,
+              egress_action="encap: push outer IPv4 + UDP + VXLAN (36 bytes, into the headroom)",
+              ingress_action="decap: pop VXLAN, inner frame to the TAP")
 UDP = Encap("udp", default_port=8285,  # flannel's udp backend
             overhead=28,  # outer IPv4 20 + UDP 8
             device_kind="tun", device_name_rule="weft0",  # flannel's udp TUN is flannel0
-            has_vni=False)
+            has_vni=False, header_len=0, header_name="",  # the inner packet is the payload
+            builds_outer=False,
+            egress_action="ttl: decrement; the packet is the payload of one UDP datagram",
+            ingress_action="ttl: decrement, as flannel's udp does on receive")
 
 # backend type -> its encapsulation: the backends with a userspace pipeline
 ENCAPS: dict[str, Encap] = {encap.backend: encap for encap in (VXLAN, UDP)}
+
+
+def as_encap(kind: Encap | str) -> Encap:
+    """An Encap as it is, a backend type through encap_of: for APIs that take either."""
+    return kind if isinstance(kind, Encap) else encap_of(kind)
 
 
 def encap_of(backend_type: str) -> Encap:

@@ -1,6 +1,7 @@
 """The one packet pipeline every driver uses: the daemon, replay and trace.
 
-A Pipeline binds the batch kernels of one backend ("vxlan" or "udp") to the datapath config, the
+A Pipeline binds the batch kernels of one encapsulation (a row of weft.packet.encap) to the
+datapath config, the
 peer table and the counters, and routes SLOW verdicts to the scapy slow path. It does no IO: the
 daemon's drivers feed it from TUN/TAP and sockets, replay from a pcap, trace one packet at a time.
 Its steps are the compiled ones of steps.py; the compiled loops call those same steps with
@@ -17,7 +18,7 @@ from ipaddress import IPv4Address, IPv4Network
 import numpy as np
 
 from weft.packet import fastpath, slowpath, steps
-from weft.packet.encap import DEFAULT_VNI, VXLAN
+from weft.packet.encap import DEFAULT_VNI, ENCAPS, VXLAN, Encap
 from weft.packet.fastpath import Batch
 from weft.packet.reasons import Reason, Verdict, reason_name
 from weft.packet.steps import EGRESS, INGRESS, KINDS, PATHS, PipelineState
@@ -34,12 +35,14 @@ class LocalInfo:
 
 
 class Pipeline:
-    def __init__(self, kind: str, network: IPv4Network, subnet_len: int, *,
+    def __init__(self, kind: Encap | str, network: IPv4Network, subnet_len: int, *,
                  vni: int = DEFAULT_VNI, port: int = VXLAN.default_port,
                  mtu: int = 1500 - VXLAN.overhead) -> None:  # vxlan's on a 1500-byte link
-        if kind not in KINDS:
+        encap = kind if isinstance(kind, Encap) else ENCAPS.get(kind)
+        if encap is None or encap.backend not in KINDS:
             raise ValueError(f"no datapath for backend {kind!r}")
-        self.kind = kind
+        self.encap = encap  # looked up once: everything that differs per encapsulation
+        self.kind = encap.backend
         self.network = network
         self.table = PeerTable(network, subnet_len)
         self.dpcfg = DatapathConfig(network, subnet_len, vni=vni, port=port, mtu=mtu)
@@ -49,7 +52,7 @@ class Pipeline:
         self.drops = np.zeros((2, fastpath.REASON_SLOTS), dtype=np.uint64)
         self.mtu = mtu
         self.local: LocalInfo | None = None
-        self.kind_code = KINDS[kind]
+        self.kind_code = KINDS[encap.backend]
         self.path_egress, self.path_ingress = PATHS[self.kind_code]
         self.peers = steps.peer_arrays(self.table)
         self.state = PipelineState(self.dpcfg.cfg, self.counters, self.drops)
@@ -67,7 +70,7 @@ class Pipeline:
         self.dpcfg.set_local(subnet, public_ip, vtep_mac)
         self.local = LocalInfo(subnet, public_ip, vtep_mac)
         self._slow_ctx = slowpath.SlowPathContext(
-            backend=self.kind, local_subnet=subnet, network=self.network,
+            backend=self.encap.backend, local_subnet=subnet, network=self.network,
             local_mac=vtep_mac or bytes(6), overlay_mtu=self.mtu, peer_mac_for=self._peer_mac,
         )
 

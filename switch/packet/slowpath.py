@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 from weft.packet.checksum import inet_checksum
+from weft.packet.encap import ENCAPS, Encap
 from weft.packet.headers import (
     ETH_ALEN,
     ETH_DST_AT,
@@ -46,8 +47,6 @@ from weft.packet.headers import (
     IPV4_TOT_LEN_AT,
 )
 from weft.packet.reasons import Reason, reason_name
-
-BACKENDS = ("vxlan", "udp")
 
 # Answer for "who-has X" when X is in the network but no lease covers it. Locally administered
 # unicast (0x02 in the first octet) with "weft" in ASCII, so it cannot be a vendor MAC and is
@@ -90,17 +89,21 @@ class SlowPathContext:
     is the ARP answer for unleased addresses in the network (set it to local_mac to reuse ours).
     """
 
-    backend: str  # "vxlan" (TAP, Ethernet frames) or "udp" (TUN, raw IPv4)
+    backend: str  # a backend type of weft.packet.encap.ENCAPS
     local_subnet: IPv4Network
     network: IPv4Network
     local_mac: bytes  # our TAP/VTEP MAC, vxlan only
     overlay_mtu: int
     peer_mac_for: MacLookup
     unreachable_mac: bytes = UNREACHABLE_MAC
+    # the backend's encapsulation, looked up once: whether the device carries frames or packets
+    encap: Encap = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
+        encap = ENCAPS.get(self.backend)
+        if encap is None:
             raise ValueError(f"slow path: unknown backend {self.backend!r}")
+        object.__setattr__(self, "encap", encap)  # frozen: set once, here
         if len(self.unreachable_mac) != 6:
             raise ValueError("slow path: unreachable_mac must be 6 bytes")
 
@@ -123,7 +126,7 @@ def handle_egress(packet: bytes, reason: int, ctx: SlowPathContext) -> SlowResul
     """Answer or drop one packet the fast path sent up from our device; never raises."""
     try:
         data = bytes(packet)
-        if ctx.backend == "vxlan":
+        if ctx.encap.tap:
             return _from_tap(data, int(reason), ctx)
         return _from_tun(data, int(reason), ctx)
     except Exception as exc:  # the datapath must survive any input, bugs included
@@ -156,9 +159,9 @@ def describe(packet: bytes, linktype: str) -> str:
         return f"undecodable {type(packet).__name__} ({type(exc).__name__})"
 
 
+# Link type names people and tools use; a backend's is its Encap.device_link.
 _LINKTYPES = {"ether": "ether", "ethernet": "ether", "en10mb": "ether", "tap": "ether",
-              "vxlan": "ether", "ip": "ip", "ipv4": "ip", "raw": "ip", "tun": "ip",
-              "udp": "ip"}
+              "ip": "ip", "ipv4": "ip", "raw": "ip", "tun": "ip"}
 
 
 # ---- dispatch ------------------------------------------------------------------------------

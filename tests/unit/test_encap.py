@@ -3,11 +3,16 @@ override them, and the device names, as every reader (backends, doctor, replay, 
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 
+import weft
+import weft.tools
 from weft import backends
 from weft.control.config import NetworkConfig
-from weft.packet.encap import ENCAPS, UDP, VXLAN, encap_of
+from weft.packet.encap import ENCAPS, UDP, VXLAN, as_encap, encap_of
 
 pytestmark = pytest.mark.unit
 
@@ -49,3 +54,92 @@ def test_every_row_is_a_registered_backend_and_others_have_none():
     assert all(encap_of(name) is encap for name, encap in ENCAPS.items())
     with pytest.raises(ValueError, match="host-gw"):
         encap_of("host-gw")
+
+
+def test_each_field_is_what_the_readers_used_to_decide_by_name():
+    # the facts the vxlan/udp comparisons in trace, replay, tracehub and the slow path stood for
+    assert (VXLAN.header_len, VXLAN.device_link, VXLAN.inner_l3_offset, VXLAN.device_label) == (
+        8, "ether", 14, "TAP")
+    assert (UDP.header_len, UDP.device_link, UDP.inner_l3_offset, UDP.device_label) == (
+        0, "ip", 0, "TUN")
+    assert VXLAN.builds_outer and not UDP.builds_outer
+    assert VXLAN.inner(bytes(range(10))) == bytes([8, 9])
+    assert UDP.inner(b"\x45abc") == b"\x45abc"
+    assert {encap.outer for encap in ENCAPS.values()} == {"ipv4"}
+    assert as_encap("udp") is UDP and as_encap(VXLAN) is VXLAN
+
+
+def test_the_pcap_link_type_of_each_device_is_the_one_it_carries():
+    from weft.tools.pcapio import LINKTYPE_ETHERNET, LINKTYPE_OF_LINK, LINKTYPE_RAW
+
+    assert LINKTYPE_OF_LINK[VXLAN.device_link] == LINKTYPE_ETHERNET
+    assert LINKTYPE_OF_LINK[UDP.device_link] == LINKTYPE_RAW
+
+
+def test_every_encapsulation_has_its_twin_steps():
+    from weft.tools.trace import TWIN_STEPS
+
+    assert set(TWIN_STEPS) == set(ENCAPS)
+
+
+# -- no decision by the backend's name outside the table --------------------------------------
+
+ENCAP_NAMES = {encap.backend for encap in ENCAPS.values()}
+# Where a comparison with "vxlan"/"udp" means something else than a weft encapsulation.
+NOT_AN_ENCAP = {
+    # a kernel link's rtnetlink kind (IFLA_INFO_KIND): doctor looks for kernel VXLAN devices
+    ("observe/doctor.py", "link.kind == 'vxlan'"),
+    # an iptables rule's IP protocol, not a backend
+    ("observe/firewall_view.py", "rule.protocol not in (None, 'all', 'udp', '17')"),
+    # a transport protocol name in a trace's flow
+    ("tools/trace.py", "proto in ('tcp', 'udp')"),
+}
+
+
+def _owned_sources() -> dict[str, Path]:
+    """The files that act on an encapsulation: tools, observe, the slow path, the pipeline and
+    the userspace backends (registration, lease JSON and config parsing name types by string)."""
+    switch = Path(weft.__file__).parent
+    tools = Path(weft.tools.__file__).parent
+    backends_dir = Path(backends.__file__).parent
+    files = {f"tools/{p.relative_to(tools)}": p for p in tools.rglob("*.py")}
+    files |= {f"observe/{p.name}": p for p in (switch / "observe").glob("*.py")}
+    files |= {f"packet/{name}": switch / "packet" / name for name in ("slowpath.py",
+                                                                      "pipeline.py")}
+    files |= {f"backends/{name}": backends_dir / name for name in ("vxlan.py", "udp.py",
+                                                                  "overlay.py")}
+    return files
+
+
+def _names_an_encap(node: ast.AST) -> bool:
+    """A string constant naming an encapsulation, or a literal collection holding one."""
+    if isinstance(node, ast.Constant):
+        return node.value in ENCAP_NAMES
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        return any(_names_an_encap(item) for item in node.elts)
+    return False
+
+
+def encap_name_comparisons(source: str) -> list[str]:
+    """Every comparison (==, !=, in, not in) with a backend type name as a literal."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare) and any(
+                _names_an_encap(side) for side in (node.left, *node.comparators)):
+            found.append(ast.unparse(node))
+    return found
+
+
+def test_the_scan_finds_a_comparison_by_name():
+    assert encap_name_comparisons('x = 14 if kind == "vxlan" else 0\n') == ["kind == 'vxlan'"]
+    assert encap_name_comparisons('ok = backend not in ("vxlan", "udp")\n') == [
+        "backend not in ('vxlan', 'udp')"]
+    assert encap_name_comparisons('x = 14 if encap.tap else 0\n') == []
+
+
+def test_nothing_decides_by_the_backends_name_outside_the_encap_table():
+    sources = _owned_sources()
+    assert len(sources) > 20  # the scan sees the tree, not an empty glob
+    found = {(name, text) for name, path in sources.items()
+             for text in encap_name_comparisons(path.read_text())}
+    assert found == NOT_AN_ENCAP
