@@ -6,20 +6,18 @@ the reconciler (weft.host.reconcile) puts them back once it is usable again.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import threading
 from ipaddress import IPv4Address, IPv4Network
 
 from weft.backends import BackendError
 from weft.backends.peers import PeerPrograms
+from weft.backends.repaired import RepairedBackend
 from weft.control.config import NetworkConfig
 from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
-from weft.control.peer_sync import PeerChanges
 from weft.host import netlink
 from weft.host.netlink_batch import NetlinkBatch
-from weft.host.reconcile import Reconciler, Route, Wanted
+from weft.host.reconcile import Route, Wanted
 from weft.status import BackendStatus, DatapathStatus
 
 log = logging.getLogger(__name__)
@@ -28,7 +26,7 @@ NAT_ERROR = ("your PublicIP differs from interface IP, meaning that probably you
              "which is not supported by host-gw backend")
 
 
-class HostGwBackend:
+class HostGwBackend(RepairedBackend):
     forward_devices: tuple[str, ...] = ()  # routed by the kernel: nothing of ours to forward
     tracehub = None  # no userspace data path to trace
 
@@ -38,26 +36,13 @@ class HostGwBackend:
         self.iface = iface
         self.mtu = iface.mtu
         self.peers = PeerPrograms("host-gw", self._program_many, self._unprogram_many)
-        self.lock = threading.RLock()  # peer programming and repair passes take turns
-        self.reconciler = Reconciler(self)
-        # Set by the repair pass when our PublicIP moved, taken by changed_lease_attrs().
-        self._public_ip_moved = threading.Event()
+        self._init_repair()
 
     def lease_attrs(self) -> LeaseAttrs:
         return LeaseAttrs(self.iface.public_ip, backend_type="host-gw")
 
     def start(self, lease: Lease) -> None:
         self.reconciler.start()
-
-    def handle(self, changes: PeerChanges) -> None:
-        with self.lock:
-            self.peers.handle(changes)
-
-    def changed_lease_attrs(self) -> LeaseAttrs | None:
-        if not self._public_ip_moved.is_set():
-            return None
-        self._public_ip_moved.clear()  # before reading: a move after this is seen next turn
-        return self.lease_attrs()
 
     # -- what the reconciler keeps in place (weft.host.reconcile.Repairable) ---------------
     def wanted(self) -> Wanted:
@@ -71,8 +56,7 @@ class HostGwBackend:
         pass
 
     def public_ip_changed(self, address: IPv4Address) -> None:
-        self.iface = dataclasses.replace(self.iface, address=address, public_ip=address)
-        self._public_ip_moved.set()
+        self._note_public_ip(address)
 
     def _route(self, lease: Lease) -> Route:
         return Route(lease.subnet, self.iface.index, lease.attrs.public_ip)

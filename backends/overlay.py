@@ -10,21 +10,19 @@ device's address and state, the device itself.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import threading
 from ipaddress import IPv4Address
 
 from weft.backends.peers import PeerPrograms
+from weft.backends.repaired import RepairedBackend
 from weft.control.config import NetworkConfig
 from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
-from weft.control.peer_sync import PeerChanges
 from weft.dev.tundev import tunnel_tx_name
 from weft.drivers import modes
 from weft.drivers.ladder import DeviceDatapath
 from weft.host import netlink
-from weft.host.reconcile import Device, Neighbour, Reconciler, Route, Wanted
+from weft.host.reconcile import Device, Neighbour, Route, Wanted
 from weft.observe.tracehub import TraceHub
 from weft.packet.encap import Encap
 from weft.packet.pipeline import Pipeline
@@ -33,7 +31,7 @@ from weft.status import BackendStatus, DatapathStatus, TrafficCounters
 log = logging.getLogger(__name__)
 
 
-class OverlayBackend:
+class OverlayBackend(RepairedBackend):
     # The backend's row of weft.packet.encap: its defaults, device, pipeline kernels. Its
     # backend type is also what peers' leases must say (their effective type).
     encap: Encap
@@ -73,10 +71,7 @@ class OverlayBackend:
         self.lease: Lease | None = None
         self.tracehub = TraceHub(self.encap)  # live trace; attached to the driver in start()
         # Peer programming (daemon thread) and repair passes (reconciler thread) take turns.
-        self.lock = threading.RLock()
-        self.reconciler = Reconciler(self)
-        # Set by the repair pass when our PublicIP moved, taken by changed_lease_attrs().
-        self._public_ip_moved = threading.Event()
+        self._init_repair()
         log.info("%s device %s (index %d), MTU %d, port %d", "reusing" if self.reused else
                  "created", device_name, self.index, mtu, port)
 
@@ -97,16 +92,6 @@ class OverlayBackend:
             "device": self.device_name, "subnet": str(lease.subnet),
             "public_ip": str(self.iface.public_ip), "port": self.port, "vni": self.vni})
         self.reconciler.start()
-
-    def handle(self, changes: PeerChanges) -> None:
-        with self.lock:
-            self.peers.handle(changes)
-
-    def changed_lease_attrs(self) -> LeaseAttrs | None:
-        if not self._public_ip_moved.is_set():
-            return None
-        self._public_ip_moved.clear()  # before reading: a move after this is seen next turn
-        return self.lease_attrs()
 
     # -- what the reconciler keeps in place (weft.host.reconcile.Repairable) ---------------
     def setup_device(self) -> None:
@@ -139,11 +124,10 @@ class OverlayBackend:
 
     def public_ip_changed(self, address: IPv4Address) -> None:
         assert self.lease is not None
-        self.iface = dataclasses.replace(self.iface, address=address, public_ip=address)
         # Outer headers leave with the new source address from the next batch on.
         self.pipeline.set_local(self.lease.subnet, address, self.local_mac())
         self.tracehub.info["public_ip"] = str(address)
-        self._public_ip_moved.set()
+        self._note_public_ip(address)
 
     def device_mac(self) -> str | None:
         """The MAC the device must keep (vxlan's VtepMAC); None for a TUN."""
