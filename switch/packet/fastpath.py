@@ -286,55 +286,64 @@ def _batch_size(n, bufs, lens, out_off, out_len, verdict, reason, dst_ip):
 # ---- VXLAN egress: Ethernet frame from the TAP -> outer IPv4/UDP/VXLAN ----------------------
 
 
-@njit(cache=True, nogil=True)
-def _vxlan_egress_one(b, ln, cap, cfg, present, public_ip, vtep_mac, ip_id):
-    h = HEADROOM
+@njit(cache=True, nogil=True, inline="always")
+def _frame_class(b, h, ln, cap):
+    """(verdict, reason, out length) of what a TAP frame is before routing: FORWARD/OK for an
+    IPv4 unicast frame, else its DROP or SLOW verdict."""
     if ln < 0 or ln > cap:
-        return _DROP, _TRUNCATED, h, 0, 0
+        return _DROP, _TRUNCATED, 0
     if ln < ETH_HLEN:
-        return _DROP, _TRUNCATED, h, ln, 0
+        return _DROP, _TRUNCATED, ln
     ethertype = _u16(b, h + ETH_TYPE_AT)
     if ethertype == ETH_P_ARP:
-        return _SLOW, _ARP, h, ln, 0
+        return _SLOW, _ARP, ln
     if ethertype == ETH_P_IPV6:
-        return _SLOW, _IPV6, h, ln, 0
+        return _SLOW, _IPV6, ln
     if ethertype != ETH_P_IP:
-        return _DROP, _UNKNOWN_ETHERTYPE, h, ln, 0
+        return _DROP, _UNKNOWN_ETHERTYPE, ln
     if _u8(b, h + ETH_DST_AT) & 1:
         bcast = True
         for k in range(ETH_ALEN):
             if _u8(b, h + ETH_DST_AT + k) != 0xFF:
                 bcast = False
-        return _DROP, (_BROADCAST if bcast else _MULTICAST), h, ln, 0
-    ip = h + ETH_HLEN
+        return _DROP, (_BROADCAST if bcast else _MULTICAST), ln
+    return _FORWARD, _OK, ln
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _vxlan_route(b, ip, ln, cfg, present, vtep_mac):
+    """(verdict, reason, peer index) of an IPv4 packet at `ip` of a frame of ln bytes: its
+    header is sound, its destination a peer with a VTEP MAC, and it fits the MTU (or may be
+    fragmented). FORWARD/OK or the verdict it gets instead."""
     r = _ipv4_check(b, ip, ln - ETH_HLEN)
     if r != _OK:
-        return _DROP, r, h, ln, 0
-    dst = _u32(b, ip + IPV4_DST_AT)
-    v, r, idx = _egress_route(dst, cfg, present)
+        return _DROP, r, -1
+    v, r, idx = _egress_route(_u32(b, ip + IPV4_DST_AT), cfg, present)
     if r != _OK:
-        return v, r, h, ln, 0
+        return v, r, idx
     total = _u16(b, ip + IPV4_TOT_LEN_AT)
-    flen = ETH_HLEN + total  # Ethernet padding past the IP packet is not carried
-    outer_total = VXLAN_ENCAP + flen
     dont_fragment = (_u8(b, ip + IPV4_FRAG_AT) & (IP_DF >> 8)) != 0
-    if total > cfg[CFG_MTU] and (dont_fragment or outer_total > IPV4_MAX_LEN):
-        return _SLOW, _FRAG_NEEDED, h, ln, 0
-    mac_set = False
+    if total > cfg[CFG_MTU] and (dont_fragment or VXLAN_ENCAP + ETH_HLEN + total > IPV4_MAX_LEN):
+        return _SLOW, _FRAG_NEEDED, idx
     for k in range(ETH_ALEN):
         if vtep_mac[idx, k] != 0:
-            mac_set = True
-    if not mac_set:
-        return _DROP, _PEER_LOOKUP_MISS, h, ln, 0
+            return _FORWARD, _OK, idx
+    return _DROP, _PEER_LOOKUP_MISS, idx
 
-    # Verdict is FORWARD: from here on the buffer is modified.
-    peer_ip = np.int64(public_ip[idx])
+
+@njit(cache=True, nogil=True, inline="always")
+def _set_inner_macs(b, h, vtep_mac, idx, local_mac):
+    """Inner Ethernet: to the peer's VTEP MAC, from ours (a u48 in a config slot)."""
     for k in range(ETH_ALEN):
         b[h + ETH_DST_AT + k] = vtep_mac[idx, k]
-    local_mac = cfg[CFG_LOCAL_VTEP_MAC]
     for k in range(ETH_ALEN):
         b[h + ETH_SRC_AT + k] = (local_mac >> (40 - 8 * k)) & 0xFF
 
+
+@njit(cache=True, nogil=True, inline="always")
+def _outer_src_port(b, ip, total):
+    """The outer UDP source port from the inner flow, as Linux udp_flow_src_port() picks it:
+    the ports count only for an unfragmented TCP/UDP/SCTP packet that holds them."""
     proto = _u8(b, ip + IPV4_PROTO_AT)
     ihl = (_u8(b, ip) & 0x0F) * 4
     sport = 0
@@ -344,10 +353,13 @@ def _vxlan_egress_one(b, ln, cap, cfg, present, public_ip, vtep_mac, ip_id):
             and ihl + L4_PORTS_LEN <= total):
         sport = _u16(b, ip + ihl + L4_SPORT_AT)
         dport = _u16(b, ip + ihl + L4_DPORT_AT)
-    fh = _flow_hash(_u32(b, ip + IPV4_SRC_AT), dst, proto, sport, dport)
-    src_port = ((fh * (SRC_PORT_MAX - SRC_PORT_MIN)) >> 32) + SRC_PORT_MIN
+    fh = _flow_hash(_u32(b, ip + IPV4_SRC_AT), _u32(b, ip + IPV4_DST_AT), proto, sport, dport)
+    return ((fh * (SRC_PORT_MAX - SRC_PORT_MIN)) >> 32) + SRC_PORT_MIN
 
-    o = h - VXLAN_ENCAP
+
+@njit(cache=True, nogil=True, inline="always")
+def _write_vxlan_outer(b, o, outer_total, ip_id, src_ip, dst_ip, src_port, dst_port, vni):
+    """Outer IPv4 + UDP + VXLAN headers at b[o : o + VXLAN_ENCAP]."""
     b[o] = IPV4_VER_IHL
     b[o + IPV4_TOS_AT] = 0
     _w16(b, o + IPV4_TOT_LEN_AT, outer_total)
@@ -356,16 +368,15 @@ def _vxlan_egress_one(b, ln, cap, cfg, present, public_ip, vtep_mac, ip_id):
     b[o + IPV4_TTL_AT] = OUTER_TTL
     b[o + IPV4_PROTO_AT] = IPPROTO_UDP
     _w16(b, o + IPV4_CSUM_AT, 0)
-    _w32(b, o + IPV4_SRC_AT, cfg[CFG_LOCAL_PUBLIC_IP])
-    _w32(b, o + IPV4_DST_AT, peer_ip)
+    _w32(b, o + IPV4_SRC_AT, src_ip)
+    _w32(b, o + IPV4_DST_AT, dst_ip)
     _w16(b, o + IPV4_CSUM_AT, _checksum(b, o, IPV4_HLEN))
     u = o + IPV4_HLEN
     _w16(b, u + L4_SPORT_AT, src_port)
-    _w16(b, u + L4_DPORT_AT, cfg[CFG_PORT])
+    _w16(b, u + L4_DPORT_AT, dst_port)
     _w16(b, u + UDP_LEN_AT, outer_total - IPV4_HLEN)
     _w16(b, u + UDP_CSUM_AT, 0)
     x = u + UDP_HLEN
-    vni = cfg[CFG_VNI]
     b[x + VXLAN_FLAGS_AT] = VXLAN_FLAG_I
     b[x + VXLAN_FLAGS_AT + 1] = 0  # reserved
     b[x + VXLAN_FLAGS_AT + 2] = 0
@@ -374,6 +385,28 @@ def _vxlan_egress_one(b, ln, cap, cfg, present, public_ip, vtep_mac, ip_id):
     b[x + VXLAN_VNI_AT + 1] = (vni >> 8) & 0xFF
     b[x + VXLAN_VNI_AT + 2] = vni & 0xFF
     b[x + VXLAN_VNI_AT + 3] = 0  # reserved
+
+
+@njit(cache=True, nogil=True)
+def _vxlan_egress_one(b, ln, cap, cfg, present, public_ip, vtep_mac, ip_id):
+    h = HEADROOM
+    v, r, olen = _frame_class(b, h, ln, cap)
+    if r != _OK:
+        return v, r, h, olen, 0
+    ip = h + ETH_HLEN
+    v, r, idx = _vxlan_route(b, ip, ln, cfg, present, vtep_mac)
+    if r != _OK:
+        return v, r, h, ln, 0
+
+    # Verdict is FORWARD: from here on the buffer is modified.
+    peer_ip = np.int64(public_ip[idx])
+    _set_inner_macs(b, h, vtep_mac, idx, cfg[CFG_LOCAL_VTEP_MAC])
+    total = _u16(b, ip + IPV4_TOT_LEN_AT)
+    # Ethernet padding past the IP packet is not carried
+    outer_total = VXLAN_ENCAP + ETH_HLEN + total
+    o = h - VXLAN_ENCAP
+    _write_vxlan_outer(b, o, outer_total, ip_id, cfg[CFG_LOCAL_PUBLIC_IP], peer_ip,
+                       _outer_src_port(b, ip, total), cfg[CFG_PORT], cfg[CFG_VNI])
     return _FORWARD, _OK, o, outer_total, peer_ip
 
 
