@@ -32,8 +32,9 @@ from weft.control.registry import DEFAULT_PREFIX, RegistryError, load_snapshot
 from weft.observe.control_socket import ControlError, control_stream
 from weft.observe.tracehub import FilterError, event_frames, parse_filter
 from weft.packet import twins
+from weft.packet.batch import Batch
+from weft.packet.counters import SLOT_IP_ID
 from weft.packet.encap import UDP, VXLAN
-from weft.packet.fastpath import SLOT_IP_ID, Batch
 from weft.packet.reasons import Reason, Verdict, reason_name
 from weft.packet.slowpath import describe
 from weft.packet.table import CFG_LOCAL_INDEX, CFG_PORT, CFG_VNI

@@ -96,8 +96,8 @@ from weft.drivers.loopio import (
 )
 from weft.drivers.udpgso import GRO_CMSG, gro_size, gso_messages, row_messages
 from weft.packet import steps
-from weft.packet.fastpath import (
-    HEADROOM,
+from weft.packet.batch import HEADROOM
+from weft.packet.counters import (
     PATH_UDP_EGRESS,
     PATH_UDP_INGRESS,
     PATH_VXLAN_EGRESS,

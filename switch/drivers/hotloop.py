@@ -66,7 +66,7 @@ from weft.drivers.scratch import (
     new_egress_io,
     new_ingress_io,
 )
-from weft.packet.fastpath import HEADROOM, Batch
+from weft.packet.batch import HEADROOM, Batch
 from weft.packet.headers import ETH_HLEN
 from weft.packet.offload.vnet_hdr import VNET_HDR_LEN
 from weft.packet.pipeline import Pipeline

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from weft.drivers.driver import Observer
-from weft.packet.fastpath import HEADROOM, Batch
+from weft.packet.batch import HEADROOM, Batch
 from weft.packet.pipeline import Pipeline
 from weft.packet.reasons import Verdict
 

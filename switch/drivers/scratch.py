@@ -23,7 +23,7 @@ import numpy as np
 from weft.drivers.libc import IOVEC, MMSG, POLLFD, SOCKADDR_IN_SIZE
 from weft.drivers.loopio import CTL_SIZE, ST_SIZE
 from weft.drivers.udpgso import GRO_CMSG, GRO_MESSAGES, GSO_CMSG
-from weft.packet.fastpath import BUFSIZE
+from weft.packet.batch import BUFSIZE
 from weft.packet.offload.gro_coalesce import new_unit_scratch, new_units
 from weft.packet.offload.tunnel import INFO_SIZE, new_sup
 from weft.packet.offload.udp_gro import GRO_BUF, GRO_PAD

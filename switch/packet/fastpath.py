@@ -1,9 +1,10 @@
 """numba batch kernels: encapsulate and decapsulate whole batches of packets in place.
 
-Every input packet sits in one row of `bufs` starting at HEADROOM with length `lens[i]`, so the
-36 bytes of outer IPv4 + UDP + VXLAN are written into the headroom without copying the frame.
-Each input gets exactly one verdict and one reason, written to the per-packet output arrays and
-counted in `counters[path, reason]`. The kernels never raise and never touch bytes outside
+Every input packet sits in one row of `bufs` starting at HEADROOM (batch.py: the Batch those
+rows belong to) with length `lens[i]`, so the 36 bytes of outer IPv4 + UDP + VXLAN are written
+into the headroom without copying the frame. Each input gets exactly one verdict and one reason,
+written to the per-packet output arrays and counted in `counters[path, reason]` (counters.py:
+the layout). The kernels never raise and never touch bytes outside
 `bufs[i, HEADROOM - VXLAN_ENCAP : HEADROOM + lens[i]]`; a length that does not fit the row is
 dropped as TRUNCATED. twins.py holds a readable twin of every kernel; tests keep them equal.
 
@@ -17,6 +18,20 @@ import numpy as np
 from numba import njit
 
 from weft import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
+from weft.packet.batch import HEADROOM
+from weft.packet.counters import (
+    PATH_UDP_EGRESS,
+    PATH_UDP_INGRESS,
+    PATH_VXLAN_EGRESS,
+    PATH_VXLAN_INGRESS,
+    SLOT_CSUM_COMPLETED,
+    SLOT_IP_ID,
+    SLOT_RX_BYTES,
+    SLOT_RX_PACKETS,
+    SLOT_TX_BYTES,
+    SLOT_TX_PACKETS,
+    SLOT_VERDICT,
+)
 from weft.packet.headers import (
     ETH_ALEN,
     ETH_DST_AT,
@@ -68,7 +83,6 @@ from weft.packet.table import (
     CFG_PORT,
     CFG_SUBNET_SHIFT,
     CFG_VNI,
-    PeerTable,
 )
 from weft.packet.wirebytes import checksum as _checksum
 from weft.packet.wirebytes import fold16 as _fold16
@@ -79,36 +93,11 @@ from weft.packet.wirebytes import u32 as _u32
 from weft.packet.wirebytes import w16 as _w16
 from weft.packet.wirebytes import w32 as _w32
 
-HEADROOM = 64  # bytes before every packet, room for the outer headers (VXLAN_ENCAP)
-BUFSIZE = 2048  # default row size of a batch buffer (HEADROOM + the largest packet)
 OUTER_TTL = 64
 # Linux udp_flow_src_port() with the default ip_local_port_range 32768..60999.
 SRC_PORT_MIN = 32768
 SRC_PORT_MAX = 60999
 FLOW_SEED = 0x5EED_F1A7
-
-# counters[path, slot]: rows per kernel, slots 0..REASON_SLOTS-1 count packets by reason (every
-# input counted exactly once there), the rest are totals. SLOT_IP_ID is state, not a count: the
-# next outer IPv4 identification of vxlan_egress. SLOT_CSUM_COMPLETED counts FORWARD packets
-# whose inner TCP/UDP checksum was completed from the CHECKSUM_PARTIAL form (vxlan_ingress only;
-# see _complete_partial_l4_csum). New slots go at the end so existing indices stay stable.
-PATH_VXLAN_EGRESS = 0
-PATH_VXLAN_INGRESS = 1
-PATH_UDP_EGRESS = 2
-PATH_UDP_INGRESS = 3
-N_PATHS = 4
-REASON_SLOTS = 64
-SLOT_RX_PACKETS = 64  # inputs seen
-SLOT_RX_BYTES = 65  # input bytes (valid lengths only)
-SLOT_TX_PACKETS = 66  # FORWARD outputs
-SLOT_TX_BYTES = 67  # bytes of FORWARD outputs
-SLOT_VERDICT = 68  # + Verdict: 68 forward, 69 drop, 70 slow
-SLOT_IP_ID = 71
-SLOT_CSUM_COMPLETED = 72
-N_SLOTS = 73
-
-assert HEADROOM >= VXLAN_ENCAP
-assert max(Reason) < REASON_SLOTS
 
 _FORWARD = int(Verdict.FORWARD)
 _DROP = int(Verdict.DROP)
@@ -136,11 +125,6 @@ _UNKNOWN_ETHERTYPE = int(Reason.UNKNOWN_ETHERTYPE)
 _PEER_LOOKUP_MISS = int(Reason.PEER_LOOKUP_MISS)
 
 _MASK32 = 0xFFFFFFFF
-
-
-def new_counters() -> np.ndarray:
-    """A zeroed counters array for all four kernels."""
-    return np.zeros((N_PATHS, N_SLOTS), dtype=np.uint64)
 
 
 # ---- byte and checksum helpers -------------------------------------------------------------
@@ -659,78 +643,3 @@ def udp_ingress(bufs, lens, src_ip, n, out_off, out_len, verdict, reason, dst_ip
         _record(counters, PATH_UDP_INGRESS, i, v, r, off, olen, 0, ln,
                 out_off, out_len, verdict, reason, dst_ip)
     return forwarded
-
-
-# ---- Python-side conveniences (not on the per-packet path) ----------------------------------
-
-
-class Batch:
-    """Preallocated buffers and per-packet outputs for one batch; reuse it for every call."""
-
-    def __init__(self, size: int = 64, bufsize: int = BUFSIZE) -> None:
-        if bufsize <= HEADROOM:
-            raise ValueError(f"bufsize must exceed the {HEADROOM}-byte headroom")
-        self.bufs = np.zeros((size, bufsize), dtype=np.uint8)
-        self.lens = np.zeros(size, dtype=np.int32)
-        self.src_ip = np.zeros(size, dtype=np.uint32)  # ingress: outer sender, host order
-        self.out_off = np.zeros(size, dtype=np.int32)
-        self.out_len = np.zeros(size, dtype=np.int32)
-        self.verdict = np.zeros(size, dtype=np.uint8)
-        self.reason = np.zeros(size, dtype=np.uint8)
-        self.dst_ip = np.zeros(size, dtype=np.uint32)  # egress FORWARD: peer PublicIP
-
-    @property
-    def size(self) -> int:
-        return self.bufs.shape[0]
-
-    @property
-    def capacity(self) -> int:
-        """Largest packet a row holds."""
-        return self.bufs.shape[1] - HEADROOM
-
-    def load(self, i: int, data: bytes, src_ip: int = 0) -> None:
-        """Copy one packet into row i (tests, replay and the slow path; IO reads in place)."""
-        if len(data) > self.capacity:
-            raise ValueError(f"packet of {len(data)} bytes exceeds row capacity {self.capacity}")
-        self.bufs[i, HEADROOM : HEADROOM + len(data)] = np.frombuffer(data, dtype=np.uint8)
-        self.lens[i] = len(data)
-        self.src_ip[i] = src_ip
-
-    def output(self, i: int) -> bytes:
-        """The output bytes of row i after a kernel ran (input bytes unless FORWARD)."""
-        off = int(self.out_off[i])
-        return self.bufs[i, off : off + int(self.out_len[i])].tobytes()
-
-
-def run_vxlan_egress(
-    batch: Batch, n: int, cfg: np.ndarray, table: PeerTable, counters: np.ndarray
-) -> int:
-    """vxlan_egress over the first n rows of `batch`; returns how many are FORWARD."""
-    b = batch
-    return vxlan_egress(b.bufs, b.lens, n, b.out_off, b.out_len, b.verdict, b.reason, b.dst_ip,
-                        cfg, table.present, table.public_ip, table.vtep_mac, counters)
-
-
-def run_vxlan_ingress(
-    batch: Batch, n: int, cfg: np.ndarray, table: PeerTable, counters: np.ndarray
-) -> int:
-    b = batch
-    return vxlan_ingress(b.bufs, b.lens, b.src_ip, n, b.out_off, b.out_len, b.verdict, b.reason,
-                         b.dst_ip, cfg, table.present, table.public_ip, table.sender_keys,
-                         counters)
-
-
-def run_udp_egress(
-    batch: Batch, n: int, cfg: np.ndarray, table: PeerTable, counters: np.ndarray
-) -> int:
-    b = batch
-    return udp_egress(b.bufs, b.lens, n, b.out_off, b.out_len, b.verdict, b.reason, b.dst_ip,
-                      cfg, table.present, table.public_ip, counters)
-
-
-def run_udp_ingress(
-    batch: Batch, n: int, cfg: np.ndarray, table: PeerTable, counters: np.ndarray
-) -> int:
-    b = batch
-    return udp_ingress(b.bufs, b.lens, b.src_ip, n, b.out_off, b.out_len, b.verdict, b.reason,
-                       b.dst_ip, cfg, table.present, table.public_ip, table.sender_keys, counters)

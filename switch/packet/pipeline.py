@@ -17,9 +17,19 @@ from ipaddress import IPv4Address, IPv4Network
 
 import numpy as np
 
-from weft.packet import fastpath, slowpath, steps
+from weft.packet import slowpath, steps
+from weft.packet.batch import Batch
+from weft.packet.counters import (
+    REASON_SLOTS,
+    SLOT_CSUM_COMPLETED,
+    SLOT_RX_BYTES,
+    SLOT_RX_PACKETS,
+    SLOT_TX_BYTES,
+    SLOT_TX_PACKETS,
+    SLOT_VERDICT,
+    new_counters,
+)
 from weft.packet.encap import DEFAULT_VNI, ENCAPS, VXLAN, Encap
-from weft.packet.fastpath import Batch
 from weft.packet.reasons import Reason, Verdict, reason_name
 from weft.packet.steps import EGRESS, INGRESS, KINDS, PATHS, PipelineState
 from weft.packet.table import DatapathConfig, PeerTable
@@ -46,10 +56,10 @@ class Pipeline:
         self.network = network
         self.table = PeerTable(network, subnet_len)
         self.dpcfg = DatapathConfig(network, subnet_len, vni=vni, port=port, mtu=mtu)
-        self.counters = fastpath.new_counters()
+        self.counters = new_counters()
         self.slow_counts: Counter[int] = Counter()  # slow-path outcomes by final reason
         # fast-path drops by reason, [0] egress and [1] ingress
-        self.drops = np.zeros((2, fastpath.REASON_SLOTS), dtype=np.uint64)
+        self.drops = np.zeros((2, REASON_SLOTS), dtype=np.uint64)
         self.mtu = mtu
         self.local: LocalInfo | None = None
         self.kind_code = KINDS[encap.backend]
@@ -133,14 +143,14 @@ class Pipeline:
             (("egress", self.path_egress), ("ingress", self.path_ingress))
         ):
             out[name] = {
-                "packets": int(c[path, fastpath.SLOT_RX_PACKETS]),
-                "bytes": int(c[path, fastpath.SLOT_RX_BYTES]),
-                "forwarded": int(c[path, fastpath.SLOT_TX_PACKETS]),
-                "forwarded_bytes": int(c[path, fastpath.SLOT_TX_BYTES]),
-                "slow": int(c[path, fastpath.SLOT_VERDICT + int(Verdict.SLOW)]),
-                "dropped": int(c[path, fastpath.SLOT_VERDICT + int(Verdict.DROP)]),
+                "packets": int(c[path, SLOT_RX_PACKETS]),
+                "bytes": int(c[path, SLOT_RX_BYTES]),
+                "forwarded": int(c[path, SLOT_TX_PACKETS]),
+                "forwarded_bytes": int(c[path, SLOT_TX_BYTES]),
+                "slow": int(c[path, SLOT_VERDICT + int(Verdict.SLOW)]),
+                "dropped": int(c[path, SLOT_VERDICT + int(Verdict.DROP)]),
                 # inner TCP/UDP checksums a sender left for offload, completed on ingress
-                "checksums_completed": int(c[path, fastpath.SLOT_CSUM_COMPLETED]),
+                "checksums_completed": int(c[path, SLOT_CSUM_COMPLETED]),
             }
             for code in np.flatnonzero(self.drops[direction]):
                 drops[reason_name(int(code))] += int(self.drops[direction][code])

@@ -19,7 +19,13 @@ from numba import njit
 
 from weft import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
 from weft.packet import fastpath
-from weft.packet.fastpath import Batch
+from weft.packet.batch import Batch
+from weft.packet.counters import (
+    PATH_UDP_EGRESS,
+    PATH_UDP_INGRESS,
+    PATH_VXLAN_EGRESS,
+    PATH_VXLAN_INGRESS,
+)
 from weft.packet.reasons import Verdict
 from weft.packet.table import PeerTable
 
@@ -27,8 +33,8 @@ KIND_VXLAN = 0
 KIND_UDP = 1
 KINDS = {"vxlan": KIND_VXLAN, "udp": KIND_UDP}
 # counters rows of each kind, (egress, ingress)
-PATHS = {KIND_VXLAN: (fastpath.PATH_VXLAN_EGRESS, fastpath.PATH_VXLAN_INGRESS),
-         KIND_UDP: (fastpath.PATH_UDP_EGRESS, fastpath.PATH_UDP_INGRESS)}
+PATHS = {KIND_VXLAN: (PATH_VXLAN_EGRESS, PATH_VXLAN_INGRESS),
+         KIND_UDP: (PATH_UDP_EGRESS, PATH_UDP_INGRESS)}
 EGRESS, INGRESS = 0, 1  # directions, as row indices of PipelineState.drops
 
 _DROP = int(Verdict.DROP)
@@ -37,7 +43,7 @@ _FORWARD = int(Verdict.FORWARD)
 
 
 class BatchArrays(NamedTuple):
-    """The arrays of a fastpath.Batch: packet rows and their per-packet results."""
+    """The arrays of a Batch: packet rows and their per-packet results."""
 
     bufs: np.ndarray
     lens: np.ndarray

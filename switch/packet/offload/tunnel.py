@@ -43,9 +43,8 @@ import numpy as np
 from numba import njit
 
 from weft import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
-from weft.packet.fastpath import (
-    HEADROOM,
-    OUTER_TTL,
+from weft.packet.batch import HEADROOM
+from weft.packet.counters import (
     PATH_UDP_EGRESS,
     PATH_VXLAN_EGRESS,
     SLOT_IP_ID,
@@ -54,6 +53,9 @@ from weft.packet.fastpath import (
     SLOT_TX_BYTES,
     SLOT_TX_PACKETS,
     SLOT_VERDICT,
+)
+from weft.packet.fastpath import (
+    OUTER_TTL,
     udp_egress_one,
     udp_ingress_one,
     vxlan_egress_one,

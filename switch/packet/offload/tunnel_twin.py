@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from weft.packet.batch import BUFSIZE, HEADROOM
 from weft.packet.checksum import inet_checksum
-from weft.packet.fastpath import BUFSIZE, HEADROOM, OUTER_TTL
+from weft.packet.fastpath import OUTER_TTL
 from weft.packet.headers import (
     ETH_HLEN,
     ETH_P_IP,
