@@ -1,7 +1,7 @@
 """The compiled loops: one numba function per direction that calls libc itself, without the GIL.
 
 Each loop polls, reads a batch into the batch rows at HEADROOM, runs the pipeline's step
-(weft.packet.steps: the kernel of the backend kind and the drop tally, the same call
+(weft.packet.steps: the kernel of the encapsulation and the drop tally, the same call
 Pipeline.egress/ingress make) and sends the FORWARD rows itself (sendmmsg on egress, write()
 into the device on ingress). It loops over many batches and only comes back to its Python
 thread (hotloop.HotLoop) when Python has work: a SLOW row for the scapy slow path, a live-trace
@@ -97,19 +97,12 @@ from weft.drivers.loopio import (
 from weft.drivers.udpgso import GRO_CMSG, gro_size, gso_messages, row_messages
 from weft.packet import steps
 from weft.packet.batch import HEADROOM
-from weft.packet.counters import (
-    PATH_UDP_EGRESS,
-    PATH_UDP_INGRESS,
-    PATH_VXLAN_EGRESS,
-    PATH_VXLAN_INGRESS,
-)
+from weft.packet.encap import VXLAN
 from weft.packet.offload.gro_coalesce import coalesce_into, unit_segments
 from weft.packet.offload.tso import ERR_NO_ROOM
 from weft.packet.offload.tso_split import split_super
 from weft.packet.offload.tunnel import (
     INFO_SEGMENTS,
-    SUP_HEAD,
-    SUP_HEAD_UDP,
     count_received,
     count_sent,
     decap_super,
@@ -119,13 +112,13 @@ from weft.packet.offload.tunnel import (
     restore_read,
     restore_read_udp,
 )
-from weft.packet.offload.udp_gro import GRO_PAD, UDP_VIEW, VX_VIEW, gro_split
+from weft.packet.offload.udp_gro import GRO_PAD, gro_split
 from weft.packet.offload.vnet_hdr import GSO_TCPV4, VNET_GSO_TYPE
 from weft.packet.reasons import Verdict
-from weft.packet.steps import KIND_VXLAN
 from weft.packet.table import CFG_MTU
 
 _FORWARD = int(Verdict.FORWARD)
+_VXLAN = VXLAN.code  # a module int: what numba reads of the row; tunnel GSO kernels by it
 _SLOW = int(Verdict.SLOW)
 
 
@@ -141,8 +134,7 @@ def _send_whole(p, io, peers, state, got):
     the write: tunnel GSO is then off for good), or -errno for an errno that ends the loop.
     """
     stats = io.stats
-    vxlan = p.kind == KIND_VXLAN
-    if vxlan:
+    if p.code == _VXLAN:
         t = encap_super(io.sup, got, io.probe, state.cfg, peers.present, peers.public_ip,
                         peers.vtep_mac, state.counters, p.tnl_mac, io.tnl_info)
     else:
@@ -154,8 +146,7 @@ def _send_whole(p, io, peers, state, got):
         stats[ST_SYSCALLS] += ONE
         w = write(p.tnl_fd, io.sup.ctypes.data, t)
         if w >= 0:
-            count_sent(state.counters, PATH_VXLAN_EGRESS if vxlan else PATH_UDP_EGRESS,
-                       io.tnl_info)
+            count_sent(state.counters, p.egress_path, io.tnl_info)
             nseg = np.uint64(io.tnl_info[INFO_SEGMENTS])
             stats[ST_TUNNEL_SENT] += ONE
             stats[ST_PACKETS] += nseg
@@ -168,7 +159,7 @@ def _send_whole(p, io, peers, state, got):
             # This kernel (or a TX TAP gone) will not take it: split from now on.
             stats[ST_TUNNEL_REFUSED] += ONE
             stats[ST_LAST_ERRNO] = np.uint64(e)
-            if vxlan:
+            if p.code == _VXLAN:
                 restore_read(io.sup)
             else:
                 restore_read_udp(io.sup)
@@ -263,10 +254,9 @@ def _send_rows(p, io, b, n):
     them, else one datagram per row on p.sock_fd. Returns an errno that ends the loop, or 0."""
     stats = io.stats
     if io.gso_fds.shape[0] > 0 and stats[ST_GSO_REFUSED] == 0:
-        m = gso_messages(p.kind, n, b, p.port, io)
+        m = gso_messages(p.outer_len, n, b, p.port, io)
         return send_by_socket(io.msgs, io.msg_fd, m, io.pollfd, stats)
-    # vxlan sends on a raw IP socket: the port is in the header the fast path wrote
-    m = row_messages(n, b, 0 if p.kind == KIND_VXLAN else p.port, io)
+    m = row_messages(n, b, p.send_port, io)
     return send_all(p.sock_fd, io.msgs, 0, m, io.pollfd, stats)
 
 
@@ -287,7 +277,7 @@ def egress_loop(p, io, b, peers, state):
     stats = io.stats
     rows = b.bufs.shape[0]
     offload = p.l3_off >= 0
-    head = (SUP_HEAD if p.kind == KIND_VXLAN else SUP_HEAD_UDP) if offload else 0
+    head = p.sup_head if offload else 0
     pending = 0  # length of a frame waiting in sup: it did not fit the rows the batch had left
     full = False  # the last batch filled every row: more is likely queued, skip poll()
     while True:
@@ -316,7 +306,7 @@ def egress_loop(p, io, b, peers, state):
             continue
         stats[ST_BATCHES] += ONE
         stats[ST_PACKETS] += np.uint64(n)
-        _, slow = steps.egress(p.kind, n, b, peers, state)
+        _, slow = steps.egress(p.code, n, b, peers, state)
         e = _send_rows(p, io, b, n)
         if e != 0:
             return RET_ERROR, n, e
@@ -363,9 +353,8 @@ def _write_whole(p, io, gi, peers, state):
     split as usual (offload.tunnel.decap_super declined it), or -errno that ends the loop.
     """
     stats = io.stats
-    vxlan = p.kind == KIND_VXLAN
-    view = VX_VIEW if vxlan else UDP_VIEW  # where the virtio header goes in the receive row
-    if vxlan:
+    view = p.rx_view  # where the virtio header goes in the receive row
+    if p.code == _VXLAN:
         t = decap_super(io.gro[gi, view:], io.gro_len[gi], io.gro_src[gi], io.probe, state.cfg,
                         peers.present, peers.public_ip, peers.sender_keys, io.tnl_info)
     else:
@@ -377,8 +366,7 @@ def _write_whole(p, io, gi, peers, state):
     r = write_one(p.dev_fd, io.gro.ctypes.data + gi * io.gro.strides[0] + view, t, stats)
     if r < 0:
         return r
-    count_received(state.counters, PATH_VXLAN_INGRESS if vxlan else PATH_UDP_INGRESS,
-                   io.tnl_info)
+    count_received(state.counters, p.ingress_path, io.tnl_info)
     nseg = np.uint64(io.tnl_info[INFO_SEGMENTS])
     stats[ST_TUNNEL_GSO] += ONE
     stats[ST_TUNNEL_WRITTEN] += ONE
@@ -527,7 +515,7 @@ def ingress_loop(p, io, b, peers, state):
                 if w > 0:
                     gi += 1
                     continue
-            n, gi, gpos, tunnels = gro_split(p.kind, io, got, gi, gpos, b, cap,
+            n, gi, gpos, tunnels = gro_split(p.code, io, got, gi, gpos, b, cap,
                                              state.cfg[CFG_MTU], whole)
             stats[ST_TUNNEL_GSO] += np.uint64(tunnels)
         else:
@@ -535,7 +523,7 @@ def ingress_loop(p, io, b, peers, state):
             got = 0
         stats[ST_BATCHES] += ONE
         stats[ST_PACKETS] += np.uint64(n)
-        steps.ingress(p.kind, n, b, peers, state)
+        steps.ingress(p.code, n, b, peers, state)
         if p.l3_off >= 0:
             e = _write_units(p, io, b, n)
         else:

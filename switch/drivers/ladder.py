@@ -60,7 +60,7 @@ class DeviceDatapath:
     def start(self, pipeline: Pipeline, port: int) -> Driver:
         """Open the sockets on `port` and start the best driver; returns it."""
         self.pipeline = pipeline
-        self.transport = Transport(pipeline.kind, port)
+        self.transport = Transport(pipeline.encap, port)
         self.driver = self._start_driver(pipeline, self.transport)
         log.info("datapath %s: %s", self.mode, modes.IO[self.mode])
         return self.driver

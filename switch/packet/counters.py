@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from weft.packet.encap import UDP, VXLAN
 from weft.packet.reasons import Reason
 
 PATH_VXLAN_EGRESS = 0
@@ -31,6 +32,10 @@ SLOT_CSUM_COMPLETED = 72
 N_SLOTS = 73
 
 assert max(Reason) < REASON_SLOTS
+
+# an encapsulation's counters rows (egress, ingress), by its row's code
+ENCAP_PATHS = {VXLAN.code: (PATH_VXLAN_EGRESS, PATH_VXLAN_INGRESS),
+               UDP.code: (PATH_UDP_EGRESS, PATH_UDP_INGRESS)}
 
 
 def new_counters() -> np.ndarray:

@@ -5,7 +5,7 @@ datapath config, the
 peer table and the counters, and routes SLOW verdicts to the scapy slow path. It does no IO: the
 daemon's drivers feed it from TUN/TAP and sockets, replay from a pcap, trace one packet at a time.
 Its steps are the compiled ones of steps.py; the compiled loops call those same steps with
-`kind_code`, `peers` and `state`, so kernel choice and drop counting exist once.
+`encap.code`, `peers` and `state`, so kernel choice and drop counting exist once.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 from weft.packet import slowpath, steps
 from weft.packet.batch import Batch
 from weft.packet.counters import (
+    ENCAP_PATHS,
     REASON_SLOTS,
     SLOT_CSUM_COMPLETED,
     SLOT_RX_BYTES,
@@ -31,7 +32,7 @@ from weft.packet.counters import (
 )
 from weft.packet.encap import DEFAULT_VNI, ENCAPS, VXLAN, Encap
 from weft.packet.reasons import Reason, Verdict, reason_name
-from weft.packet.steps import EGRESS, INGRESS, KINDS, PATHS, PipelineState
+from weft.packet.steps import EGRESS, INGRESS, PipelineState
 from weft.packet.table import DatapathConfig, PeerTable
 
 __all__ = ["EGRESS", "INGRESS", "LocalInfo", "Pipeline"]
@@ -49,7 +50,7 @@ class Pipeline:
                  vni: int = DEFAULT_VNI, port: int = VXLAN.default_port,
                  mtu: int = 1500 - VXLAN.overhead) -> None:  # vxlan's on a 1500-byte link
         encap = kind if isinstance(kind, Encap) else ENCAPS.get(kind)
-        if encap is None or encap.backend not in KINDS:
+        if encap is None or encap.code not in ENCAP_PATHS:
             raise ValueError(f"no datapath for backend {kind!r}")
         self.encap = encap  # looked up once: everything that differs per encapsulation
         self.kind = encap.backend
@@ -62,8 +63,7 @@ class Pipeline:
         self.drops = np.zeros((2, REASON_SLOTS), dtype=np.uint64)
         self.mtu = mtu
         self.local: LocalInfo | None = None
-        self.kind_code = KINDS[encap.backend]
-        self.path_egress, self.path_ingress = PATHS[self.kind_code]
+        self.path_egress, self.path_ingress = ENCAP_PATHS[encap.code]
         self.peers = steps.peer_arrays(self.table)
         self.state = PipelineState(self.dpcfg.cfg, self.counters, self.drops)
         # (step, id(batch)) -> (batch, its arrays, the compiled step for their types); see _run
@@ -113,7 +113,7 @@ class Pipeline:
             per_batch = self._steps[batch] = {}
         cached = per_batch.get(step)
         if cached is None:
-            args = (self.kind_code, n, steps.batch_arrays(batch), self.peers, self.state)
+            args = (self.encap.code, n, steps.batch_arrays(batch), self.peers, self.state)
             forwarded, _ = step(*args)
             overloads = getattr(step, "overloads", None)  # absent under NUMBA_DISABLE_JIT
             sig = tuple(step.typeof_pyval(a) for a in args) if overloads is not None else None
@@ -121,7 +121,7 @@ class Pipeline:
             per_batch[step] = (args[2], entry)
             return forwarded
         arrays, entry = cached
-        forwarded, _ = entry(self.kind_code, n, arrays, self.peers, self.state)
+        forwarded, _ = entry(self.encap.code, n, arrays, self.peers, self.state)
         return forwarded
 
     def slow(self, packet: bytes, reason: int) -> slowpath.SlowResult:
