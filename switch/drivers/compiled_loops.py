@@ -1,18 +1,18 @@
 """The compiled loops: one numba function per direction that calls libc itself, without the GIL.
 
 Each loop polls, reads a batch into the batch rows at HEADROOM, runs the pipeline's step
-(weft.packet.steps: the kernel of the encapsulation and the drop tally, the same call
+(weft.packet.pipeline_steps: the kernel of the encapsulation and the drop tally, the same call
 Pipeline.egress/ingress make) and sends the FORWARD rows itself (sendmmsg on egress, write()
 into the device on ingress). It loops over many batches and only comes back to its Python
-thread (hotloop.HotLoop) when Python has work: a SLOW row for the scapy slow path, a live-trace
-observer that wants every batch, a stop request, or an errno the loop cannot handle.
+thread (compiled_driver.HotLoop) when Python has work: a SLOW row for the scapy slow path, a
+live-trace observer that wants every batch, a stop request, or an errno the loop cannot handle.
 
-Each loop takes five argument groups (scratch.py: LoopParams and its direction's IO scratch;
-weft.packet.steps: the batch, the peer table, the pipeline state), never loose arrays.
+Each loop takes five argument groups (loop_args.py: LoopParams and its direction's IO scratch;
+weft.packet.pipeline_steps: the batch, the peer table, the pipeline state), never loose arrays.
 libc is reached through @intrinsic declarations (libc.py), so cache=True works and a
 restarted daemon loads the machine code from __pycache__ instead of compiling for a minute
 (weft/jitcache.py says when that code is stale). The codes, stats slots and counted system
-calls both loops share are in loopio.py, the UDP GSO/GRO message handling in udpgso.py; the
+calls both loops share are in loop_syscalls.py, the UDP GSO/GRO message handling in udpgso.py; the
 buffer transforms of offload mode (no system calls) are weft.packet.offload's.
 
 Offload mode (a device opened by weft.dev.tundev with IFF_VNET_HDR + TUNSETOFFLOAD): every device
@@ -64,7 +64,7 @@ from weft.drivers.libc import (
     sockaddr_ip,
     write,
 )
-from weft.drivers.loopio import (
+from weft.drivers.loop_syscalls import (
     CTL_EACH_BATCH,
     CTL_STOP,
     ONE,
@@ -95,7 +95,7 @@ from weft.drivers.loopio import (
     write_one,
 )
 from weft.drivers.udpgso import GRO_CMSG, gro_size, gso_messages, row_messages
-from weft.packet import steps
+from weft.packet import pipeline_steps
 from weft.packet.batch import HEADROOM
 from weft.packet.encap import VXLAN
 from weft.packet.offload.gro_coalesce import coalesce_into, unit_segments
@@ -265,7 +265,7 @@ def egress_loop(p, io, b, peers, state):
     """Read batches from the device, encapsulate, sendmmsg; returns (code, rows, errno).
 
     p: LoopParams (p.sock_fd sends), io: EgressIO, then the pipeline's BatchArrays, PeerArrays
-    and PipelineState (weft.packet.steps). Each batch is filled by its device's mode, run
+    and PipelineState (weft.packet.pipeline_steps). Each batch is filled by its device's mode, run
     through the egress step and sent (_send_rows). p.l3_off < 0: a plain device, each read is
     one packet straight into a row (_fill_plain). p.l3_off >= 0 (14 for a TAP, 0 for a TUN):
     an offload device (_fill_offload); each read lands in io.sup (virtio_net_hdr + frame) and
@@ -306,7 +306,7 @@ def egress_loop(p, io, b, peers, state):
             continue
         stats[ST_BATCHES] += ONE
         stats[ST_PACKETS] += np.uint64(n)
-        _, slow = steps.egress(p.code, n, b, peers, state)
+        _, slow = pipeline_steps.egress(p.code, n, b, peers, state)
         e = _send_rows(p, io, b, n)
         if e != 0:
             return RET_ERROR, n, e
@@ -523,7 +523,7 @@ def ingress_loop(p, io, b, peers, state):
             got = 0
         stats[ST_BATCHES] += ONE
         stats[ST_PACKETS] += np.uint64(n)
-        steps.ingress(p.code, n, b, peers, state)
+        pipeline_steps.ingress(p.code, n, b, peers, state)
         if p.l3_off >= 0:
             e = _write_units(p, io, b, n)
         else:

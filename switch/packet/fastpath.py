@@ -6,7 +6,7 @@ into the headroom without copying the frame. Each input gets exactly one verdict
 written to the per-packet output arrays and counted in `counters[path, reason]` (counters.py:
 the layout). The kernels never raise and never touch bytes outside
 `bufs[i, HEADROOM - VXLAN_ENCAP : HEADROOM + lens[i]]`; a length that does not fit the row is
-dropped as TRUNCATED. twins.py holds a readable twin of every kernel; tests keep them equal.
+dropped as TRUNCATED. fastpath_twin.py holds a readable twin of every kernel; tests keep them equal.
 
 All arithmetic is done in int64 on purpose: the same code then runs under NUMBA_DISABLE_JIT=1
 (numpy scalars) without uint8/uint64 surprises, and 32-bit multiplies are split so nothing wraps.

@@ -4,7 +4,7 @@ A Pipeline binds the batch kernels of one encapsulation (a row of weft.packet.en
 datapath config, the
 peer table and the counters, and routes SLOW verdicts to the scapy slow path. It does no IO: the
 daemon's drivers feed it from TUN/TAP and sockets, replay from a pcap, trace one packet at a time.
-Its steps are the compiled ones of steps.py; the compiled loops call those same steps with
+Its steps are the compiled ones of pipeline_steps.py; the compiled loops call those same steps with
 `encap.code`, `peers` and `state`, so kernel choice and drop counting exist once.
 """
 
@@ -17,7 +17,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import numpy as np
 
-from weft.packet import slowpath, steps
+from weft.packet import pipeline_steps, slowpath
 from weft.packet.batch import Batch
 from weft.packet.counters import (
     ENCAP_PATHS,
@@ -31,8 +31,8 @@ from weft.packet.counters import (
     new_counters,
 )
 from weft.packet.encap import DEFAULT_VNI, ENCAPS, VXLAN, Encap
+from weft.packet.pipeline_steps import EGRESS, INGRESS, PipelineState
 from weft.packet.reasons import Reason, Verdict, reason_name
-from weft.packet.steps import EGRESS, INGRESS, PipelineState
 from weft.packet.table import DatapathConfig, PeerTable
 
 __all__ = ["EGRESS", "INGRESS", "LocalInfo", "Pipeline"]
@@ -64,7 +64,7 @@ class Pipeline:
         self.mtu = mtu
         self.local: LocalInfo | None = None
         self.path_egress, self.path_ingress = ENCAP_PATHS[encap.code]
-        self.peers = steps.peer_arrays(self.table)
+        self.peers = pipeline_steps.peer_arrays(self.table)
         self.state = PipelineState(self.dpcfg.cfg, self.counters, self.drops)
         # (step, id(batch)) -> (batch, its arrays, the compiled step for their types); see _run
         # per batch, per step: (the batch's arrays, the compiled function for their types)
@@ -94,11 +94,11 @@ class Pipeline:
     # -- the steps ------------------------------------------------------------------------------
     def egress(self, batch: Batch, n: int) -> int:
         """Packets from our pods (TAP frames / TUN packets) -> encapsulated; returns # FORWARD."""
-        return self._run(steps.egress, batch, n)
+        return self._run(pipeline_steps.egress, batch, n)
 
     def ingress(self, batch: Batch, n: int) -> int:
         """Payloads from peers (with batch.src_ip) -> inner frames/packets; returns # FORWARD."""
-        return self._run(steps.ingress, batch, n)
+        return self._run(pipeline_steps.ingress, batch, n)
 
     def _run(self, step, batch: Batch, n: int) -> int:
         """One batch through a compiled step, called from Python (replay, trace, plain loop).
@@ -113,7 +113,7 @@ class Pipeline:
             per_batch = self._steps[batch] = {}
         cached = per_batch.get(step)
         if cached is None:
-            args = (self.encap.code, n, steps.batch_arrays(batch), self.peers, self.state)
+            args = (self.encap.code, n, pipeline_steps.batch_arrays(batch), self.peers, self.state)
             forwarded, _ = step(*args)
             overloads = getattr(step, "overloads", None)  # absent under NUMBA_DISABLE_JIT
             sig = tuple(step.typeof_pyval(a) for a in args) if overloads is not None else None

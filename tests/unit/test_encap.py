@@ -105,8 +105,8 @@ def _owned_sources() -> dict[str, Path]:
     backends_dir = Path(backends.__file__).parent
     files = {f"tools/{p.relative_to(tools)}": p for p in tools.rglob("*.py")}
     files |= {f"observe/{p.name}": p for p in (switch / "observe").glob("*.py")}
-    files |= {f"packet/{name}": switch / "packet" / name for name in ("slowpath.py",
-                                                                      "pipeline.py", "steps.py")}
+    files |= {f"packet/{name}": switch / "packet" / name
+              for name in ("slowpath.py", "pipeline.py", "pipeline_steps.py")}
     files |= {f"drivers/{p.name}": p for p in (switch / "drivers").glob("*.py")}
     files |= {f"backends/{name}": backends_dir / name for name in ("vxlan.py", "udp.py",
                                                                   "overlay.py")}
@@ -152,7 +152,7 @@ def test_nothing_decides_by_the_backends_name_outside_the_encap_table():
     sources = _owned_sources()
     assert len(sources) > 30  # the scan sees the tree, not an empty glob
     assert {"drivers/compiled_loops.py", "drivers/pyloop.py", "drivers/udpgso.py",
-            "packet/steps.py"} <= set(sources)
+            "packet/pipeline_steps.py"} <= set(sources)
     found = {(name, text) for name, path in sources.items()
              for text in encap_name_comparisons(path.read_text())}
     assert found == NOT_AN_ENCAP
@@ -160,7 +160,7 @@ def test_nothing_decides_by_the_backends_name_outside_the_encap_table():
 
 def test_the_loops_numbers_are_the_rows():
     """What LoopParams carries of a row (the numbers the compiled loops used to pick by kind)."""
-    from weft.drivers.scratch import loop_params
+    from weft.drivers.loop_args import loop_params
     from weft.packet.counters import (
         PATH_UDP_EGRESS,
         PATH_UDP_INGRESS,

@@ -14,7 +14,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.utils import RawPcapReader
 
 from weft.packet import fastpath
-from weft.packet import twins as packet
+from weft.packet import fastpath_twin as packet
 from weft.packet.batch import BUFSIZE, HEADROOM, Batch
 from weft.packet.checksum import fold16, sum16
 from weft.packet.counters import (

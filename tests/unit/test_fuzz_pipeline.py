@@ -11,7 +11,7 @@ from kernel_runs import run_udp_egress, run_udp_ingress, run_vxlan_egress, run_v
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 
-from weft.packet import twins as packet
+from weft.packet import fastpath_twin as packet
 from weft.packet.batch import HEADROOM, Batch
 from weft.packet.counters import (
     PATH_UDP_EGRESS,

@@ -91,7 +91,7 @@ def gro_split(code, io, got, gi, gpos, b, cap, mtu, whole_first=False):
     """Copy the datagrams of received GRO messages gi.. into the rows of batch b; returns
     (n, gi, gpos, tunnel packets split). code: the encapsulation's (weft.packet.encap).
 
-    io holds the messages (drivers.scratch.IngressIO: gro, gro_len, gro_seg, gro_src). Message
+    io holds the messages (drivers.loop_args.IngressIO: gro, gro_len, gro_seg, gro_src). Message
     j holds gro_len[j] bytes, datagrams of gro_seg[j] bytes back to back (the last may be
     shorter); each becomes a row with its sender's address. When the rows run out the cursor
     (gi, gpos) says where the next batch starts, so nothing is dropped for lack of rows.

@@ -27,7 +27,16 @@ from weft.dev.udpopts import enable_udp_gro, probe_udp_offloads
 from weft.drivers.compiled_loops import egress_loop, ingress_loop
 from weft.drivers.driver import CompiledLoopUnavailable, Observer
 from weft.drivers.jitmem import release_compiler_pages
-from weft.drivers.loopio import (
+from weft.drivers.loop_args import (
+    EgressIO,
+    IngressIO,
+    LoopParams,
+    gro_messages,
+    loop_params,
+    new_egress_io,
+    new_ingress_io,
+)
+from weft.drivers.loop_syscalls import (
     CTL_EACH_BATCH,
     CTL_STOP,
     ERROR_SLOTS,
@@ -58,20 +67,11 @@ from weft.drivers.loopio import (
     ST_TUNNEL_WRITTEN,
     ST_WAKEUPS,
 )
-from weft.drivers.scratch import (
-    EgressIO,
-    IngressIO,
-    LoopParams,
-    gro_messages,
-    loop_params,
-    new_egress_io,
-    new_ingress_io,
-)
 from weft.packet.batch import HEADROOM, Batch
 from weft.packet.offload.vnet_hdr import VNET_HDR_LEN
 from weft.packet.pipeline import Pipeline
+from weft.packet.pipeline_steps import batch_arrays
 from weft.packet.reasons import Verdict
-from weft.packet.steps import batch_arrays
 
 log = logging.getLogger(__name__)
 

@@ -2,11 +2,11 @@
 
 Each loop takes five groups (compiled_loops.egress_loop / ingress_loop): LoopParams, its
 direction's IO scratch (EgressIO or IngressIO), and the pipeline's BatchArrays, PeerArrays and
-PipelineState (weft.packet.steps). NamedTuples, because numba types them by class: two groups
-swapped do not compile, and every array inside is used by its field name. They also cache: numba
-keys its on-disk cache by the argument types, and a NamedTuple type pickles as a reference to its
-class (tests/unit/test_compiled_loop.py restarts an interpreter and checks the loops load, not
-compile).
+PipelineState (weft.packet.pipeline_steps). NamedTuples, because numba types them by class: two
+groups swapped do not compile, and every array inside is used by its field name. They also cache:
+numba keys its on-disk cache by the argument types, and a NamedTuple type pickles as a reference
+to its class (tests/unit/test_compiled_loop.py restarts an interpreter and checks the loops load,
+not compile).
 
 The scratch is allocated once per direction and owned by that direction's thread: the structs
 of the system calls (pollfd, mmsghdr, iovec, sockaddr_in, cmsg) as integer arrays laid out as
@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from weft.drivers.libc import IOVEC, MMSG, POLLFD, SOCKADDR_IN_SIZE
-from weft.drivers.loopio import CTL_SIZE, ST_SIZE
+from weft.drivers.loop_syscalls import CTL_SIZE, ST_SIZE
 from weft.drivers.udpgso import GRO_CMSG, GRO_MESSAGES, GSO_CMSG
 from weft.packet.batch import BUFSIZE
 from weft.packet.counters import ENCAP_PATHS

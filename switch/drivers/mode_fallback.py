@@ -109,7 +109,7 @@ class DeviceDatapath:
         return driver
 
     def _compiled(self, pipeline: Pipeline, transport: Transport, mode: str) -> Driver:
-        from weft.drivers.hotloop import HotLoop  # numba and libc load only when wanted
+        from weft.drivers.compiled_driver import HotLoop  # numba and libc load only when wanted
 
         offload = mode == modes.OFFLOAD
         if offload and self.tunnel is None:
