@@ -3,7 +3,7 @@ whole network into the device (so a destination no lease covers reaches us and g
 net-unreachable from the slow path), and the peer table fed from lease events.
 
 The backend programs the kernel and feeds the peer table; the device and the choice of driver
-(`--datapath`, passed through as options["datapath"]) belong to weft.drivers.ladder. A
+(`--datapath`, passed through as options["datapath"]) belong to weft.drivers.mode_fallback. A
 reconciler (weft.host.reconcile) puts back what others remove: routes, neighbours, the
 device's address and state, the device itself.
 """
@@ -20,7 +20,7 @@ from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
 from weft.dev.tundev import tunnel_tx_name
 from weft.drivers import modes
-from weft.drivers.ladder import DeviceDatapath
+from weft.drivers.mode_fallback import DeviceDatapath
 from weft.host import netlink
 from weft.host.reconcile import Device, Neighbour, Route, Wanted
 from weft.observe.tracehub import TraceHub

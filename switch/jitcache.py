@@ -129,7 +129,7 @@ _NUMPY = re.compile(r"^(import numpy|from numpy)", re.M)
 @functools.cache
 def argument_groups() -> tuple[str, ...]:
     """Files of the weft modules that define NamedTuples and import numpy (argument groups of
-    compiled functions: weft.packet.steps, weft.drivers.scratch)."""
+    compiled functions: weft.packet.pipeline_steps, weft.drivers.loop_args)."""
     found = []
     for path in sorted(_package_files(os.path.join(_ROOT, "__init__.py"))):
         with open(path, encoding="utf-8") as f:
@@ -177,3 +177,21 @@ class _DependentInTreeLocator(_DependentStamp, caching.InTreeCacheLocator):
 for _locator in (_DependentInTreeLocator, _DependentUserLocator):  # user dir ends up first
     if _locator not in caching.CacheImpl._locator_classes:
         caching.CacheImpl._locator_classes.insert(0, _locator)
+
+
+# An index pickles the argument groups' classes by module path, and numba unpickles it before
+# it compares the stamp: after a module is renamed (weft.drivers.scratch -> loop_args) an index
+# written by the old tree names a module that is gone, and loading it would raise. Such an index
+# is stale like one with another stamp: compile again and overwrite it.
+_load_index = caching.IndexDataCacheFile._load_index
+
+
+def _load_index_or_stale(self):  # noqa: ANN001, ANN202 - numba's private method, as it is
+    try:
+        return _load_index(self)
+    except (ImportError, AttributeError):
+        return {}
+
+
+if caching.IndexDataCacheFile._load_index is not _load_index_or_stale:
+    caching.IndexDataCacheFile._load_index = _load_index_or_stale

@@ -42,8 +42,8 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from weft.control.registry import RegistryError, Snapshot, load_snapshot
+from weft.packet.batch import BUFSIZE, HEADROOM, Batch
 from weft.packet.encap import UDP, VXLAN, Encap
-from weft.packet.fastpath import BUFSIZE, HEADROOM, Batch
 from weft.packet.headers import (
     ETH_HLEN,
     ETH_P_IP,

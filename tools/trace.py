@@ -3,9 +3,9 @@
 Offline, in the manner of `ovs-appctl ofproto/trace`: the host holding `--as SUBNET` in a lease
 snapshot is rebuilt (tools/offline.py), the packet is parsed into a flow key, classified, looked up
 in the peer table, and every header field the step writes is listed from the pure-Python twin
-(weft.packet.twins). The real numba kernel runs on the same bytes through the Pipeline; a mismatch
-is printed as a loud warning (it is a bug). SLOW verdicts go through the scapy slow path. The
-packet argument (scapy expression, hex or pcap record) is read by tools/trace_input.py.
+(weft.packet.fastpath_twin). The real numba kernel runs on the same bytes through the Pipeline; a
+mismatch is printed as a loud warning (it is a bug). SLOW verdicts go through the scapy slow path.
+The packet argument (scapy expression, hex or pcap record) is read by tools/trace_input.py.
 
 Live, in the manner of `cilium monitor`: one line per packet event streamed from the daemon's
 TraceHub over the control socket (filter syntax in switch/observe/tracehub.py).
@@ -31,9 +31,10 @@ from weft.control.lease import subnet_key
 from weft.control.registry import DEFAULT_PREFIX, RegistryError, load_snapshot
 from weft.observe.control_socket import ControlError, control_stream
 from weft.observe.tracehub import FilterError, event_frames, parse_filter
-from weft.packet import twins
+from weft.packet import fastpath_twin
+from weft.packet.batch import Batch
+from weft.packet.counters import SLOT_IP_ID
 from weft.packet.encap import UDP, VXLAN
-from weft.packet.fastpath import SLOT_IP_ID, Batch
 from weft.packet.reasons import Reason, Verdict, reason_name
 from weft.packet.slowpath import describe
 from weft.packet.table import CFG_LOCAL_INDEX, CFG_PORT, CFG_VNI
@@ -149,7 +150,7 @@ def lookups(flow: dict, inp: TraceInput, host: OfflineHost) -> list[dict]:
 
     def by_address(what: str, field: str) -> None:
         ip = int(IPv4Address(flow[field]))
-        idx = twins.subnet_index(ip, pl.cfg, pl.table)
+        idx = fastpath_twin.subnet_index(ip, pl.cfg, pl.table)
         entry = {"table": what, "match": f"{field}={flow[field]}"}
         out.append({**entry, **(_lease_view(host, idx) if idx >= 0 else
                                 {"result": f"outside the network {pl.network}"})})
@@ -167,22 +168,22 @@ def lookups(flow: dict, inp: TraceInput, host: OfflineHost) -> list[dict]:
     return out
 
 
-TwinStep = Callable[[Any, bytes, int], twins.StepResult]  # (pipeline, data, sender)
+TwinStep = Callable[[Any, bytes, int], fastpath_twin.StepResult]  # (pipeline, data, sender)
 
 # backend type -> the twin steps (egress, ingress) of its kernels, called alike. Here rather than
 # in weft.packet.encap, which imports nothing of weft (doctor and the CLI read it cheaply).
 TWIN_STEPS: dict[str, tuple[TwinStep, TwinStep]] = {
     VXLAN.backend: (
-        lambda pl, data, _src: twins.vxlan_egress(  # the IP ID the kernel would give next
+        lambda pl, data, _src: fastpath_twin.vxlan_egress(  # the IP ID the kernel would give next
             data, pl.cfg, pl.table, int(pl.counters[pl.path_egress, SLOT_IP_ID])),
-        lambda pl, data, src: twins.vxlan_ingress(data, src, pl.cfg, pl.table)),
+        lambda pl, data, src: fastpath_twin.vxlan_ingress(data, src, pl.cfg, pl.table)),
     UDP.backend: (
-        lambda pl, data, _src: twins.udp_egress(data, pl.cfg, pl.table),
-        lambda pl, data, src: twins.udp_ingress(data, src, pl.cfg, pl.table)),
+        lambda pl, data, _src: fastpath_twin.udp_egress(data, pl.cfg, pl.table),
+        lambda pl, data, src: fastpath_twin.udp_ingress(data, src, pl.cfg, pl.table)),
 }
 
 
-def _run_twin(pl, data: bytes, inp: TraceInput) -> twins.StepResult:
+def _run_twin(pl, data: bytes, inp: TraceInput) -> fastpath_twin.StepResult:
     egress, ingress = TWIN_STEPS[pl.encap.backend]
     return (egress if inp.direction == "egress" else ingress)(pl, data, inp.src_ip)
 
@@ -194,7 +195,7 @@ def _run_kernel(pl, data: bytes, inp: TraceInput) -> tuple[int, int, bytes, int]
     return int(batch.verdict[0]), int(batch.reason[0]), batch.output(0), int(batch.dst_ip[0])
 
 
-def _compare(twin: twins.StepResult, kernel: tuple[int, int, bytes, int]) -> dict:
+def _compare(twin: fastpath_twin.StepResult, kernel: tuple[int, int, bytes, int]) -> dict:
     verdict, reason, out, dst = kernel
     diffs = []
     if verdict != twin.verdict or reason != twin.reason:
@@ -212,7 +213,7 @@ def _compare(twin: twins.StepResult, kernel: tuple[int, int, bytes, int]) -> dic
                        "out_len": len(out)}}
 
 
-def _actions(pl, direction: str, step: twins.StepResult) -> list[dict]:
+def _actions(pl, direction: str, step: fastpath_twin.StepResult) -> list[dict]:
     if step.verdict != Verdict.FORWARD:
         return []
     head = pl.encap.egress_action if direction == "egress" else pl.encap.ingress_action
@@ -220,7 +221,7 @@ def _actions(pl, direction: str, step: twins.StepResult) -> list[dict]:
     return [{"action": head}, *sets]
 
 
-def _output(host: OfflineHost, inp: TraceInput, step: twins.StepResult) -> dict:
+def _output(host: OfflineHost, inp: TraceInput, step: fastpath_twin.StepResult) -> dict:
     pl = host.pipeline
     if step.verdict == Verdict.DROP:
         return {"action": "drop", "reason": step.reason.name.lower(),
@@ -277,7 +278,7 @@ def trace_input(host: OfflineHost, inp: TraceInput) -> dict:
     return doc
 
 
-def _final(pl, inp: TraceInput, step: twins.StepResult) -> str:
+def _final(pl, inp: TraceInput, step: fastpath_twin.StepResult) -> str:
     out = step.out
     if inp.direction == "ingress":
         return describe(out, pl.encap.device_link)

@@ -2,7 +2,8 @@
 
 A driver moves packets between one TUN/TAP and the backend's sockets through a Pipeline, on
 its own threads. Two implement it: weft.drivers.pyloop.PyLoop (Python, select + readv/sendto)
-and weft.drivers.hotloop.HotLoop (numba, libc without the GIL). weft.drivers.ladder picks one.
+and weft.drivers.compiled_driver.HotLoop (numba, libc without the GIL).
+weft.drivers.mode_fallback picks one.
 """
 
 from __future__ import annotations

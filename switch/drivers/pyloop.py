@@ -19,7 +19,8 @@ from collections.abc import Callable
 import numpy as np
 
 from weft.drivers.driver import Observer
-from weft.packet.fastpath import HEADROOM, Batch
+from weft.packet.batch import HEADROOM, Batch
+from weft.packet.encap import Encap, as_encap
 from weft.packet.pipeline import Pipeline
 from weft.packet.reasons import Verdict
 
@@ -50,15 +51,15 @@ class Transport:
     kernel's VXLAN included, verify it). DF stays clear and TTL 64, as on the raw path.
     """
 
-    def __init__(self, kind: str, port: int) -> None:
-        self.kind = kind
+    def __init__(self, kind: Encap | str, port: int) -> None:
+        self.encap = as_encap(kind)  # looked up once; the sockets follow its row
         self.port = port
         self.rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.rx.bind(("0.0.0.0", port))
         self.rx.setblocking(False)
-        if kind == "vxlan":
+        if self.encap.builds_outer:  # the datagram leaves with the outer IPv4 + UDP it has
             self.tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         else:
             self.tx = self.rx
@@ -71,7 +72,7 @@ class Transport:
         udp: the bound socket itself, since flannel sends from port to port. vxlan: the pool
         (see the class docstring). Call it in the network namespace the sockets belong in.
         """
-        if self.kind != "vxlan":
+        if not self.encap.builds_outer:
             return [self.tx.fileno()]
         while len(self.pool) < size:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -86,7 +87,7 @@ class Transport:
 
     def send(self, data, dst_ip: int) -> None:
         dst = socket.inet_ntoa(struct.pack("!I", dst_ip))
-        self.tx.sendto(data, (dst, self.port if self.kind == "udp" else 0))
+        self.tx.sendto(data, (dst, 0 if self.encap.builds_outer else self.port))
 
     def close(self) -> None:
         self.rx.close()

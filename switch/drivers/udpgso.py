@@ -37,7 +37,6 @@ from weft.drivers.libc import (
 )
 from weft.packet.headers import IPV4_HLEN, IPV4_MAX_LEN, IPV4_UDP_HLEN, L4_SPORT_AT
 from weft.packet.reasons import Verdict
-from weft.packet.steps import KIND_VXLAN
 from weft.packet.wirebytes import wle16
 
 UDP_SEGMENT_DATA = 2  # the UDP_SEGMENT cmsg carries a u16 segment size
@@ -102,16 +101,17 @@ def _udp_segment_cmsg(ctrl, c, size):
 
 
 @njit(cache=True, nogil=True)
-def gso_messages(kind, n, b, port, io):
+def gso_messages(outer_len, n, b, port, io):
     """Group the FORWARD rows of batch b into UDP GSO messages in the scratch of io (EgressIO);
     returns how many (io.msgs[:m], each leaving by io.msg_fd[:m]).
 
     A message collects consecutive rows for the same peer and socket whose UDP payloads are
     all one size (the last may be shorter, which closes it), up to GSO_SEGMENTS and GSO_BYTES.
     Its iovecs point at the payloads in the rows, so nothing is copied; a UDP_SEGMENT cmsg
-    with that size makes the kernel cut it back into one datagram per row. vxlan rows carry
-    the outer IPv4+UDP the fast path wrote: the payload starts after it, and the flow-hashed
-    source port it chose picks the socket of the pool, so one flow always leaves from one port.
+    with that size makes the kernel cut it back into one datagram per row. outer_len > 0: the
+    rows carry the outer IPv4+UDP (outer_len bytes) the fast path wrote (Encap.builds_outer:
+    vxlan); the payload starts after it, and the flow-hashed source port it chose picks the
+    socket of the pool, so one flow always leaves from one port. 0: the row is the payload.
     """
     msgs, iovs, msg_fd, gso_fds = io.msgs, io.iovs, io.msg_fd, io.gso_fds
     stride = b.bufs.strides[0]
@@ -129,13 +129,13 @@ def gso_messages(kind, n, b, port, io):
             continue
         off = np.int64(b.out_off[i])
         ln = np.int64(b.out_len[i])
-        if kind == KIND_VXLAN:
+        if outer_len > 0:
             # the outer IPv4 + UDP the fast path wrote: a UDP socket writes its own
             at = off + IPV4_HLEN + L4_SPORT_AT
             sport = (np.int64(b.bufs[i, at]) << 8) | np.int64(b.bufs[i, at + 1])
             fd = gso_fds[sport % pool]
-            off += IPV4_UDP_HLEN
-            ln -= IPV4_UDP_HLEN
+            off += outer_len
+            ln -= outer_len
         else:
             fd = gso_fds[0]
         dst = np.int64(b.dst_ip[i])

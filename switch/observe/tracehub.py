@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from weft.drivers.driver import Driver
+from weft.packet.batch import HEADROOM, Batch
 from weft.packet.encap import ENCAPS, UDP, Encap, as_encap
-from weft.packet.fastpath import HEADROOM, Batch
 from weft.packet.headers import (
     ETH_HLEN,
     ETH_P_ARP,

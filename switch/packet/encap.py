@@ -41,6 +41,9 @@ class Encap:
     """
 
     backend: str  # the backend type that carries it (its key in ENCAPS)
+    # The row as compiled code sees it (numba takes ints, not rows): the steps and the compiled
+    # loops pick the row's kernels by it, and counters.ENCAP_PATHS its counters rows.
+    code: int
     default_port: int  # outer UDP port when the Backend gives no Port
     # Outer bytes per packet: MTU = interface MTU - overhead, as flanneld computes it when the
     # Backend gives no MTU.
@@ -114,14 +117,15 @@ class OverlaySettings:
     device: str
 
 
-VXLAN = Encap("vxlan", default_port=8472,  # the Linux kernel's default VXLAN port, and flannel's
+VXLAN = Encap("vxlan", code=0,
+              default_port=8472,  # the Linux kernel's default VXLAN port, and flannel's
               overhead=50,  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
               device_kind="tap", device_name_rule="weft.{vni}", has_vni=True,
               header_len=8, header_name="VXLAN",  # RFC 7348: flags, reserved, VNI, reserved
               builds_outer=True,
               egress_action="encap: push outer IPv4 + UDP + VXLAN (36 bytes, into the headroom)",
               ingress_action="decap: pop VXLAN, inner frame to the TAP")
-UDP = Encap("udp", default_port=8285,  # flannel's udp backend
+UDP = Encap("udp", code=1, default_port=8285,  # flannel's udp backend
             overhead=28,  # outer IPv4 20 + UDP 8
             device_kind="tun", device_name_rule="weft0",  # flannel's udp TUN is flannel0
             has_vni=False, header_len=0, header_name="",  # the inner packet is the payload

@@ -4,8 +4,8 @@ A Pipeline binds the batch kernels of one encapsulation (a row of weft.packet.en
 datapath config, the
 peer table and the counters, and routes SLOW verdicts to the scapy slow path. It does no IO: the
 daemon's drivers feed it from TUN/TAP and sockets, replay from a pcap, trace one packet at a time.
-Its steps are the compiled ones of steps.py; the compiled loops call those same steps with
-`kind_code`, `peers` and `state`, so kernel choice and drop counting exist once.
+Its steps are the compiled ones of pipeline_steps.py; the compiled loops call those same steps with
+`encap.code`, `peers` and `state`, so kernel choice and drop counting exist once.
 """
 
 from __future__ import annotations
@@ -17,11 +17,22 @@ from ipaddress import IPv4Address, IPv4Network
 
 import numpy as np
 
-from weft.packet import fastpath, slowpath, steps
+from weft.packet import pipeline_steps, slowpath
+from weft.packet.batch import Batch
+from weft.packet.counters import (
+    ENCAP_PATHS,
+    REASON_SLOTS,
+    SLOT_CSUM_COMPLETED,
+    SLOT_RX_BYTES,
+    SLOT_RX_PACKETS,
+    SLOT_TX_BYTES,
+    SLOT_TX_PACKETS,
+    SLOT_VERDICT,
+    new_counters,
+)
 from weft.packet.encap import DEFAULT_VNI, ENCAPS, VXLAN, Encap
-from weft.packet.fastpath import Batch
+from weft.packet.pipeline_steps import EGRESS, INGRESS, PipelineState
 from weft.packet.reasons import Reason, Verdict, reason_name
-from weft.packet.steps import EGRESS, INGRESS, KINDS, PATHS, PipelineState
 from weft.packet.table import DatapathConfig, PeerTable
 
 __all__ = ["EGRESS", "INGRESS", "LocalInfo", "Pipeline"]
@@ -39,22 +50,21 @@ class Pipeline:
                  vni: int = DEFAULT_VNI, port: int = VXLAN.default_port,
                  mtu: int = 1500 - VXLAN.overhead) -> None:  # vxlan's on a 1500-byte link
         encap = kind if isinstance(kind, Encap) else ENCAPS.get(kind)
-        if encap is None or encap.backend not in KINDS:
+        if encap is None or encap.code not in ENCAP_PATHS:
             raise ValueError(f"no datapath for backend {kind!r}")
         self.encap = encap  # looked up once: everything that differs per encapsulation
         self.kind = encap.backend
         self.network = network
         self.table = PeerTable(network, subnet_len)
         self.dpcfg = DatapathConfig(network, subnet_len, vni=vni, port=port, mtu=mtu)
-        self.counters = fastpath.new_counters()
+        self.counters = new_counters()
         self.slow_counts: Counter[int] = Counter()  # slow-path outcomes by final reason
         # fast-path drops by reason, [0] egress and [1] ingress
-        self.drops = np.zeros((2, fastpath.REASON_SLOTS), dtype=np.uint64)
+        self.drops = np.zeros((2, REASON_SLOTS), dtype=np.uint64)
         self.mtu = mtu
         self.local: LocalInfo | None = None
-        self.kind_code = KINDS[encap.backend]
-        self.path_egress, self.path_ingress = PATHS[self.kind_code]
-        self.peers = steps.peer_arrays(self.table)
+        self.path_egress, self.path_ingress = ENCAP_PATHS[encap.code]
+        self.peers = pipeline_steps.peer_arrays(self.table)
         self.state = PipelineState(self.dpcfg.cfg, self.counters, self.drops)
         # (step, id(batch)) -> (batch, its arrays, the compiled step for their types); see _run
         # per batch, per step: (the batch's arrays, the compiled function for their types)
@@ -84,11 +94,11 @@ class Pipeline:
     # -- the steps ------------------------------------------------------------------------------
     def egress(self, batch: Batch, n: int) -> int:
         """Packets from our pods (TAP frames / TUN packets) -> encapsulated; returns # FORWARD."""
-        return self._run(steps.egress, batch, n)
+        return self._run(pipeline_steps.egress, batch, n)
 
     def ingress(self, batch: Batch, n: int) -> int:
         """Payloads from peers (with batch.src_ip) -> inner frames/packets; returns # FORWARD."""
-        return self._run(steps.ingress, batch, n)
+        return self._run(pipeline_steps.ingress, batch, n)
 
     def _run(self, step, batch: Batch, n: int) -> int:
         """One batch through a compiled step, called from Python (replay, trace, plain loop).
@@ -103,7 +113,7 @@ class Pipeline:
             per_batch = self._steps[batch] = {}
         cached = per_batch.get(step)
         if cached is None:
-            args = (self.kind_code, n, steps.batch_arrays(batch), self.peers, self.state)
+            args = (self.encap.code, n, pipeline_steps.batch_arrays(batch), self.peers, self.state)
             forwarded, _ = step(*args)
             overloads = getattr(step, "overloads", None)  # absent under NUMBA_DISABLE_JIT
             sig = tuple(step.typeof_pyval(a) for a in args) if overloads is not None else None
@@ -111,7 +121,7 @@ class Pipeline:
             per_batch[step] = (args[2], entry)
             return forwarded
         arrays, entry = cached
-        forwarded, _ = entry(self.kind_code, n, arrays, self.peers, self.state)
+        forwarded, _ = entry(self.encap.code, n, arrays, self.peers, self.state)
         return forwarded
 
     def slow(self, packet: bytes, reason: int) -> slowpath.SlowResult:
@@ -133,14 +143,14 @@ class Pipeline:
             (("egress", self.path_egress), ("ingress", self.path_ingress))
         ):
             out[name] = {
-                "packets": int(c[path, fastpath.SLOT_RX_PACKETS]),
-                "bytes": int(c[path, fastpath.SLOT_RX_BYTES]),
-                "forwarded": int(c[path, fastpath.SLOT_TX_PACKETS]),
-                "forwarded_bytes": int(c[path, fastpath.SLOT_TX_BYTES]),
-                "slow": int(c[path, fastpath.SLOT_VERDICT + int(Verdict.SLOW)]),
-                "dropped": int(c[path, fastpath.SLOT_VERDICT + int(Verdict.DROP)]),
+                "packets": int(c[path, SLOT_RX_PACKETS]),
+                "bytes": int(c[path, SLOT_RX_BYTES]),
+                "forwarded": int(c[path, SLOT_TX_PACKETS]),
+                "forwarded_bytes": int(c[path, SLOT_TX_BYTES]),
+                "slow": int(c[path, SLOT_VERDICT + int(Verdict.SLOW)]),
+                "dropped": int(c[path, SLOT_VERDICT + int(Verdict.DROP)]),
                 # inner TCP/UDP checksums a sender left for offload, completed on ingress
-                "checksums_completed": int(c[path, fastpath.SLOT_CSUM_COMPLETED]),
+                "checksums_completed": int(c[path, SLOT_CSUM_COMPLETED]),
             }
             for code in np.flatnonzero(self.drops[direction]):
                 drops[reason_name(int(code))] += int(self.drops[direction][code])

@@ -1,5 +1,5 @@
-"""The compiled driver (drivers/hotloop.py, compiled_loops.py) carrying real traffic between two
-namespaces.
+"""The compiled driver (drivers/compiled_driver.py, compiled_loops.py) carrying real traffic
+between two namespaces.
 
 Two "hosts", namespaces joined by a veth (192.168.77.1 <-> .2), each programmed the way weft's
 backends program a host: a TUN (udp) or TAP (vxlan) `weft0` holding the subnet's network
@@ -33,10 +33,11 @@ import pytest
 from pyroute2 import IPRoute
 
 from weft.dev import tundev
-from weft.drivers import loopio
-from weft.drivers.hotloop import HotLoop
+from weft.drivers import loop_syscalls
+from weft.drivers.compiled_driver import HotLoop
 from weft.drivers.pyloop import PyLoop, Transport
-from weft.packet import fastpath
+from weft.packet.batch import Batch
+from weft.packet.counters import N_SLOTS
 from weft.packet.pipeline import EGRESS, INGRESS, Pipeline
 from weft.packet.reasons import Reason, Verdict
 from weft.tools.lab import (
@@ -383,7 +384,7 @@ def test_offload_observer_sees_ordinary_packets(offload_fabric: Fabric) -> None:
     largest = {"egress": 0, "ingress": 0}
     l2 = 14 if fab.kind == "vxlan" else 0
 
-    def observe(direction: str, batch: fastpath.Batch, n: int) -> None:
+    def observe(direction: str, batch: Batch, n: int) -> None:
         forward = batch.verdict[:n] == int(Verdict.FORWARD)
         if forward.any():
             size = batch.lens[:n] if direction == "egress" else batch.out_len[:n]
@@ -453,7 +454,7 @@ def main() -> None:
                         print(f"    {side}: {r[side]}")
         finally:
             cleanup()
-    print("counters slot check:", fastpath.N_SLOTS, loopio.ST_SIZE)
+    print("counters slot check:", N_SLOTS, loop_syscalls.ST_SIZE)
 
 
 if __name__ == "__main__":

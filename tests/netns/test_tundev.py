@@ -281,7 +281,7 @@ def _tunnel_send(a: str, b: str, wire_like: bool, kind: str) -> dict:
     from ipaddress import IPv4Address, IPv4Network
 
     from weft.packet import offload
-    from weft.packet.fastpath import BUFSIZE, Batch
+    from weft.packet.batch import BUFSIZE, Batch
     from weft.packet.offload import tunnel
     from weft.packet.pipeline import Pipeline
 

@@ -1,4 +1,5 @@
-"""The compiled driver (weft.drivers.hotloop.HotLoop) without root: no namespaces, no TUN/TAP.
+"""The compiled driver (weft.drivers.compiled_driver.HotLoop) without root: no namespaces, no
+TUN/TAP.
 
 The shared fakes (tests/fakes): a FakeDevice stands in for the TUN/TAP (one read or write per
 packet), loopback UDP sockets for the peers: our host is 127.0.0.1, the peer holding 10.1.2.0/24 is
@@ -29,8 +30,8 @@ from fakes.device import WAIT, FakeDevice  # noqa: E402
 from fakes.network import free_port, udp_socket  # noqa: E402
 from fakes.packets import ipv4_udp, ttl_decremented, with_header_checksum  # noqa: E402
 
-from weft.drivers import loopio  # noqa: E402
-from weft.drivers.hotloop import HotLoop  # noqa: E402
+from weft.drivers import loop_syscalls  # noqa: E402
+from weft.drivers.compiled_driver import HotLoop  # noqa: E402
 from weft.packet.offload.vnet_hdr import VNET_HDR_LEN  # noqa: E402
 from weft.packet.pipeline import EGRESS, INGRESS, Pipeline  # noqa: E402
 from weft.packet.reasons import Reason  # noqa: E402
@@ -197,7 +198,7 @@ def test_offload_bad_super_frame_is_dropped_and_counted() -> None:
         with running(host) as loop:
             for k, frame in enumerate(frames, 1):
                 host.device.write([frame])
-                _wait_for(lambda k=k: loop.egress.stats[loopio.ST_DEVICE_IO] >= k,
+                _wait_for(lambda k=k: loop.egress.stats[loop_syscalls.ST_DEVICE_IO] >= k,
                           f"device read {k}")
             _wait_for(lambda: loop.stats()["egress"]["batches"] >= 1, "a batch")
         assert loop.drops() == {"offload_split_malformed": 1, "offload_split_unsupported": 1}
@@ -227,11 +228,11 @@ def test_dead_device_fd_ends_the_loop_with_its_errno() -> None:
 
 @pytest.fixture
 def plain_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ladder opens a FakeDevice instead of a TUN/TAP (which needs root)."""
+    """The mode fallback opens a FakeDevice instead of a TUN/TAP (which needs root)."""
     from weft.dev.tundev import PLAIN, Mode
-    from weft.drivers import ladder
+    from weft.drivers import mode_fallback
 
-    monkeypatch.setattr(ladder, "open_device",
+    monkeypatch.setattr(mode_fallback, "open_device",
                         lambda name, tap, offload: (FakeDevice(), Mode(PLAIN, "test")))
 
 
@@ -243,7 +244,7 @@ def _pipeline() -> Pipeline:
 
 def test_ladder_falls_back_when_the_compiled_loop_is_unavailable(
         plain_device: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    from weft.drivers.ladder import DeviceDatapath
+    from weft.drivers.mode_fallback import DeviceDatapath
     from weft.drivers.pyloop import PyLoop
 
     def unavailable(self: HotLoop) -> None:
@@ -266,7 +267,7 @@ def test_ladder_falls_back_when_the_compiled_loop_is_unavailable(
 def test_ladder_lets_any_other_error_propagate(plain_device: None,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug while starting the compiled loop fails loudly instead of shipping the Python loop."""
-    from weft.drivers.ladder import DeviceDatapath
+    from weft.drivers.mode_fallback import DeviceDatapath
 
     def bug(self: HotLoop) -> None:
         raise TypeError("a bug")
@@ -282,7 +283,7 @@ def test_ladder_lets_any_other_error_propagate(plain_device: None,
 
 
 def test_ladder_starts_the_compiled_loop_when_it_can(plain_device: None) -> None:
-    from weft.drivers.ladder import DeviceDatapath
+    from weft.drivers.mode_fallback import DeviceDatapath
 
     pipeline = _pipeline()
     datapath = DeviceDatapath("weft-test", tap=False, wanted="fast")
@@ -298,12 +299,12 @@ def test_ladder_starts_the_compiled_loop_when_it_can(plain_device: None) -> None
 _LOAD_TWICE = """
 from ipaddress import IPv4Network
 import socket
-from weft.drivers import compiled_loops, hotloop
+from weft.drivers import compiled_loops, compiled_driver
 from weft.packet.pipeline import Pipeline
 p = Pipeline({kind!r}, IPv4Network("10.1.0.0/16"), 24, port=8285)
 dev, _ = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-hotloop.HotLoop(p, dev.fileno(), s.fileno(), s.fileno(), 8285, offload={offload}).compile()
+compiled_driver.HotLoop(p, dev.fileno(), s.fileno(), s.fileno(), 8285, offload={offload}).compile()
 for f in (compiled_loops.egress_loop, compiled_loops.ingress_loop):
     print(f.stats.cache_hits.total(), f.stats.cache_misses.total())
 """

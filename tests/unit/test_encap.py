@@ -97,24 +97,33 @@ NOT_AN_ENCAP = {
 
 
 def _owned_sources() -> dict[str, Path]:
-    """The files that act on an encapsulation: tools, observe, the slow path, the pipeline and
-    the userspace backends (registration, lease JSON and config parsing name types by string)."""
+    """The files that act on an encapsulation: tools, observe, the slow path, the pipeline, the
+    compiled steps, the drivers and the userspace backends (registration, lease JSON and config
+    parsing name types by string)."""
     switch = Path(weft.__file__).parent
     tools = Path(weft.tools.__file__).parent
     backends_dir = Path(backends.__file__).parent
     files = {f"tools/{p.relative_to(tools)}": p for p in tools.rglob("*.py")}
     files |= {f"observe/{p.name}": p for p in (switch / "observe").glob("*.py")}
-    files |= {f"packet/{name}": switch / "packet" / name for name in ("slowpath.py",
-                                                                      "pipeline.py")}
+    files |= {f"packet/{name}": switch / "packet" / name
+              for name in ("slowpath.py", "pipeline.py", "pipeline_steps.py")}
+    files |= {f"drivers/{p.name}": p for p in (switch / "drivers").glob("*.py")}
     files |= {f"backends/{name}": backends_dir / name for name in ("vxlan.py", "udp.py",
                                                                   "overlay.py")}
     return files
 
 
+# The integer kinds the drivers compared with before the rows had a code: gone, not renamed.
+KIND_CONSTANTS = {"KIND_VXLAN", "KIND_UDP", "KINDS"}
+
+
 def _names_an_encap(node: ast.AST) -> bool:
-    """A string constant naming an encapsulation, or a literal collection holding one."""
+    """A string constant naming an encapsulation, one of the old integer kind constants, or a
+    literal collection holding one."""
     if isinstance(node, ast.Constant):
         return node.value in ENCAP_NAMES
+    if isinstance(node, ast.Name | ast.Attribute):
+        return (node.id if isinstance(node, ast.Name) else node.attr) in KIND_CONSTANTS
     if isinstance(node, ast.Tuple | ast.List | ast.Set):
         return any(_names_an_encap(item) for item in node.elts)
     return False
@@ -135,11 +144,36 @@ def test_the_scan_finds_a_comparison_by_name():
     assert encap_name_comparisons('ok = backend not in ("vxlan", "udp")\n') == [
         "backend not in ('vxlan', 'udp')"]
     assert encap_name_comparisons('x = 14 if encap.tap else 0\n') == []
+    assert encap_name_comparisons('vxlan = p.kind == steps.KIND_VXLAN\n') == [
+        "p.kind == steps.KIND_VXLAN"]
 
 
 def test_nothing_decides_by_the_backends_name_outside_the_encap_table():
     sources = _owned_sources()
-    assert len(sources) > 20  # the scan sees the tree, not an empty glob
+    assert len(sources) > 30  # the scan sees the tree, not an empty glob
+    assert {"drivers/compiled_loops.py", "drivers/pyloop.py", "drivers/udpgso.py",
+            "packet/pipeline_steps.py"} <= set(sources)
     found = {(name, text) for name, path in sources.items()
              for text in encap_name_comparisons(path.read_text())}
     assert found == NOT_AN_ENCAP
+
+
+def test_the_loops_numbers_are_the_rows():
+    """What LoopParams carries of a row (the numbers the compiled loops used to pick by kind)."""
+    from weft.drivers.loop_args import loop_params
+    from weft.packet.counters import (
+        PATH_UDP_EGRESS,
+        PATH_UDP_INGRESS,
+        PATH_VXLAN_EGRESS,
+        PATH_VXLAN_INGRESS,
+    )
+    from weft.packet.offload.tunnel import SUP_HEAD, SUP_HEAD_UDP
+    from weft.packet.offload.udp_gro import UDP_VIEW, VX_VIEW
+
+    def params(encap):
+        p = loop_params(encap, dev_fd=3, sock_fd=4, port=9999, timeout_ms=1, l3_off=-1)
+        return (p.send_port, p.outer_len, p.sup_head, p.rx_view, p.egress_path, p.ingress_path)
+
+    assert params(VXLAN) == (0, 28, SUP_HEAD, VX_VIEW, PATH_VXLAN_EGRESS, PATH_VXLAN_INGRESS)
+    assert params(UDP) == (9999, 0, SUP_HEAD_UDP, UDP_VIEW, PATH_UDP_EGRESS, PATH_UDP_INGRESS)
+    assert len({encap.code for encap in ENCAPS.values()}) == len(ENCAPS)

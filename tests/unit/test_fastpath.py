@@ -8,15 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from datapath_world import LOCAL_MAC, PEER_MAC, A, B, C, ip, make_world
+from kernel_runs import run_udp_egress, run_udp_ingress, run_vxlan_egress, run_vxlan_ingress
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.utils import RawPcapReader
 
 from weft.packet import fastpath
-from weft.packet import twins as packet
+from weft.packet import fastpath_twin as packet
+from weft.packet.batch import BUFSIZE, HEADROOM, Batch
 from weft.packet.checksum import fold16, sum16
-from weft.packet.fastpath import (
-    HEADROOM,
+from weft.packet.counters import (
     PATH_UDP_EGRESS,
     PATH_UDP_INGRESS,
     PATH_VXLAN_EGRESS,
@@ -29,7 +30,7 @@ from weft.packet.fastpath import (
     SLOT_TX_BYTES,
     SLOT_TX_PACKETS,
     SLOT_VERDICT,
-    Batch,
+    new_counters,
 )
 from weft.packet.reasons import Reason, Verdict
 from weft.packet.table import DatapathConfig, PeerTable
@@ -39,13 +40,13 @@ CAPTURES = Path(__file__).resolve().parents[3] / "shared" / "captures"
 
 # name -> (runner, twin(data, src, cfg, table, ip_id), counters row)
 PATHS: dict[str, tuple[Callable, Callable, int]] = {
-    "vxlan_egress": (fastpath.run_vxlan_egress,
+    "vxlan_egress": (run_vxlan_egress,
                      lambda d, s, c, t, i: packet.vxlan_egress(d, c, t, i), PATH_VXLAN_EGRESS),
-    "vxlan_ingress": (fastpath.run_vxlan_ingress,
+    "vxlan_ingress": (run_vxlan_ingress,
                       lambda d, s, c, t, i: packet.vxlan_ingress(d, s, c, t), PATH_VXLAN_INGRESS),
-    "udp_egress": (fastpath.run_udp_egress,
+    "udp_egress": (run_udp_egress,
                    lambda d, s, c, t, i: packet.udp_egress(d, c, t), PATH_UDP_EGRESS),
-    "udp_ingress": (fastpath.run_udp_ingress,
+    "udp_ingress": (run_udp_ingress,
                     lambda d, s, c, t, i: packet.udp_ingress(d, s, c, t), PATH_UDP_INGRESS),
 }
 
@@ -55,10 +56,10 @@ def agree(kind: str, items: list[tuple[bytes, int]], cfg: DatapathConfig,
     """Run one batch through kernel and twin; assert they agree packet by packet."""
     run, twin, path = PATHS[kind]
     longest = max((len(d) for d, _ in items), default=0)
-    batch = Batch(len(items), max(fastpath.BUFSIZE, HEADROOM + longest))
+    batch = Batch(len(items), max(BUFSIZE, HEADROOM + longest))
     for i, (data, src) in enumerate(items):
         batch.load(i, data, src)
-    counters = fastpath.new_counters()
+    counters = new_counters()
     forwarded = run(batch, len(items), cfg.cfg, table, counters)
     ip_id, results = 0, []
     for i, (data, src) in enumerate(items):
@@ -237,9 +238,9 @@ def test_bad_lengths_and_batch_sizes() -> None:
     batch.lens[1] = -5
     batch.lens[2] = 256 - HEADROOM + 1
     batch.lens[3] = 2**31 - 1
-    counters = fastpath.new_counters()
-    for run in (fastpath.run_vxlan_egress, fastpath.run_vxlan_ingress, fastpath.run_udp_egress,
-                fastpath.run_udp_ingress):
+    counters = new_counters()
+    for run in (run_vxlan_egress, run_vxlan_ingress, run_udp_egress,
+                run_udp_ingress):
         run(batch, 99, cfg.cfg, table, counters)  # n beyond the arrays is clamped
         assert list(batch.reason[1:]) == [Reason.TRUNCATED] * 3
         assert list(batch.out_len[1:]) == [0, 0, 0]
@@ -247,7 +248,7 @@ def test_bad_lengths_and_batch_sizes() -> None:
     assert (counters[:, :REASON_SLOTS].sum(axis=1) == 4).all()
     small = Batch(1, HEADROOM + 1)  # rows too small for anything: all TRUNCATED
     small.load(0, b"\x45")
-    fastpath.run_vxlan_egress(small, 1, cfg.cfg, table, counters)
+    run_vxlan_egress(small, 1, cfg.cfg, table, counters)
     assert small.reason[0] == Reason.TRUNCATED
 
 
@@ -255,30 +256,30 @@ def test_table_updates_seen_without_recompile() -> None:
     cfg, table = make_world()
     frame = tap("10.1.30.1")
     batch = Batch(1)
-    counters = fastpath.new_counters()
+    counters = new_counters()
     batch.load(0, frame)
-    fastpath.run_vxlan_egress(batch, 1, cfg.cfg, table, counters)
+    run_vxlan_egress(batch, 1, cfg.cfg, table, counters)
     assert batch.reason[0] == Reason.NO_ROUTE
     compiled = len(getattr(fastpath.vxlan_egress, "signatures", ()))
     table.set_peer(IPv4Network("10.1.30.0/24"), IPv4Address("192.0.2.30"), b"\x02" * 6)
     batch.load(0, frame)
-    fastpath.run_vxlan_egress(batch, 1, cfg.cfg, table, counters)
+    run_vxlan_egress(batch, 1, cfg.cfg, table, counters)
     assert batch.verdict[0] == Verdict.FORWARD and batch.dst_ip[0] == ip("192.0.2.30")
     table.remove_peer(IPv4Network("10.1.30.0/24"))
     batch.load(0, frame)
-    fastpath.run_vxlan_egress(batch, 1, cfg.cfg, table, counters)
+    run_vxlan_egress(batch, 1, cfg.cfg, table, counters)
     assert batch.reason[0] == Reason.NO_ROUTE
     assert len(getattr(fastpath.vxlan_egress, "signatures", ())) == compiled
 
 
 def test_ip_id_wraps() -> None:
     cfg, table = make_world()
-    counters = fastpath.new_counters()
+    counters = new_counters()
     counters[PATH_VXLAN_EGRESS, SLOT_IP_ID] = 0xFFFF
     batch = Batch(2)
     batch.load(0, tap())
     batch.load(1, tap())
-    fastpath.run_vxlan_egress(batch, 2, cfg.cfg, table, counters)
+    run_vxlan_egress(batch, 2, cfg.cfg, table, counters)
     assert [IP(batch.output(i)).id for i in range(2)] == [0xFFFF, 0]
 
 

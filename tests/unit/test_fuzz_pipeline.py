@@ -7,20 +7,20 @@ from ipaddress import IPv4Address, IPv4Network
 import numba
 import numpy as np
 import pytest
+from kernel_runs import run_udp_egress, run_udp_ingress, run_vxlan_egress, run_vxlan_ingress
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 
-from weft.packet import fastpath
-from weft.packet import twins as packet
-from weft.packet.fastpath import (
-    HEADROOM,
+from weft.packet import fastpath_twin as packet
+from weft.packet.batch import HEADROOM, Batch
+from weft.packet.counters import (
     PATH_UDP_EGRESS,
     PATH_UDP_INGRESS,
     PATH_VXLAN_EGRESS,
     PATH_VXLAN_INGRESS,
     REASON_SLOTS,
     SLOT_IP_ID,
-    Batch,
+    new_counters,
 )
 from weft.packet.headers import VXLAN_ENCAP
 from weft.packet.reasons import Verdict
@@ -71,10 +71,10 @@ def seeds() -> dict[str, list[bytes]]:
 
 
 KERNELS = {
-    "vxlan_egress": (fastpath.run_vxlan_egress, PATH_VXLAN_EGRESS),
-    "vxlan_ingress": (fastpath.run_vxlan_ingress, PATH_VXLAN_INGRESS),
-    "udp_egress": (fastpath.run_udp_egress, PATH_UDP_EGRESS),
-    "udp_ingress": (fastpath.run_udp_ingress, PATH_UDP_INGRESS),
+    "vxlan_egress": (run_vxlan_egress, PATH_VXLAN_EGRESS),
+    "vxlan_ingress": (run_vxlan_ingress, PATH_VXLAN_INGRESS),
+    "udp_egress": (run_udp_egress, PATH_UDP_EGRESS),
+    "udp_ingress": (run_udp_ingress, PATH_UDP_INGRESS),
 }
 # Offsets of the length, version/IHL, flags, TTL and address bytes of each input kind.
 HOT = {
@@ -145,7 +145,7 @@ def test_fuzz_kernel(kind: str) -> None:
     pool = seeds()[kind]
     other = [p for k, v in seeds().items() if k != kind for p in v]
     batch = Batch(BATCH, ROW)
-    counters = fastpath.new_counters()
+    counters = new_counters()
     cols = np.arange(ROW)
     done, checked = 0, 0
     while done < FRAMES:

@@ -29,8 +29,8 @@ def test_every_cached_kernel_module_installs_the_locator_first() -> None:
 
 def test_the_compiled_loops_depend_on_everything_compiled_into_them() -> None:
     deps = _rel(jitcache.dependencies(str(ROOT / "drivers" / "compiled_loops.py")))
-    assert {"drivers/compiled_loops.py", "drivers/libc.py", "drivers/loopio.py",
-            "drivers/udpgso.py", "dev/udpopts.py", "packet/steps.py", "packet/fastpath.py",
+    assert {"drivers/compiled_loops.py", "drivers/libc.py", "drivers/loop_syscalls.py",
+            "drivers/udpgso.py", "dev/udpopts.py", "packet/pipeline_steps.py", "packet/fastpath.py",
             "packet/headers.py", "packet/table.py", "packet/reasons.py", "packet/wirebytes.py",
             "packet/offload/tso_split.py", "packet/offload/gro_coalesce.py",
             "packet/offload/udp_gro.py",
@@ -43,7 +43,7 @@ def test_a_kernel_does_not_depend_on_what_it_does_not_import() -> None:
     deps = _rel(jitcache.dependencies(str(ROOT / "packet" / "fastpath.py")))
     assert "packet/headers.py" in deps and "packet/table.py" in deps
     assert not any(d.startswith("drivers/") for d in deps), deps
-    assert not {"packet/twins.py", "packet/slowpath.py", "packet/pipeline.py"} & deps
+    assert not {"packet/fastpath_twin.py", "packet/slowpath.py", "packet/pipeline.py"} & deps
     tunnel = _rel(jitcache.dependencies(str(ROOT / "packet" / "offload" / "tunnel.py")))
     assert "packet/fastpath.py" in tunnel  # its kernels run the fastpath's on a first segment
     assert "packet/offload/tunnel_twin.py" not in tunnel
@@ -75,8 +75,8 @@ def test_argument_groups_are_in_every_stamp() -> None:
     """numba keys its cache by a NamedTuple's class name and field types, not field names: a
     swap of two int64 arrays in IngressIO must still recompile the loops that take it."""
     groups = _rel(jitcache.argument_groups())
-    assert {"packet/steps.py", "drivers/scratch.py"} <= groups
+    assert {"packet/pipeline_steps.py", "drivers/loop_args.py"} <= groups
     assert "control/lease_manager.py" not in groups  # a NamedTuple, but no arrays for numba
     loops = _rel(jitcache.stamp_files(str(ROOT / "drivers" / "compiled_loops.py")))
     gro = _rel(jitcache.stamp_files(str(ROOT / "packet" / "offload" / "udp_gro.py")))
-    assert "drivers/scratch.py" in loops and "drivers/scratch.py" in gro
+    assert "drivers/loop_args.py" in loops and "drivers/loop_args.py" in gro

@@ -25,7 +25,7 @@ _CHILD = """
 import json
 from ipaddress import IPv4Network
 from weft.drivers.jitmem import release_compiler_pages
-from weft.packet.fastpath import Batch
+from weft.packet.batch import Batch
 from weft.packet.pipeline import Pipeline
 
 def llvm_kib():

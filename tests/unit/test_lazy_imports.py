@@ -8,7 +8,7 @@ import sys
 from ipaddress import IPv4Address, IPv4Network
 
 import weft.backends.hostgw, weft.backends.udp, weft.backends.vxlan, weft.cli, weft.daemon
-from weft.packet.fastpath import Batch
+from weft.packet.batch import Batch
 from weft.packet.pipeline import Pipeline
 
 pipeline = Pipeline("vxlan", IPv4Network("10.1.0.0/16"), 24)

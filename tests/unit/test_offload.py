@@ -15,8 +15,8 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet
 
 from weft.packet import offload
+from weft.packet.batch import HEADROOM
 from weft.packet.checksum import fold16, sum16
-from weft.packet.fastpath import HEADROOM
 from weft.packet.offload import gro_coalesce_twin, tso_split_twin
 from weft.packet.offload.gro_coalesce import MAX_SEGMENTS
 from weft.packet.offload.tso import ERR_MALFORMED, ERR_NO_ROOM, ERR_UNSUPPORTED, UNIT_ROW

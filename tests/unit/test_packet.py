@@ -10,7 +10,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 
-from weft.packet import twins as packet
+from weft.packet import fastpath_twin as packet
 from weft.packet.reasons import RETIRED, Reason, Verdict, reason_name
 from weft.packet.table import DatapathConfig, PeerTable
 

@@ -18,8 +18,8 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.utils import checksum
 
-from weft.packet import twins as twin
-from weft.packet.fastpath import Batch
+from weft.packet import fastpath_twin as twin
+from weft.packet.batch import Batch
 from weft.packet.pipeline import Pipeline
 from weft.packet.reasons import Reason, Verdict
 from weft.packet.slowpath import (

@@ -15,7 +15,7 @@ from scapy.utils import rdpcap, wrpcap
 
 from weft.control.registry import load_snapshot
 from weft.observe.tracehub import FilterError, TraceHub, event_frames, parse_filter, row_key
-from weft.packet.fastpath import Batch
+from weft.packet.batch import Batch
 from weft.status import TraceStatus
 from weft.tools import trace
 from weft.tools.commands import add_trace_parser

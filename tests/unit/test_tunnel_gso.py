@@ -17,15 +17,13 @@ from scapy.layers.vxlan import VXLAN
 from test_offload import ETH, MSS, super_frame
 
 from weft.packet import offload
-from weft.packet.fastpath import (
-    BUFSIZE,
-    HEADROOM,
+from weft.packet.batch import BUFSIZE, HEADROOM, Batch
+from weft.packet.counters import (
     PATH_UDP_EGRESS,
     PATH_UDP_INGRESS,
     PATH_VXLAN_EGRESS,
     PATH_VXLAN_INGRESS,
     SLOT_IP_ID,
-    Batch,
 )
 from weft.packet.offload import tunnel
 from weft.packet.offload import tunnel_twin as twin

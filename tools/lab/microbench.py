@@ -23,7 +23,7 @@ from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 
 from weft.packet import encap, offload
-from weft.packet.fastpath import HEADROOM, Batch
+from weft.packet.batch import HEADROOM, Batch
 from weft.packet.offload.vnet_hdr import GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VnetHdr
 from weft.packet.pipeline import Pipeline
 from weft.tools.lab.scale import network_for

@@ -210,6 +210,106 @@ def coalesce(bufs, out_off, out_len, verdict, n, l3_off, out, out_lens):
                          np.zeros((UNIT_FIELDS, max(1, out.shape[0])), dtype=np.int64))
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _units_fit(out_off, out_len, verdict, n, width, out, out_lens, scratch):
+    """0 when `out` and `scratch` have a row per FORWARD packet among the first n, each row of
+    `out` wide enough for its virtio header + packet; else ERR_NO_ROOM."""
+    uw = out.shape[1]
+    need = 0
+    for i in range(n):
+        _, ln = _forward_span(out_off, out_len, verdict, i, width)
+        if ln < 0:
+            continue
+        need += 1
+        if VNET_HDR_LEN + ln > uw:
+            return ERR_NO_ROOM
+    if need > min(out.shape[0], out_lens.shape[0]) or need > scratch.shape[1]:
+        return ERR_NO_ROOM
+    return 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _flow_key(b, cls, ip, ihl):
+    """(source IP, destination IP, both ports as one u32) of a classified packet; 0 for what
+    its class does not have."""
+    src = 0
+    dst = 0
+    ports = 0
+    if cls != _OTHER:
+        src = u32(b, ip + IPV4_SRC_AT)
+        dst = u32(b, ip + IPV4_DST_AT)
+    if cls == _TCP_ALONE or cls == _TCP_MERGE:
+        ports = u32(b, ip + ihl + L4_SPORT_AT)  # source and destination port
+    return src, dst, ports
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _close_address_pair(scratch, units, src, dst):
+    """Close every open unit between src and dst (a TCP packet whose ports are unknown)."""
+    for m in range(units):
+        if scratch[_U_OPEN, m] and scratch[_U_SRC, m] == src and scratch[_U_DST, m] == dst:
+            scratch[_U_OPEN, m] = 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _open_unit_of(scratch, units, src, dst, ports):
+    """The open unit of this TCP flow, or -1."""
+    for m in range(units):
+        if (scratch[_U_OPEN, m] and scratch[_U_SRC, m] == src and scratch[_U_DST, m] == dst
+                and scratch[_U_PORTS, m] == ports):
+            return m
+    return -1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _append_segment(b, o, ip, ihl, doff, tot, u, scratch, m, l3_off):
+    """Append a data segment's payload to unit m when it continues the flow exactly and the
+    unit has room; returns whether it did (else nothing is changed)."""
+    payload = tot - ihl - doff
+    seq = u32(b, ip + ihl + TCP_SEQ_AT)
+    new_len = scratch[_U_LEN, m] + payload
+    if not (seq == scratch[_U_SEQ, m] and payload <= scratch[_U_GSO, m]
+            and scratch[_U_NSEG, m] < MAX_SEGMENTS
+            and new_len - VNET_HDR_LEN - l3_off <= IPV4_MAX_LEN and new_len <= u.shape[0]
+            and _same_headers(b, o, ip, ihl, doff, u, l3_off)):
+        return False
+    copy_bytes(u, scratch[_U_LEN, m], b, ip + ihl + doff, payload)
+    scratch[_U_LEN, m] = new_len
+    scratch[_U_NSEG, m] += 1
+    scratch[_U_SEQ, m] = (seq + payload) & 0xFFFFFFFF
+    tflags = np.int64(b[ip + ihl + TCP_FLAGS_AT])
+    if tflags & TCP_PSH:
+        # Carried into the merged header as Linux GRO does, so that segmenting it again puts
+        # PSH on the last segment where it was.
+        uf = VNET_HDR_LEN + l3_off + ihl + TCP_FLAGS_AT
+        u[uf] = np.int64(u[uf]) | TCP_PSH
+        scratch[_U_OPEN, m] = 0
+    if payload < scratch[_U_GSO, m]:
+        scratch[_U_OPEN, m] = 0
+    return True
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _start_unit(b, o, ln, cls, ip, ihl, doff, tot, src, dst, ports, u, scratch, m, l3_off):
+    """Unit m := this packet behind a virtio header; open for appending if it may merge."""
+    copy_bytes(u, VNET_HDR_LEN, b, o, ln)
+    scratch[_U_LEN, m] = VNET_HDR_LEN + ln
+    scratch[_U_RAW, m] = VNET_HDR_LEN + ln
+    scratch[_U_NSEG, m] = 1
+    scratch[_U_SRC, m] = src
+    scratch[_U_DST, m] = dst
+    scratch[_U_PORTS, m] = ports
+    scratch[_U_OPEN, m] = 0
+    scratch[_U_GSO, m] = 0
+    scratch[_U_SEQ, m] = 0
+    if cls == _TCP_MERGE:
+        payload = tot - ihl - doff
+        scratch[_U_LEN, m] = VNET_HDR_LEN + l3_off + tot  # padding, if any, is dropped on a merge
+        scratch[_U_GSO, m] = payload
+        scratch[_U_SEQ, m] = (u32(b, ip + ihl + TCP_SEQ_AT) + payload) & 0xFFFFFFFF
+        scratch[_U_OPEN, m] = (np.int64(b[ip + ihl + TCP_FLAGS_AT]) & TCP_PSH) == 0
+
+
 @njit(cache=True, nogil=True)
 def coalesce_into(bufs, out_off, out_len, verdict, n, l3_off, out, out_lens, scratch):
     """Build device writes from the FORWARD rows among the first n; returns how many.
@@ -222,6 +322,10 @@ def coalesce_into(bufs, out_off, out_len, verdict, n, l3_off, out, out_lens, scr
     first packet, so each flow keeps its order. ERR_MALFORMED for l3_off < 0; ERR_NO_ROOM
     (nothing written) unless `out` has a row per FORWARD packet, each wide enough for it.
     `bufs` is only read; bytes of out[m] past out_lens[m] are scratch.
+
+    Per unit, `scratch` (no allocation per batch) holds: open for appending?, length as
+    merged, length as received, segments, gso size, next seq, flow key. Every field of a unit
+    is written when the unit is made, so nothing needs clearing between calls.
     """
     l3_off = np.int64(l3_off)
     n = max(0, min(np.int64(n), bufs.shape[0], out_off.shape[0], out_len.shape[0],
@@ -229,31 +333,8 @@ def coalesce_into(bufs, out_off, out_len, verdict, n, l3_off, out, out_lens, scr
     if l3_off < 0:
         return ERR_MALFORMED
     width = bufs.shape[1]
-    m_cap = min(out.shape[0], out_lens.shape[0])
-    uw = out.shape[1]
-    need = 0
-    for i in range(n):
-        _, ln = _forward_span(out_off, out_len, verdict, i, width)
-        if ln < 0:
-            continue
-        need += 1
-        if VNET_HDR_LEN + ln > uw:
-            return ERR_NO_ROOM
-    if need > m_cap or need > scratch.shape[1]:
+    if _units_fit(out_off, out_len, verdict, n, width, out, out_lens, scratch) != 0:
         return ERR_NO_ROOM
-
-    # Per unit (rows of `scratch`, no allocation per batch): open for appending?, length as
-    # merged, length as received, segments, gso size, next seq, flow key. Every field of a
-    # unit is written when the unit is made, so nothing needs clearing between calls.
-    u_open = scratch[_U_OPEN]
-    u_len = scratch[_U_LEN]
-    u_raw = scratch[_U_RAW]
-    u_nseg = scratch[_U_NSEG]
-    u_gso = scratch[_U_GSO]
-    u_seq = scratch[_U_SEQ]
-    u_src = scratch[_U_SRC]
-    u_dst = scratch[_U_DST]
-    u_ports = scratch[_U_PORTS]
     units = 0
     for i in range(n):
         o, ln = _forward_span(out_off, out_len, verdict, i, width)
@@ -261,72 +342,23 @@ def coalesce_into(bufs, out_off, out_len, verdict, n, l3_off, out, out_lens, scr
             continue
         b = bufs[i]
         cls, ip, ihl, doff, tot = _classify(b, o, ln, l3_off)
-        src = 0
-        dst = 0
-        ports = 0
-        if cls != _OTHER:
-            src = u32(b, ip + IPV4_SRC_AT)
-            dst = u32(b, ip + IPV4_DST_AT)
-        if cls == _TCP_ALONE or cls == _TCP_MERGE:
-            ports = u32(b, ip + ihl + L4_SPORT_AT)  # source and destination port
+        src, dst, ports = _flow_key(b, cls, ip, ihl)
         if cls == _TCP_NOPORTS:
-            for m in range(units):
-                if u_open[m] and u_src[m] == src and u_dst[m] == dst:
-                    u_open[m] = 0
+            _close_address_pair(scratch, units, src, dst)
         found = -1
         if cls == _TCP_ALONE or cls == _TCP_MERGE:
-            for m in range(units):
-                if u_open[m] and u_src[m] == src and u_dst[m] == dst and u_ports[m] == ports:
-                    found = m
-                    break
+            found = _open_unit_of(scratch, units, src, dst, ports)
         if cls == _TCP_MERGE and found >= 0:
-            u = out[found]
-            payload = tot - ihl - doff
-            seq = u32(b, ip + ihl + TCP_SEQ_AT)
-            new_len = u_len[found] + payload
-            if (seq == u_seq[found] and payload <= u_gso[found]
-                    and u_nseg[found] < MAX_SEGMENTS
-                    and new_len - VNET_HDR_LEN - l3_off <= IPV4_MAX_LEN and new_len <= uw
-                    and _same_headers(b, o, ip, ihl, doff, u, l3_off)):
-                body = ip + ihl + doff
-                copy_bytes(u, u_len[found], b, body, payload)
-                u_len[found] = new_len
-                u_nseg[found] += 1
-                u_seq[found] = (seq + payload) & 0xFFFFFFFF
-                tflags = np.int64(b[ip + ihl + TCP_FLAGS_AT])
-                if tflags & TCP_PSH:
-                    # Carried into the merged header as Linux GRO does, so that segmenting
-                    # it again puts PSH on the last segment where it was.
-                    uf = VNET_HDR_LEN + l3_off + ihl + TCP_FLAGS_AT
-                    u[uf] = np.int64(u[uf]) | TCP_PSH
-                    u_open[found] = 0
-                if payload < u_gso[found]:
-                    u_open[found] = 0
+            if _append_segment(b, o, ip, ihl, doff, tot, out[found], scratch, found, l3_off):
                 continue
         if found >= 0:
-            u_open[found] = 0  # a later segment must not jump ahead of this packet
-        m = units
+            scratch[_U_OPEN, found] = 0  # a later segment must not jump ahead of this packet
+        _start_unit(b, o, ln, cls, ip, ihl, doff, tot, src, dst, ports, out[units], scratch,
+                    units, l3_off)
         units += 1
-        u = out[m]
-        copy_bytes(u, VNET_HDR_LEN, b, o, ln)
-        u_len[m] = VNET_HDR_LEN + ln
-        u_raw[m] = VNET_HDR_LEN + ln
-        u_nseg[m] = 1
-        u_src[m] = src
-        u_dst[m] = dst
-        u_ports[m] = ports
-        u_open[m] = 0
-        u_gso[m] = 0
-        u_seq[m] = 0
-        if cls == _TCP_MERGE:
-            payload = tot - ihl - doff
-            u_len[m] = VNET_HDR_LEN + l3_off + tot  # padding, if any, is dropped on a merge
-            u_gso[m] = payload
-            u_seq[m] = (u32(b, ip + ihl + TCP_SEQ_AT) + payload) & 0xFFFFFFFF
-            u_open[m] = (np.int64(b[ip + ihl + TCP_FLAGS_AT]) & TCP_PSH) == 0
     for m in range(units):
-        if u_nseg[m] < 2:
-            u_len[m] = u_raw[m]  # an unmerged packet goes out exactly as it came, padding too
-        _finish_unit(out[m], u_len[m], u_nseg[m], u_gso[m], l3_off)
-        out_lens[m] = u_len[m]
+        if scratch[_U_NSEG, m] < 2:
+            scratch[_U_LEN, m] = scratch[_U_RAW, m]  # unmerged: out exactly as it came, padding too
+        _finish_unit(out[m], scratch[_U_LEN, m], scratch[_U_NSEG, m], scratch[_U_GSO, m], l3_off)
+        out_lens[m] = scratch[_U_LEN, m]
     return units

@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit
 
 from weft import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
-from weft.packet.fastpath import HEADROOM
+from weft.packet.batch import HEADROOM
 from weft.packet.offload.tso import (
     ERR_MALFORMED,
     ERR_NO_ROOM,

@@ -43,9 +43,8 @@ import numpy as np
 from numba import njit
 
 from weft import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
-from weft.packet.fastpath import (
-    HEADROOM,
-    OUTER_TTL,
+from weft.packet.batch import HEADROOM
+from weft.packet.counters import (
     PATH_UDP_EGRESS,
     PATH_VXLAN_EGRESS,
     SLOT_IP_ID,
@@ -54,6 +53,10 @@ from weft.packet.fastpath import (
     SLOT_TX_BYTES,
     SLOT_TX_PACKETS,
     SLOT_VERDICT,
+)
+from weft.packet.encap import Encap
+from weft.packet.fastpath import (
+    OUTER_TTL,
     udp_egress_one,
     udp_ingress_one,
     vxlan_egress_one,
@@ -118,7 +121,7 @@ from weft.packet.wirebytes import checksum, le16, w16, w32, wle16
 __all__ = ["FRAME_INNER", "FRAME_INNER_UDP", "INFO_RX_BYTES", "INFO_SEGMENTS", "INFO_SIZE",
            "INFO_TX_BYTES", "RX_PAD", "RX_PAD_UDP", "SUP_HEAD", "SUP_HEAD_UDP", "TNL_TTL_EXTRA",
            "count_received", "count_sent", "decap_super", "decap_super_udp", "encap_super",
-           "encap_super_udp", "new_sup", "restore_read", "restore_read_udp"]
+           "encap_super_udp", "new_sup", "restore_read", "restore_read_udp", "super_head"]
 
 # Where the inner frame starts in a tunnel frame (after the tunnel virtio header):
 FRAME_INNER = ETH_HLEN + VXLAN_ENCAP  # 50: vxlan, the inner Ethernet frame
@@ -126,6 +129,15 @@ FRAME_INNER_UDP = ETH_HLEN + IPV4_UDP_HLEN  # 42: udp backend, the inner IPv4 pa
 # Where a device read lands in `sup`: its virtio header ends where the inner frame starts.
 SUP_HEAD = TNL_HDR_LEN + FRAME_INNER - VNET_HDR_LEN  # 64
 SUP_HEAD_UDP = TNL_HDR_LEN + FRAME_INNER_UDP - VNET_HDR_LEN  # 56
+
+
+def super_head(encap: Encap) -> int:
+    """Where a device read lands in `sup` for an encapsulation (SUP_HEAD for vxlan,
+    SUP_HEAD_UDP for udp): the tunnel virtio header, outer Ethernet, IPv4, UDP and the
+    encapsulation's own header fit before it, less the read's own virtio header."""
+    return TNL_HDR_LEN + ETH_HLEN + IPV4_UDP_HLEN + encap.header_len - VNET_HDR_LEN
+
+
 # The TX TAP's frames are routed (forwarded) by the host, which takes one from the TTL: the
 # datagrams leave with the TTL the ordinary path writes (fastpath.OUTER_TTL).
 TNL_TTL_EXTRA = 1

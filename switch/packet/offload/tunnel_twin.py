@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from weft.packet.batch import BUFSIZE, HEADROOM
 from weft.packet.checksum import inet_checksum
-from weft.packet.fastpath import BUFSIZE, HEADROOM, OUTER_TTL
+from weft.packet.fastpath import OUTER_TTL
+from weft.packet.fastpath_twin import udp_egress, udp_ingress, vxlan_egress, vxlan_ingress
 from weft.packet.headers import (
     ETH_HLEN,
     ETH_P_IP,
@@ -56,7 +58,6 @@ from weft.packet.table import (
     CFG_PORT,
     PeerTable,
 )
-from weft.packet.twins import udp_egress, udp_ingress, vxlan_egress, vxlan_ingress
 
 
 @dataclass(frozen=True)

@@ -19,21 +19,30 @@ import numpy as np
 from numba import njit
 
 from weft import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
-from weft.packet.fastpath import HEADROOM
+from weft.packet.batch import HEADROOM
+from weft.packet.encap import VXLAN, Encap
 from weft.packet.headers import ETH_HLEN, IPV4_HLEN, TCP_HLEN, VXLAN_HLEN
 from weft.packet.offload.tso import ERR_MALFORMED, ERR_NO_ROOM, ipv4_ihl, tcp_doff
 from weft.packet.offload.tso_split import split_super
 from weft.packet.offload.tunnel import RX_PAD, RX_PAD_UDP
 from weft.packet.offload.vnet_hdr import GSO_TCPV4, VNET_GSO_SIZE, VNET_GSO_TYPE, VNET_HDR_LEN
-from weft.packet.steps import KIND_VXLAN
 from weft.packet.wirebytes import wle16
 
-__all__ = ["GRO_BUF", "GRO_PAD", "UDP_VIEW", "VX_VIEW", "gro_split", "split_tunnel_gso"]
+__all__ = ["GRO_BUF", "GRO_PAD", "UDP_VIEW", "VX_VIEW", "gro_split", "receive_view",
+           "split_tunnel_gso"]
 
 GRO_BUF = 65536  # the largest UDP datagram (GRO never merges past it) fits
 GRO_PAD = VNET_HDR_LEN  # 10
 VX_VIEW = GRO_PAD - RX_PAD  # 8: a vxlan receive row seen from here has RX_PAD spare bytes
 UDP_VIEW = GRO_PAD - RX_PAD_UDP  # 0
+_VXLAN = VXLAN.code  # a module int: what numba reads of the row
+
+
+def receive_view(encap: Encap) -> int:
+    """Where an encapsulation's code sees a receive row from (VX_VIEW, UDP_VIEW): RX_PAD spare
+    bytes before its header, so a virtio header written there ends where the inner frame
+    starts."""
+    return GRO_PAD - (VNET_HDR_LEN - encap.header_len)
 
 
 @njit(cache=True, nogil=True)
@@ -78,11 +87,11 @@ def split_tunnel_gso(msg, total, mtu, bufs, lens, first):
 
 
 @njit(cache=True, nogil=True)
-def gro_split(kind, io, got, gi, gpos, b, cap, mtu, whole_first=False):
+def gro_split(code, io, got, gi, gpos, b, cap, mtu, whole_first=False):
     """Copy the datagrams of received GRO messages gi.. into the rows of batch b; returns
-    (n, gi, gpos, tunnel packets split).
+    (n, gi, gpos, tunnel packets split). code: the encapsulation's (weft.packet.encap).
 
-    io holds the messages (drivers.scratch.IngressIO: gro, gro_len, gro_seg, gro_src). Message
+    io holds the messages (drivers.loop_args.IngressIO: gro, gro_len, gro_seg, gro_src). Message
     j holds gro_len[j] bytes, datagrams of gro_seg[j] bytes back to back (the last may be
     shorter); each becomes a row with its sender's address. When the rows run out the cursor
     (gi, gpos) says where the next batch starts, so nothing is dropped for lack of rows.
@@ -106,7 +115,7 @@ def gro_split(kind, io, got, gi, gpos, b, cap, mtu, whole_first=False):
                 break
             take = total - gpos
             r = -1
-            if kind == KIND_VXLAN and total <= GRO_BUF:
+            if code == _VXLAN and total <= GRO_BUF:  # the kernel's VXLAN GSO layout
                 r = split_tunnel_gso(gro[gi, VX_VIEW:], total, mtu, bufs, lens, n)
                 if r == ERR_NO_ROOM and n > 0:
                     break  # the next batch starts with it, from row 0

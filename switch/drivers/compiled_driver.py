@@ -27,7 +27,16 @@ from weft.dev.udpopts import enable_udp_gro, probe_udp_offloads
 from weft.drivers.compiled_loops import egress_loop, ingress_loop
 from weft.drivers.driver import CompiledLoopUnavailable, Observer
 from weft.drivers.jitmem import release_compiler_pages
-from weft.drivers.loopio import (
+from weft.drivers.loop_args import (
+    EgressIO,
+    IngressIO,
+    LoopParams,
+    gro_messages,
+    loop_params,
+    new_egress_io,
+    new_ingress_io,
+)
+from weft.drivers.loop_syscalls import (
     CTL_EACH_BATCH,
     CTL_STOP,
     ERROR_SLOTS,
@@ -58,20 +67,11 @@ from weft.drivers.loopio import (
     ST_TUNNEL_WRITTEN,
     ST_WAKEUPS,
 )
-from weft.drivers.scratch import (
-    EgressIO,
-    IngressIO,
-    LoopParams,
-    gro_messages,
-    new_egress_io,
-    new_ingress_io,
-)
-from weft.packet.fastpath import HEADROOM, Batch
-from weft.packet.headers import ETH_HLEN
+from weft.packet.batch import HEADROOM, Batch
 from weft.packet.offload.vnet_hdr import VNET_HDR_LEN
 from weft.packet.pipeline import Pipeline
+from weft.packet.pipeline_steps import batch_arrays
 from weft.packet.reasons import Verdict
-from weft.packet.steps import KIND_VXLAN, batch_arrays
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class HotLoop:
         self.offload = offload
         # Where IPv4 starts in a device packet: after Ethernet on the vxlan TAP, at 0 on the udp
         # TUN; -1 tells the loops the device has no virtio_net_hdr.
-        self.l3_off = (ETH_HLEN if pipeline.kind_code == KIND_VXLAN else 0) if offload else -1
+        self.l3_off = pipeline.encap.inner_l3_offset if offload else -1
         self.batch = batch or (OFFLOAD_BATCH if offload else BATCH)
         kernel = probe_udp_offloads() if (gso_fds or gro) else {}
         # What the kernel refused is said, not hidden: status shows it next to the mode.
@@ -148,10 +148,10 @@ class HotLoop:
         self.udp_offloads["tunnel_gso"] = (
             "on" if self.tunnel is not None else
             (tunnel.reason if tunnel is not None and tunnel.reason else "off"))
-        params = LoopParams(kind=pipeline.kind_code, dev_fd=device_fd, sock_fd=tx_fd, port=port,
-                            timeout_ms=poll_ms, l3_off=self.l3_off, gro_n=0,
-                            tnl_fd=self.tunnel.fd if self.tunnel else -1,
-                            tnl_mac=self.tunnel.mac if self.tunnel else 0)
+        params = loop_params(pipeline.encap, dev_fd=device_fd, sock_fd=tx_fd, port=port,
+                             timeout_ms=poll_ms, l3_off=self.l3_off,
+                             tnl_fd=self.tunnel.fd if self.tunnel else -1,
+                             tnl_mac=self.tunnel.mac if self.tunnel else 0)
         self.egress = _Direction("egress", Batch(self.batch), params,
                                  new_egress_io(self.batch, offload, gso), egress_loop)
         self.ingress = self._ingress(port, gro=self.udp_offloads["gro"] == "on")
@@ -171,9 +171,9 @@ class HotLoop:
         ]
 
     def _ingress(self, port: int, gro: bool) -> _Direction:
-        params = LoopParams(kind=self.pipeline.kind_code, dev_fd=self.fd, sock_fd=self.rx_fd,
-                            port=port, timeout_ms=self.poll_ms, l3_off=self.l3_off,
-                            gro_n=gro_messages(self.batch) if gro else 0)
+        params = loop_params(self.pipeline.encap, dev_fd=self.fd, sock_fd=self.rx_fd,
+                             port=port, timeout_ms=self.poll_ms, l3_off=self.l3_off,
+                             gro_n=gro_messages(self.batch) if gro else 0)
         return _Direction("ingress", Batch(self.batch), params,
                           new_ingress_io(self.batch, self.offload, gro), ingress_loop)
 

@@ -2,11 +2,11 @@
 
 Each loop takes five groups (compiled_loops.egress_loop / ingress_loop): LoopParams, its
 direction's IO scratch (EgressIO or IngressIO), and the pipeline's BatchArrays, PeerArrays and
-PipelineState (weft.packet.steps). NamedTuples, because numba types them by class: two groups
-swapped do not compile, and every array inside is used by its field name. They also cache: numba
-keys its on-disk cache by the argument types, and a NamedTuple type pickles as a reference to its
-class (tests/unit/test_compiled_loop.py restarts an interpreter and checks the loops load, not
-compile).
+PipelineState (weft.packet.pipeline_steps). NamedTuples, because numba types them by class: two
+groups swapped do not compile, and every array inside is used by its field name. They also cache:
+numba keys its on-disk cache by the argument types, and a NamedTuple type pickles as a reference
+to its class (tests/unit/test_compiled_loop.py restarts an interpreter and checks the loops load,
+not compile).
 
 The scratch is allocated once per direction and owned by that direction's thread: the structs
 of the system calls (pollfd, mmsghdr, iovec, sockaddr_in, cmsg) as integer arrays laid out as
@@ -21,18 +21,21 @@ from typing import NamedTuple
 import numpy as np
 
 from weft.drivers.libc import IOVEC, MMSG, POLLFD, SOCKADDR_IN_SIZE
-from weft.drivers.loopio import CTL_SIZE, ST_SIZE
+from weft.drivers.loop_syscalls import CTL_SIZE, ST_SIZE
 from weft.drivers.udpgso import GRO_CMSG, GRO_MESSAGES, GSO_CMSG
-from weft.packet.fastpath import BUFSIZE
+from weft.packet.batch import BUFSIZE
+from weft.packet.counters import ENCAP_PATHS
+from weft.packet.encap import Encap
+from weft.packet.headers import IPV4_UDP_HLEN
 from weft.packet.offload.gro_coalesce import new_unit_scratch, new_units
-from weft.packet.offload.tunnel import INFO_SIZE, new_sup
-from weft.packet.offload.udp_gro import GRO_BUF, GRO_PAD
+from weft.packet.offload.tunnel import INFO_SIZE, new_sup, super_head
+from weft.packet.offload.udp_gro import GRO_BUF, GRO_PAD, receive_view
 
 
 class LoopParams(NamedTuple):
     """The scalars of one loop (all int64 to numba)."""
 
-    kind: int  # weft.packet.steps.KIND_VXLAN or KIND_UDP
+    code: int  # the encapsulation's row code (weft.packet.encap.Encap.code): its kernels
     dev_fd: int  # the TUN/TAP (or anything that reads and writes one packet per call)
     sock_fd: int  # egress: the socket that sends; ingress: the socket bound to the port
     port: int  # the UDP port peers listen on
@@ -40,8 +43,29 @@ class LoopParams(NamedTuple):
     l3_off: int  # offload device: where IPv4 starts after the virtio_net_hdr (14 TAP, 0 TUN);
     #              -1: a plain device, no header
     gro_n: int  # ingress with UDP_GRO on: messages per recvmmsg; 0 without GRO
+    # The rest is read off the encapsulation's row once (loop_params), so the loops take
+    # numbers, not a backend name:
+    send_port: int  # the port sendmmsg addresses: 0 when the step wrote the outer UDP itself
+    outer_len: int  # outer IPv4 + UDP bytes the egress step wrote in front of the payload
+    sup_head: int  # offload egress: where a device read lands in io.sup (tunnel.super_head)
+    rx_view: int  # where the encapsulation sees an io.gro row from (udp_gro.receive_view)
+    egress_path: int  # its counters rows (weft.packet.counters.ENCAP_PATHS)
+    ingress_path: int
     tnl_fd: int = -1  # egress: the TX TAP that takes UDP-tunnel GSO frames (vxlan); -1: none
     tnl_mac: int = 0  # its MAC as a 48-bit integer (the outer Ethernet destination)
+
+
+def loop_params(encap: Encap, *, dev_fd: int, sock_fd: int, port: int, timeout_ms: int,
+                l3_off: int, gro_n: int = 0, tnl_fd: int = -1, tnl_mac: int = 0) -> LoopParams:
+    """A loop's LoopParams with the numbers of its encapsulation's row, looked up here once."""
+    egress_path, ingress_path = ENCAP_PATHS[encap.code]
+    return LoopParams(code=encap.code, dev_fd=dev_fd, sock_fd=sock_fd, port=port,
+                      timeout_ms=timeout_ms, l3_off=l3_off, gro_n=gro_n,
+                      send_port=0 if encap.builds_outer else port,  # a raw IP socket: no port
+                      outer_len=IPV4_UDP_HLEN if encap.builds_outer else 0,
+                      sup_head=super_head(encap), rx_view=receive_view(encap),
+                      egress_path=egress_path, ingress_path=ingress_path,
+                      tnl_fd=tnl_fd, tnl_mac=tnl_mac)
 
 
 class EgressIO(NamedTuple):

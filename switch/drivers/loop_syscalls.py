@@ -2,9 +2,9 @@
 
 A loop (compiled_loops.py) talks to its Python thread through a ctl array (Python writes, the
 loop reads between system calls), a stats array (written only by the loop's thread) and the
-(code, rows, errno) it returns. Backend kinds and drop counting are the pipeline's
-(weft.packet.steps), not the loops'. The helpers here poll, send and write for both directions and
-count every call, and every failure by kind, into stats.
+(code, rows, errno) it returns. Kernel choice and drop counting are the pipeline's
+(weft.packet.pipeline_steps), not the loops'. The helpers here poll, send and write for both
+directions and count every call, and every failure by kind, into stats.
 """
 
 from __future__ import annotations

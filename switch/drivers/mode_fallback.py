@@ -60,7 +60,7 @@ class DeviceDatapath:
     def start(self, pipeline: Pipeline, port: int) -> Driver:
         """Open the sockets on `port` and start the best driver; returns it."""
         self.pipeline = pipeline
-        self.transport = Transport(pipeline.kind, port)
+        self.transport = Transport(pipeline.encap, port)
         self.driver = self._start_driver(pipeline, self.transport)
         log.info("datapath %s: %s", self.mode, modes.IO[self.mode])
         return self.driver
@@ -109,7 +109,7 @@ class DeviceDatapath:
         return driver
 
     def _compiled(self, pipeline: Pipeline, transport: Transport, mode: str) -> Driver:
-        from weft.drivers.hotloop import HotLoop  # numba and libc load only when wanted
+        from weft.drivers.compiled_driver import HotLoop  # numba and libc load only when wanted
 
         offload = mode == modes.OFFLOAD
         if offload and self.tunnel is None:

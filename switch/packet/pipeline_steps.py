@@ -1,9 +1,9 @@
-"""The pipeline's compiled steps: a backend kind's kernel and the drop tally, in one call.
+"""The pipeline's compiled steps: an encapsulation's kernel and the drop tally, in one call.
 
 Every driver runs a batch through these: Pipeline.egress/ingress call them for the Python loop,
 replay and trace, and the compiled loops (weft.drivers.compiled_loops) call them from numba. So
-there is one dispatch from backend kind to kernel, and DROP reasons are counted in one place,
-once.
+there is one dispatch from an encapsulation (the code of its weft.packet.encap row) to its
+kernel, and DROP reasons are counted in one place, once.
 
 The arrays travel in named groups (NamedTuples, which numba types by class and field): a batch,
 the peer table, and the pipeline's state. Two groups cannot be swapped without a typing error,
@@ -19,16 +19,12 @@ from numba import njit
 
 from weft import jitcache  # noqa: F401 - installs the cache locator before the cache=True below
 from weft.packet import fastpath
-from weft.packet.fastpath import Batch
+from weft.packet.batch import Batch
+from weft.packet.encap import VXLAN
 from weft.packet.reasons import Verdict
 from weft.packet.table import PeerTable
 
-KIND_VXLAN = 0
-KIND_UDP = 1
-KINDS = {"vxlan": KIND_VXLAN, "udp": KIND_UDP}
-# counters rows of each kind, (egress, ingress)
-PATHS = {KIND_VXLAN: (fastpath.PATH_VXLAN_EGRESS, fastpath.PATH_VXLAN_INGRESS),
-         KIND_UDP: (fastpath.PATH_UDP_EGRESS, fastpath.PATH_UDP_INGRESS)}
+_VXLAN = VXLAN.code  # a module int: what numba reads of the row
 EGRESS, INGRESS = 0, 1  # directions, as row indices of PipelineState.drops
 
 _DROP = int(Verdict.DROP)
@@ -37,7 +33,7 @@ _FORWARD = int(Verdict.FORWARD)
 
 
 class BatchArrays(NamedTuple):
-    """The arrays of a fastpath.Batch: packet rows and their per-packet results."""
+    """The arrays of a Batch: packet rows and their per-packet results."""
 
     bufs: np.ndarray
     lens: np.ndarray
@@ -92,9 +88,9 @@ def _tally(n, verdict, reason, drops):
 
 
 @njit(cache=True, nogil=True)
-def egress(kind, n, b, peers, state):
+def egress(code, n, b, peers, state):
     """Packets from our pods in rows 0..n-1 -> encapsulated; returns (# FORWARD, # SLOW)."""
-    if kind == KIND_VXLAN:
+    if code == _VXLAN:
         fastpath.vxlan_egress(b.bufs, b.lens, n, b.out_off, b.out_len, b.verdict, b.reason,
                               b.dst_ip, state.cfg, peers.present, peers.public_ip,
                               peers.vtep_mac, state.counters)
@@ -106,9 +102,9 @@ def egress(kind, n, b, peers, state):
 
 
 @njit(cache=True, nogil=True)
-def ingress(kind, n, b, peers, state):
+def ingress(code, n, b, peers, state):
     """Payloads from peers (b.src_ip) -> inner frames/packets; returns (# FORWARD, # SLOW)."""
-    if kind == KIND_VXLAN:
+    if code == _VXLAN:
         fastpath.vxlan_ingress(b.bufs, b.lens, b.src_ip, n, b.out_off, b.out_len, b.verdict,
                                b.reason, b.dst_ip, state.cfg, peers.present, peers.public_ip,
                                peers.sender_keys, state.counters)

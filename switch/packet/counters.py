@@ -1,0 +1,43 @@
+"""The counters layout: counters[path, slot], one row per fast-path kernel.
+
+Slots 0..REASON_SLOTS-1 count packets by reason (every input counted exactly once there), the
+rest are totals. SLOT_IP_ID is state, not a count: the next outer IPv4 identification of
+vxlan_egress. SLOT_CSUM_COMPLETED counts FORWARD packets whose inner TCP/UDP checksum was
+completed from the CHECKSUM_PARTIAL form (vxlan_ingress only; see
+fastpath._complete_partial_l4_csum). New slots go at the end so existing indices stay stable.
+The kernels (weft.packet.fastpath, weft.packet.offload.tunnel) count into it; Pipeline.stats,
+trace and the metrics read it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from weft.packet.encap import UDP, VXLAN
+from weft.packet.reasons import Reason
+
+PATH_VXLAN_EGRESS = 0
+PATH_VXLAN_INGRESS = 1
+PATH_UDP_EGRESS = 2
+PATH_UDP_INGRESS = 3
+N_PATHS = 4
+REASON_SLOTS = 64
+SLOT_RX_PACKETS = 64  # inputs seen
+SLOT_RX_BYTES = 65  # input bytes (valid lengths only)
+SLOT_TX_PACKETS = 66  # FORWARD outputs
+SLOT_TX_BYTES = 67  # bytes of FORWARD outputs
+SLOT_VERDICT = 68  # + Verdict: 68 forward, 69 drop, 70 slow
+SLOT_IP_ID = 71
+SLOT_CSUM_COMPLETED = 72
+N_SLOTS = 73
+
+assert max(Reason) < REASON_SLOTS
+
+# an encapsulation's counters rows (egress, ingress), by its row's code
+ENCAP_PATHS = {VXLAN.code: (PATH_VXLAN_EGRESS, PATH_VXLAN_INGRESS),
+               UDP.code: (PATH_UDP_EGRESS, PATH_UDP_INGRESS)}
+
+
+def new_counters() -> np.ndarray:
+    """A zeroed counters array for all four kernels."""
+    return np.zeros((N_PATHS, N_SLOTS), dtype=np.uint64)
