@@ -80,3 +80,21 @@ def test_argument_groups_are_in_every_stamp() -> None:
     loops = _rel(jitcache.stamp_files(str(ROOT / "drivers" / "compiled_loops.py")))
     gro = _rel(jitcache.stamp_files(str(ROOT / "packet" / "offload" / "udp_gro.py")))
     assert "drivers/loop_args.py" in loops and "drivers/loop_args.py" in gro
+
+
+def test_an_index_naming_a_module_that_is_gone_is_stale(monkeypatch):
+    """After a rename (weft.drivers.scratch -> loop_args) an old cache index unpickles classes
+    from a module that no longer exists: that must mean "compile again", not a crash."""
+    from numba.core import caching
+
+    from weft import jitcache
+
+    assert caching.IndexDataCacheFile._load_index is jitcache._load_index_or_stale
+
+    def gone(_self):
+        raise ModuleNotFoundError("No module named 'weft.drivers.scratch'")
+
+    monkeypatch.setattr(jitcache, "_load_index", gone)
+    assert jitcache._load_index_or_stale(object()) == {}
+    monkeypatch.setattr(jitcache, "_load_index", lambda _self: {"sig": "entry"})
+    assert jitcache._load_index_or_stale(object()) == {"sig": "entry"}
