@@ -87,6 +87,8 @@ class OverlayBackend(RepairedBackend):
         self.setup_device()
         netlink.route_replace(self.config.network, oif=self.index)
         self.pipeline.set_local(lease.subnet, self.iface.public_ip, self.local_mac())
+        # A cold start swaps the Python loop for the compiled one later: the trace follows.
+        self.datapath.on_new_driver = self.tracehub.bind
         driver = self.datapath.start(self.pipeline, self.port)
         self.tracehub.bind(driver, {
             "device": self.device_name, "subnet": str(lease.subnet),

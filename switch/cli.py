@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_trace_parser(sub, [common])
     _add_doctor(sub)
     _add_leases(sub)
+    _add_compile(sub)
     return parser
 
 
@@ -315,6 +316,14 @@ def _add_leases(sub) -> None:
     leases.add_argument("--json", action="store_true",
                         help="print a snapshot for offline tools (--leases FILE)")
     leases.set_defaults(func=cmd_leases)
+
+
+def _add_compile(sub) -> None:
+    """`weft compile`: fill the compile cache ahead of `weft run`."""
+    compile_ = sub.add_parser(
+        "compile", help="compile the data path into numba's cache (NUMBA_CACHE_DIR if set), "
+                        "once per installed version; `weft run` then starts compiled at once")
+    compile_.set_defaults(func=cmd_compile)
 
 
 def _go_text(value: object) -> str:
@@ -475,6 +484,17 @@ def cmd_demo(args) -> int:
     from weft.tools.lab.demo import run_demo
 
     return run_demo(hosts=args.hosts, pods=args.pods, backend=args.backend, cni=args.cni)
+
+
+def cmd_compile(args) -> int:
+    from weft import jitcache
+    from weft.drivers.compile_job import compile_datapath
+
+    took = compile_datapath(report=lambda line: print(line, file=sys.stderr, flush=True))
+    if not any(took.values()):
+        print(f"weft: the data path of this version is compiled already (cache: "
+              f"{jitcache.cache_root()})", file=sys.stderr)
+    return 0
 
 
 def cmd_cni_install(args) -> int:

@@ -35,6 +35,17 @@ _ROOT = os.path.dirname(os.path.abspath(__file__))  # the folder of the weft pac
 _PACKAGE = __name__.rpartition(".")[0]  # "weft"
 
 
+def package_root() -> str:
+    """The folder of the weft package's sources."""
+    return _ROOT
+
+
+def cache_root() -> str:
+    """Where the cache of weft's top package goes: NUMBA_CACHE_DIR when set, as numba would,
+    else __pycache__ next to the sources (each module's cache sits beside it)."""
+    return os.environ.get("NUMBA_CACHE_DIR") or os.path.join(_ROOT, "__pycache__")
+
+
 def _module_name(path: str) -> str:
     parts = os.path.relpath(path, _ROOT)[: -len(".py")].split(os.sep)
     if parts[-1] == "__init__":

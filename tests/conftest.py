@@ -10,6 +10,8 @@ run: a skip there is a gap nobody sees.
 
 import itertools
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,18 @@ def registry(etcd_server, etcd_prefix):
     reg = EtcdRegistry(EtcdOptions(endpoints=etcd_server.endpoint, prefix=etcd_prefix))
     yield reg
     reg.client.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_data_path(request):
+    """Fill the compile cache once, before the first test that starts daemons, as packaging
+    and the unit's ExecStartPre do (`weft compile`): a daemon on a cold cache starts on the
+    Python loop and moves later (tests/netns/test_cold_start.py proves that path), which tests
+    that look at the compiled modes must not race. Root-free unit runs skip it."""
+    if all("unit" in item.keywords for item in request.session.items):
+        return
+    subprocess.run([sys.executable, "-m", "weft.drivers.compile_job"], check=True,
+                   timeout=900)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -98,6 +98,29 @@ class _Direction:
         return self.io.stats
 
 
+def compile_loops() -> None:
+    """Load (or compile) both loops, as HotLoop.compile does, without a device or sockets.
+
+    Every mode and encapsulation runs the same two specializations (loop_args: a mode's unused
+    arrays are placeholders of the same types), so one call each, with the stop flag set,
+    fills the cache for all of them; weft.drivers.compile_job runs this ahead of the daemon.
+    """
+    from ipaddress import IPv4Network
+
+    from weft.packet.encap import ENCAPS
+
+    pipeline = Pipeline(next(iter(ENCAPS.values())), IPv4Network("10.0.0.0/16"), 24)
+    params = loop_params(pipeline.encap, dev_fd=-1, sock_fd=-1, port=0, timeout_ms=0, l3_off=-1)
+    for loop, io in ((egress_loop, new_egress_io(1, False, [])),
+                     (ingress_loop, new_ingress_io(1, False, False))):
+        io.ctl[CTL_STOP] = 1
+        try:
+            loop(params, io, batch_arrays(Batch(1)), pipeline.peers, pipeline.state)
+        except NumbaError as exc:
+            raise CompiledLoopUnavailable(f"numba cannot compile the compiled loops: {exc}") \
+                from exc
+
+
 class HotLoop:
     """The compiled driver (a weft.drivers.driver.Driver): one numba loop per direction.
 

@@ -11,15 +11,25 @@ The device mode is fixed when the device is opened (before the lease, so a refus
 known early); a compiled loop that then cannot run gets the device reopened plain. Only
 CompiledLoopUnavailable (numba or libc cannot run the compiled loop here) moves down the
 ladder: any other error is a bug and propagates.
+
+First start of a version (the compile cache is cold, weft.drivers.compile_job): the compiled
+loops are not waited for. A compile job (shared with every other process starting now) compiles
+the pipeline's steps (~10 s), the Python loop serves the device from then on, and once the loops
+are compiled too (~1 min on 2 cores) the driver is swapped for the best compiled mode: the
+device is reopened with offloads if it had them, so packets in flight at that moment may be
+dropped, once, as when the device is reopened after a repair.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 
 from weft.dev.tundev import OFFLOAD as DEVICE_OFFLOAD
 from weft.dev.tundev import TunnelTx, open_device, open_tunnel_tx
-from weft.drivers import modes
+from weft.drivers import compile_job, modes
 from weft.drivers.driver import CompiledLoopUnavailable, Driver
 from weft.drivers.pyloop import PyLoop, Transport
 from weft.packet.pipeline import Pipeline
@@ -48,6 +58,12 @@ class DeviceDatapath:
         self.transport: Transport | None = None
         self.tunnel: TunnelTx | None = None  # the TX TAP for tunnel GSO (offload mode)
         self.pipeline: Pipeline | None = None
+        # Told of every driver that replaces the one start() returned (the live trace rebinds).
+        self.on_new_driver: Callable[[Driver], None] | None = None
+        self.compiling: compile_job.CompileJob | None = None  # a cold start's compile job
+        self.compile_note = ""  # how the data path got compiled, for status
+        self._swap = threading.Lock()  # a driver swap (compiled at last, reopen) at a time
+        self._closed = False
         may_offload = wanted in (modes.AUTO, modes.OFFLOAD)
         self.device, self.device_mode = open_device(name, tap, offload=may_offload)
         if may_offload and self.device_mode != DEVICE_OFFLOAD:
@@ -61,9 +77,54 @@ class DeviceDatapath:
         """Open the sockets on `port` and start the best driver; returns it."""
         self.pipeline = pipeline
         self.transport = Transport(pipeline.encap, port)
-        self.driver = self._start_driver(pipeline, self.transport)
+        if self.wanted != modes.PLAIN and not compile_job.is_compiled(compile_job.LOOPS):
+            self.driver = self._start_while_compiling(pipeline, self.transport)
+        else:
+            self.driver = self._start_driver(pipeline, self.transport)
         log.info("datapath %s: %s", self.mode, modes.IO[self.mode])
         return self.driver
+
+    def _start_while_compiling(self, pipeline: Pipeline, transport: Transport) -> Driver:
+        """Serve the device with the Python loop while a compile job fills the cache, then
+        move to the compiled loops (in a thread of its own); see the module's docstring."""
+        log.info("compiling the data path for this version: first start only; the Python "
+                 "loop carries pod traffic until it is ready")
+        job = self.compiling = compile_job.CompileJob()
+        if not job.wait(compile_job.STEPS):
+            log.warning("%s; compiling in this process instead", job.error)
+            return self._start_driver(pipeline, transport)
+        offload_device = self.device_mode == DEVICE_OFFLOAD
+        if offload_device:
+            self._reopen_plain()  # the Python loop reads no virtio_net_hdr
+        driver = PyLoop(pipeline, self.device.fileno(), transport)
+        driver.start()
+        self.mode = modes.PLAIN
+        threading.Thread(target=self._move_to_compiled, args=(job, offload_device),
+                         name="weft-compiled-swap", daemon=True).start()
+        return driver
+
+    def _move_to_compiled(self, job: compile_job.CompileJob, offload_device: bool) -> None:
+        if not job.wait(compile_job.LOOPS):
+            if not self._closed:
+                self.refused[modes.FAST] = f"compiled loop unavailable: {job.error}"
+                self.compile_note = f"failed: {job.error}"
+                log.warning("%s; staying on the Python loop", job.error)
+            return
+        with self._swap:
+            if self._closed or self.pipeline is None or self.transport is None:
+                return
+            old = self.driver
+            assert old is not None
+            old.stop()
+            if offload_device:
+                self.device.close()
+                self.device, self.device_mode = open_device(self.name, self.tap, offload=True)
+            self.driver = self._start_driver(self.pipeline, self.transport)
+            self.compile_note = f"compiled in {job.seconds:.1f} s at this version's first start"
+            log.info("data path compiled in %.1f s; datapath %s: %s", job.seconds or 0.0,
+                     self.mode, modes.IO[self.mode])
+        if self.on_new_driver is not None:
+            self.on_new_driver(self.driver)
 
     def reopen(self) -> Driver:
         """Make the device again after it was deleted under us, and restart the driver on it.
@@ -74,15 +135,22 @@ class DeviceDatapath:
         sockets are unaffected and kept. The device is reopened in the mode it had.
         """
         assert self.pipeline is not None and self.transport is not None, "start() first"
-        if self.driver is not None:
-            self.driver.stop()
-            self.driver = None
-        self.device.close()
-        self.device, self.device_mode = open_device(
-            self.name, self.tap, offload=self.device_mode == DEVICE_OFFLOAD)
-        self.driver = self._start_driver(self.pipeline, self.transport)
-        log.info("device %s reopened; datapath %s", self.name, self.mode)
-        return self.driver
+        with self._swap:
+            if self.driver is not None:
+                self.driver.stop()
+                self.driver = None
+            self.device.close()
+            self.device, self.device_mode = open_device(
+                self.name, self.tap, offload=self.device_mode == DEVICE_OFFLOAD)
+            if self.mode == modes.PLAIN and self.compiling is not None \
+                    and self.compiling.running:
+                driver: Driver = PyLoop(self.pipeline, self.device.fileno(), self.transport)
+                driver.start()  # still compiling: the swap thread moves it on when ready
+                self.driver = driver
+            else:
+                self.driver = self._start_driver(self.pipeline, self.transport)
+            log.info("device %s reopened; datapath %s", self.name, self.mode)
+            return self.driver
 
     def _start_driver(self, pipeline: Pipeline, transport: Transport) -> Driver:
         if self.device_mode == DEVICE_OFFLOAD:
@@ -149,10 +217,28 @@ class DeviceDatapath:
                 **({"refused": dict(self.refused)} if self.refused else {}),
                 "udp_gso": udp.get("gso", "off"), "udp_gro": udp.get("gro", "off"),
                 "tunnel_gso": udp.get("tunnel_gso", "off"),
+                **({"compile": self._compile_status()} if self.compiling else {}),
                 "errors": dict(driver.errors) if driver else {},
                 **({"loop": loop} if loop else {})}
 
+    def _compile_status(self) -> str:
+        job = self.compiling
+        assert job is not None
+        if self.compile_note:
+            return self.compile_note
+        if job.running:
+            return (f"in progress for {time.monotonic() - job.started:.0f} s: the Python loop "
+                    f"carries traffic until the compiled loops are ready")
+        return "done"
+
     def close(self) -> None:
+        self._closed = True
+        if self.compiling is not None:
+            self.compiling.stop()
+        with self._swap:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
         if self.driver is not None:
             self.driver.stop()
         if self.transport is not None:

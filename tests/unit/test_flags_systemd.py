@@ -92,3 +92,16 @@ def test_systemd_rates_the_hardening(tmp_path):
     level = re.search(r"Overall exposure level for weft.service: ([0-9.]+) (\w+)", done.stdout)
     assert level, done.stdout[-500:] + done.stderr
     assert float(level[1]) <= 4.0 and level[2] == "OK", level[0]
+
+
+def test_unit_compiles_the_data_path_into_its_cache_before_the_daemon_starts():
+    """A start after an install or upgrade is compiled before ExecStart (`weft compile`, the same
+    binary), into the cache the daemon reads: NUMBA_CACHE_DIR under the unit's CacheDirectory=,
+    which systemd makes writable under ProtectSystem=strict."""
+    weft = unit_settings()["ExecStart"].split()[0]
+    compiles = [cmd for cmd in unit_values("ExecStartPre") if cmd.split()[1:] == ["compile"]]
+    assert compiles == [f"{weft} compile"], unit_values("ExecStartPre")
+    cache = next(v.partition("=")[2] for v in unit_values("Environment")
+                 if v.startswith("NUMBA_CACHE_DIR="))
+    assert cache.startswith(f"/var/cache/{unit_settings()['CacheDirectory']}/")
+    assert "compile" in build_parser()._subparsers._group_actions[0].choices

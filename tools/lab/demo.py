@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 from weft.cni.install import install
 from weft.cni.runtime import Runtime
+from weft.drivers import compile_job
 from weft.tools.lab import probe
 from weft.tools.lab.cluster import Cluster
 from weft.tools.lab.topology import Lab
@@ -80,6 +81,25 @@ def format_matrix(cluster: Cluster, results: dict[tuple[str, str], float | None]
     return "\n".join(lines)
 
 
+def compile_data_path(out: Callable[[str], None], progress_every: float = 10.0) -> bool:
+    """Compile the data path once, before any host starts, saying how it goes (no timeout:
+    a cold compile on 2 cores takes about a minute, and it is not the hosts' to wait for)."""
+    if compile_job.is_compiled():
+        return True
+    out("[compile] compiling the data path for this version: first run only, about a minute "
+        "on 2 cores")
+    job = compile_job.CompileJob(report=lambda line: out(f"[compile] {line}"))
+    while not job.wait(compile_job.LOOPS, timeout=progress_every):
+        if job.error:
+            break
+        out(f"[compile] still compiling ({time.monotonic() - job.started:.0f} s)")
+    if job.error:
+        out(f"[compile] FAILED: {job.error}")
+        return False
+    out(f"[compile] done in {job.seconds or 0.0:.0f} s")
+    return True
+
+
 def run_demo(hosts: int = 3, pods: int = 2, backend: str = "vxlan",
              out: Callable[[str], None] = print, cni: bool = False) -> int:
     started = time.time()
@@ -88,6 +108,8 @@ def run_demo(hosts: int = 3, pods: int = 2, backend: str = "vxlan",
         out(f"[cni] reference plugins ({', '.join(REFERENCE_PLUGINS)}) not found in "
             f"{' or '.join(REFERENCE_PLUGIN_DIRS)}; building the pods directly "
             f"(Debian: apt-get install containernetworking-plugins)")
+    if backend != "host-gw" and not compile_data_path(out):
+        return 1
     with Lab(hosts=hosts) as lab:
         out(f"[lab] fabric {lab.fabric}, hosts {', '.join(lab.hosts)}")
         cluster = Cluster(lab, backend=backend)
