@@ -29,8 +29,14 @@ HIJACKER = "192.0.2.77"  # on the fabric, but no host has it
 WAIT = 30.0
 
 
-def hostile_leases(backend: str, victim: IPv4Network) -> dict[str, tuple[str, str]]:
-    """key below subnets/ -> (value, the reason every host must give)."""
+def hostile_leases(backend: str, victim: IPv4Network,
+                   held: set[IPv4Network]) -> dict[str, tuple[str, str]]:
+    """key below subnets/ -> (value, the reason every host must give).
+
+    Keys of well-formed subnets are picked among those no host holds: a hostile value under a
+    host's own key is the revocation flannel defines, tested elsewhere."""
+    free = iter(f"10.1.{n}.0-24" for n in range(99, 0, -1)
+                if IPv4Network(f"10.1.{n}.0/24") not in held)
     data = {"VNI": 1, "VtepMAC": "02:00:00:00:00:77"} if backend == "vxlan" else None
 
     def value(ip: str = HIJACKER, backend_type: str = backend, backend_data=data) -> str:
@@ -46,11 +52,11 @@ def hostile_leases(backend: str, victim: IPv4Network) -> dict[str, tuple[str, st
         victim_key.replace("-24", "-024"): (value(), "key_not_canonical"),
         f"x/{victim_key}": (value(), "malformed_key"),
         f"{victim_key}\n": (value(), "malformed_key"),
-        "10.1.97.0-24": (value(ip="127.0.0.1"), "public_ip"),
-        "10.1.96.0-24": (value(ip="224.0.0.5"), "public_ip"),
-        "10.1.95.0-24": (value(ip="255.255.255.255"), "public_ip"),
-        "10.1.94.0-24": (value(ip="10.1.50.1"), "public_ip"),  # a pod address
-        "10.1.93.0-24": (value(backend_type="vxlan",
+        next(free): (value(ip="127.0.0.1"), "public_ip"),
+        next(free): (value(ip="224.0.0.5"), "public_ip"),
+        next(free): (value(ip="255.255.255.255"), "public_ip"),
+        next(free): (value(ip="10.1.50.1"), "public_ip"),  # a pod address
+        next(free): (value(backend_type="vxlan",
                                backend_data={"VNI": 1, "VtepMAC": "ff:ff:ff:ff:ff:ff"}),
                          "vtep_mac"),
     }
@@ -94,7 +100,8 @@ def test_hostile_leases_touch_no_host(backend):
             h.pods = lab.add_pods(index, h.subnet, count=1, mtu=h.mtu)
         before = {i: kernel_state(lab, i) for i in (0, 1)}
 
-        hostile = hostile_leases(backend, cluster.host(1).subnet)
+        hostile = hostile_leases(backend, cluster.host(1).subnet,
+                                 {cluster.host(i).subnet for i in (0, 1)})
         for key, (value, _) in hostile.items():
             lab.etcdctl("put", f"{PREFIX}/subnets/{key}", value)
         want = {key: reason for key, (_, reason) in hostile.items()}
