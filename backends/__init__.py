@@ -59,6 +59,22 @@ class Backend(Protocol):
         """Program added/changed peers and remove removed ones; one bad peer never stops it."""
         ...
 
+    def peers_synced(self) -> None:
+        """The first listing of peers is programmed. A backend that adopted its device from
+        the previous `weft run` (weft.dev.handover) starts its data path only now, so no
+        packet meets an empty peer table."""
+        ...
+
+    def carried_fds(self) -> dict[str, int]:
+        """Descriptors a successor `weft run` adopts (name -> fd), for systemd's fd store;
+        {} for a backend whose state is all in the kernel."""
+        ...
+
+    def detach(self) -> dict[str, int]:
+        """Stop every thread but keep the devices and sockets open, for exec(); returns
+        carried_fds(). Nothing else may be called after it."""
+        ...
+
     def changed_lease_attrs(self) -> LeaseAttrs | None:
         """Our new lease attrs if they changed since the last call (the repair pass saw the
         external interface's address move), else None. The daemon calls it on each turn of its

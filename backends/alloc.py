@@ -34,6 +34,15 @@ class AllocBackend:
         for lease in changes.added:
             self.peers[lease.subnet] = lease
 
+    def peers_synced(self) -> None:
+        pass
+
+    def carried_fds(self) -> dict[str, int]:
+        return {}
+
+    def detach(self) -> dict[str, int]:
+        return {}
+
     def changed_lease_attrs(self) -> LeaseAttrs | None:
         return None  # no repair pass watches the interface
 

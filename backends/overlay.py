@@ -30,6 +30,12 @@ from weft.status import BackendStatus, DatapathStatus, TrafficCounters
 
 log = logging.getLogger(__name__)
 
+# Packets the device queues for us while no process reads it: a restart hands the open device
+# to the next `weft run` (weft.dev.handover), 2-4 s in which pods keep sending; at a ping every
+# 5 ms that is up to 800 packets, and TUN's default of 500 would drop the rest. A reader that
+# keeps up never has more than a batch queued, so the length costs nothing in steady state.
+DEVICE_QUEUE = 2000
+
 
 class OverlayBackend(RepairedBackend):
     # The backend's row of weft.packet.encap: its defaults, device, pipeline kernels. Its
@@ -60,7 +66,8 @@ class OverlayBackend(RepairedBackend):
         self.forward_devices = (tunnel_tx_name(device_name),)
         self.reused = netlink.link_index(device_name) is not None
         self.datapath = DeviceDatapath(device_name, self.encap.tap,
-                                       str(self.options.get("datapath") or modes.AUTO))
+                                       str(self.options.get("datapath") or modes.AUTO),
+                                       inherited=self.options.get("inherited"))
         index = netlink.link_index(device_name)
         assert index is not None
         self.index = index
@@ -87,19 +94,36 @@ class OverlayBackend(RepairedBackend):
         self.setup_device()
         netlink.route_replace(self.config.network, oif=self.index)
         self.pipeline.set_local(lease.subnet, self.iface.public_ip, self.local_mac())
+        if not self.datapath.adopted:
+            self._start_datapath()
+        # else peers_synced() starts it: the adopted device's queue waits for the peer table
+
+    def peers_synced(self) -> None:
+        if self.datapath.driver is None:
+            self._start_datapath()
+
+    def _start_datapath(self) -> None:
+        assert self.lease is not None
         # A cold start swaps the Python loop for the compiled one later: the trace follows.
         self.datapath.on_new_driver = self.tracehub.bind
         driver = self.datapath.start(self.pipeline, self.port)
         self.tracehub.bind(driver, {
-            "device": self.device_name, "subnet": str(lease.subnet),
+            "device": self.device_name, "subnet": str(self.lease.subnet),
             "public_ip": str(self.iface.public_ip), "port": self.port, "vni": self.vni})
         self.reconciler.start()
+
+    def carried_fds(self) -> dict[str, int]:
+        return self.datapath.carried_fds()
+
+    def detach(self) -> dict[str, int]:
+        self.reconciler.stop()
+        return self.datapath.detach()
 
     # -- what the reconciler keeps in place (weft.host.reconcile.Repairable) ---------------
     def setup_device(self) -> None:
         assert self.lease is not None
         netlink.configure_link(self.index, mtu=self.mtu, address=self.lease.subnet.network_address,
-                               mac=self.device_mac())
+                               mac=self.device_mac(), txqlen=DEVICE_QUEUE)
         # The slow path writes ICMP errors from our tunnel address into the device; without
         # accept_local the kernel drops them as martians (a local source arriving from outside).
         netlink.set_ipv4_conf(self.device_name, "accept_local", 1)

@@ -35,6 +35,16 @@ class RepairedBackend:
         with self.lock:
             self.peers.handle(changes)
 
+    def peers_synced(self) -> None:
+        pass
+
+    def carried_fds(self) -> dict[str, int]:
+        return {}  # host-gw: routes live in the kernel, nothing to carry
+
+    def detach(self) -> dict[str, int]:
+        self.reconciler.stop()
+        return self.carried_fds()
+
     def changed_lease_attrs(self) -> LeaseAttrs | None:
         if not self._public_ip_moved.is_set():
             return None

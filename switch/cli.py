@@ -546,7 +546,12 @@ def cmd_run(args) -> int:
     # the first packet forwarded, and ~20 MB more RSS. The daemon runs without it.
     sys.modules.setdefault("scipy", None)  # type: ignore[arg-type]
     from weft.control.lease_manager import LeaseTiming
-    from weft.daemon import Daemon, RunOptions
+    from weft.daemon import RELOAD, Daemon, RunOptions
+    from weft.dev import handover
+
+    # First of all: LISTEN_* must not reach the processes we start, nor a failed start leak
+    # what a previous `weft run` passed.
+    inherited = handover.Inherited.from_environment()
 
     if args.lease_ttl < 2:
         print("weft: --lease-ttl must be at least 2 seconds", file=sys.stderr)
@@ -564,7 +569,7 @@ def cmd_run(args) -> int:
                          backend_options={"datapath": args.datapath},
                          ip_masq_random_fully=not args.ip_masq_fully_random_disable,
                          iptables_forward_rules=args.iptables_forward_rules,
-                         iptables_resync=float(args.iptables_resync))
+                         iptables_resync=float(args.iptables_resync), inherited=inherited)
     daemon = Daemon(_registry(args), options)
 
     def on_signal(signum, _frame):
@@ -572,9 +577,24 @@ def cmd_run(args) -> int:
                                        signal.Signals(signum).name)
         daemon.stop()
 
+    def on_hangup(_signum, _frame):
+        logging.getLogger("weft").info("received SIGHUP, reloading")
+        daemon.reload()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    return daemon.run()
+    signal.signal(signal.SIGHUP, on_hangup)
+    try:
+        code = daemon.run()
+    finally:
+        inherited.close_rest()  # a start that ended early used none of them
+    if code != RELOAD:
+        return code
+    logging.getLogger("weft").info("re-executing %s with %s", sys.orig_argv[1:],
+                                   ", ".join(daemon.handover_fds))
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    handover.exec_with(daemon.handover_fds, [sys.executable, *sys.orig_argv[1:]])
 
 
 def main(argv: list[str] | None = None) -> int:

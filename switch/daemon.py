@@ -36,6 +36,8 @@ from weft.control.registry import (
     LeaseTaken,
     RegistryUnavailable,
 )
+from weft.dev.handover import Inherited
+from weft.drivers.compile_job import LOOPS, CompileJob
 from weft.host.traffic_rules import TrafficRules, start_traffic_rules
 from weft.observe.sdnotify import Notifier
 from weft.status import DaemonStatus, LeaseStatus
@@ -47,6 +49,7 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 REVOKED = "Lease has been revoked. Shutting down daemon."
+RELOAD = -1  # run()'s result when SIGHUP asked for a re-exec (weft.dev.handover)
 WATCH_FAILED = "lease watch failed: {}. Shutting down daemon."
 CONFIG_RETRY = 1.0  # seconds between reads of a missing config, as flanneld
 
@@ -72,6 +75,8 @@ class RunOptions:
     ip_masq_random_fully: bool = True
     iptables_forward_rules: bool = False
     iptables_resync: float = 5.0  # seconds between checks of our rules
+    # Descriptors the previous `weft run` passed (SIGHUP's exec, systemd's fd store).
+    inherited: Inherited = field(default_factory=Inherited)
 
 
 class Daemon:
@@ -94,9 +99,18 @@ class Daemon:
         self.servers: dict[str, Any] = {}  # "control"/"http" -> server, for their client stats
         # The backend's new lease attrs while etcd did not take them yet (retried each turn).
         self.unpublished: LeaseAttrs | None = None
+        self.reload_requested = threading.Event()  # SIGHUP: re-exec once the new code compiled
+        self._reload_job: CompileJob | None = None
+        self.handover_fds: dict[str, int] = {}  # what run() left open for the exec (RELOAD)
+        self._stored_fds: dict[str, int] = {}  # what systemd's fd store was last given
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def reload(self) -> None:
+        """SIGHUP: compile the installed code's data path while this one keeps forwarding,
+        then hand the devices and sockets to a re-exec of ourselves (run() returns RELOAD)."""
+        self.reload_requested.set()
 
     def status(self) -> DaemonStatus:
         """The snapshot /readyz, /metrics and `weft status` are made from."""
@@ -138,7 +152,8 @@ class Daemon:
             code = self._run()
             return code
         finally:
-            self.notifier.stopping("stopping" if code == 0 else "exiting on an error")
+            if code != RELOAD:  # a reload is not a stop: the same PID carries on
+                self.notifier.stopping("stopping" if code == 0 else "exiting on an error")
             for server in servers:
                 server.stop()
 
@@ -177,13 +192,19 @@ class Daemon:
                                         self.options.iface_regex, self.options.iface_can_reach)
         log.info("using interface %s (index %d), PublicIP %s", iface.name, iface.index,
                  iface.public_ip)
-        self.backend = backends.create(self.config, iface, self.options.backend_options)
+        self.backend = backends.create(self.config, iface, {
+            **self.options.backend_options, "inherited": self.options.inherited})
+        code = 1
         try:
-            return self._serve(self.backend)
+            code = self._serve(self.backend)
+            return code
         finally:
             if self.traffic is not None:
                 self.traffic.stop()  # the rules stay, as flanneld's do
-            self.backend.close()
+            if code == RELOAD:
+                self.handover_fds = self.backend.detach()
+            else:
+                self.backend.close()
 
     def _serve(self, backend: backends.Backend) -> int:
         assert self.config is not None
@@ -222,6 +243,9 @@ class Daemon:
         # The listing the subnet was chosen on: changes since come through the watch.
         self.peers.handle(LeaseEvents(tuple(acquired.listed), reset=True,
                                       revision=acquired.revision))
+        backend.peers_synced()  # an adopted device is served from here on
+        self.notifier.remove_fds(self.options.inherited.close_rest())
+        self._store_fds(backend)
         stop_watch = self.registry.watch_leases(acquired.revision, self.events.put,
                                                 self._watch_failed)
         self.ready.set()
@@ -254,6 +278,10 @@ class Daemon:
                 peers.handle(batch)
             if self.stopping.is_set():
                 break
+            if self.reload_requested.is_set() and self._reload_ready():
+                log.info("reloading: handing devices and sockets to the new weft run")
+                return RELOAD
+            self._store_fds(backend)
             try:
                 self._republish_if_changed(backend, keeper)
                 keeper.tick()
@@ -265,6 +293,36 @@ class Daemon:
             peers.confirm_due(self.registry)
         log.info("stopping; keeping lease %s", keeper.lease.subnet)
         return 0
+
+    def _reload_ready(self) -> bool:
+        """Whether the installed code's data path is compiled, starting its compile job on
+        the first call; a failed compile cancels the reload (this version keeps running)."""
+        job = self._reload_job
+        if job is None:
+            log.info("SIGHUP: reloading; compiling the installed code's data path first "
+                     "(this process keeps forwarding meanwhile)")
+            self.notifier.reloading("compiling the installed code before the hand-over")
+            self._reload_job = CompileJob(report=lambda line: log.info("reload: %s", line))
+            return False
+        if job.wait(LOOPS, timeout=0):
+            return True
+        if job.error:
+            log.error("reload cancelled, this version keeps running: %s", job.error)
+            self.reload_requested.clear()
+            self._reload_job = None
+            self.notifier.ready("reload cancelled: the new code did not compile")
+        return False
+
+    def _store_fds(self, backend: backends.Backend) -> None:
+        """Keep systemd's fd store holding our current descriptors (a reopened device is a new
+        one), so a restart hands them to the next `weft run` (weft.dev.handover)."""
+        if not self.notifier.fd_store:
+            return
+        fds = backend.carried_fds()
+        if fds != self._stored_fds:
+            self.notifier.remove_fds([n for n in self._stored_fds if n in fds])
+            self.notifier.store_fds(fds)
+            self._stored_fds = fds
 
     def _republish_if_changed(self, backend: backends.Backend, keeper: LeaseKeeper) -> None:
         """Put the backend's new attrs in our lease when it says they changed (its repair pass

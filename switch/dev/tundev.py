@@ -63,6 +63,9 @@ TUN_F_USO4 = 0x20
 TUN_F_USO6 = 0x40
 DEFAULT_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4
 
+TUNGETIFF = 0x800454D2
+_IFF_TYPE = pytun.IFF_TUN | pytun.IFF_TAP
+
 OFFLOAD = "offload"
 PLAIN = "plain"
 
@@ -143,6 +146,50 @@ def open_device(name: str, tap: bool, offload: bool = True,
         log.debug("device %s: clearing offloads failed: %s", name, exc)
     device.persist(True)
     return device, Mode(PLAIN, reason)
+
+
+class AdoptionRefused(ValueError):
+    """A passed descriptor is not the device it is named for."""
+
+
+class AdoptedDevice:
+    """A TUN/TAP descriptor passed from the previous `weft run` (weft.dev.handover), offering
+    what the daemon uses of pytun's device object: fileno() and close()."""
+
+    def __init__(self, fd: int, name: str) -> None:
+        self.fd = fd
+        self.name = name
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def adopt_device(fd: int, name: str, tap: bool, offload: bool = True) -> tuple[AdoptedDevice, Mode]:
+    """Check that passed descriptor `fd` is attached to TUN/TAP `name` of the wanted type and
+    take it; its mode is the one it was opened in. Raises AdoptionRefused (the caller closes
+    `fd` and opens the device anew): a device deleted since (the descriptor no longer reaches
+    it), another name, TUN for TAP, packet info on, or an offload device when offload is off."""
+    try:
+        ifr = fcntl.ioctl(fd, TUNGETIFF, bytes(40))
+    except OSError as exc:
+        raise AdoptionRefused(f"not attached to a TUN/TAP ({exc.strerror})") from None
+    got = ifr[:16].split(b"\0", 1)[0].decode(errors="replace")
+    flags = struct.unpack_from("=H", ifr, 16)[0]
+    want = pytun.IFF_TAP if tap else pytun.IFF_TUN
+    if got != name:
+        raise AdoptionRefused(f"attached to {got!r}, not {name!r}")
+    if flags & _IFF_TYPE != want or not flags & pytun.IFF_NO_PI:
+        raise AdoptionRefused(f"{name} has flags {flags:#x}, wanted {'TAP' if tap else 'TUN'} "
+                              f"without packet info")
+    vnet = bool(flags & IFF_VNET_HDR)
+    if vnet and not offload:
+        raise AdoptionRefused(f"{name} was opened for offload, which is not wanted now")
+    return AdoptedDevice(fd, name), Mode(OFFLOAD) if vnet else Mode(PLAIN, "passed in plain")
 
 
 # ---- the TX TAP: UDP-tunnel GSO frames into the host's routing ----------------------------------

@@ -23,12 +23,15 @@ dropped, once, as when the device is reopened after a repair.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
 
+from weft.dev.handover import Inherited, adopt_udp_socket
 from weft.dev.tundev import OFFLOAD as DEVICE_OFFLOAD
-from weft.dev.tundev import TunnelTx, open_device, open_tunnel_tx
+from weft.dev.tundev import AdoptionRefused, TunnelTx, adopt_device, open_device, open_tunnel_tx
 from weft.drivers import compile_job, modes
 from weft.drivers.driver import CompiledLoopUnavailable, Driver
 from weft.drivers.pyloop import PyLoop, Transport
@@ -45,7 +48,8 @@ class DeviceDatapath:
     closes the device (which persists, so a restarted daemon reattaches).
     """
 
-    def __init__(self, name: str, tap: bool, wanted: str = modes.AUTO) -> None:
+    def __init__(self, name: str, tap: bool, wanted: str = modes.AUTO,
+                 inherited: Inherited | None = None) -> None:
         if wanted not in modes.CHOICES:
             raise ValueError(f"unknown datapath {wanted!r} "
                              f"(choose from {', '.join(modes.CHOICES)})")
@@ -64,8 +68,18 @@ class DeviceDatapath:
         self.compile_note = ""  # how the data path got compiled, for status
         self._swap = threading.Lock()  # a driver swap (compiled at last, reopen) at a time
         self._closed = False
+        # Loading the compiled loops from the cache takes ~0.5 s: begin now, while the daemon
+        # talks to etcd, so that start() (a hand-over's gap, the first packet) does not wait.
+        self._preload: threading.Thread | None = None
+        if wanted != modes.PLAIN and compile_job.is_compiled(compile_job.LOOPS):
+            self._preload = threading.Thread(target=_preload_loops, name="weft-preload",
+                                             daemon=True)
+            self._preload.start()
         may_offload = wanted in (modes.AUTO, modes.OFFLOAD)
-        self.device, self.device_mode = open_device(name, tap, offload=may_offload)
+        self.inherited = inherited or Inherited()  # descriptors a previous `weft run` passed
+        self.adopted = self._adopt_device(may_offload)
+        if not self.adopted:
+            self.device, self.device_mode = open_device(name, tap, offload=may_offload)
         if may_offload and self.device_mode != DEVICE_OFFLOAD:
             if wanted == modes.OFFLOAD:
                 self.device.close()
@@ -73,10 +87,63 @@ class DeviceDatapath:
                                    f"{self.device_mode.reason}")
             self.refused[modes.OFFLOAD] = self.device_mode.reason
 
+    # -- hand-over (weft.dev.handover): the descriptors a successor adopts ------------------
+    def _adopt_device(self, may_offload: bool) -> bool:
+        fd = self.inherited.take(f"{self.name}-device")
+        if fd is None:
+            return False
+        try:
+            self.device, self.device_mode = adopt_device(fd, self.name, self.tap, may_offload)
+            if self.wanted == modes.OFFLOAD and self.device_mode != DEVICE_OFFLOAD:
+                self.device.close()  # insisting on offload: reopen it so (TUNSETIFF again)
+                return False
+        except AdoptionRefused as exc:
+            os.close(fd)
+            log.warning("not adopting the passed descriptor of %s: %s; opening it anew",
+                        self.name, exc)
+            return False
+        log.info("adopted device %s (%s) from the previous weft run", self.name,
+                 self.device_mode)
+        return True
+
+    def _adopt_socket(self, port: int) -> socket.socket | None:
+        fd = self.inherited.take(f"{self.name}-udp")
+        if fd is None:
+            return None
+        try:
+            return adopt_udp_socket(fd, port)
+        except (OSError, ValueError) as exc:
+            log.warning("not adopting the passed UDP socket of %s: %s; binding anew",
+                        self.name, exc)
+            return None
+
+    def carried_fds(self) -> dict[str, int]:
+        """What a successor adopts: the device and the bound socket, whose queues hold what
+        arrives while no process reads them."""
+        fds = {f"{self.name}-device": self.device.fileno()}
+        if self.transport is not None:
+            fds[f"{self.name}-udp"] = self.transport.rx.fileno()
+        return fds
+
+    def detach(self) -> dict[str, int]:
+        """Stop the driver (its threads finish their batch) and keep the device and socket
+        open for exec(); returns carried_fds()."""
+        self._closed = True
+        if self.compiling is not None:
+            self.compiling.stop()
+        with self._swap:
+            if self.driver is not None:
+                self.driver.stop()
+                self.driver = None
+            if self.tunnel is not None:
+                self.tunnel.close()
+                self.tunnel = None
+        return self.carried_fds()
+
     def start(self, pipeline: Pipeline, port: int) -> Driver:
         """Open the sockets on `port` and start the best driver; returns it."""
         self.pipeline = pipeline
-        self.transport = Transport(pipeline.encap, port)
+        self.transport = Transport(pipeline.encap, port, rx=self._adopt_socket(port))
         if self.wanted != modes.PLAIN and not compile_job.is_compiled(compile_job.LOOPS):
             self.driver = self._start_while_compiling(pipeline, self.transport)
         else:
@@ -177,6 +244,8 @@ class DeviceDatapath:
         return driver
 
     def _compiled(self, pipeline: Pipeline, transport: Transport, mode: str) -> Driver:
+        if self._preload is not None:
+            self._preload.join()
         from weft.drivers.compiled_driver import HotLoop  # numba and libc load only when wanted
 
         offload = mode == modes.OFFLOAD
@@ -248,3 +317,13 @@ class DeviceDatapath:
         # The device stays (persistent), as flannel leaves flannel.<VNI>: a restart reattaches.
         self.device.close()
 
+
+def _preload_loops() -> None:
+    """Load the compiled loops into this process (HotLoop then finds them loaded). A failure
+    here is HotLoop's to report when it tries for itself."""
+    try:
+        from weft.drivers.compiled_driver import compile_loops
+
+        compile_loops()
+    except Exception as exc:  # noqa: BLE001 - a thread's boundary; HotLoop says it properly
+        log.debug("preloading the compiled loops failed: %s", exc)

@@ -33,6 +33,10 @@ GSO_POOL = 8  # vxlan: UDP sockets (source ports) the flows are spread over when
 POLL_SECONDS = 0.25  # how often a blocked thread notices a stop request
 
 
+RECEIVE_BUFFER = 4 << 20  # bytes of datagrams the kernel keeps while we do not read
+SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; Python's socket module does not name it
+
+
 class Transport:
     """How encapsulated packets leave and arrive (a small conn.Bind).
 
@@ -51,13 +55,20 @@ class Transport:
     kernel's VXLAN included, verify it). DF stays clear and TTL 64, as on the raw path.
     """
 
-    def __init__(self, kind: Encap | str, port: int) -> None:
+    def __init__(self, kind: Encap | str, port: int, rx: socket.socket | None = None) -> None:
+        """rx: the bound socket of the previous `weft run` (weft.dev.handover), whose receive
+        queue holds what peers sent during the hand-over; else a new one is bound."""
         self.encap = as_encap(kind)  # looked up once; the sockets follow its row
         self.port = port
-        self.rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self.rx.bind(("0.0.0.0", port))
+        if rx is None:
+            rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:  # past net.core.rmem_max (CAP_NET_ADMIN): it holds a hand-over's arrivals
+                rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+            except PermissionError:
+                rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            rx.bind(("0.0.0.0", port))
+        self.rx = rx
         self.rx.setblocking(False)
         if self.encap.builds_outer:  # the datagram leaves with the outer IPv4 + UDP it has
             self.tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)

@@ -28,12 +28,15 @@ def link_mac(index: int) -> str:
 
 
 def configure_link(index: int, *, mtu: int, address: IPv4Address | None = None,
-                   mac: str | None = None) -> None:
-    """Set MTU (and MAC), put exactly `address`/32 on the link, bring it up."""
+                   mac: str | None = None, txqlen: int | None = None) -> None:
+    """Set MTU (and MAC, transmit queue length), put exactly `address`/32 on the link, bring
+    it up."""
     with IPRoute() as ipr:
-        changes = {"mtu": mtu}
+        changes: dict = {"mtu": mtu}
         if mac:
             changes["address"] = mac
+        if txqlen:
+            changes["txqlen"] = txqlen
         ipr.link("set", index=index, **changes)
         if address is not None:
             for addr in ipr.get_addr(family=2, index=index):

@@ -105,3 +105,14 @@ def test_unit_compiles_the_data_path_into_its_cache_before_the_daemon_starts():
                  if v.startswith("NUMBA_CACHE_DIR="))
     assert cache.startswith(f"/var/cache/{unit_settings()['CacheDirectory']}/")
     assert "compile" in build_parser()._subparsers._group_actions[0].choices
+
+
+def test_unit_reloads_by_sighup_and_keeps_an_fd_store_weft_is_told_about():
+    """`systemctl reload` is weft's SIGHUP re-exec; `restart` hands the device and socket over
+    through the fd store, which systemd keeps only with FileDescriptorStoreMax= > 0, and which
+    weft uses only when $FDSTORE says it exists (systemd >= 254 sets it; the unit for older)."""
+    unit = unit_settings()
+    assert unit["ExecReload"].split() == ["/bin/kill", "-HUP", "$MAINPID"]
+    store = int(unit["FileDescriptorStoreMax"])
+    assert store >= 2  # a device and a socket per overlay device
+    assert f"FDSTORE={store}" in unit_values("Environment")

@@ -138,6 +138,84 @@ def wait_reachable(ns: str, dst: str, timeout: float = 10.0, step: float = 0.2) 
     return netns.call_in(ns, _wait_reachable, str(dst), timeout, step, timeout=timeout + 10)
 
 
+# -- a steady ping: one echo every few ms until told to stop ----------------------------------
+
+def _steady_ping(dst: str, interval: float, stop_file: str, linger: float,
+                 limit: float) -> dict:
+    """Send an echo every `interval` s until `stop_file` exists (or `limit` s), then wait
+    `linger` s for late replies. Replies are matched by sequence number, so a reply late by
+    seconds (queued during a hand-over) still counts."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    ident = int.from_bytes(os.urandom(2), "big")
+    payload = bytes(56)
+    sent_at: dict[int, float] = {}
+    rtts: dict[int, float] = {}
+    errors = 0
+    start = time.perf_counter()
+    next_send, seq, stop_at = start, 0, start + limit
+    while True:
+        now = time.perf_counter()
+        if now >= next_send and now < stop_at:
+            if os.path.exists(stop_file):
+                stop_at = now
+            else:
+                seq = (seq + 1) & 0xFFFF
+                try:
+                    sock.sendto(_echo(ident, seq, payload), (dst, 0))
+                    sent_at[seq] = now
+                except OSError:
+                    errors += 1
+                next_send += interval
+        if now >= stop_at + linger or (now >= stop_at and len(rtts) == len(sent_at)):
+            break
+        wait = max(0.0, min(next_send, stop_at + linger) - now)
+        if select.select([sock], [], [], wait)[0]:
+            data = sock.recv(65535)
+            got = _reply_seq(data, ident)
+            if got is not None and got in sent_at and got not in rtts:
+                rtts[got] = time.perf_counter() - sent_at[got]
+    sock.close()
+    lost = sorted(set(sent_at) - set(rtts))
+    return {"sent": len(sent_at), "received": len(rtts), "send_errors": errors,
+            "lost": lost[:50], "max_rtt": max(rtts.values(), default=None),
+            "seconds": time.perf_counter() - start}
+
+
+def _reply_seq(data: bytes, ident: int) -> int | None:
+    icmp = data[(data[0] & 0x0F) * 4:]
+    if len(icmp) >= 8 and icmp[0] == ICMP_ECHO_REPLY:
+        their_ident, seq = struct.unpack("!HH", icmp[4:8])
+        if their_ident == ident:
+            return seq
+    return None
+
+
+class SteadyPing:
+    """An echo from `ns` to `dst` every `interval` s (5 ms: a pod's view of a hand-over) until
+    stop(), which returns {sent, received, lost, max_rtt, ...}."""
+
+    def __init__(self, ns: str, dst: str, interval: float = 0.005, limit: float = 600.0,
+                 linger: float = 3.0) -> None:
+        import tempfile
+
+        self._dir = tempfile.mkdtemp(prefix="weft-ping-")
+        self._stop = os.path.join(self._dir, "stop")
+        self._call = netns.spawn_in(ns, _steady_ping, str(dst), interval, self._stop, linger,
+                                    limit)
+        self._timeout = limit + linger + 10
+
+    def stop(self) -> dict:
+        with open(self._stop, "w"):
+            pass
+        try:
+            return self._call.result(timeout=self._timeout)
+        finally:
+            self._call.kill()
+            os.unlink(self._stop)
+            os.rmdir(self._dir)
+
+
 # -- TCP bulk transfer ----------------------------------------------------------------------
 
 _REPORT = struct.Struct("!Q32s")
