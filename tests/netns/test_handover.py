@@ -7,12 +7,10 @@ process reads: the TAP's transmit queue, the UDP socket's receive buffer)."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -21,7 +19,8 @@ from contextlib import contextmanager
 import pytest
 
 from weft.tools.lab import netns, probe
-from weft.tools.lab.cluster import WEFT, Cluster
+from weft.tools.lab.cluster import Cluster
+from weft.tools.lab.systemd_standin import SystemdStandIn
 from weft.tools.lab.topology import Lab
 
 RELOADS = 10
@@ -87,111 +86,10 @@ def test_sighup_reloads_lose_no_ping(cluster: Cluster) -> None:
           f"0 lost, longest RTT {max(there['max_rtt'], back['max_rtt']) * 1e3:.1f} ms")
 
 
-class FakeSystemd:
-    """systemd's side of the notify and fd-store protocols for one service, enough for a
-    restart: a notify socket that keeps FDSTORE=1 descriptors by name (one copy per file, as
-    systemd), and a start that passes them as LISTEN_FDS/LISTEN_FDNAMES at 3, 4, ..."""
-
-    def __init__(self, cluster: Cluster, host: int, max_fds: int = 8) -> None:
-        self.cluster = cluster
-        self.host = host
-        self.max_fds = max_fds
-        # A path, not the abstract namespace: that is per network namespace, and weft runs in
-        # the host's.
-        self.address = str(cluster.dir / f"systemd-notify-{host}")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.address)
-        self.sock.setblocking(False)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self.store: list[tuple[str, int]] = []  # (name, our copy of the fd)
-        self.messages: list[str] = []
-        self.proc: subprocess.Popen | None = None
-
-    def _identity(self, fd: int) -> tuple[int, int]:
-        st = os.fstat(fd)
-        return st.st_dev, st.st_ino
-
-    def drain(self) -> None:
-        while True:
-            try:
-                msg, fds, _flags, _addr = socket.recv_fds(self.sock, 4096, 16)
-            except BlockingIOError:
-                return
-            text = msg.decode()
-            self.messages.append(text)
-            fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-            if fields.get("FDSTOREREMOVE") == "1":
-                for name, fd in [e for e in self.store if e[0] == fields.get("FDNAME")]:
-                    os.close(fd)
-                    self.store.remove((name, fd))
-            for fd in fds:
-                known = {self._identity(f) for _, f in self.store}
-                if fields.get("FDSTORE") != "1" or self._identity(fd) in known \
-                        or len(self.store) >= self.max_fds:
-                    os.close(fd)
-                else:
-                    self.store.append((fields.get("FDNAME", "stored"), fd))
-
-    def start(self) -> None:
-        """ExecStart=: weft run with the stored descriptors at 3, 4, ..."""
-        names = [name for name, _ in self.store]
-        fds = [fd for _, fd in self.store]
-        h = self.cluster.host(self.host)
-
-        def place() -> None:  # in the child, before exec: move the store's fds to 3..
-            netns.enter(h.ns)
-            parked = [fcntl.fcntl(fd, fcntl.F_DUPFD, 200) for fd in fds]  # nothing clobbered
-            for i, fd in enumerate(parked):
-                os.dup2(fd, 3 + i)
-
-        env = {**os.environ, **self.cluster.env, "NOTIFY_SOCKET": self.address,
-               "FDSTORE": str(self.max_fds)}
-        if fds:
-            env.update(LISTEN_FDS=str(len(fds)), LISTEN_FDNAMES=":".join(names))
-        log = open(self.cluster.dir / f"h{self.host}.log", "ab")
-        argv = [*WEFT, "run", "--iface", "eth0", "--subnet-file",
-                str(self.cluster.subnet_file(self.host)), "--control-socket",
-                self.cluster.socket_path(self.host)]
-        # LISTEN_PID must be the child's own PID, known only after fork: a shell sets it.
-        script = 'export LISTEN_PID=$$; exec "$@"' if fds else 'exec "$@"'
-        self.proc = subprocess.Popen(["/bin/sh", "-c", script, "sh", *argv], env=env,
-                                     stdout=log, stderr=log, pass_fds=range(3, 3 + len(fds)),
-                                     preexec_fn=place)
-        h.proc = self.proc
-        self.cluster.lab.procs.append(self.proc)
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.drain()
-            if any(m.startswith("READY=1") for m in self.messages):
-                return
-            assert self.proc is not None and self.proc.poll() is None, \
-                self.cluster.host_log(self.host)[-3000:]
-            time.sleep(0.02)
-        raise AssertionError("no READY=1")
-
-    def restart(self) -> None:
-        """systemctl restart: SIGTERM, wait for exit (the store is kept: a job is queued)."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=30)
-        self.drain()
-        self.messages.clear()
-        self.start()
-        self.wait_ready()
-
-    def close(self) -> None:
-        for _, fd in self.store:
-            os.close(fd)
-        self.store.clear()
-        self.sock.close()
-
-
 def test_restarts_through_systemds_fd_store_lose_no_ping(cluster: Cluster) -> None:
     a, b = cluster.pods()
     cluster.stop_weft(0)
-    systemd = FakeSystemd(cluster, 0)
+    systemd = SystemdStandIn(cluster, 0)
     try:
         systemd.start()
         systemd.wait_ready()
@@ -228,7 +126,7 @@ def test_a_mismatched_descriptor_is_refused_and_closed(cluster: Cluster) -> None
     used: the device is opened anew, the pods still talk, and the descriptor is closed."""
     a, b = cluster.pods()
     cluster.stop_weft(0)
-    systemd = FakeSystemd(cluster, 0)
+    systemd = SystemdStandIn(cluster, 0)
     try:
         bogus = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         name = re.search(r"(?:created|reusing) device (\S+)", cluster.host_log(0)).group(1)
