@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Protocol
 
-from weft.control.config import NetworkConfig
+from weft.control.config import ConfigError, NetworkConfig
 from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
 from weft.control.peer_sync import PeerChanges
@@ -96,6 +96,23 @@ def check_type(backend_type: str) -> None:
         raise BackendError(f"backend type {backend_type!r} is a flannel backend weft does not "
                            f"implement; use one of: {', '.join(sorted(REGISTRY))}")
     raise BackendError(f"unknown backend type: {backend_type}")
+
+
+# Backends that carry an IPv6 half (EnableIPv6), as flannel's: vxlan, host-gw (and wireguard).
+# flannel's udp backend is IPv4 only.
+IPV6_BACKENDS = frozenset({"host-gw", "alloc"})
+
+
+def check_families(config: NetworkConfig) -> None:
+    """ConfigError unless this backend carries the address families the config enables."""
+    if not config.enable_ipv4:
+        raise ConfigError("EnableIPv4 false (an IPv6-only network) is not supported by weft "
+                          "yet; enable IPv4 (dual-stack) or use flanneld")
+    if config.enable_ipv6 and config.backend_type not in IPV6_BACKENDS:
+        raise ConfigError(
+            f"EnableIPv6: backend {config.backend_type!r} carries IPv4 only in weft (flannel's "
+            f"udp is IPv4 only; weft's vxlan has no IPv6 data path yet); use host-gw for "
+            f"dual-stack, or set EnableIPv6 false")
 
 
 def create(config: NetworkConfig, iface: ExternalInterface, options: dict) -> Backend:

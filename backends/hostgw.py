@@ -34,12 +34,13 @@ class HostGwBackend(RepairedBackend):
         if iface.address != iface.public_ip:
             raise BackendError(NAT_ERROR)
         self.iface = iface
+        self.ipv6 = config.enable_ipv6  # a route for each peer's IPv6 half too
         self.mtu = iface.mtu
         self.peers = PeerPrograms("host-gw", self._program_many, self._unprogram_many)
         self._init_repair()
 
     def lease_attrs(self) -> LeaseAttrs:
-        return LeaseAttrs(self.iface.public_ip, backend_type="host-gw")
+        return LeaseAttrs(self.iface.public_ip, self.iface.public_ipv6, backend_type="host-gw")
 
     def start(self, lease: Lease) -> None:
         self.reconciler.start()
@@ -62,26 +63,42 @@ class HostGwBackend(RepairedBackend):
         return Route(lease.subnet, self.iface.index, lease.attrs.public_ip)
 
     def _program_many(self, leases: list[Lease]) -> dict[IPv4Network, str]:
-        """A route per peer via its PublicIP, for peers on our L2 segment (read once a round)."""
+        """A route per peer via its PublicIP (and one for its IPv6 half via its PublicIPv6,
+        as flannel's host-gw), for peers on our L2 segment (read once a round). A peer's two
+        routes succeed or fail together (one batch key)."""
         segments = netlink.connected_networks(self.iface.index)
+        segments_v6 = netlink.connected_networks(self.iface.index, family=10) if self.ipv6 else []
         failures: dict[IPv4Network, str] = {}
         batch = NetlinkBatch()
         for lease in leases:
             if not any(lease.attrs.public_ip in net for net in segments):
-                failures[lease.subnet] = (
-                    f"PublicIP {lease.attrs.public_ip} is not on our L2 segment "
-                    f"({', '.join(map(str, segments)) or 'none'} on {self.iface.name}); host-gw "
-                    f"needs every host on one segment, use vxlan otherwise")
+                failures[lease.subnet] = _off_segment(lease.attrs.public_ip, segments,
+                                                      self.iface.name)
+                continue
+            v6 = self._route_v6(lease)
+            if v6 is not None and not any(v6.gateway in net for net in segments_v6):
+                failures[lease.subnet] = _off_segment(v6.gateway, segments_v6, self.iface.name)
                 continue
             route = self._route(lease)
             batch.route_replace(lease.subnet, route.dst, oif=route.oif, gateway=route.gateway)
+            if v6 is not None:
+                batch.route_replace(lease.subnet, v6.dst, oif=v6.oif, gateway=v6.gateway)
         failures.update(batch.commit())
         return failures
+
+    def _route_v6(self, lease: Lease) -> Route | None:
+        """The route to a peer's IPv6 half, when both sides are dual-stack (a peer whose
+        lease has no IPv6 half is reached over IPv4 only)."""
+        if not self.ipv6 or lease.ipv6_subnet is None or lease.attrs.public_ipv6 is None:
+            return None
+        return Route(lease.ipv6_subnet, self.iface.index, lease.attrs.public_ipv6)
 
     def _unprogram_many(self, leases: list[Lease]) -> dict[IPv4Network, str]:
         batch = NetlinkBatch()
         for lease in leases:
             batch.route_delete(lease.subnet, lease.subnet, oif=self.iface.index)
+            if lease.ipv6_subnet is not None:
+                batch.route_delete(lease.subnet, lease.ipv6_subnet, oif=self.iface.index)
         return batch.commit()
 
     def status(self) -> BackendStatus:
@@ -92,6 +109,12 @@ class HostGwBackend(RepairedBackend):
 
     def close(self) -> None:
         self.reconciler.stop()  # routes stay, as flannel leaves them; a restart replaces them
+
+
+def _off_segment(address: object, segments: list, iface: str) -> str:
+    attached = ", ".join(map(str, segments)) or "none"
+    return (f"PublicIP {address} is not on our L2 segment ({attached} on {iface}); host-gw "
+            f"needs every host on one segment, use vxlan otherwise")
 
 
 def create(config: NetworkConfig, iface: ExternalInterface, options: dict) -> HostGwBackend:

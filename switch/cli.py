@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import time
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from weft import backends
@@ -107,6 +107,9 @@ def _iface_flags(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "--iface-can-reach", type=_optional(IPv4Address),
           help="use the interface the kernel routes this address through (no --iface/-regex)")
     _flag(parser, "--public-ip", type=_optional(IPv4Address), help="IP other hosts reach us at")
+    _flag(parser, "--public-ipv6", type=_optional(IPv6Address),
+          help="IPv6 address other hosts reach us at (EnableIPv6); else the interface's global "
+               "IPv6 address")
 
 
 def _control_flag(parser: argparse.ArgumentParser) -> None:
@@ -563,6 +566,7 @@ def cmd_run(args) -> int:
     options = RunOptions(iface=args.iface or [], iface_regex=args.iface_regex or [],
                          iface_can_reach=args.iface_can_reach,
                          ip_blackhole_route=args.ip_blackhole_route, public_ip=args.public_ip,
+                         public_ipv6=args.public_ipv6,
                          subnet_file=args.subnet_file, ip_masq=args.ip_masq, timing=timing,
                          healthz_ip=args.healthz_ip, healthz_port=args.healthz_port,
                          control_socket=args.control_socket or None,

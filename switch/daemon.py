@@ -10,13 +10,14 @@ is unprogrammed only once its lease stayed gone for a grace period (PeerSync).
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import random
 import threading
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from weft import backends
@@ -61,6 +62,7 @@ class RunOptions:
     iface_can_reach: IPv4Address | None = None
     ip_blackhole_route: bool = False
     public_ip: IPv4Address | None = None
+    public_ipv6: IPv6Address | None = None  # --public-ipv6 (EnableIPv6)
     subnet_file: str = subnet_env.DEFAULT_PATH
     ip_masq: bool = False
     timing: LeaseTiming = field(default_factory=LeaseTiming)
@@ -188,10 +190,14 @@ class Daemon:
         if self.config is None:
             return 0
         backends.check_type(self.config.backend_type)
+        backends.check_families(self.config)
         iface = find_external_interface(self.options.iface, self.options.public_ip,
-                                        self.options.iface_regex, self.options.iface_can_reach)
-        log.info("using interface %s (index %d), PublicIP %s", iface.name, iface.index,
-                 iface.public_ip)
+                                        self.options.iface_regex, self.options.iface_can_reach,
+                                        ipv6=self.config.enable_ipv6,
+                                        public_ipv6=self.options.public_ipv6)
+        log.info("using interface %s (index %d), PublicIP %s%s", iface.name, iface.index,
+                 iface.public_ip, f", PublicIPv6 {iface.public_ipv6}" if iface.public_ipv6
+                 else "")
         self.backend = backends.create(self.config, iface, {
             **self.options.backend_options, "inherited": self.options.inherited})
         code = 1
@@ -209,11 +215,11 @@ class Daemon:
     def _serve(self, backend: backends.Backend) -> int:
         assert self.config is not None
         timing = self.options.timing
-        previous = subnet_env.read_previous_subnet(self.options.subnet_file)
+        previous, previous_v6 = subnet_env.read_previous_subnets(self.options.subnet_file)
         self.notifier.status("acquiring a subnet lease")
         acquired = self._retry_unreachable(
-            "acquiring a subnet lease", acquire_lease, self.registry, self.config,
-            backend.lease_attrs(), previous, timing, self.rng)
+            "acquiring a subnet lease", functools.partial(acquire_lease, previous_v6=previous_v6),
+            self.registry, self.config, backend.lease_attrs(), previous, timing, self.rng)
         if acquired is None:
             return 0
         self.lease = acquired.lease
@@ -333,7 +339,8 @@ class Daemon:
         old = keeper.lease
         try:
             keeper.lease = self.registry.update_lease(old.subnet, attrs, self.options.timing.ttl,
-                                                      old_lease_id=old.etcd_lease_id)
+                                                      old_lease_id=old.etcd_lease_id,
+                                                      ipv6_subnet=old.ipv6_subnet)
         except RegistryUnavailable as exc:  # retried on the next turn of the loop
             log.warning("republishing lease %s failed: %s; retrying", old.subnet, exc)
             self.unpublished = attrs

@@ -4,7 +4,7 @@ An operator replacing flanneld keeps the unit file. Two rules decide whether a f
 implement stops `weft run` (exit 2, "not supported (yet) by weft: ..."):
 
 - a value that asks for something weft does not do stops it: silently running without what the
-  unit asked for (an IPv6 PublicIP, the Kubernetes subnet manager) would be worse;
+  unit asked for (the Kubernetes subnet manager) would be worse;
 - flanneld's own default, or a value that asks for exactly what weft does, is accepted: units
   often spell defaults out (`-kube-subnet-mgr=false`), and refusing them would only make the
   operator edit a line that changes nothing. Such a value is logged once at start (notices())
@@ -40,7 +40,6 @@ class Unsupported:
 
 
 UNSUPPORTED = (
-    Unsupported("public-ipv6", str, ("",), "IPv6 (weft carries IPv4 only)"),
     Unsupported("kube-subnet-mgr", go_bool, (False,),
                 "the Kubernetes subnet manager (weft takes leases from etcd)"),
 )

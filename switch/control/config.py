@@ -115,14 +115,14 @@ def parse_config(text: str | bytes) -> NetworkConfig:
 def _bool(fields: dict[str, Any], name: str, default: bool) -> bool:
     value = fields.get(name, default)
     if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be true or false, not {json.dumps(value)}")
+        raise ConfigError(f"{name} must be true or false, not {_shown(value)}")
     return value
 
 
 def _int(fields: dict[str, Any], name: str) -> int:
     value = fields.get(name, 0)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{name} must be a non-negative integer, not {json.dumps(value)}")
+        raise ConfigError(f"{name} must be a non-negative integer, not {_shown(value)}")
     return value
 
 
@@ -136,7 +136,7 @@ def _network(fields: dict[str, Any], family: _Family) -> IPv4Network | IPv6Netwo
         return family.network(str(value), strict=False)
     except ValueError:
         raise ConfigError(
-            f"invalid {name} {json.dumps(value)}: expected an {family.name} CIDR such as "
+            f"invalid {name} {_shown(value)}: expected an {family.name} CIDR such as "
             f"{family.example}"
         ) from None
 
@@ -148,7 +148,7 @@ def _address(fields: dict[str, Any], name: str, kind: type) -> Any:
     try:
         return kind(str(value))
     except ValueError:
-        raise ConfigError(f"invalid {name} {json.dumps(value)}: expected an address") from None
+        raise ConfigError(f"invalid {name} {_shown(value)}: expected an address") from None
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ def _backend(value: Any) -> tuple[str, dict[str, Any]]:
     if value is None:
         return "udp", {}  # flannel's code default, whatever its docs say
     if not isinstance(value, dict):
-        raise ConfigError(f"error decoding Backend property of config: {json.dumps(value)}")
+        raise ConfigError(f"error decoding Backend property of config: {_shown(value)}")
     backend_type = ""
     for key, item in value.items():
         if key.lower() == "type":

@@ -195,8 +195,9 @@ class EtcdRegistry:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lease-ttl") as pool:
             return list(pool.map(one, leases))
 
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease | None:
-        key = self.subnets_prefix + subnet_key(subnet)
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int,
+                     ipv6_subnet: IPv6Network | None = None) -> Lease | None:
+        key = self.subnets_prefix + subnet_key(subnet, ipv6_subnet)
         grant = self._call(self.client.lease, ttl)
         tx = self.client.transactions
         ok, _ = self._call(
@@ -208,10 +209,13 @@ class EtcdRegistry:
         if not ok:
             self._call(self.client.revoke_lease, grant.id)
             return None
-        return Lease(subnet, attrs, expiration=time.time() + ttl, etcd_lease_id=grant.id)
+        return Lease(subnet, attrs, ipv6_subnet, expiration=time.time() + ttl,
+                     etcd_lease_id=grant.id)
 
-    def get_lease(self, subnet: IPv4Network) -> Lease | None:
-        value, meta = self._call(self.client.get, self.subnets_prefix + subnet_key(subnet))
+    def get_lease(self, subnet: IPv4Network,
+                  ipv6_subnet: IPv6Network | None = None) -> Lease | None:
+        value, meta = self._call(self.client.get,
+                                 self.subnets_prefix + subnet_key(subnet, ipv6_subnet))
         if value is None:
             return None
         # No TTL lookup: callers need who holds the key, and a second request per check of
@@ -220,14 +224,14 @@ class EtcdRegistry:
         return None if lease is None else replace(lease, etcd_lease_id=meta.lease_id)
 
     def update_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int,
-                     old_lease_id: int = 0) -> Lease:
+                     old_lease_id: int = 0, ipv6_subnet: IPv6Network | None = None) -> Lease:
         """Grant a fresh etcd lease and put the value with it, only while the key is ours.
 
         Read the key, decide (absent or `is_ours`), then put in a transaction comparing the
         key's mod revision (or its absence) with what was read: another host's create between
         the read and the put makes the transaction fail, and the key is read again.
         """
-        key = self.subnets_prefix + subnet_key(subnet)
+        key = self.subnets_prefix + subnet_key(subnet, ipv6_subnet)
         grant = self._call(self.client.lease, ttl)
         tx = self.client.transactions
         for _ in range(_CAS_ATTEMPTS):
@@ -247,7 +251,8 @@ class EtcdRegistry:
                 if old_lease_id and old_lease_id != grant.id:
                     # The key moved to the new lease; drop the orphan so etcd does not pile them.
                     self._revoke(old_lease_id)
-                return Lease(subnet, attrs, expiration=time.time() + ttl, etcd_lease_id=grant.id)
+                return Lease(subnet, attrs, ipv6_subnet, expiration=time.time() + ttl,
+                             etcd_lease_id=grant.id)
         self._revoke(grant.id)
         raise RegistryUnavailable(f"lease {subnet} kept changing while we renewed it; retrying")
 
@@ -257,8 +262,8 @@ class EtcdRegistry:
         except (grpc.RpcError, etcd_exc.Etcd3Exception) as exc:  # it expires on its own
             log.debug("revoking etcd lease %x: %s", lease_id, describe(exc))
 
-    def delete_lease(self, subnet: IPv4Network) -> None:
-        self._call(self.client.delete, self.subnets_prefix + subnet_key(subnet))
+    def delete_lease(self, subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> None:
+        self._call(self.client.delete, self.subnets_prefix + subnet_key(subnet, ipv6_subnet))
 
     def key_name(self, key: bytes) -> str:
         """The part of a lease key below `<prefix>/subnets/` (the whole key if it is not there)."""

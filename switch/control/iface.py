@@ -6,7 +6,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -25,11 +25,15 @@ class ExternalInterface:
     address: IPv4Address | None  # the interface's own IPv4 address
     mtu: int
     public_ip: IPv4Address  # what peers send to: --public-ip, else the interface address
+    # EnableIPv6: what peers send IPv6 to (--public-ipv6, else the interface's first global
+    # IPv6 address); None in an IPv4-only cluster
+    public_ipv6: IPv6Address | None = None
 
 
 def find_external_interface(
     iface: str | Sequence[str] | None, public_ip: IPv4Address | None,
     iface_regex: Sequence[str] = (), can_reach: IPv4Address | None = None,
+    ipv6: bool = False, public_ipv6: IPv6Address | None = None,
 ) -> ExternalInterface:
     """The interface as flanneld chooses it: the first `--iface` (name or address) that exists,
     else the first interface an `--iface-regex` matches (by address, then by name), else the
@@ -48,6 +52,9 @@ def find_external_interface(
         name = link.get_attr("IFLA_IFNAME")
         mtu = link.get_attr("IFLA_MTU")
         addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=2, index=index)]
+        # Global scope only (RT_SCOPE_UNIVERSE): a link-local fe80:: address reaches no peer.
+        addrs_v6 = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=10, index=index)
+                    if a["scope"] == 0]
     address = IPv4Address(addrs[0]) if addrs else None
     if public_ip is None:
         if address is None:
@@ -55,7 +62,13 @@ def find_external_interface(
                 f"interface {name} has no IPv4 address; give --public-ip or choose another --iface"
             )
         public_ip = address
-    return ExternalInterface(name, index, address, mtu, public_ip)
+    if ipv6 and public_ipv6 is None:
+        if not addrs_v6:
+            raise InterfaceError(f"EnableIPv6: interface {name} has no global IPv6 address; "
+                                 f"give --public-ipv6 or choose another --iface")
+        public_ipv6 = IPv6Address(addrs_v6[0])
+    return ExternalInterface(name, index, address, mtu, public_ip,
+                             public_ipv6 if ipv6 else None)
 
 
 def _first(ipr: IPRoute, candidates: list[str], lookup, flag: str) -> int:

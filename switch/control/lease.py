@@ -43,6 +43,7 @@ class LeaseAttrs:
     public_ipv6: IPv6Address | None = None
     backend_type: str = ""  # "" as flannel's udp backend writes no BackendType
     backend_data: Any = None  # decoded BackendData JSON, key order preserved
+    backend_v6_data: Any = None  # BackendV6Data: the IPv6 half's (vxlan: its own VNI, VtepMAC)
 
     @property
     def effective_backend(self) -> str:
@@ -74,6 +75,9 @@ class LeaseAttrs:
             parts.append(f'"BackendType":{json.dumps(self.backend_type)}')
         if self.backend_data is not None:
             parts.append('"BackendData":' + json.dumps(self.backend_data, separators=(",", ":")))
+        if self.backend_v6_data is not None:
+            parts.append('"BackendV6Data":'
+                         + json.dumps(self.backend_v6_data, separators=(",", ":")))
         return "{" + ",".join(parts) + "}"
 
     @classmethod
@@ -93,7 +97,8 @@ class LeaseAttrs:
         backend_type = fields.get("backendtype") or ""
         if not isinstance(backend_type, str):
             raise LeaseFormatError("lease BackendType is not a string")
-        return cls(public_ip, public_ipv6, backend_type, fields.get("backenddata"))
+        return cls(public_ip, public_ipv6, backend_type, fields.get("backenddata"),
+                   fields.get("backendv6data"))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from typing import NamedTuple
 
 from weft.control.allocator import choose_subnet
@@ -52,6 +52,7 @@ def acquire_lease(
     timing: LeaseTiming,
     rng: random.Random | None = None,
     attempts: int = RACE_ATTEMPTS,
+    previous_v6: IPv6Network | None = None,
 ) -> Acquired:
     """Take a subnet lease for `attrs.public_ip`, retrying with another subnet on a lost race.
 
@@ -64,19 +65,22 @@ def acquire_lease(
     for _ in range(attempts):
         leases, revision = registry.list_leases()
         choice = choose_subnet(config, leases, attrs.public_ip, previous, rng, frozenset(lost),
-                               admit=policy.admit)
+                               admit=policy.admit, previous_v6=previous_v6)
         for stale in choice.stale:
             log.info("deleting our lease %s: it no longer fits the network config", stale.subnet)
-            registry.delete_lease(stale.subnet)
+            registry.delete_lease(stale.subnet, stale.ipv6_subnet)
+        v6 = f" and {choice.ipv6_subnet}" if choice.ipv6_subnet else ""
         if choice.reuse is not None:
-            log.info("found lease %s for our PublicIP %s, reusing", choice.subnet, attrs.public_ip)
+            log.info("found lease %s%s for our PublicIP %s, reusing", choice.subnet, v6,
+                     attrs.public_ip)
             lease = registry.update_lease(
-                choice.subnet, attrs, timing.ttl, old_lease_id=choice.reuse.etcd_lease_id
+                choice.subnet, attrs, timing.ttl, old_lease_id=choice.reuse.etcd_lease_id,
+                ipv6_subnet=choice.ipv6_subnet,
             )
             return Acquired(lease, leases, revision)
-        lease = registry.create_lease(choice.subnet, attrs, timing.ttl)
+        lease = registry.create_lease(choice.subnet, attrs, timing.ttl, choice.ipv6_subnet)
         if lease is not None:
-            log.info("allocated lease %s", lease.subnet)
+            log.info("allocated lease %s%s", lease.subnet, v6)
             return Acquired(lease, leases, revision)
         log.info("another host took %s first; choosing another subnet", choice.subnet)
         lost.add(choice.subnet)
@@ -89,7 +93,8 @@ def acquire_lease(
 def renew_lease(registry: LeaseRegistry, lease: Lease, timing: LeaseTiming) -> Lease:
     """Renew in place; LeaseTaken when another host holds the subnet now."""
     renewed = registry.update_lease(
-        lease.subnet, lease.attrs, timing.ttl, old_lease_id=lease.etcd_lease_id
+        lease.subnet, lease.attrs, timing.ttl, old_lease_id=lease.etcd_lease_id,
+        ipv6_subnet=lease.ipv6_subnet,
     )
     log.info("renewed lease %s for %ds", lease.subnet, timing.ttl)
     return renewed
@@ -113,9 +118,10 @@ def reclaim_lease(registry: LeaseRegistry, lease: Lease, timing: LeaseTiming) ->
     know); another host's -> LeaseTaken, the only case where the lease is really lost.
     """
     for _ in range(RACE_ATTEMPTS):
-        current = registry.get_lease(lease.subnet)
+        current = registry.get_lease(lease.subnet, lease.ipv6_subnet)
         if current is None:
-            created = registry.create_lease(lease.subnet, lease.attrs, timing.ttl)
+            created = registry.create_lease(lease.subnet, lease.attrs, timing.ttl,
+                                            lease.ipv6_subnet)
             if created is not None:
                 log.warning("our lease %s was gone (expired or deleted) and the subnet was "
                             "free: re-created it", lease.subnet)

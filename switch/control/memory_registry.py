@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 from weft.control.config import NetworkConfig, parse_config
 from weft.control.lease import Lease, LeaseAttrs
@@ -152,30 +152,35 @@ class MemoryRegistry:
             self.expire()
             return [entry.lease for entry in self._entries.values()], self.revision
 
-    def get_lease(self, subnet: IPv4Network) -> Lease | None:
+    def get_lease(self, subnet: IPv4Network,
+                  ipv6_subnet: IPv6Network | None = None) -> Lease | None:
         with self._lock:
             self._check_reachable("get")
             self.expire()
             entry = self._entries.get(subnet)
-            return None if entry is None else entry.lease
+            if entry is None or entry.lease.ipv6_subnet != ipv6_subnet:
+                return None  # another key in etcd
+            return entry.lease
 
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease | None:
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int,
+                     ipv6_subnet: IPv6Network | None = None) -> Lease | None:
         with self._lock:
             self._check_reachable("create")
             self.expire()
             if subnet in self._entries:
                 return None
-            return self._put(subnet, attrs, ttl)
+            return self._put(subnet, attrs, ttl, ipv6_subnet)
 
     def update_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int,
-                     old_lease_id: int = 0) -> Lease:
+                     old_lease_id: int = 0, ipv6_subnet: IPv6Network | None = None) -> Lease:
         with self._lock:
             self._check_reachable("renew")
             self.expire()
             entry = self._entries.get(subnet)
             if entry is not None and not is_ours(entry.lease, attrs, old_lease_id):
                 raise LeaseTaken(subnet, entry.lease.attrs)
-            return self._put(subnet, attrs, ttl)  # the old lease id is now attached to nothing
+            # the old lease id is now attached to nothing
+            return self._put(subnet, attrs, ttl, ipv6_subnet)
 
     def put_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
         """A blind put, as etcdctl or a flanneld renewal makes: no check of who holds the key."""
@@ -184,7 +189,7 @@ class MemoryRegistry:
             self.expire()
             return self._put(subnet, attrs, ttl)
 
-    def delete_lease(self, subnet: IPv4Network) -> None:
+    def delete_lease(self, subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> None:
         with self._lock:
             self._check_reachable("delete")
             self.expire()
@@ -211,10 +216,12 @@ class MemoryRegistry:
             self.compacted = max(self.compacted, revision)
             self._history = [event for event in self._history if event.revision >= revision]
 
-    def _put(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
+    def _put(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int,
+             ipv6_subnet: IPv6Network | None = None) -> Lease:
         if ttl <= 0:
             raise RegistryError(f"etcd lease TTL must be positive, not {ttl}")
-        lease = Lease(subnet, attrs, expiration=self.clock() + ttl, etcd_lease_id=next(self._ids))
+        lease = Lease(subnet, attrs, ipv6_subnet, expiration=self.clock() + ttl,
+                      etcd_lease_id=next(self._ids))
         self._record(lease, removed=False)
         return lease
 

@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 from weft.control.lease import Lease
 from weft.control.lease_policy import LeasePolicy
@@ -58,6 +58,8 @@ class PeerSync:
         self.grace = grace
         self.clock = clock
         self.known: set[IPv4Network] = set()  # our peers: subnets handed to the backend
+        # their IPv6 halves, which name their keys in the store together with the subnet
+        self.ipv6_halves: dict[IPv4Network, IPv6Network] = {}
         self.pending: dict[IPv4Network, float] = {}  # subnet -> when its grace runs out
         self.deferred = 0  # removals that waited for the grace (a counter)
         self.cancelled = 0  # ... and were cancelled by the peer coming back
@@ -90,6 +92,11 @@ class PeerSync:
                          subnet, self.grace)
         if added:
             self.known |= {lease.subnet for lease in added}
+            for lease in added:
+                if lease.ipv6_subnet is not None:
+                    self.ipv6_halves[lease.subnet] = lease.ipv6_subnet
+                else:
+                    self.ipv6_halves.pop(lease.subnet, None)
             self.apply(PeerChanges(added=tuple(added)))
 
     def _remove_now(self, subnets: set[IPv4Network]) -> None:
@@ -113,7 +120,7 @@ class PeerSync:
         gone: list[IPv4Network] = []
         for subnet in [s for s, due in self.pending.items() if due <= now]:
             try:
-                current = registry.get_lease(subnet)
+                current = registry.get_lease(subnet, self.ipv6_halves.get(subnet))
             except RegistryUnavailable:
                 # Unknown is not absent: keep the peer and ask again after another grace.
                 self.pending[subnet] = now + self.grace

@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -110,16 +110,21 @@ class LeaseRegistry(Protocol):
         """Current leases and the store revision they were read at."""
         ...
 
-    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease | None:
+    # A dual-stack lease's key names both subnets (10.1.54.0-24&fd10:0:0:3f::-64): the calls
+    # that address one lease take its IPv6 half as well, None for an IPv4-only lease.
+    def create_lease(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int,
+                     ipv6_subnet: IPv6Network | None = None) -> Lease | None:
         """Create atomically; None when somebody else holds the subnet."""
         ...
 
-    def get_lease(self, subnet: IPv4Network) -> Lease | None:
+    def get_lease(self, subnet: IPv4Network,
+                  ipv6_subnet: IPv6Network | None = None) -> Lease | None:
         """The lease stored for `subnet` now, or None."""
         ...
 
     def update_lease(
-        self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int, old_lease_id: int = 0
+        self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int, old_lease_id: int = 0,
+        ipv6_subnet: IPv6Network | None = None,
     ) -> Lease:
         """Renew a lease we own with a fresh TTL, atomically and only while it is ours.
 
@@ -129,7 +134,8 @@ class LeaseRegistry(Protocol):
         """
         ...
 
-    def delete_lease(self, subnet: IPv4Network) -> None: ...
+    def delete_lease(self, subnet: IPv4Network,
+                     ipv6_subnet: IPv6Network | None = None) -> None: ...
 
     def watch_leases(
         self,

@@ -7,7 +7,7 @@ the host's namespace, and programming happens on lease events only, never per pa
 from __future__ import annotations
 
 import errno
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -76,11 +76,12 @@ def neigh_delete(ip: IPv4Address, *, ifindex: int) -> None:
         _ignore_missing(ipr.neigh, "del", dst=str(ip), ifindex=ifindex)
 
 
-def connected_networks(index: int) -> list[IPv4Network]:
-    """The IPv4 networks directly attached to a link: who is on our L2 segment."""
+def connected_networks(index: int, family: int = 2) -> list[IPv4Network | IPv6Network]:
+    """The networks (IPv4, or IPv6 with family=10) directly attached to a link: who is on our
+    L2 segment. IPv6 link-local (fe80::/64) is left out: no peer publishes such an address."""
     with IPRoute() as ipr:
-        return [IPv4Network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False)
-                for a in ipr.get_addr(family=2, index=index)]
+        return [ip_network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False)
+                for a in ipr.get_addr(family=family, index=index) if a["scope"] == 0]
 
 
 def _ignore_exists(fn, *args, **kwargs) -> None:

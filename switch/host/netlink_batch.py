@@ -19,7 +19,7 @@ import os
 import socket
 import struct
 from collections.abc import Hashable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from weft.host.rtnl import (
     GONE,
@@ -66,7 +66,7 @@ def _attr(kind: int, payload: bytes) -> bytes:
     return RTATTR.pack(size, kind) + payload + b"\0" * (nlmsg_align(size) - size)
 
 
-def _ip(addr: IPv4Address) -> bytes:
+def _ip(addr: IPv4Address | IPv6Address) -> bytes:
     return addr.packed
 
 
@@ -91,23 +91,26 @@ class NetlinkBatch:
         body = NDMSG.pack(socket.AF_INET, ifindex, 0, 0, 0)
         self._add(RTM_DELNEIGH, 0, body + _attr(NDA_DST, _ip(ip)), key, missing_ok=True)
 
-    def route_replace(self, key: Hashable, dst: IPv4Network, *, oif: int,
-                      gateway: IPv4Address | None = None, onlink: bool = False) -> None:
+    def route_replace(self, key: Hashable, dst: IPv4Network | IPv6Network, *, oif: int,
+                      gateway: IPv4Address | IPv6Address | None = None,
+                      onlink: bool = False) -> None:
         body = self._rtmsg(dst, RTN_UNICAST, RTNH_F_ONLINK if onlink else 0)
         body += _attr(RTA_DST, _ip(dst.network_address)) + _attr(RTA_OIF, struct.pack("=i", oif))
         if gateway is not None:
             body += _attr(RTA_GATEWAY, _ip(gateway))
         self._add(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body, key)
 
-    def route_delete(self, key: Hashable, dst: IPv4Network, *, oif: int | None = None) -> None:
+    def route_delete(self, key: Hashable, dst: IPv4Network | IPv6Network, *,
+                     oif: int | None = None) -> None:
         body = self._rtmsg(dst, 0, 0) + _attr(RTA_DST, _ip(dst.network_address))
         if oif is not None:
             body += _attr(RTA_OIF, struct.pack("=i", oif))
         self._add(RTM_DELROUTE, 0, body, key, missing_ok=True)
 
     @staticmethod
-    def _rtmsg(dst: IPv4Network, kind: int, flags: int) -> bytes:
-        return RTMSG.pack(socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC,
+    def _rtmsg(dst: IPv4Network | IPv6Network, kind: int, flags: int) -> bytes:
+        family = socket.AF_INET6 if dst.version == 6 else socket.AF_INET  # the address's own
+        return RTMSG.pack(family, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC,
                           RT_SCOPE_UNIVERSE, kind, flags)
 
     def _add(self, kind: int, flags: int, body: bytes, key: Hashable,

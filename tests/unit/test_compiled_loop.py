@@ -234,6 +234,10 @@ def plain_device(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(mode_fallback, "open_device",
                         lambda name, tap, offload: (FakeDevice(), Mode(PLAIN, "test")))
+    # The ladder is under test, not the cold start (test_compile_job, netns/test_cold_start):
+    # the cache counts as compiled, and nothing is preloaded behind the test's back.
+    monkeypatch.setattr(mode_fallback.compile_job, "is_compiled", lambda stage="loops": True)
+    monkeypatch.setattr(mode_fallback, "_preload_loops", lambda: None)
 
 
 def _pipeline() -> Pipeline:

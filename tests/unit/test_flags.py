@@ -125,7 +125,6 @@ def test_empty_public_ip_means_unset():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["-public-ipv6=fd00::1"], "not supported (yet) by weft: --public-ipv6=fd00::1"),
     (["-kube-subnet-mgr"], "not supported (yet) by weft: --kube-subnet-mgr=true"),
 ])
 def test_unimplemented_flags_exit_2_with_the_reason(capsys, argv, message):
@@ -133,8 +132,17 @@ def test_unimplemented_flags_exit_2_with_the_reason(capsys, argv, message):
 
 
 def test_unimplemented_flag_from_flanneld_env_exits_2(monkeypatch, capsys):
-    monkeypatch.setenv("FLANNELD_PUBLIC_IPV6", "fd00::1")
-    assert "not supported (yet) by weft: --public-ipv6" in usage_error(capsys, "run")
+    monkeypatch.setenv("FLANNELD_KUBE_SUBNET_MGR", "true")
+    assert "not supported (yet) by weft: --kube-subnet-mgr" in usage_error(capsys, "run")
+
+
+def test_public_ipv6_is_an_ipv6_address_or_unset(monkeypatch, capsys):
+    assert str(parse("run", "-public-ipv6=fd00::1").public_ipv6) == "fd00::1"
+    assert parse("run", "-public-ipv6=").public_ipv6 is None
+    monkeypatch.setenv("FLANNELD_PUBLIC_IPV6", "fd00::2")
+    assert str(parse("run").public_ipv6) == "fd00::2"
+    monkeypatch.delenv("FLANNELD_PUBLIC_IPV6")
+    assert "--public-ipv6" in usage_error(capsys, "run", "-public-ipv6=10.0.0.1")
 
 
 def test_flanneld_defaults_of_unimplemented_flags_start():

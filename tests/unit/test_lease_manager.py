@@ -102,11 +102,11 @@ class RacingRegistry(MemoryRegistry):
         self.losses = losses
         self.lost: list[IPv4Network] = []
 
-    def create_lease(self, subnet, attrs, ttl):
+    def create_lease(self, subnet, attrs, ttl, ipv6_subnet=None):
         if len(self.lost) < self.losses:
             self.lost.append(subnet)
-            assert super().create_lease(subnet, OTHER, ttl) is not None
-        return super().create_lease(subnet, attrs, ttl)
+            assert super().create_lease(subnet, OTHER, ttl, ipv6_subnet) is not None
+        return super().create_lease(subnet, attrs, ttl, ipv6_subnet)
 
 
 def test_lost_race_is_retried_with_another_subnet(caplog):
@@ -208,9 +208,9 @@ def test_reclaim_that_loses_the_create_race_reads_again(reg, clock):
     clock.advance(TIMING.ttl)
     real_create = reg.create_lease
 
-    def racing_create(subnet, attrs, ttl):  # another host creates between our read and ours
-        real_create(subnet, OTHER, ttl)
-        return real_create(subnet, attrs, ttl)
+    def racing_create(subnet, attrs, ttl, ipv6_subnet=None):  # another host's create first
+        real_create(subnet, OTHER, ttl, ipv6_subnet)
+        return real_create(subnet, attrs, ttl, ipv6_subnet)
 
     reg.create_lease = racing_create
     with pytest.raises(LeaseTaken):

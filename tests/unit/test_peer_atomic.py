@@ -27,7 +27,7 @@ from weft.packet.table import PeerTable
 NETWORK = IPv4Network("10.1.0.0/16")
 INDEX = 7  # the device (vxlan) or external interface (host-gw) the fake kernel routes through
 MAC = "7e:81:33:71:e9:51"
-NETWORK_CONFIG = SimpleNamespace(network=NETWORK, subnet_len=24)
+NETWORK_CONFIG = SimpleNamespace(network=NETWORK, subnet_len=24, enable_ipv6=False)
 
 
 @pytest.fixture
