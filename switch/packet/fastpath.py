@@ -427,6 +427,9 @@ def vxlan_egress(n: int, b: BatchArrays, peers: PeerArrays, state: PipelineState
     """Encapsulate the n Ethernet frames read from the TAP into b's rows; returns how many are
     FORWARD."""
     n, cap = _batch_rows(n, b)
+    # Each field once, here, and the arrays to the per-row helper: a field read inside a
+    # function called per row costs a reference count increment and decrement per packet
+    # (measured 10-30% more ns/packet when the helpers took the groups). So in all four.
     bufs, lens, cfg, counters = b.bufs, b.lens, state.cfg, state.counters
     present, public_ip, vtep_mac = peers.present, peers.public_ip, peers.vtep_mac
     ip_id = np.int64(counters[PATH_VXLAN_EGRESS, SLOT_IP_ID])
