@@ -23,7 +23,6 @@ from __future__ import annotations
 import struct
 import sys
 import time
-from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -34,7 +33,6 @@ from weft.observe.tracehub import FilterError, event_frames, parse_filter
 from weft.packet import fastpath_twin
 from weft.packet.batch import Batch
 from weft.packet.counters import SLOT_IP_ID
-from weft.packet.encap import UDP, VXLAN
 from weft.packet.reasons import Reason, Verdict, reason_name
 from weft.packet.slowpath import describe
 from weft.packet.table import CFG_LOCAL_INDEX, CFG_PORT, CFG_VNI
@@ -168,24 +166,11 @@ def lookups(flow: dict, inp: TraceInput, host: OfflineHost) -> list[dict]:
     return out
 
 
-TwinStep = Callable[[Any, bytes, int], fastpath_twin.StepResult]  # (pipeline, data, sender)
-
-# backend type -> the twin steps (egress, ingress) of its kernels, called alike. Here rather than
-# in weft.packet.encap, which imports nothing of weft (doctor and the CLI read it cheaply).
-TWIN_STEPS: dict[str, tuple[TwinStep, TwinStep]] = {
-    VXLAN.backend: (
-        lambda pl, data, _src: fastpath_twin.vxlan_egress(  # the IP ID the kernel would give next
-            data, pl.cfg, pl.table, int(pl.counters[pl.path_egress, SLOT_IP_ID])),
-        lambda pl, data, src: fastpath_twin.vxlan_ingress(data, src, pl.cfg, pl.table)),
-    UDP.backend: (
-        lambda pl, data, _src: fastpath_twin.udp_egress(data, pl.cfg, pl.table),
-        lambda pl, data, src: fastpath_twin.udp_ingress(data, src, pl.cfg, pl.table)),
-}
-
-
 def _run_twin(pl, data: bytes, inp: TraceInput) -> fastpath_twin.StepResult:
-    egress, ingress = TWIN_STEPS[pl.encap.backend]
-    return (egress if inp.direction == "egress" else ingress)(pl, data, inp.src_ip)
+    steps = fastpath_twin.TWIN_STEPS[pl.encap]
+    if inp.direction == "egress":  # the IP ID the kernel would give next
+        return steps.egress(data, pl.cfg, pl.table, int(pl.counters[pl.path_egress, SLOT_IP_ID]))
+    return steps.ingress(data, inp.src_ip, pl.cfg, pl.table)
 
 
 def _run_kernel(pl, data: bytes, inp: TraceInput) -> tuple[int, int, bytes, int]:

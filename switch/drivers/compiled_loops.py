@@ -135,11 +135,11 @@ def _send_whole(p, io, peers, state, got):
     """
     stats = io.stats
     if p.code == _VXLAN:
-        t = encap_super(io.sup, got, io.probe, state.cfg, peers.present, peers.public_ip,
-                        peers.vtep_mac, state.counters, p.tnl_mac, io.tnl_info)
+        t = encap_super(io.sup, got, io.probe, state.cfg, peers, state.counters, p.tnl_mac,
+                        io.tnl_info)
     else:
-        t = encap_super_udp(io.sup, got, io.probe, state.cfg, peers.present, peers.public_ip,
-                            state.counters, p.tnl_mac, io.tnl_info)
+        t = encap_super_udp(io.sup, got, io.probe, state.cfg, peers, state.counters, p.tnl_mac,
+                            io.tnl_info)
     if t <= 0:
         return 0
     while True:
@@ -356,11 +356,10 @@ def _write_whole(p, io, gi, peers, state):
     view = p.rx_view  # where the virtio header goes in the receive row
     if p.code == _VXLAN:
         t = decap_super(io.gro[gi, view:], io.gro_len[gi], io.gro_src[gi], io.probe, state.cfg,
-                        peers.present, peers.public_ip, peers.sender_keys, io.tnl_info)
+                        peers, io.tnl_info)
     else:
         t = decap_super_udp(io.gro[gi, view:], io.gro_len[gi], io.gro_src[gi], io.probe,
-                            state.cfg, peers.present, peers.public_ip, peers.sender_keys,
-                            io.tnl_info)
+                            state.cfg, peers, io.tnl_info)
     if t <= 0:
         return 0
     r = write_one(p.dev_fd, io.gro.ctypes.data + gi * io.gro.strides[0] + view, t, stats)

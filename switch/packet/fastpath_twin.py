@@ -2,19 +2,23 @@
 
 Each twin takes the same inputs as its kernel (packet bytes, the `cfg` array, the PeerTable)
 and returns the same verdict, reason and output bytes, plus the header fields it wrote, so
-`weft trace` can explain a packet step by step. Tests hold twins and kernels byte-for-byte
+`weft trace` can explain a packet step by step. TWIN_STEPS gives an encapsulation's two twins
+by its row (weft.packet.encap), called alike. Tests hold twins and kernels byte-for-byte
 equal; when they disagree, this file is the specification.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import NamedTuple
 
 import numpy as np
 
 from weft.packet.checksum import fold16, inet_checksum, sum16
+from weft.packet.encap import UDP, VXLAN, Encap
 from weft.packet.fastpath import FLOW_SEED, OUTER_TTL, SRC_PORT_MAX, SRC_PORT_MIN
 from weft.packet.headers import (
     ETH_ALEN,
@@ -435,3 +439,26 @@ def udp_ingress(packet: bytes, src_ip: int, cfg: np.ndarray, table: PeerTable) -
         return _drop(Reason.TTL_EXCEEDED, packet)
     out, fields = _decrement_ttl(packet)
     return StepResult(Verdict.FORWARD, Reason.OK, out, peer, 0, fields)
+
+
+# ---- the twins of an encapsulation, by its row ------------------------------------------------
+
+
+class TwinSteps(NamedTuple):
+    """The twins of one encapsulation's egress and ingress kernels, with one signature each."""
+
+    # (frame or packet from the device, cfg, table, the outer IP ID the kernel would give next)
+    egress: Callable[[bytes, np.ndarray, PeerTable, int], StepResult]
+    # (payload or packet from a peer, that peer's PublicIP, cfg, table)
+    ingress: Callable[[bytes, int, np.ndarray, PeerTable], StepResult]
+
+
+def _udp_egress_step(packet: bytes, cfg: np.ndarray, table: PeerTable, _ip_id: int) -> StepResult:
+    return udp_egress(packet, cfg, table)  # the UDP socket numbers the outer IP IDs, not the step
+
+
+# encapsulation row -> its twins: what `weft trace` runs and what the kernels are held to.
+TWIN_STEPS: dict[Encap, TwinSteps] = {
+    VXLAN: TwinSteps(vxlan_egress, vxlan_ingress),
+    UDP: TwinSteps(_udp_egress_step, udp_ingress),
+}

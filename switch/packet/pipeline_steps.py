@@ -6,8 +6,9 @@ there is one dispatch from an encapsulation (the code of its weft.packet.encap r
 kernel, and DROP reasons are counted in one place, once.
 
 The arrays travel in named groups (NamedTuples, which numba types by class and field): a batch,
-the peer table, and the pipeline's state. Two groups cannot be swapped without a typing error,
-and inside a group every array is read by its name, not by its position.
+the peer table, and the pipeline's state. The steps hand them on to the kernels (fastpath) as
+they are, so from the compiled loops down to the per-packet helpers two groups cannot be swapped
+without a typing error, and inside a group every array is read by its name, not its position.
 """
 
 from __future__ import annotations
@@ -91,13 +92,9 @@ def _tally(n, verdict, reason, drops):
 def egress(code, n, b, peers, state):
     """Packets from our pods in rows 0..n-1 -> encapsulated; returns (# FORWARD, # SLOW)."""
     if code == _VXLAN:
-        fastpath.vxlan_egress(b.bufs, b.lens, n, b.out_off, b.out_len, b.verdict, b.reason,
-                              b.dst_ip, state.cfg, peers.present, peers.public_ip,
-                              peers.vtep_mac, state.counters)
+        fastpath.vxlan_egress(n, b, peers, state)
     else:
-        fastpath.udp_egress(b.bufs, b.lens, n, b.out_off, b.out_len, b.verdict, b.reason,
-                            b.dst_ip, state.cfg, peers.present, peers.public_ip,
-                            state.counters)
+        fastpath.udp_egress(n, b, peers, state)
     return _tally(n, b.verdict, b.reason, state.drops[EGRESS])
 
 
@@ -105,11 +102,7 @@ def egress(code, n, b, peers, state):
 def ingress(code, n, b, peers, state):
     """Payloads from peers (b.src_ip) -> inner frames/packets; returns (# FORWARD, # SLOW)."""
     if code == _VXLAN:
-        fastpath.vxlan_ingress(b.bufs, b.lens, b.src_ip, n, b.out_off, b.out_len, b.verdict,
-                               b.reason, b.dst_ip, state.cfg, peers.present, peers.public_ip,
-                               peers.sender_keys, state.counters)
+        fastpath.vxlan_ingress(n, b, peers, state)
     else:
-        fastpath.udp_ingress(b.bufs, b.lens, b.src_ip, n, b.out_off, b.out_len, b.verdict,
-                             b.reason, b.dst_ip, state.cfg, peers.present, peers.public_ip,
-                             peers.sender_keys, state.counters)
+        fastpath.udp_ingress(n, b, peers, state)
     return _tally(n, b.verdict, b.reason, state.drops[INGRESS])

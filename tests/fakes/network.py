@@ -11,6 +11,8 @@ import struct
 from ipaddress import IPv4Address
 
 from fakes.packets import internet_checksum
+from weft.packet.encap import Encap, as_encap
+from weft.packet.headers import IPV4_UDP_HLEN
 
 WAIT = 10.0  # seconds a blocking receive waits before the test fails instead of hanging
 
@@ -46,24 +48,26 @@ def free_port(*addresses: str) -> int:
 class LoopbackTransport:
     """What weft.drivers.pyloop.Transport is to a driver (rx, tx, send, close), on loopback.
 
-    udp: one socket bound to (address, port) receives and sends, flannel's datagram from port
-    to port, exactly as Transport does. vxlan: the pipeline writes the whole outer IPv4/UDP
-    header and Transport sends it through a raw socket, which needs root; here `send` checks
-    that header as the path would (lengths, the IPv4 checksum, the UDP checksum when set, our
+    It decides by the encapsulation's row (weft.packet.encap), as Transport does. A step that
+    leaves the outer headers to the socket (udp: not builds_outer): one socket bound to
+    (address, port) receives and sends, flannel's datagram from port to port, exactly as
+    Transport does. A step that builds them (vxlan): the pipeline writes the whole outer
+    IPv4/UDP header and Transport sends it through a raw socket, which needs root; here `send`
+    checks that header as the path would (lengths, the IPv4 checksum, the UDP checksum when set, our
     own address as the source) and sends the UDP payload from that source to the header's
     destination address and port, where the peer's socket receives it as from the kernel's
     VXLAN. What the path would drop is dropped, and why is kept in `refused`; what it
     carried is kept in `carried` (UDP payloads, as the peer receives them).
     """
 
-    def __init__(self, kind: str, address: str, port: int) -> None:
-        self.kind = kind
+    def __init__(self, kind: Encap | str, address: str, port: int) -> None:
+        self.encap = as_encap(kind)
         self.address = address
         self.port = port
         self.rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.rx.bind((address, port))
         self.rx.setblocking(False)
-        if kind == "udp":
+        if not self.encap.builds_outer:
             self.tx = self.rx
         else:
             self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -74,7 +78,7 @@ class LoopbackTransport:
     def send(self, data, dst_ip: int) -> None:
         dst = str(IPv4Address(dst_ip))
         packet = bytes(data)
-        if self.kind == "udp":
+        if not self.encap.builds_outer:
             self.carried.append(packet)
             self.tx.sendto(packet, (dst, self.port))
             return
@@ -82,8 +86,9 @@ class LoopbackTransport:
         if problem:
             self.refused.append(problem)
             return
-        self.carried.append(packet[28:])
-        self.tx.sendto(packet[28:], (dst, struct.unpack_from("!H", packet, 22)[0]))
+        payload = packet[IPV4_UDP_HLEN:]
+        self.carried.append(payload)
+        self.tx.sendto(payload, (dst, struct.unpack_from("!H", packet, 22)[0]))
 
     def _outer_problem(self, packet: bytes, dst: str) -> str:
         """Why the outer IPv4/UDP header would not get this datagram delivered ("" if fine)."""

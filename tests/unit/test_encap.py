@@ -77,9 +77,9 @@ def test_the_pcap_link_type_of_each_device_is_the_one_it_carries():
 
 
 def test_every_encapsulation_has_its_twin_steps():
-    from weft.tools.trace import TWIN_STEPS
+    from weft.packet.fastpath_twin import TWIN_STEPS
 
-    assert set(TWIN_STEPS) == set(ENCAPS)
+    assert set(TWIN_STEPS) == set(ENCAPS.values())
 
 
 # -- no decision by the backend's name outside the table --------------------------------------
@@ -98,8 +98,8 @@ NOT_AN_ENCAP = {
 
 def _owned_sources() -> dict[str, Path]:
     """The files that act on an encapsulation: tools, observe, the slow path, the pipeline, the
-    compiled steps, the drivers and the userspace backends (registration, lease JSON and config
-    parsing name types by string)."""
+    compiled steps, the drivers, the userspace backends (registration, lease JSON and config
+    parsing name types by string) and the tests' fakes."""
     switch = Path(weft.__file__).parent
     tools = Path(weft.tools.__file__).parent
     backends_dir = Path(backends.__file__).parent
@@ -110,6 +110,8 @@ def _owned_sources() -> dict[str, Path]:
     files |= {f"drivers/{p.name}": p for p in (switch / "drivers").glob("*.py")}
     files |= {f"backends/{name}": backends_dir / name for name in ("vxlan.py", "udp.py",
                                                                   "overlay.py")}
+    fakes = Path(__file__).parents[1] / "fakes"  # the tests' stand-ins for the driver's sockets
+    files |= {f"tests/fakes/{p.name}": p for p in fakes.glob("*.py")}
     return files
 
 
@@ -152,7 +154,7 @@ def test_nothing_decides_by_the_backends_name_outside_the_encap_table():
     sources = _owned_sources()
     assert len(sources) > 30  # the scan sees the tree, not an empty glob
     assert {"drivers/compiled_loops.py", "drivers/pyloop.py", "drivers/udpgso.py",
-            "packet/pipeline_steps.py"} <= set(sources)
+            "packet/pipeline_steps.py", "tests/fakes/network.py"} <= set(sources)
     found = {(name, text) for name, path in sources.items()
              for text in encap_name_comparisons(path.read_text())}
     assert found == NOT_AN_ENCAP

@@ -59,8 +59,7 @@ def kernel(p: Pipeline, data: bytes) -> tuple[bytes | None, np.ndarray, bytes]:
     probe = np.zeros(BUFSIZE, np.uint8)
     info = np.zeros(tunnel.INFO_SIZE, np.int64)
     before = sup.copy()
-    t = tunnel.encap_super(sup, len(data), probe, p.cfg, p.table.present,
-                           p.table.public_ip, p.table.vtep_mac, p.counters,
+    t = tunnel.encap_super(sup, len(data), probe, p.cfg, p.peers, p.counters,
                            int.from_bytes(TX_MAC, "big"), info)
     if t == 0:
         assert (sup == before).all()
@@ -202,8 +201,7 @@ def test_probe_row_too_small_is_left_alone() -> None:
     sup[SUP_HEAD : SUP_HEAD + len(data)] = np.frombuffer(data, np.uint8)
     info = np.zeros(tunnel.INFO_SIZE, np.int64)
     t = tunnel.encap_super(sup, len(data), np.zeros(HEADROOM + 500, np.uint8), p.cfg,
-                           p.table.present, p.table.public_ip, p.table.vtep_mac,
-                           p.counters, 1, info)
+                           p.peers, p.counters, 1, info)
     assert t == 0
 
 
@@ -229,7 +227,7 @@ def kernel_decap(p: Pipeline, datagram: bytes, sender: int = PEER_IP):
     before = msg.copy()
     info = np.zeros(tunnel.INFO_SIZE, np.int64)
     t = tunnel.decap_super(msg, len(datagram), sender, np.zeros(BUFSIZE, np.uint8), p.cfg,
-                           p.table.present, p.table.public_ip, p.table.sender_keys, info)
+                           p.peers, info)
     if t == 0:
         assert (msg == before).all()
         return None, info
@@ -305,9 +303,8 @@ def kernel_udp(p: Pipeline, data: bytes) -> tuple[bytes | None, np.ndarray]:
     sup[at : at + len(data)] = np.frombuffer(data, np.uint8)
     info = np.zeros(tunnel.INFO_SIZE, np.int64)
     before = sup.copy()
-    t = tunnel.encap_super_udp(sup, len(data), np.zeros(BUFSIZE, np.uint8), p.cfg,
-                               p.table.present, p.table.public_ip, p.counters,
-                               int.from_bytes(TX_MAC, "big"), info)
+    t = tunnel.encap_super_udp(sup, len(data), np.zeros(BUFSIZE, np.uint8), p.cfg, p.peers,
+                               p.counters, int.from_bytes(TX_MAC, "big"), info)
     if t == 0:
         assert (sup == before).all()
         return None, info
@@ -392,8 +389,7 @@ def kernel_decap_udp(p: Pipeline, datagram: bytes, sender: int = PEER_IP):
     before = msg.copy()
     info = np.zeros(tunnel.INFO_SIZE, np.int64)
     t = tunnel.decap_super_udp(msg, len(datagram), sender, np.zeros(BUFSIZE, np.uint8),
-                               p.cfg, p.table.present, p.table.public_ip,
-                               p.table.sender_keys, info)
+                               p.cfg, p.peers, info)
     if t == 0:
         assert (msg == before).all()
         return None, info

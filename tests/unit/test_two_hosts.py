@@ -74,7 +74,7 @@ def start_host(config: NetworkConfig, k: int) -> Host:
                         port=settings.port, mtu=settings.mtu)
     pipeline.set_local(subnet, IPv4Address(public_ip), mac)
     device = FakeDevice()
-    transport = LoopbackTransport(settings.encap.backend, public_ip, settings.port)
+    transport = LoopbackTransport(settings.encap, public_ip, settings.port)
     driver = PyLoop(pipeline, device.fileno(), transport)
     driver.start()
     return Host(Lease(subnet, attrs), mac, settings, pipeline, device, transport, driver)

@@ -218,7 +218,7 @@ def _finish_frame(sup, tx_mac, local_mac, l2, inner, nseg, ihl, doff, tot, gso_s
 
 
 @njit(cache=True, nogil=True)
-def encap_super(sup, got, probe, cfg, present, public_ip, vtep_mac, counters, tx_mac, info):
+def encap_super(sup, got, probe, cfg, peers, counters, tx_mac, info):
     """Make the TAP read at sup[SUP_HEAD:SUP_HEAD + got] one tunnel-GSO frame at sup[0:].
 
     Returns the frame's length (tunnel header included), or 0 when the read is not one for
@@ -233,8 +233,8 @@ def encap_super(sup, got, probe, cfg, present, public_ip, vtep_mac, counters, tx
     if nseg == 0:
         return 0
     ip_id = np.int64(counters[PATH_VXLAN_EGRESS, SLOT_IP_ID])
-    v, _, off, _, _ = vxlan_egress_one(probe, seglen, probe.shape[0] - HEADROOM, cfg, present,
-                                       public_ip, vtep_mac, ip_id)
+    v, _, off, _, _ = vxlan_egress_one(probe, seglen, probe.shape[0] - HEADROOM, cfg,
+                                       peers.present, peers.public_ip, peers.vtep_mac, ip_id)
     if v != _FORWARD:
         return 0
     # outer IPv4/UDP/VXLAN and the rewritten inner Ethernet header from the first segment,
@@ -252,7 +252,7 @@ def encap_super(sup, got, probe, cfg, present, public_ip, vtep_mac, counters, tx
 
 
 @njit(cache=True, nogil=True)
-def encap_super_udp(sup, got, probe, cfg, present, public_ip, counters, tx_mac, info):
+def encap_super_udp(sup, got, probe, cfg, peers, counters, tx_mac, info):
     """encap_super for the udp backend: the TUN read at sup[SUP_HEAD_UDP:SUP_HEAD_UDP + got]
     (raw IPv4) becomes one tunnel-GSO frame at sup[0:]; returns its length or 0 (unchanged).
 
@@ -266,7 +266,7 @@ def encap_super_udp(sup, got, probe, cfg, present, public_ip, counters, tx_mac, 
     if nseg == 0:
         return 0
     v, _, off, _, peer_ip = udp_egress_one(probe, seglen, probe.shape[0] - HEADROOM, cfg,
-                                           present, public_ip)
+                                           peers.present, peers.public_ip)
     if v != _FORWARD:
         return 0
     o = TNL_HDR_LEN + ETH_HLEN
@@ -410,7 +410,7 @@ def _tso_write(msg, l2, nseg, gso_size, ihl, doff, tot, outer_counted, info):
 
 
 @njit(cache=True, nogil=True)
-def decap_super(msg, total, sender, probe, cfg, present, public_ip, sender_keys, info):
+def decap_super(msg, total, sender, probe, cfg, peers, info):
     """Make the datagram at msg[RX_PAD:RX_PAD + total] (VXLAN + a TCP super-frame) one TAP
     write at msg[0:]: virtio header over the VXLAN header, the inner frame as it came.
 
@@ -425,15 +425,15 @@ def decap_super(msg, total, sender, probe, cfg, present, public_ip, sender_keys,
                                                         ETH_HLEN, cfg[CFG_MTU], probe)
     if nseg == 0:
         return 0
-    v, _, _, _ = vxlan_ingress_one(probe, ln, probe.shape[0] - HEADROOM, sender, cfg, present,
-                                   public_ip, sender_keys)
+    v, _, _, _ = vxlan_ingress_one(probe, ln, probe.shape[0] - HEADROOM, sender, cfg,
+                                   peers.present, peers.public_ip, peers.sender_keys)
     if v != _FORWARD:
         return 0
     return _tso_write(msg, ETH_HLEN, nseg, gso_size, ihl, doff, tot, VXLAN_HLEN, info)
 
 
 @njit(cache=True, nogil=True)
-def decap_super_udp(msg, total, sender, probe, cfg, present, public_ip, sender_keys, info):
+def decap_super_udp(msg, total, sender, probe, cfg, peers, info):
     """decap_super for the udp backend: the datagram at msg[RX_PAD_UDP:RX_PAD_UDP + total] (a
     TCP/IPv4 super-frame) becomes one TUN write at msg[0:]; returns its length or 0.
 
@@ -444,8 +444,8 @@ def decap_super_udp(msg, total, sender, probe, cfg, present, public_ip, sender_k
                                                         cfg[CFG_MTU], probe)
     if nseg == 0:
         return 0
-    v, _, _, _ = udp_ingress_one(probe, ln, probe.shape[0] - HEADROOM, sender, cfg, present,
-                                 public_ip, sender_keys)
+    v, _, _, _ = udp_ingress_one(probe, ln, probe.shape[0] - HEADROOM, sender, cfg,
+                                 peers.present, peers.public_ip, peers.sender_keys)
     if v != _FORWARD:
         return 0
     msg[RX_PAD_UDP + IPV4_TTL_AT] = probe[HEADROOM + IPV4_TTL_AT]
