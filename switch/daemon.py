@@ -49,6 +49,7 @@ def describe_error(exc: BaseException) -> str:
 REVOKED = "Lease has been revoked. Shutting down daemon."
 WATCH_FAILED = "lease watch failed: {}. Shutting down daemon."
 CONFIG_RETRY = 1.0  # seconds between reads of a missing config, as flanneld
+WAKE = object()  # put in the event queue by stop(): the loop looks at `stopping` now
 
 
 @dataclass
@@ -79,8 +80,11 @@ class Daemon:
         self.registry = registry
         self.options = options
         self.stopping = threading.Event()
-        # Watch batches, or the error that ended the watch (which ends the loop too).
-        self.events: queue.Queue[LeaseEvents | BaseException] = queue.Queue()
+        # Watch batches, the error that ended the watch (which ends the loop too), or WAKE from
+        # stop(). A SimpleQueue because stop() runs in a signal handler: its put() is
+        # reentrant, where Queue.put could deadlock on the lock the interrupted get() holds.
+        self.events: queue.SimpleQueue[LeaseEvents | BaseException | object] = (
+            queue.SimpleQueue())
         self.watch_error: BaseException | None = None
         self.config: NetworkConfig | None = None
         self.lease: Lease | None = None
@@ -96,7 +100,10 @@ class Daemon:
         self.unpublished: LeaseAttrs | None = None
 
     def stop(self) -> None:
+        """Ask the loop to end; safe in a signal handler. The loop wakes at once, not at its
+        next timeout, so a SIGTERM is acted on within milliseconds."""
         self.stopping.set()
+        self.events.put(WAKE)
 
     def status(self) -> DaemonStatus:
         """The snapshot /readyz, /metrics and `weft status` are made from."""
@@ -244,6 +251,8 @@ class Daemon:
             try:
                 batch = self.events.get(timeout=min(max(min(due), 0.0), 0.5))
             except queue.Empty:
+                batch = None
+            if batch is WAKE:
                 batch = None
             if isinstance(batch, BaseException):
                 log.error(WATCH_FAILED.format(describe_error(batch)))
