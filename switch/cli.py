@@ -557,7 +557,7 @@ def cmd_run(args) -> int:
     # same subnet file that is still stopping is waited for, or we leave with one line.
     try:
         instance_lock.claim(args.subnet_file, args.control_socket or None)
-    except instance_lock.InstanceBusy as exc:
+    except instance_lock.InstanceError as exc:
         print(f"weft: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     timing = LeaseTiming(ttl=args.lease_ttl, renew_margin=args.subnet_lease_renew_margin * 60.0,

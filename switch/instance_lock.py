@@ -37,8 +37,12 @@ WAIT = 30.0  # seconds a new daemon waits for one that is stopping (SIGTERM to e
 RETRY = 0.05  # seconds between looks at the lock and the socket while waiting
 
 
-class InstanceBusy(Exception):
-    """Another daemon for the same subnet file did not go away in time (one line, no trace)."""
+class InstanceError(Exception):
+    """The start cannot go ahead; the message is one line for the operator, no traceback."""
+
+
+class InstanceBusy(InstanceError):
+    """Another daemon for the same subnet file did not go away in time."""
 
 
 @dataclass
@@ -68,7 +72,8 @@ def claim(subnet_file: str, control_socket: str | None, wait: float = WAIT,
           clock: Callable[[], float] = time.monotonic,
           sleep: Callable[[float], None] = time.sleep) -> InstanceLock:
     """Take this host's instance for `subnet_file`, waiting up to `wait` seconds for a daemon
-    that is still stopping; InstanceBusy if it stays. Reads and writes only the lock file."""
+    that is still stopping; InstanceBusy if it stays, InstanceError if the lock file cannot be
+    opened. Reads and writes only the lock file."""
     global _held
     path = lock_path(subnet_file)
     deadline = clock() + wait
@@ -95,8 +100,11 @@ def keep_across_exec() -> dict[str, str]:
 
 def _take(path: str, wait: float, deadline: float, say: Callable[[str], None],
           clock: Callable[[], float], sleep: Callable[[float], None]) -> InstanceLock:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:  # e.g. not root, with the default /run/flannel
+        raise InstanceError(f"cannot open the instance lock {path}: {exc.strerror}") from None
     told = False
     while True:
         try:

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from weft import instance_lock
-from weft.instance_lock import ENV_FD, InstanceBusy, keep_across_exec, lock_path
+from weft.instance_lock import ENV_FD, InstanceBusy, InstanceError, keep_across_exec, lock_path
 
 
 class FakeTime:
@@ -179,3 +179,22 @@ def test_an_environment_naming_another_file_is_not_trusted(tmp_path, caplog):
 
 def test_keep_across_exec_without_a_claim_changes_nothing():
     assert keep_across_exec() == {} and ENV_FD not in os.environ
+
+
+def test_a_lock_file_that_cannot_be_opened_is_one_line(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")  # the subnet file's folder is a file: it cannot be made
+    with pytest.raises(InstanceError, match="cannot open the instance lock"):
+        instance_lock.claim(str(blocker / "subnet.env"), None, wait=0.0)
+
+
+def test_weft_run_refused_before_it_starts_says_why_in_one_line(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    done = subprocess.run([sys.executable, "-m", "weft.cli", "run", "--subnet-file",
+                           str(blocker / "subnet.env"), "--etcd-endpoints",
+                           "http://127.0.0.1:9"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr  # no traceback
+    assert lines[0].startswith(f"weft: cannot open the instance lock {blocker}/subnet.env.lock: ")
