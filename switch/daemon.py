@@ -53,6 +53,7 @@ REVOKED = "Lease has been revoked. Shutting down daemon."
 RELOAD = -1  # run()'s result when SIGHUP asked for a re-exec (weft.dev.handover)
 WATCH_FAILED = "lease watch failed: {}. Shutting down daemon."
 CONFIG_RETRY = 1.0  # seconds between reads of a missing config, as flanneld
+WAKE = object()  # put in the event queue by stop(): the loop looks at `stopping` now
 
 
 @dataclass
@@ -86,8 +87,11 @@ class Daemon:
         self.registry = registry
         self.options = options
         self.stopping = threading.Event()
-        # Watch batches, or the error that ended the watch (which ends the loop too).
-        self.events: queue.Queue[LeaseEvents | BaseException] = queue.Queue()
+        # Watch batches, the error that ended the watch (which ends the loop too), or WAKE from
+        # stop(). A SimpleQueue because stop() runs in a signal handler: its put() is
+        # reentrant, where Queue.put could deadlock on the lock the interrupted get() holds.
+        self.events: queue.SimpleQueue[LeaseEvents | BaseException | object] = (
+            queue.SimpleQueue())
         self.watch_error: BaseException | None = None
         self.config: NetworkConfig | None = None
         self.lease: Lease | None = None
@@ -107,7 +111,10 @@ class Daemon:
         self._stored_fds: dict[str, int] = {}  # what systemd's fd store was last given
 
     def stop(self) -> None:
+        """Ask the loop to end; safe in a signal handler. The loop wakes at once, not at its
+        next timeout, so a SIGTERM is acted on within milliseconds."""
         self.stopping.set()
+        self.events.put(WAKE)
 
     def reload(self) -> None:
         """SIGHUP: compile the installed code's data path while this one keeps forwarding,
@@ -274,6 +281,8 @@ class Daemon:
             try:
                 batch = self.events.get(timeout=min(max(min(due), 0.0), 0.5))
             except queue.Empty:
+                batch = None
+            if batch is WAKE:
                 batch = None
             if isinstance(batch, BaseException):
                 log.error(WATCH_FAILED.format(describe_error(batch)))

@@ -30,7 +30,7 @@ BATCH = 64
 _IP_MTU_DISCOVER = 10  # <linux/in.h>; Python's socket module does not export these two
 _IP_PMTUDISC_DONT = 0
 GSO_POOL = 8  # vxlan: UDP sockets (source ports) the flows are spread over when sending with GSO
-POLL_SECONDS = 0.25  # how often a blocked thread notices a stop request
+POLL_SECONDS = 0.25  # a safety net only: stop() wakes the threads through a pipe
 
 
 RECEIVE_BUFFER = 4 << 20  # bytes of datagrams the kernel keeps while we do not read
@@ -126,6 +126,9 @@ class PyLoop:
         # nobody tracing the cost is this one check per batch.
         self.observer = observer
         self.stopping = threading.Event()
+        # stop() writes here; both threads select() on it beside their fd, so they end at
+        # once rather than at the next POLL_SECONDS.
+        self._wake_r, self._wake_w = os.pipe()
         self.errors = {"send": 0, "write": 0}
         self.crashed: dict[str, str] = {}  # thread name -> the exception that killed it
         os.set_blocking(device_fd, False)
@@ -141,9 +144,21 @@ class PyLoop:
             thread.start()
 
     def stop(self) -> None:
+        if self.stopping.is_set():
+            return
         self.stopping.set()
+        os.write(self._wake_w, b"x")
         for thread in self.threads:
-            thread.join(timeout=2)
+            if thread.is_alive():
+                thread.join(timeout=2)
+        if not any(thread.is_alive() for thread in self.threads):  # else it still selects
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _readable(self, fd) -> bool:
+        """Wait until fd has input (True) or stop() was called (False)."""
+        ready = select.select([fd, self._wake_r], [], [], POLL_SECONDS)[0]
+        return bool(ready) and self._wake_r not in ready
 
     def stats(self) -> dict[str, dict[str, int]]:
         return {}  # the pipeline's counters are all this loop keeps
@@ -170,7 +185,7 @@ class PyLoop:
         batch = Batch(BATCH)
         rows = [batch.bufs[i, HEADROOM:] for i in range(BATCH)]
         while not self.stopping.is_set():
-            if not select.select([self.fd], [], [], POLL_SECONDS)[0]:
+            if not self._readable(self.fd):
                 continue
             n = 0
             while n < BATCH:
@@ -208,7 +223,7 @@ class PyLoop:
         rows = [batch.bufs[i, HEADROOM:] for i in range(BATCH)]
         rx = self.transport.rx
         while not self.stopping.is_set():
-            if not select.select([rx], [], [], POLL_SECONDS)[0]:
+            if not self._readable(rx):
                 continue
             n = 0
             while n < BATCH:

@@ -200,6 +200,9 @@ class Reconciler:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        # Written by stop(): the notification thread sleeps in select() on it and on netlink,
+        # so it ends at once instead of at its next timeout.
+        self._stop_r, self._stop_w = socket.socketpair()
 
     # -- one pass -------------------------------------------------------------------------------
     def run_once(self) -> Counter[str]:
@@ -271,10 +274,15 @@ class Reconciler:
             thread.start()
 
     def stop(self) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._wake.set()
+        self._stop_w.send(b"x")
         for thread in self._threads:
             thread.join(timeout=5)
+        self._stop_r.close()
+        self._stop_w.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -292,7 +300,7 @@ class Reconciler:
         """Wake the pass loop on notifications that may mean something of ours went away."""
         with sock:
             while not self._stop.is_set():
-                if not select.select([sock], [], [], 0.5)[0]:
+                if sock not in select.select([sock, self._stop_r], [], [])[0]:
                     continue
                 try:
                     data = sock.recv(1 << 16)

@@ -49,6 +49,34 @@ class ControlError(Exception):
     """The control socket is unusable or the daemon reported an error."""
 
 
+# What socket_state() finds at a control socket's path.
+ABSENT, STALE, LISTENING, NOT_A_SOCKET = "absent", "stale", "listening", "not a socket"
+
+
+def socket_state(path: str) -> str:
+    """ABSENT, STALE (a socket nobody listens on: its daemon is gone), LISTENING (a daemon
+    answers, or is stopping and has not closed it yet) or NOT_A_SOCKET. Reads only: `weft run`
+    asks this before it touches the host, and waits while a stopping daemon still listens."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return ABSENT
+    if not stat.S_ISSOCK(mode):
+        return NOT_A_SOCKET
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # With a timeout, connect() to a full backlog fails at once with EAGAIN: someone listens.
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return STALE
+    except (BlockingIOError, TimeoutError):
+        return LISTENING
+    finally:
+        probe.close()
+    return LISTENING
+
+
 def _encode(message: dict) -> bytes:
     return json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n"
 
@@ -149,21 +177,16 @@ class ControlServer:
 
     def _remove_stale(self) -> None:
         """Remove a socket left by a crashed daemon, but never take over a live one."""
-        try:
-            mode = os.lstat(self.path).st_mode
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(mode):
+        state = socket_state(self.path)
+        if state == NOT_A_SOCKET:
             raise ControlError(f"{self.path} exists and is not a socket; not replacing it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(self.path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            os.unlink(self.path)
-            return
-        finally:
-            probe.close()
-        raise ControlError(f"another weft daemon is listening at {self.path}")
+        if state == LISTENING:
+            raise ControlError(f"another weft daemon is listening at {self.path}")
+        if state == STALE:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass  # its daemon's stop() removed it meanwhile
 
     # -- stage one: reading request lines, all in the accept thread --------------------------
 

@@ -52,7 +52,9 @@ class HealthServer:
         # Connection cap, request deadline, head size and method limits: see http_guard.
         httpd = GuardedHTTPServer((self.host, self._requested_port), _make_handler(self))
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
+        # shutdown() waits until serve_forever next looks at its flag: at most poll_interval,
+        # kept short so that stopping the daemon is not held up here.
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="weft-health", daemon=True)
         self._thread.start()
         log.info("health and metrics on http://%s:%d/", self.host, self.port)

@@ -11,11 +11,16 @@ import pytest
 from status_samples import FULL, WAITING
 
 from weft.observe.control_socket import (
+    ABSENT,
     DEFAULT_CONTROL_SOCKET,
+    LISTENING,
+    NOT_A_SOCKET,
+    STALE,
     ControlError,
     ControlServer,
     control_request,
     control_stream,
+    socket_state,
 )
 from weft.observe.status_text import format_duration, format_status
 
@@ -304,3 +309,16 @@ def test_format_duration():
     assert format_duration(90061) == "1d1h1m1s"
     assert format_duration(59.9) == "59s"
     assert format_duration(-30) == "expired 30s ago"
+
+
+def test_socket_state_tells_what_a_new_daemon_finds(tmp_path, server, sock_path):
+    # What `weft run` looks at before touching the host: only LISTENING makes it wait.
+    assert socket_state(str(tmp_path / "none.sock")) == ABSENT
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(tmp_path / "dead.sock"))
+    dead.close()
+    assert socket_state(str(tmp_path / "dead.sock")) == STALE
+    assert socket_state(sock_path) == LISTENING
+    (tmp_path / "file.sock").write_text("x")
+    assert socket_state(str(tmp_path / "file.sock")) == NOT_A_SOCKET
+    assert os.path.exists(tmp_path / "dead.sock")  # it only looks

@@ -354,3 +354,16 @@ def test_an_outage_past_the_ttl_keeps_our_subnet_and_the_peer(running, tmp_path,
     assert record.removed == [] and run.thread.is_alive()
     assert registry.get_lease(own).attrs.public_ip == IPv4Address("192.0.2.10")
     assert daemon_module.REVOKED not in caplog.text
+
+
+def test_a_stop_ends_the_loop_at_once_not_at_its_next_timeout(running, tmp_path):
+    # The loop sleeps on its event queue up to 0.5 s a turn; stop() (a signal handler's
+    # call) must wake it: SIGTERM to exit is what a restart waits for.
+    registry = MemoryRegistry(NETWORK)
+    run = running(registry, tmp_path)
+    run.wait_ready()
+    time.sleep(0.05)  # the loop is asleep in its wait now
+    asked = time.monotonic()
+    run.daemon.stop()
+    assert run.join() == 0
+    assert time.monotonic() - asked < 0.2

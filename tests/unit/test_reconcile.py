@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
+from polling import wait_for
 from status_samples import FULL, VXLAN, WAITING
 
 from weft.control.iface import ExternalInterface
@@ -267,3 +269,18 @@ def test_repairs_in_metrics_and_status_text():
     assert "repairs:   device=1, route=3" in text
     assert "failing: route 10.1.8.0/24 via 192.0.2.11 dev #2: unreachable" in text
     assert "repairs:   none" in format_status(WAITING)
+
+
+def test_stop_ends_both_threads_at_once():
+    # The notification thread sleeps in select() with no timeout: only stop()'s wake-up
+    # ends it, and the pass loop's long interval must not hold stop() up either.
+    kernel = FakeKernel(healthy_dump())
+    reconciler = Reconciler(FakeBackend(kernel), interval=60.0, kernel=kernel)
+    reconciler.start()
+    assert wait_for(lambda: reconciler.passes >= 1)
+    time.sleep(0.05)  # both threads asleep now: the pass loop on its interval
+    asked = time.monotonic()
+    reconciler.stop()
+    assert time.monotonic() - asked < 0.2
+    assert not any(thread.is_alive() for thread in reconciler._threads)
+    reconciler.stop()  # a second stop is harmless

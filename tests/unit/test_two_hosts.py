@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
@@ -26,6 +27,7 @@ from polling import wait_for
 from weft.backends.vxlan import peer_vtep_mac
 from weft.control.config import NetworkConfig, parse_config
 from weft.control.lease import Lease, LeaseAttrs
+from weft.drivers import pyloop
 from weft.drivers.pyloop import PyLoop
 from weft.packet.encap import OverlaySettings, encap_of
 from weft.packet.pipeline import INGRESS, Pipeline
@@ -206,3 +208,18 @@ def test_vxlan_a_peer_lease_of_another_vni_is_not_programmed():
     with pytest.raises(ValueError, match=f"peer VNI {VNI + 1} differs from ours \\({VNI}\\)"):
         peer_vtep_mac(lease, settings.vni, table)
     assert len(table) == 0
+
+
+def test_stop_wakes_the_threads_instead_of_waiting_for_their_poll(monkeypatch):
+    # With the poll made long, only stop()'s wake-up can end the threads in time.
+    monkeypatch.setattr(pyloop, "POLL_SECONDS", 10.0)
+    config = network_config("udp", free_port(host_address(1)))
+    host = start_host(config, 1)
+    try:
+        time.sleep(0.1)  # both threads asleep in select() now
+        asked = time.monotonic()
+        host.driver.stop()
+        assert time.monotonic() - asked < 1.0
+        assert not any(thread.is_alive() for thread in host.driver.threads)
+    finally:
+        stop(host)
