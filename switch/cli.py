@@ -295,6 +295,15 @@ def _add_bench(sub) -> None:
                             "cost at 2 and N peers, lease events applied per second)")
     bench.add_argument("--event-rate", type=float, default=100.0,
                        help="with --scale: lease changes written per second")
+    bench.add_argument("--restart", action="store_true",
+                       help="instead: pings every 5 ms and a TCP stream between two hosts' pods "
+                            "while one host's weft run is stopped and started, reloaded "
+                            "(SIGHUP), restarted through systemd's fd store, and upgraded "
+                            "on a cold compile cache (docs/restart.md)")
+    bench.add_argument("--count", type=int, default=3,
+                       help="with --restart: hand-overs per scenario (the upgrade is one)")
+    bench.add_argument("--backend", choices=("vxlan", "udp"), action="append",
+                       help="with --restart: only this backend (repeatable; default both)")
     bench.set_defaults(func=cmd_bench)
 
 
@@ -531,6 +540,15 @@ def cmd_bench(args) -> int:
         return run_scale(args.scale, as_json=args.json, rate=args.event_rate,
                          seconds=min(args.seconds, 5.0),
                          log=lambda line: print(line, file=sys.stderr))
+    if args.restart:
+        if args.count < 1:
+            print("weft: --count must be at least 1", file=sys.stderr)
+            return EXIT_USAGE
+        from weft.tools.lab.restart_bench import BACKENDS, run_restart_bench
+
+        return run_restart_bench(args.count, backends=args.backend or BACKENDS,
+                                 as_json=args.json,
+                                 log=lambda line: print(line, file=sys.stderr, flush=True))
     from weft.tools.lab.bench import run_bench
 
     return run_bench(seconds=args.seconds, as_json=args.json,

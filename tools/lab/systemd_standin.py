@@ -104,15 +104,19 @@ class SystemdStandIn:
             time.sleep(0.02)
         raise AssertionError("no READY=1")
 
-    def restart(self) -> None:
-        """systemctl restart: SIGTERM, wait for exit (the store is kept: a job is queued)."""
+    def restart(self) -> float:
+        """systemctl restart: SIGTERM, wait for exit (the store is kept: a job is queued);
+        returns the seconds the old process took to exit."""
         assert self.proc is not None
+        asked = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=30)
+        stopped = time.monotonic() - asked
         self.drain()
         self.messages.clear()
         self.start()
         self.wait_ready()
+        return stopped
 
     def close(self) -> None:
         for _, fd in self.store:
