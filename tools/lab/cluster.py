@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from pathlib import Path
 
 from weft.control.lease import LeaseAttrs, subnet_key
@@ -33,6 +33,7 @@ class Host:
     public_ip: str
     kind: str  # "weft" or "flannel" (the kernel's VXLAN as flanneld programs it)
     subnet: IPv4Network | None = None
+    subnet6: IPv6Network | None = None  # the lease's IPv6 half (EnableIPv6)
     mtu: int = POD_MTU
     vtep_mac: str | None = None
     pods: list[Pod] = field(default_factory=list)
@@ -41,11 +42,15 @@ class Host:
 
 class Cluster:
     def __init__(self, lab: Lab, backend: str = "vxlan", network: str = "10.1.0.0/16",
-                 extra_config: dict | None = None, log=print, datapath: str = "auto") -> None:
+                 extra_config: dict | None = None, log=print, datapath: str = "auto",
+                 ipv6_network: str | None = None) -> None:
         self.lab = lab
         self.backend = backend
         self.network = IPv4Network(network)
-        self.config = {"Network": network, "Backend": {"Type": backend, **(extra_config or {})}}
+        self.config: dict = {"Network": network}
+        if ipv6_network is not None:  # dual-stack, as flannel's EnableIPv6 (IPv6SubnetLen 64)
+            self.config.update(EnableIPv6=True, IPv6Network=ipv6_network, IPv6SubnetLen=64)
+        self.config["Backend"] = {"Type": backend, **(extra_config or {})}
         self.log = log
         self.dir = Path(lab.tmpdir)
         self.hosts = [Host(i, ns, str(lab.host_ips[i]), "weft") for i, ns in enumerate(lab.hosts)]
@@ -98,6 +103,8 @@ class Cluster:
                 env = _read_env(self.subnet_file(h.index))
                 if "FLANNEL_SUBNET" in env:
                     h.subnet = IPv4Interface(env["FLANNEL_SUBNET"]).network
+                    if "FLANNEL_IPV6_SUBNET" in env:
+                        h.subnet6 = IPv6Interface(env["FLANNEL_IPV6_SUBNET"]).network
                     h.mtu = int(env["FLANNEL_MTU"])
                     break
                 if h.proc.poll() is not None or time.time() > deadline:
@@ -133,7 +140,8 @@ class Cluster:
 
     def add_pods(self, pods_per_host: int) -> None:
         for h in self.hosts:
-            h.pods = self.lab.add_pods(h.index, h.subnet, count=pods_per_host, mtu=h.mtu)
+            h.pods = self.lab.add_pods(h.index, h.subnet, count=pods_per_host, mtu=h.mtu,
+                                       subnet6=h.subnet6)
 
     def start(self, pods_per_host: int = 2, flannel_hosts: tuple[int, ...] = (),
               idle_hosts: tuple[int, ...] = ()) -> None:

@@ -138,6 +138,45 @@ def wait_reachable(ns: str, dst: str, timeout: float = 10.0, step: float = 0.2) 
     return netns.call_in(ns, _wait_reachable, str(dst), timeout, step, timeout=timeout + 10)
 
 
+# -- ICMPv6 echo ----------------------------------------------------------------------------
+
+ICMP6_ECHO_REQUEST, ICMP6_ECHO_REPLY = 128, 129
+
+
+def _ping6(dst: str, count: int, timeout: float) -> list[float | None]:
+    # A raw ICMPv6 socket: the kernel computes the checksum (IPV6_CHECKSUM is on for it) and
+    # hands us the ICMPv6 message without the IPv6 header.
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    ident = int.from_bytes(os.urandom(2), "big")
+    out: list[float | None] = []
+    for seq in range(1, count + 1):
+        t0 = time.perf_counter()
+        try:
+            sock.sendto(struct.pack("!BBHHH", ICMP6_ECHO_REQUEST, 0, 0, ident, seq) + bytes(56),
+                        (dst, 0))
+        except OSError:
+            out.append(None)
+            continue
+        rtt = None
+        while (left := t0 + timeout - time.perf_counter()) > 0:
+            if not select.select([sock], [], [], left)[0]:
+                break
+            data = sock.recv(65535)
+            if len(data) >= 8 and data[0] == ICMP6_ECHO_REPLY \
+                    and struct.unpack("!HH", data[4:8]) == (ident, seq):
+                rtt = time.perf_counter() - t0
+                break
+        out.append(rtt)
+    sock.close()
+    return out
+
+
+def ping6(ns: str, dst: str, count: int = 3, timeout: float = 1.0) -> list[float | None]:
+    """ICMPv6 echo RTTs in seconds from `ns` (None for each probe without a reply)."""
+    return netns.call_in(ns, _ping6, str(dst), count, timeout,
+                         timeout=count * (timeout + 1) + 10)
+
+
 # -- a steady ping: one echo every few ms until told to stop ----------------------------------
 
 def _steady_ping(dst: str, interval: float, stop_file: str, linger: float,

@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -34,9 +34,12 @@ from weft.tools.lab.etcd import etcd_binary
 
 FABRIC_NET = IPv4Network("192.0.2.0/24")
 FABRIC_IP = IPv4Address("192.0.2.1")
+# A dual-stack lab's IPv6 underlay (Lab(ipv6=True)): hosts at ::10, ::11, ... as over IPv4.
+FABRIC_NET6 = IPv6Network("fd00:c0:0:2::/64")
 FABRIC_MTU = 1500  # the veths' default
 POD_MTU = FABRIC_MTU - VXLAN.overhead  # what flannel gives a vxlan overlay on this fabric
 DEFAULT_PREFIX = "weft-"
+IFA_F_NODAD = 0x02  # <linux/if_addr.h>: no duplicate address detection
 # Owner markers let cleanup_stale tell a crashed lab from one that another test run still uses.
 MARKER_DIR = "/run/weft-labs"
 
@@ -52,6 +55,7 @@ class Pod:
     host: str  # the host namespace it hangs off
     ip: IPv4Address
     veth: str  # host-side veth name (in the host namespace)
+    ip6: IPv6Address | None = None  # a dual-stack pod's IPv6 address
 
 
 def _mark(lab_prefix: str) -> None:
@@ -99,7 +103,7 @@ class Lab:
     """Hosts on a shared fabric; use as a context manager (teardown also on atexit/signals)."""
 
     def __init__(self, hosts: int = 3, name_prefix: str | None = None,
-                 wire_like: bool = True) -> None:
+                 wire_like: bool = True, ipv6: bool = False) -> None:
         # wire_like: host eth0s finish checksums and segmentation like a NIC on a real wire;
         # False keeps veth's defaults (64 KiB GSO packets cross to the peer namespace whole).
         self.wire_like = wire_like
@@ -107,6 +111,8 @@ class Lab:
         self.fabric = self.prefix + "fab"
         self.hosts = [f"{self.prefix}h{i}" for i in range(hosts)]
         self.host_ips = [FABRIC_NET[10 + i] for i in range(hosts)]
+        self.ipv6 = ipv6  # hosts also get FABRIC_NET6 addresses
+        self.host_ips6 = [FABRIC_NET6[0x10 + i] for i in range(hosts)] if ipv6 else []
         self.pods: dict[str, list[Pod]] = {h: [] for h in self.hosts}
         self.cni_results: dict[str, dict] = {}  # pod namespace -> CNI ADD result
         self.procs: list[subprocess.Popen] = []
@@ -133,12 +139,17 @@ class Lab:
             ipr.link("add", ifname="br0", kind="bridge")
             br = ipr.link_lookup(ifname="br0")[0]
             ipr.addr("add", index=br, address=str(FABRIC_IP), prefixlen=FABRIC_NET.prefixlen)
+            if self.ipv6:
+                ipr.addr("add", index=br, address=str(FABRIC_NET6[1]),
+                         prefixlen=FABRIC_NET6.prefixlen)
             ipr.link("set", index=br, state="up")
         for i, host in enumerate(self.hosts):
             self._build_host(i, host)
 
-    def plug_into_fabric(self, ns: str, port: str, ip: IPv4Address) -> None:
-        """Give namespace `ns` an eth0 with `ip` on the fabric bridge (veth `port` on br0)."""
+    def plug_into_fabric(self, ns: str, port: str, ip: IPv4Address,
+                         ip6: IPv6Address | None = None) -> None:
+        """Give namespace `ns` an eth0 with `ip` (and `ip6`) on the fabric bridge (veth `port`
+        on br0)."""
         with IPRoute(netns=self.fabric) as ipr:
             ipr.link("add", ifname=port, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns})
             idx = ipr.link_lookup(ifname=port)[0]
@@ -147,6 +158,9 @@ class Lab:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
             eth0 = ipr.link_lookup(ifname="eth0")[0]
             ipr.addr("add", index=eth0, address=str(ip), prefixlen=FABRIC_NET.prefixlen)
+            if ip6 is not None:  # nodad: usable at once, not after duplicate detection
+                ipr.addr("add", index=eth0, address=str(ip6), prefixlen=FABRIC_NET6.prefixlen,
+                         flags=IFA_F_NODAD)
             ipr.link("set", index=eth0, state="up")
 
     def _build_host(self, i: int, host: str) -> None:
@@ -155,7 +169,13 @@ class Lab:
         for key, value in (("net.ipv4.ip_forward", 1), ("net.ipv4.conf.all.rp_filter", 0),
                            ("net.ipv4.conf.default.rp_filter", 0)):
             netns.sysctl(host, key, value)
-        self.plug_into_fabric(host, f"h{i}", self.host_ips[i])
+        if self.ipv6:
+            for key in ("net.ipv6.conf.all.forwarding", "net.ipv6.conf.default.forwarding"):
+                netns.sysctl(host, key, 1)
+            for key in ("net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"):
+                netns.sysctl(host, key, 0)
+        self.plug_into_fabric(host, f"h{i}", self.host_ips[i],
+                              self.host_ips6[i] if self.ipv6 else None)
         # eth0 stands for the host's NIC on a real wire: segments and checksums are finished
         # before they cross (the kernel's VXLAN would otherwise hand 64 KiB GSO packets with
         # partial checksums to the peer namespace, as no wire does).
@@ -167,8 +187,10 @@ class Lab:
         return self.hosts[ref] if isinstance(ref, int) else ref
 
     def add_pods(self, host: int | str, subnet: IPv4Network | str, count: int = 1,
-                 mtu: int = POD_MTU, cni: Runtime | None = None) -> list[Pod]:
+                 mtu: int = POD_MTU, cni: Runtime | None = None,
+                 subnet6: IPv6Network | None = None) -> list[Pod]:
         """Build cni0 (subnet .1) in `host` and `count` more pods (.2, .3, ...), like CNI bridge.
+        With `subnet6` (dual-stack) cni0 and each pod get its ::1, ::2, ... as well.
 
         With `cni` the pods are added through that conflist's plugins instead (run in `host`
         as a container runtime runs them): address, MTU and cni0 then come from the plugins.
@@ -185,18 +207,21 @@ class Lab:
                 br = ipr.link_lookup(ifname="cni0")[0]
                 ipr.link("set", index=br, mtu=mtu)
                 ipr.addr("add", index=br, address=str(gw), prefixlen=subnet.prefixlen)
+                if subnet6 is not None:
+                    ipr.addr("add", index=br, address=str(subnet6[1]),
+                             prefixlen=subnet6.prefixlen, flags=IFA_F_NODAD)
                 ipr.link("set", index=br, state="up")
             br = ipr.link_lookup(ifname="cni0")[0]
             new = []
             for j in range(len(existing), len(existing) + count):
                 pod = Pod(ns=f"{host}p{j}", host=host, ip=subnet.network_address + 2 + j,
-                          veth=f"veth{j}")
+                          veth=f"veth{j}", ip6=subnet6[2 + j] if subnet6 is not None else None)
                 netns.create(pod.ns)
                 ipr.link("add", ifname=pod.veth, kind="veth", mtu=mtu,
                          peer={"ifname": "eth0", "net_ns_fd": pod.ns, "mtu": mtu})
                 idx = ipr.link_lookup(ifname=pod.veth)[0]
                 ipr.link("set", index=idx, master=br, state="up")
-                self._setup_pod(pod, subnet, gw)
+                self._setup_pod(pod, subnet, gw, subnet6)
                 existing.append(pod)
                 new.append(pod)
         return new
@@ -221,13 +246,19 @@ class Lab:
         return pod
 
     @staticmethod
-    def _setup_pod(pod: Pod, subnet: IPv4Network, gw: IPv4Address) -> None:
+    def _setup_pod(pod: Pod, subnet: IPv4Network, gw: IPv4Address,
+                   subnet6: IPv6Network | None = None) -> None:
         with IPRoute(netns=pod.ns) as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
             eth0 = ipr.link_lookup(ifname="eth0")[0]
             ipr.addr("add", index=eth0, address=str(pod.ip), prefixlen=subnet.prefixlen)
+            if subnet6 is not None and pod.ip6 is not None:
+                ipr.addr("add", index=eth0, address=str(pod.ip6), prefixlen=subnet6.prefixlen,
+                         flags=IFA_F_NODAD)
             ipr.link("set", index=eth0, state="up")
             ipr.route("add", dst="0.0.0.0/0", gateway=str(gw), oif=eth0)
+            if subnet6 is not None:
+                ipr.route("add", dst="::/0", gateway=str(subnet6[1]), oif=eth0, family=10)
 
     def all_pods(self) -> list[Pod]:
         return [p for h in self.hosts for p in self.pods[h]]
