@@ -17,7 +17,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import Any
 
 from weft import backends
@@ -242,7 +242,8 @@ class Daemon:
             self.traffic = start_traffic_rules(self.config.network, self.lease.subnet, previous,
                                                opts.ip_masq, opts.iptables_forward_rules,
                                                opts.ip_masq_random_fully, opts.iptables_resync,
-                                               forward_devices=backend.forward_devices)
+                                               forward_devices=backend.forward_devices,
+                                               ipv6=self._ipv6_rules())
         subnet_env.write(self.options.subnet_file,
                          subnet_env.render(self.config, self.lease, backend.mtu,
                                            self.options.ip_masq))
@@ -308,6 +309,13 @@ class Daemon:
             peers.confirm_due(self.registry)
         log.info("stopping; keeping lease %s", keeper.lease.subnet)
         return 0
+
+    def _ipv6_rules(self) -> tuple[IPv6Network, IPv6Network] | None:
+        """The IPv6 network and our IPv6 subnet, for ip6tables, in a dual-stack cluster."""
+        assert self.config is not None and self.lease is not None
+        if self.config.ipv6_network is None or self.lease.ipv6_subnet is None:
+            return None
+        return self.config.ipv6_network, self.lease.ipv6_subnet
 
     def _reload_ready(self) -> bool:
         """Whether the installed code's data path is compiled, starting its compile job on

@@ -41,19 +41,24 @@ def _run(argv: list[str], stdin: str | None = None) -> str:
 
 
 class Iptables:
-    """iptables-save and iptables-restore --noflush (wait for the xtables lock)."""
+    """iptables-save and iptables-restore --noflush (wait for the xtables lock); version=6:
+    ip6tables-save and ip6tables-restore, for the rules of a dual-stack network's IPv6 half."""
+
+    def __init__(self, version: int = 4) -> None:
+        self.tool = "ip6tables" if version == 6 else "iptables"
 
     def save(self, table: str) -> str:
-        return _run([_binary("iptables-save"), "-t", table])
+        return _run([_binary(f"{self.tool}-save"), "-t", table])
 
     def restore(self, text: str) -> None:
-        _run([_binary("iptables-restore"), "--noflush", "--wait"], stdin=text)
+        _run([_binary(f"{self.tool}-restore"), "--noflush", "--wait"], stdin=text)
 
     def supports_random_fully(self) -> bool:
         """Whether MASQUERADE --random-fully is accepted (iptables >= 1.6.2 with a kernel that
         has it); `--test` parses and checks the rule without committing anything."""
         try:
-            _run([_binary("iptables-restore"), "--test", "--noflush"], stdin=RANDOM_FULLY_PROBE)
+            _run([_binary(f"{self.tool}-restore"), "--test", "--noflush"],
+                 stdin=RANDOM_FULLY_PROBE)
         except IptablesError:
             return False
         return True

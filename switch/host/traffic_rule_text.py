@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 MASQ_CHAIN = "WEFT-POSTRTG"
 FORWARD_CHAIN = "WEFT-FWD"
@@ -24,6 +24,7 @@ MASQ_COMMENT = "weft masq"
 FORWARD_COMMENT = "weft forward"
 KUBE_PROXY_MARK = "0x4000/0x4000"  # kube-proxy masquerades these itself
 MULTICAST = "224.0.0.0/4"
+MULTICAST6 = "ff00::/8"  # flanneld's IPv6 rules leave this out of masquerading instead
 
 
 @dataclass(frozen=True)
@@ -45,23 +46,27 @@ def _rule(chain: str, match: str, comment: str, target: str) -> str:
     return f'-A {chain} {match}-m comment --comment "{comment}" -j {target}'
 
 
-def masq_chain(network: IPv4Network, subnet: IPv4Network, random_fully: bool) -> ChainRules:
+def masq_chain(network: IPv4Network | IPv6Network, subnet: IPv4Network | IPv6Network,
+               random_fully: bool) -> ChainRules:
     """flanneld's masquerade rules: traffic inside the cluster network keeps its addresses,
-    pods talking to the outside get the host's address."""
+    pods talking to the outside get the host's address. The same rules for IPv6 (ip6tables),
+    but for the multicast range."""
     masq = "MASQUERADE --random-fully" if random_fully else "MASQUERADE"
     c, n, s = MASQ_CHAIN, network, subnet
+    multicast = MULTICAST if network.version == 4 else MULTICAST6
     rules = (
         _rule(c, f"-m mark --mark {KUBE_PROXY_MARK} ", MASQ_COMMENT, "RETURN"),
         _rule(c, f"-s {s} -d {n} ", MASQ_COMMENT, "RETURN"),  # our pods to other pods
         _rule(c, f"-s {n} -d {s} ", MASQ_COMMENT, "RETURN"),  # other pods to ours
         _rule(c, f"! -s {n} -d {s} ", MASQ_COMMENT, "RETURN"),  # outside to our pods
-        _rule(c, f"-s {n} ! -d {MULTICAST} ", MASQ_COMMENT, masq),  # pods to the outside
+        _rule(c, f"-s {n} ! -d {multicast} ", MASQ_COMMENT, masq),  # pods to the outside
         _rule(c, f"! -s {n} -d {n} ", MASQ_COMMENT, masq),  # the host to remote pods
     )
     return ChainRules("nat", "POSTROUTING", c, MASQ_COMMENT, rules)
 
 
-def forward_chain(network: IPv4Network, devices: Sequence[str] = ()) -> ChainRules:
+def forward_chain(network: IPv4Network | IPv6Network,
+                  devices: Sequence[str] = ()) -> ChainRules:
     """Accept forwarding from and to the cluster network even under a FORWARD policy of DROP
     (Docker sets one), and whatever enters through `devices`: the TX TAP whose tunnel-GSO
     frames (outer headers already on, from our PublicIP to a peer's) the host forwards out the

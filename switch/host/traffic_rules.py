@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from typing import Protocol
 
 from weft.host.iptables import IptablesError
@@ -40,7 +40,8 @@ class IptablesAdapter(Protocol):
     def supports_random_fully(self) -> bool: ...
 
 
-def wanted_chains(network: IPv4Network, subnet: IPv4Network, ip_masq: bool,
+def wanted_chains(network: IPv4Network | IPv6Network, subnet: IPv4Network | IPv6Network,
+                  ip_masq: bool,
                   forward_rules: bool, random_fully: bool,
                   forward_devices: Sequence[str] = ()) -> list[ChainRules]:
     chains = []
@@ -55,10 +56,13 @@ def start_traffic_rules(network: IPv4Network | None, subnet: IPv4Network,
                         previous: IPv4Network | None, ip_masq: bool, forward_rules: bool,
                         random_fully: bool = True, resync: float = DEFAULT_RESYNC,
                         iptables: IptablesAdapter | None = None,
-                        forward_devices: Sequence[str] = ()) -> TrafficRules | None:
+                        forward_devices: Sequence[str] = (),
+                        ipv6: tuple[IPv6Network, IPv6Network] | None = None,
+                        ip6tables: IptablesAdapter | None = None) -> TrafficRules | None:
     """The daemon's hook, once the lease is known: None when neither kind of rule is wanted
     (or there is no IPv4 network). `previous` is the subnet of an earlier run's subnet.env;
-    its rules go in the first apply's flush of our chains."""
+    its rules go in the first apply's flush of our chains. ipv6: the dual-stack network and
+    our IPv6 subnet, whose rules (the same, through ip6tables) are kept beside the IPv4 ones."""
     if not (ip_masq or forward_rules) or network is None:
         return None
     if iptables is None:
@@ -73,8 +77,17 @@ def start_traffic_rules(network: IPv4Network | None, subnet: IPv4Network,
     if ip_masq and previous is not None and previous != subnet:
         log.info("masquerade rules of the previous subnet %s are replaced by those of %s",
                  previous, subnet)
+    family6 = None
+    if ipv6 is not None:
+        if ip6tables is None:
+            from weft.host.iptables import Iptables
+
+            ip6tables = Iptables(version=6)
+        fully6 = ip_masq and random_fully and ip6tables.supports_random_fully()
+        family6 = (wanted_chains(*ipv6, ip_masq, forward_rules, fully6, forward_devices),
+                   ip6tables)
     traffic = TrafficRules(wanted_chains(network, subnet, ip_masq, forward_rules, fully,
-                                         forward_devices), iptables, resync)
+                                         forward_devices), iptables, resync, ipv6=family6)
     traffic.start()
     return traffic
 
@@ -83,9 +96,14 @@ class TrafficRules:
     """Apply `chains` now, then keep them applied from a thread until stop()."""
 
     def __init__(self, chains: list[ChainRules], iptables: IptablesAdapter,
-                 resync: float = DEFAULT_RESYNC) -> None:
+                 resync: float = DEFAULT_RESYNC,
+                 ipv6: tuple[list[ChainRules], IptablesAdapter] | None = None) -> None:
         self.chains = chains
         self.iptables = iptables
+        # (label, chains, tool) per address family: ip6tables' after iptables' when dual-stack
+        self.families = [("", chains, iptables)]
+        if ipv6 is not None:
+            self.families.append(("ip6 ", *ipv6))
         self.resync = resync
         self.resyncs = 0  # re-applications after the first successful apply
         self.applied = False
@@ -107,14 +125,18 @@ class TrafficRules:
     def check(self) -> bool:
         """Re-apply when the kernel's rules differ from the wanted ones; True if it did.
         Failures are logged once per distinct message and retried next period."""
+        problems: list[str] = []
         try:
-            saved = {table: self.iptables.save(table) for table in tables(self.chains)}
-            problems = [p for c in self.chains for p in drifted(c, saved[c.table])]
+            for label, chains, tool in self.families:
+                saved = {table: tool.save(table) for table in tables(chains)}
+                found = [label + p for c in chains for p in drifted(c, saved[c.table])]
+                if found:
+                    tool.restore(restore_text(chains, saved))
+                    problems += found
             if not problems:
                 self.applied = True
                 self._clear_error()
                 return False
-            self.iptables.restore(restore_text(self.chains, saved))
         except IptablesError as exc:
             if str(exc) != self.last_error:
                 log.error("iptables rules not applied (retrying every %gs): %s", self.resync,
@@ -126,7 +148,8 @@ class TrafficRules:
             log.warning("iptables rules re-applied: %s", "; ".join(problems))
         else:
             log.info("iptables rules applied: %s",
-                     ", ".join(f"{c.table} {c.chain}" for c in self.chains))
+                     ", ".join(f"{label}{c.table} {c.chain}" for label, chains, _ in self.families
+                               for c in chains))
         self.applied = True
         self._clear_error()
         return True
@@ -141,5 +164,8 @@ class TrafficRules:
             self.check()
 
     def status(self) -> IptablesStatus:
-        return IptablesStatus(chains=tuple(f"{c.table}/{c.chain}" for c in self.chains),
+        return IptablesStatus(chains=tuple(f"{label.strip() + ':' if label else ''}"
+                                           f"{c.table}/{c.chain}"
+                                           for label, chains, _ in self.families
+                                           for c in chains),
                               applied=self.applied, resyncs=self.resyncs, error=self.last_error)

@@ -33,8 +33,8 @@ def test_dual_stack_host_gw_pods_reach_each_other_over_both_families() -> None:
         attrs = LeaseAttrs(IPv4Address(flannel.public_ip), lab.host_ips6[2], "host-gw")
         lab.etcdctl("put", f"{PREFIX}/subnets/{subnet_key(FLANNEL_SUBNET, FLANNEL_SUBNET6)}",
                     attrs.to_json())
-        for index in (0, 1):
-            cluster.start_weft(index)
+        cluster.start_weft(0, "--ip-masq")
+        cluster.start_weft(1)
         cluster.wait_leases()
         cluster.wait_synced()
 
@@ -69,6 +69,10 @@ def test_dual_stack_host_gw_pods_reach_each_other_over_both_families() -> None:
         # the kernel routes weft programmed: each peer's IPv6 half via its PublicIPv6
         routes = lab.call(cluster.host(0).ns, ["ip", "-6", "route"], check=True).stdout
         assert f"{FLANNEL_SUBNET6} via {lab.host_ips6[2]}" in routes, routes
+        # --ip-masq: flanneld's masquerade rules for the IPv6 half too, through ip6tables
+        nat6 = lab.call(cluster.host(0).ns, ["ip6tables-save", "-t", "nat"], check=True).stdout
+        assert f"-A WEFT-POSTRTG -s {IPV6_NETWORK} ! -d ff00::/8" in nat6, nat6
+        assert f"-d {cluster.host(0).subnet6} " in nat6
 
 
 def test_enable_ipv6_with_a_backend_weft_cannot_carry_it_on_exits_2(tmp_path) -> None:

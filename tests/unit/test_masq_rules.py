@@ -4,7 +4,7 @@ against a fake iptables that stores what iptables-restore --noflush would leave.
 from __future__ import annotations
 
 from dataclasses import replace
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 import pytest
 from status_samples import WAITING
@@ -239,3 +239,34 @@ def test_cli_flags():
         parse(["run", "--iptables-forward-rules=maybe"])
     with pytest.raises(SystemExit):
         parse(["run", "--iptables-resync", "0"])
+
+
+NET6 = IPv6Network("fd10::/48")
+SUB6 = IPv6Network("fd10:0:0:5::/64")
+
+
+def test_ipv6_masquerade_is_flanneld_s_with_the_ipv6_multicast_range():
+    rules = masq_chain(NET6, SUB6, random_fully=False).rules
+    assert f'-A WEFT-POSTRTG -s {NET6} ! -d ff00::/8 -m comment --comment "weft masq" ' \
+           f'-j MASQUERADE' in rules
+    assert not any("224.0.0.0/4" in rule for rule in rules)
+    assert f'-A WEFT-POSTRTG -s {SUB6} -d {NET6} -m comment --comment "weft masq" -j RETURN' \
+        in rules
+
+
+def test_dual_stack_keeps_both_families_rules_and_repairs_each():
+    v4, v6 = FakeIptables(), FakeIptables()
+    rules = start_traffic_rules(NET, SUB, None, True, True, True, 3600, v4,
+                                ipv6=(NET6, SUB6), ip6tables=v6)
+    try:
+        assert any(str(SUB) in r for r in v4.tables["nat"])
+        assert any(str(SUB6) in r for r in v6.tables["nat"])
+        assert not any(str(SUB6) in r for r in v4.tables["nat"])  # no IPv6 in iptables
+        assert any(f"-s {NET6} " in r for r in v6.tables["filter"])
+        v6.tables["nat"].clear()  # ip6tables -t nat -F
+        assert rules.check() is True and rules.resyncs == 1 and v4.restores == 1
+        assert any(str(SUB6) in r for r in v6.tables["nat"])
+        assert rules.status().chains == ("nat/WEFT-POSTRTG", "filter/WEFT-FWD",
+                                         "ip6:nat/WEFT-POSTRTG", "ip6:filter/WEFT-FWD")
+    finally:
+        rules.stop()
