@@ -108,7 +108,7 @@ class HostGwBackend(RepairedBackend):
         return batch.commit()
 
     def status(self) -> BackendStatus:
-        return BackendStatus(kind="host-gw", peers=self.peers.peers(),
+        return BackendStatus(kind="host-gw", peers=self.peers.peers(ipv6=self.ipv6),
                              unprogrammed=self.peers.unprogrammed(),
                              datapath=DatapathStatus(mode="kernel routes"),
                              repair=self.reconciler.status())

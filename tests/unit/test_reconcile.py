@@ -19,8 +19,7 @@ from weft.backends.hostgw import HostGwBackend
 from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
 from weft.control.peer_sync import PeerChanges
-from weft.host import netlink
-from weft.host import reconcile
+from weft.host import netlink, reconcile
 from weft.host.reconcile import (
     Device,
     KernelView,
