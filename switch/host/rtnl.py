@@ -47,6 +47,7 @@ NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
 # struct rtmsg's values, and route attributes
 RT_TABLE_MAIN = 254
 RTPROT_STATIC = 4
+RTPROT_RA = 9  # a route the kernel learnt from a router advertisement
 RT_SCOPE_UNIVERSE = 0
 RTN_UNICAST = 1
 RTNH_F_ONLINK = 4
@@ -59,4 +60,5 @@ NUD_INCOMPLETE, NUD_FAILED, NUD_PERMANENT = 0x01, 0x20, 0x80
 # <linux/if_link.h>, <linux/if_addr.h>, <linux/if.h>: link and address attributes, link flags
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU = 1, 3, 4
 IFA_ADDRESS, IFA_LOCAL = 1, 2
+IFA_F_NODAD = 0x02  # an address used at once, without duplicate address detection
 IFF_UP = 1

@@ -19,6 +19,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from weft.host.iptables import Iptables, IptablesError
+from weft.host.rtnl import RTPROT_RA
 
 PROC_SYS = Path("/proc/sys")
 
@@ -36,9 +37,6 @@ def conf_key(device: str, name: str, ipv: str = "ipv4") -> str:
     # Device names may hold dots (weft.1, flannel.1); sysctl's dotted form would split them,
     # so the path is built from parts. `ipv`: "ipv6" for net.ipv6.conf.<device>.<name>.
     return f"net/{ipv}/conf/{device}/{name}"
-
-
-RTPROT_RA = 9  # a route the kernel learnt from a router advertisement
 
 
 def ipv6_default_from_ra() -> bool | None:

@@ -17,6 +17,7 @@ import pytest
 
 from weft.host import netlink_dump
 from weft.host.netlink_batch import NetlinkBatch
+from weft.host.rtnl import IFA_F_NODAD
 from weft.tools.lab import netns
 
 pytestmark = pytest.mark.netns
@@ -66,7 +67,7 @@ def _program_and_dump() -> tuple[dict, dict, dict]:
         ipr.addr("add", index=index, address="10.0.0.1", prefixlen=32)
         # the IPv6 segment the non-onlink IPv6 gateways are on (no DAD: usable at once)
         ipr.addr("add", index=index, address="fd00::ffff", prefixlen=64, family=10,
-                 flags=0x02)
+                 flags=IFA_F_NODAD)
     batch = NetlinkBatch()
     for k in range(1, PEERS + 1):
         subnet = IPv4Network((0x0A000000 + (k << 8), 24))
