@@ -47,8 +47,14 @@ class HostGwBackend(RepairedBackend):
 
     # -- what the reconciler keeps in place (weft.host.reconcile.Repairable) ---------------
     def wanted(self) -> Wanted:
-        return Wanted(self.iface, tuple(self._route(lease)
-                                        for lease in self.peers.programmed.values()))
+        """Each programmed peer's route, and its IPv6 one when both sides are dual-stack."""
+        routes = []
+        for lease in self.peers.programmed.values():
+            routes.append(self._route(lease))
+            v6 = self._route_v6(lease)
+            if v6 is not None:
+                routes.append(v6)
+        return Wanted(self.iface, tuple(routes))
 
     def setup_device(self) -> None:
         pass  # no device of our own
@@ -102,7 +108,7 @@ class HostGwBackend(RepairedBackend):
         return batch.commit()
 
     def status(self) -> BackendStatus:
-        return BackendStatus(kind="host-gw", peers=self.peers.peers(),
+        return BackendStatus(kind="host-gw", peers=self.peers.peers(ipv6=self.ipv6),
                              unprogrammed=self.peers.unprogrammed(),
                              datapath=DatapathStatus(mode="kernel routes"),
                              repair=self.reconciler.status())

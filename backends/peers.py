@@ -72,10 +72,11 @@ class PeerPrograms:
         self._remove([self.programmed[s] for s in gone if s in self.programmed])
         self._add(list(wanted.values()))
 
-    def peers(self) -> tuple[PeerStatus, ...]:
-        """What is programmed, in subnet order, for `weft status`."""
+    def peers(self, ipv6: bool = False) -> tuple[PeerStatus, ...]:
+        """What is programmed, in subnet order, for `weft status`; `ipv6`: the backend routes
+        peers' IPv6 halves too (dual-stack), so a peer that has one shows it."""
         return tuple(PeerStatus(subnet=str(subnet), public_ip=str(lease.attrs.public_ip),
-                                vtep_mac=_vtep_mac(lease))
+                                vtep_mac=_vtep_mac(lease), **_ipv6_half(lease, ipv6))
                      for subnet, lease in sorted(self.programmed.items()))
 
     def unprogrammed(self) -> dict[str, str]:
@@ -127,6 +128,12 @@ def _vtep_mac(lease: Lease) -> str | None:
         return parse_vtep_mac(lease.attrs.vtep_mac or "").hex(":")
     except ValueError:
         return None
+
+
+def _ipv6_half(lease: Lease, ipv6: bool) -> dict[str, str]:
+    if not ipv6 or lease.ipv6_subnet is None or lease.attrs.public_ipv6 is None:
+        return {}  # reached over IPv4 only
+    return {"ipv6_subnet": str(lease.ipv6_subnet), "public_ipv6": str(lease.attrs.public_ipv6)}
 
 
 def _each(count: int, message: str, *args: object) -> None:

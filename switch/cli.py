@@ -440,12 +440,18 @@ def cmd_leases(args) -> int:
                          indent=2))
         return 0
     leases = registry.with_expirations(leases)  # the listing carries no TTLs (one trip each)
-    rows = [("SUBNET", "PUBLIC-IP", "BACKEND", "VTEP-MAC", "EXPIRES-IN")]
+    # Dual-stack leases add two columns at the end (the first five stay where scripts read
+    # them); an IPv4-only listing is the table it always was.
+    dual = any(lease.ipv6_subnet or lease.attrs.public_ipv6 for lease in leases)
+    rows = [("SUBNET", "PUBLIC-IP", "BACKEND", "VTEP-MAC", "EXPIRES-IN")
+            + (("IPV6-SUBNET", "PUBLIC-IPV6") if dual else ())]
     now = time.time()
     for lease in leases:
         left = "-" if lease.expiration is None else _duration(lease.expiration - now)
+        v6 = (str(lease.ipv6_subnet or "-"), str(lease.attrs.public_ipv6 or "-"))
         rows.append((str(lease.subnet), str(lease.attrs.public_ip),
-                     lease.attrs.effective_backend, lease.attrs.vtep_mac or "-", left))
+                     lease.attrs.effective_backend, lease.attrs.vtep_mac or "-", left)
+                    + (v6 if dual else ()))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))

@@ -46,6 +46,10 @@ from weft.status import DaemonStatus, LeaseStatus
 log = logging.getLogger(__name__)
 
 
+def _text(value: object | None) -> str | None:
+    return None if value is None else str(value)
+
+
 def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
@@ -151,7 +155,8 @@ class Daemon:
         return LeaseStatus(
             subnet=str(lease.subnet), public_ip=str(lease.attrs.public_ip),
             backend=self.config.backend_type if self.config else None,
-            expires_in=None if expires is None else max(expires - time.time(), 0.0))
+            expires_in=None if expires is None else max(expires - time.time(), 0.0),
+            ipv6_subnet=_text(lease.ipv6_subnet), public_ipv6=_text(lease.attrs.public_ipv6))
 
     def run(self) -> int:
         """Run until stopped; 0 on a requested stop, 1 when our lease is lost."""

@@ -137,6 +137,10 @@ class LeaseStatus(Section):
     public_ip: str
     backend: str | None  # the network config's backend type
     expires_in: float | None  # seconds; None for a lease without expiry
+    # The lease's IPv6 half and what peers send IPv6 to (EnableIPv6); left out of the JSON of
+    # an IPv4-only lease, which reads as it always did.
+    ipv6_subnet: str | None = _optional()
+    public_ipv6: str | None = _optional()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -227,6 +231,8 @@ class PeerStatus(Section):
     subnet: str
     public_ip: str
     vtep_mac: str | None = None  # vxlan peers only
+    ipv6_subnet: str | None = _optional()  # a dual-stack peer's IPv6 half
+    public_ipv6: str | None = _optional()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -114,7 +114,12 @@ class Lease:
         return subnet_key(self.subnet, self.ipv6_subnet)
 
     def snapshot_json(self) -> dict[str, Any]:
-        return json.loads(self.attrs.to_json())
+        """The value as stored, and for a dual-stack lease the IPv6 half of its key as
+        "IPv6Subnet" (a snapshot is keyed by the IPv4 subnet alone)."""
+        value = json.loads(self.attrs.to_json())
+        if self.ipv6_subnet is not None:
+            value["IPv6Subnet"] = str(self.ipv6_subnet)
+        return value
 
 
 def subnet_key(subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> str:

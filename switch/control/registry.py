@@ -165,8 +165,10 @@ def load_snapshot(path: str | Path) -> Snapshot:
     for key, value in (raw.get("leases") or {}).items():
         try:
             subnet = parse_subnet_cidr(key)
-            leases.append(Lease(subnet, LeaseAttrs.from_json(json.dumps(value))))
-        except (LeaseFormatError, ValueError) as exc:
+            half = value.get("IPv6Subnet") if isinstance(value, dict) else None
+            leases.append(Lease(subnet, LeaseAttrs.from_json(json.dumps(value)),
+                                ipv6_subnet=IPv6Network(half) if half else None))
+        except (LeaseFormatError, ValueError, TypeError) as exc:
             log.warning("snapshot %s: skipping lease %r: %s", path, key, exc)
     leases = LeasePolicy(config, LeaseRejections()).admitted(leases)
     return Snapshot(config, int(raw.get("revision", 0)), leases)

@@ -1,5 +1,9 @@
 """One read of the kernel's links, IPv4 addresses, main-table routes and neighbours, parsed lean.
 
+Routes and neighbours are IPv4 unless the caller asks for IPv6 too (a dual-stack backend):
+an IPv4-only host keeps its four dumps a pass. Each route and neighbour carries its family
+(4 or 6); addresses stay IPv4, which is all the comparisons of addresses need.
+
 The reconciler compares this with what the backend programmed. pyroute2 turns each dumped
 message into a dict-like object (~0.7 ms an entry): with 4,096 peers (a neighbour and a route
 each) a pass took ~6 s, held the backend's lock all that time (lease events waited behind it)
@@ -15,7 +19,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Callable, Iterator
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from weft.host.rtnl import (
     IFA_ADDRESS,
@@ -60,22 +64,26 @@ class DumpError(OSError):
     """The kernel answered a dump request with an error."""
 
 
-def dump_kernel() -> dict:
-    """{"links", "addrs", "routes", "neighbours"}: lists of plain dicts (see the parsers)."""
+def dump_kernel(ipv6: bool = False) -> dict:
+    """{"links", "addrs", "routes", "neighbours"}: lists of plain dicts (see the parsers);
+    `ipv6`: IPv6 routes and neighbours as well as IPv4 ones."""
+    families = (socket.AF_INET, socket.AF_INET6) if ipv6 else (socket.AF_INET,)
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                        socket.NETLINK_ROUTE) as sock:
         sock.bind((0, 0))
         sock.settimeout(TIMEOUT)
+        # One dump per family rather than one AF_UNSPEC dump: that would also bring the
+        # multicast and MPLS tables, which nothing here compares.
         return {
             "links": _dump(sock, RTM_GETLINK, IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0),
                            _link),
             "addrs": _dump(sock, RTM_GETADDR, IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0),
                            _addr),
-            "routes": _dump(sock, RTM_GETROUTE,
-                            RTMSG.pack(socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN, 0, 0, 0, 0),
-                            _route),
-            "neighbours": _dump(sock, RTM_GETNEIGH, NDMSG.pack(socket.AF_INET, 0, 0, 0, 0),
-                                _neighbour),
+            "routes": [route for family in families for route in _dump(
+                sock, RTM_GETROUTE, RTMSG.pack(family, 0, 0, 0, RT_TABLE_MAIN, 0, 0, 0, 0),
+                _route)],
+            "neighbours": [entry for family in families for entry in _dump(
+                sock, RTM_GETNEIGH, NDMSG.pack(family, 0, 0, 0, 0), _neighbour)],
         }
 
 
@@ -122,6 +130,17 @@ def _ipv4(raw: bytes | None) -> str | None:
     return str(IPv4Address(raw)) if raw is not None and len(raw) == 4 else None
 
 
+def _ip(raw: bytes | None, family: int) -> str | None:
+    """An address attribute of `family` as text; None when absent or of the wrong length."""
+    if family == socket.AF_INET6:
+        return str(IPv6Address(raw)) if raw is not None and len(raw) == 16 else None
+    return _ipv4(raw)
+
+
+_FAMILY = {socket.AF_INET: 4, socket.AF_INET6: 6}
+_ANY = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
+
+
 def _link(data: bytes, start: int, end: int) -> dict:
     _family, _type, index, flags, _change = IFINFOMSG.unpack_from(data, start)
     attrs = dict(_attrs(data, start + IFINFOMSG.size, end))
@@ -148,18 +167,19 @@ def _route(data: bytes, start: int, end: int) -> dict | None:
     attrs = dict(_attrs(data, start + RTMSG.size, end))
     if RTA_TABLE in attrs:  # tables above 255 are only in the attribute
         table = _U32.unpack(attrs[RTA_TABLE])[0]
-    if family != socket.AF_INET or table != RT_TABLE_MAIN:
+    if family not in _FAMILY or table != RT_TABLE_MAIN:
         return None
     oif = attrs.get(RTA_OIF)
-    return {"dst": f"{_ipv4(attrs.get(RTA_DST)) or '0.0.0.0'}/{dst_len}",
+    return {"family": _FAMILY[family],
+            "dst": f"{_ip(attrs.get(RTA_DST), family) or _ANY[family]}/{dst_len}",
             "oif": _U32.unpack(oif)[0] if oif else None,
-            "gateway": _ipv4(attrs.get(RTA_GATEWAY)), "flags": flags}
+            "gateway": _ip(attrs.get(RTA_GATEWAY), family), "flags": flags}
 
 
 def _neighbour(data: bytes, start: int, end: int) -> dict | None:
     family, ifindex, state, _flags, _type = NDMSG.unpack_from(data, start)
-    if family != socket.AF_INET:
+    if family not in _FAMILY:
         return None
     attrs = dict(_attrs(data, start + NDMSG.size, end))
-    return {"ifindex": ifindex, "ip": _ipv4(attrs.get(NDA_DST)),
+    return {"family": _FAMILY[family], "ifindex": ifindex, "ip": _ip(attrs.get(NDA_DST), family),
             "mac": _mac(attrs.get(NDA_LLADDR)), "state": state}

@@ -8,6 +8,10 @@ every INTERVAL seconds and at once when a netlink notification says a link, addr
 neighbour went away (or a link changed state), so most repairs take well under a second; the
 timer is the safety net for notifications the socket dropped.
 
+Routes and neighbours are compared in the family they belong to: a backend that programs
+IPv6 ones (host-gw dual-stack) gets IPv6 dumped too, and their repairs are counted apart
+(`route_ipv6`, `neighbour_ipv6`), so an operator sees which half the kernel lost.
+
 Each repair is counted by what was repaired (`repairs`, shown by `weft status` and /metrics)
 and logged once. A repair the kernel refuses (a route via an external interface that is down)
 is logged once and retried every pass until it works.
@@ -23,7 +27,15 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Network,
+    ip_address,
+    ip_network,
+)
 from types import ModuleType
 from typing import Protocol
 
@@ -40,6 +52,7 @@ from weft.host.rtnl import (
     RTM_NEWLINK,
     RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV4_ROUTE,
+    RTMGRP_IPV6_ROUTE,
     RTMGRP_LINK,
     RTMGRP_NEIGH,
     RTNH_F_ONLINK,
@@ -59,24 +72,34 @@ PASS_SPACING = 5
 ROUTE, NEIGHBOUR, ADDRESS, DEVICE, LINK, PUBLIC_IP = (
     "route", "neighbour", "address", "device", "link", "public_ip")
 
-_GROUPS = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
+# IPv6 route deletions wake a pass too (host-gw dual-stack routes); on an IPv4-only host the
+# odd one (a router advertisement's route expiring) costs a pass that finds nothing to do.
+_GROUPS = (RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
+           | RTMGRP_IPV6_ROUTE)
 # Our own repairs announce NEWROUTE/NEWNEIGH; waking on those would only cost empty passes.
 _WAKE_ON = {RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR, RTM_DELROUTE, RTM_DELNEIGH}
 
 
 @dataclass(frozen=True)
 class Route:
-    dst: IPv4Network
+    dst: IPv4Network | IPv6Network
     oif: int
-    gateway: IPv4Address | None = None
+    gateway: IPv4Address | IPv6Address | None = None  # of dst's family
     onlink: bool = False
 
 
 @dataclass(frozen=True)
 class Neighbour:
-    ip: IPv4Address
+    ip: IPv4Address | IPv6Address
     mac: str
     ifindex: int
+
+
+def family_label(what: str, address: IPv4Address | IPv6Address | IPv4Network | IPv6Network
+                 ) -> str:
+    """ROUTE or NEIGHBOUR as counted: the IPv6 ones apart ("route_ipv6"), the IPv4 ones under
+    the names they always had."""
+    return f"{what}_ipv6" if address.version == 6 else what
 
 
 @dataclass(frozen=True)
@@ -99,6 +122,12 @@ class Wanted:
     neighbours: tuple[Neighbour, ...] = ()
     device: Device | None = None
 
+    @property
+    def ipv6(self) -> bool:
+        """Whether any route or neighbour is IPv6: then the dump must hold IPv6 ones too."""
+        return any(r.dst.version == 6 for r in self.routes) or any(
+            n.ip.version == 6 for n in self.neighbours)
+
 
 class KernelView:
     """One dump (netlink.dump_kernel's plain dicts), indexed for the comparisons below."""
@@ -109,13 +138,15 @@ class KernelView:
         for a in dump["addrs"]:
             self.addrs.setdefault(a["index"], []).append(
                 IPv4Interface(f"{a['address']}/{a['prefixlen']}"))
-        self.routes: dict[IPv4Network, set[Route]] = {}
+        # Addresses of both families are parsed to the objects the backend's Wanted holds, so
+        # an IPv6 route present compares equal (fd10::/64 is one key however it was spelt).
+        self.routes: dict[IPv4Network | IPv6Network, set[Route]] = {}
         for r in dump["routes"]:
-            route = Route(IPv4Network(r["dst"]), r["oif"],
-                          IPv4Address(r["gateway"]) if r["gateway"] else None,
+            route = Route(ip_network(r["dst"]), r["oif"],
+                          ip_address(r["gateway"]) if r["gateway"] else None,
                           bool(r["flags"] & RTNH_F_ONLINK))
             self.routes.setdefault(route.dst, set()).add(route)
-        self.neighbours = {(n["ifindex"], IPv4Address(n["ip"])): n for n in dump["neighbours"]
+        self.neighbours = {(n["ifindex"], ip_address(n["ip"])): n for n in dump["neighbours"]
                            if n["ip"] and n["mac"]}
 
 
@@ -210,8 +241,8 @@ class Reconciler:
         done: Counter[str] = Counter()
         refused: dict[str, str] = {}
         with self.target.lock:
-            view = KernelView(self.kernel.dump_kernel())
             wanted = self.target.wanted()
+            view = self._view(wanted)
             address = new_public_address(wanted.external, view)
             if address is not None:
                 self._attempt(PUBLIC_IP, f"PublicIP {wanted.external.public_ip} -> {address}",
@@ -221,8 +252,8 @@ class Reconciler:
                 if problems == [DEVICE]:
                     what = f"device {wanted.device.name} recreated"
                     if self._attempt(DEVICE, what, self.target.recreate_device, done, refused):
-                        view = KernelView(self.kernel.dump_kernel())
                         wanted = self.target.wanted()
+                        view = self._view(wanted)
                 elif problems:
                     detail = f"{' and '.join(problems)} of {wanted.device.name}"
                     if self._attempt(problems[0], detail, self.target.setup_device, done,
@@ -230,13 +261,13 @@ class Reconciler:
                         for extra in problems[1:]:
                             done[extra] += 1
             for n in missing_neighbours(wanted, view):
-                self._attempt(NEIGHBOUR, f"neighbour {n.ip} lladdr {n.mac}",
+                self._attempt(family_label(NEIGHBOUR, n.ip), f"neighbour {n.ip} lladdr {n.mac}",
                               lambda n=n: self.kernel.neigh_replace(n.ip, n.mac,
                                                                     ifindex=n.ifindex),
                               done, refused)
             for r in missing_routes(wanted, view):
                 via = f" via {r.gateway}" if r.gateway else ""
-                self._attempt(ROUTE, f"route {r.dst}{via} dev #{r.oif}",
+                self._attempt(family_label(ROUTE, r.dst), f"route {r.dst}{via} dev #{r.oif}",
                               lambda r=r: self.kernel.route_replace(
                                   r.dst, oif=r.oif, gateway=r.gateway, onlink=r.onlink),
                               done, refused)
@@ -244,6 +275,12 @@ class Reconciler:
         self.repairs.update(done)
         self.passes += 1
         return done
+
+    def _view(self, wanted: Wanted) -> KernelView:
+        # IPv6 routes and neighbours are dumped only for a backend that programs some: an
+        # IPv4-only host's pass stays the four dumps it was.
+        return KernelView(self.kernel.dump_kernel(ipv6=True) if wanted.ipv6
+                          else self.kernel.dump_kernel())
 
     def _attempt(self, what: str, detail: str, fn: Callable[[], None], done: Counter[str],
                  refused: dict[str, str]) -> bool:

@@ -37,6 +37,7 @@ RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 # multicast groups a socket binds to for notifications
 RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x4, 0x10, 0x40
+RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE = 0x100, 0x400
 # The fixed part of each message type, after the header
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
@@ -46,6 +47,7 @@ NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
 # struct rtmsg's values, and route attributes
 RT_TABLE_MAIN = 254
 RTPROT_STATIC = 4
+RTPROT_RA = 9  # a route the kernel learnt from a router advertisement
 RT_SCOPE_UNIVERSE = 0
 RTN_UNICAST = 1
 RTNH_F_ONLINK = 4
@@ -58,4 +60,5 @@ NUD_INCOMPLETE, NUD_FAILED, NUD_PERMANENT = 0x01, 0x20, 0x80
 # <linux/if_link.h>, <linux/if_addr.h>, <linux/if.h>: link and address attributes, link flags
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU = 1, 3, 4
 IFA_ADDRESS, IFA_LOCAL = 1, 2
+IFA_F_NODAD = 0x02  # an address used at once, without duplicate address detection
 IFF_UP = 1

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from pathlib import Path
 
 from weft.control.config import ConfigError, NetworkConfig
@@ -126,10 +126,34 @@ def diagnose(options: DoctorOptions) -> list[Finding]:
     network = (facts.config.network if facts.config is not None
                else _env_network(env, "FLANNEL_NETWORK"))
     findings.extend(_kernel_findings(backend, device, links, iface, env))
+    network6 = _ipv6_network(facts.config, env)
+    if network6 is not None:  # dual-stack (EnableIPv6, or FLANNEL_IPV6_NETWORK in the file)
+        findings.extend(_ipv6_findings(iface))
     tx = tunnel_tx_name(device) if device is not None else None
-    findings.extend(_firewall_findings(network, port, tx if tx in links else None))
-    findings.extend(_peer_findings(facts, backend, port, options.probe_timeout))
+    findings.extend(_firewall_findings(network, port, tx if tx in links else None, network6))
+    findings.extend(_peer_findings(facts, backend, port, options.probe_timeout,
+                                   ipv6=network6 is not None))
     return findings
+
+
+def _ipv6_network(config: NetworkConfig | None, env: dict[str, str] | None
+                  ) -> IPv6Network | None:
+    """The IPv6 network of a dual-stack config (or of the subnet file when etcd is away)."""
+    if config is not None:
+        return config.ipv6_network if config.enable_ipv6 else None
+    try:
+        return IPv6Interface((env or {})["FLANNEL_IPV6_NETWORK"]).network
+    except (KeyError, ValueError):
+        return None
+
+
+def _ipv6_findings(iface: ExternalInterface | None) -> list[Finding]:
+    forwarding = host_facts.sysctl("net.ipv6.conf.all.forwarding")
+    name = iface.name if iface is not None else None
+    accept_ra = (host_facts.sysctl(host_facts.conf_key(name, "accept_ra", "ipv6"))
+                 if name is not None else None)
+    return [checks.ipv6_forward(forwarding),
+            checks.accept_ra(name, forwarding, accept_ra, host_facts.ipv6_default_from_ra())]
 
 
 def _kernel_findings(backend: str, device: str | None, links: dict[str, host_facts.Link],
@@ -157,28 +181,45 @@ def _kernel_findings(backend: str, device: str | None, links: dict[str, host_fac
 
 
 def _firewall_findings(network: IPv4Network | None, port: int | None,
-                       tx_device: str | None) -> list[Finding]:
+                       tx_device: str | None, network6: IPv6Network | None = None
+                       ) -> list[Finding]:
     text, error = host_facts.filter_table()
     if text is None:
-        return [Finding("firewall", WARN, f"cannot read the filter table: {error}",
-                        "install iptables (iptables-save)")]
-    out = [firewall_view.forward_check(text, network, tx_device)]
-    if port is not None:
-        out.append(firewall_view.port_check(text, port))
+        out = [Finding("firewall", WARN, f"cannot read the filter table: {error}",
+                       "install iptables (iptables-save)")]
+    else:
+        out = [firewall_view.forward_check(text, network, tx_device)]
+        if port is not None:
+            out.append(firewall_view.port_check(text, port))
+    if network6 is not None:  # the IPv6 half is forwarded by ip6tables' FORWARD chain
+        text6, error6 = host_facts.filter_table(6)
+        out.append(firewall_view.forward_check(text6, network6, ipv6=True) if text6 is not None
+                   else Finding("forward_ipv6", WARN, f"cannot read ip6tables' filter table: "
+                                f"{error6}", "install ip6tables (ip6tables-save)"))
     return out
 
 
 def _peer_findings(facts: EtcdFacts, backend: str, port: int | None,
-                   timeout: float) -> list[Finding]:
+                   timeout: float, ipv6: bool = False) -> list[Finding]:
+    """Each peer's PublicIP, and in a dual-stack config the PublicIPv6 of each peer whose
+    lease has an IPv6 half (the address its IPv6 half is reached by)."""
     if facts.error is not None or backend == "alloc":
         return []  # no leases to probe (or no data path to probe for)
     others = sorted((lease for lease in facts.leases
                      if facts.ours is None or lease.subnet != facts.ours.subnet),
                     key=lambda lease: lease.subnet)
-    targets = [(lease.subnet, lease.attrs.public_ip) for lease in others]
+    targets: list = []
+    keys = {}
+    for lease in others:
+        targets.append((lease.subnet, lease.attrs.public_ip))
+        keys[lease.subnet] = lease.key
+        if ipv6 and lease.ipv6_subnet is not None and lease.attrs.public_ipv6 is not None:
+            targets.append((lease.ipv6_subnet, lease.attrs.public_ipv6))
+            keys[lease.ipv6_subnet] = lease.key
     if not targets:
         return [Finding("peers", OK, "no other host holds a lease: nothing to probe")]
-    findings = [checks.peer(p, backend) for p in peer_probe.probe_all(targets, port, timeout)]
+    findings = [checks.peer(p, backend, keys.get(p.subnet))
+                for p in peer_probe.probe_all(targets, port, timeout)]
     if len(targets) > peer_probe.MAX_PEERS:
         findings.append(Finding("peers", WARN, f"probed {peer_probe.MAX_PEERS} of "
                                 f"{len(targets)} peers (the first by subnet); the rest not probed"))

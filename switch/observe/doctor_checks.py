@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from weft.control.lease import Lease
 from weft.status import Refusal
@@ -40,6 +40,56 @@ def ip_forward(value: int | None) -> Finding:
                    f"net.ipv4.ip_forward={value}: the kernel forwards no pod traffic",
                    "sysctl -w net.ipv4.ip_forward=1 (and net.ipv4.ip_forward=1 in "
                    "/etc/sysctl.d/ to keep it)")
+
+
+def ipv6_forward(value: int | None) -> Finding:
+    """Dual-stack (EnableIPv6): pods' IPv6 traffic to other hosts is forwarded as IPv4 is;
+    net.ipv4.ip_forward says nothing about it."""
+    if value is None:
+        return Finding("ipv6_forward", WARN,
+                       "cannot read /proc/sys/net/ipv6/conf/all/forwarding (IPv6 disabled?)")
+    if value == 1:
+        return Finding("ipv6_forward", OK, "net.ipv6.conf.all.forwarding=1")
+    return Finding("ipv6_forward", FAIL,
+                   f"net.ipv6.conf.all.forwarding={value}: the kernel forwards no pod IPv6 "
+                   "traffic (EnableIPv6)",
+                   "sysctl -w net.ipv6.conf.all.forwarding=1 (and in /etc/sysctl.d/ to keep it)")
+
+
+def accept_ra(iface: str | None, forwarding: int | None, value: int | None,
+              ra_default: bool | None) -> Finding:
+    """With IPv6 forwarding on, the kernel ignores router advertisements on an interface
+    unless its accept_ra is 2. A host whose IPv6 default route came from an RA (SLAAC) then
+    keeps it only until the router lifetime runs out: after that it has no IPv6 default route
+    and reaches nothing beyond its own segment (pods' IPv6 between hosts of one segment still
+    works). `ra_default`: the main table's IPv6 default route was learnt from an RA."""
+    if iface is None:
+        return Finding("accept_ra", WARN, "external interface unknown: accept_ra not checked",
+                       "give --iface as for weft run")
+    if value is None:
+        return Finding("accept_ra", WARN, f"cannot read net.ipv6.conf.{iface}.accept_ra")
+    fix = f"sysctl -w net.ipv6.conf.{iface}.accept_ra=2 (and in /etc/sysctl.d/ to keep it)"
+    if value == 2:
+        return Finding("accept_ra", OK, f"accept_ra=2 on {iface}: router advertisements are "
+                       "accepted with forwarding on")
+    if value == 0:
+        return Finding("accept_ra", OK, f"accept_ra=0 on {iface}: router advertisements "
+                       "ignored by choice (a static IPv6 default route, or none)")
+    if forwarding != 1:
+        if ra_default:
+            return Finding("accept_ra", WARN,
+                           f"accept_ra={value} on {iface} and the IPv6 default route comes "
+                           "from router advertisements: once forwarding is on (dual-stack "
+                           "needs it) they are ignored and the default route expires", fix)
+        return Finding("accept_ra", OK, f"accept_ra={value} on {iface}, forwarding off")
+    said = (f"accept_ra={value} on {iface} with forwarding=1: the kernel ignores router "
+            "advertisements there")
+    if ra_default:
+        return Finding("accept_ra", WARN,
+                       said + "; the IPv6 default route came from one and is not renewed: "
+                       "when its lifetime ends the host has no IPv6 default route", fix)
+    return Finding("accept_ra", OK, said + " (the IPv6 default route, if any, is static; "
+                   f"set accept_ra=2 if {iface} should learn one by SLAAC)")
 
 
 def br_netfilter(present: bool, call_iptables: int | None) -> Finding:
@@ -224,25 +274,29 @@ def lease(reachable: bool, ours: Lease | None, subnet: IPv4Network | None,
 class PeerProbe:
     """What was learnt about one peer's PublicIP (see peer_probe.probe)."""
 
-    subnet: IPv4Network
-    public_ip: IPv4Address
+    subnet: IPv4Network | IPv6Network  # the lease's IPv6 half when probing its PublicIPv6
+    public_ip: IPv4Address | IPv6Address
     route: str | None  # "eth0" or "eth0 via 192.0.2.1"; None when there is no route
     route_error: str | None = None
     echo_ms: float | None = None  # ICMP echo round trip; None when no reply came
-    neighbour_failed: bool = False  # ARP for the next hop got no answer
+    neighbour_failed: bool = False  # ARP (IPv6: neighbour discovery) for the next hop unanswered
     port: int | None = None  # the UDP port probed (vxlan, udp), else None
     port_refused: bool = False  # an ICMP port unreachable came back: nothing listens
     timeout: float = 1.0
 
 
-def peer(probe: PeerProbe, backend: str) -> Finding:
+def peer(probe: PeerProbe, backend: str, key: str | None = None) -> Finding:
+    """`key`: the lease's key below subnets/ (both halves of a dual-stack one), for the fix."""
     name = f"peer {probe.subnet}"
     ip = probe.public_ip
+    key = key or f"{probe.subnet.network_address}-{probe.subnet.prefixlen}"
+    echo = "ICMPv6 echo" if ip.version == 6 else "ICMP echo"
+    resolve = "neighbour discovery" if ip.version == 6 else "ARP"
     if probe.route is None:
         return Finding(name, FAIL, f"no route to PublicIP {ip}: {probe.route_error}",
                        f"add a route to {ip} (the underlay must connect the hosts)")
     said = [f"route via {probe.route}"]
-    said.append(f"ICMP echo to {ip}: " + (f"reply in {probe.echo_ms:.2f} ms"
+    said.append(f"{echo} to {ip}: " + (f"reply in {probe.echo_ms:.2f} ms"
                                           if probe.echo_ms is not None
                                           else f"no reply in {probe.timeout:g} s"))
     if probe.port is not None:
@@ -258,14 +312,13 @@ def peer(probe: PeerProbe, backend: str) -> Finding:
     if probe.echo_ms is not None:
         return Finding(name, OK, found)
     if probe.neighbour_failed:
-        return Finding(name, FAIL, found + f"; no ARP reply for the next hop: {ip} is down or "
-                       "not on that segment",
+        return Finding(name, FAIL, found + f"; no {resolve} reply for the next hop: {ip} is "
+                       "down or not on that segment",
                        f"check the host at {ip}; if it is gone, delete its lease "
-                       f"(etcdctl del <prefix>/subnets/{probe.subnet.network_address}-"
-                       f"{probe.subnet.prefixlen})")
-    return Finding(name, WARN, found + ": ICMP may be filtered, or the host is down",
-                   f"allow ICMP echo and udp/{probe.port} from this host to {ip}"
-                   if probe.port else f"allow ICMP echo from this host to {ip}")
+                       f"(etcdctl del <prefix>/subnets/{key})")
+    return Finding(name, WARN, found + f": {echo.split()[0]} may be filtered, or the host is "
+                   "down", f"allow {echo} and udp/{probe.port} from this host to {ip}"
+                   if probe.port else f"allow {echo} from this host to {ip}")
 
 
 def _duration(seconds: float) -> str:

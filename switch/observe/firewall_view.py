@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from weft.observe.doctor_checks import FAIL, OK, WARN, Finding
 
@@ -31,8 +31,9 @@ class Rule:
     protocol_negated: bool = False
     ports: list[tuple[int, int]] | None = None  # --dport / --dports ranges; None = any
     ports_negated: bool = False
-    source: tuple[IPv4Network, bool] | None = None  # (network, negated)
-    dest: tuple[IPv4Network, bool] | None = None
+    # (network, negated); an IPv6 network in ip6tables-save text
+    source: tuple[IPv4Network | IPv6Network, bool] | None = None
+    dest: tuple[IPv4Network | IPv6Network, bool] | None = None
     in_iface: str | None = None  # -i NAME (not negated)
     conditional: bool = False  # matches on something else (interface, state, ...)
 
@@ -91,7 +92,7 @@ def _parse_rule(line: str) -> Rule:
             rule.ports, rule.ports_negated = _ports(value), negate
         elif word in ("-s", "-d"):
             try:
-                net = (IPv4Network(value, strict=False), negate)
+                net = (ip_network(value, strict=False), negate)
             except ValueError:
                 rule.conditional = True
             else:
@@ -193,49 +194,60 @@ def _walk(table: FilterTable, chain: str, port: int, maybe: list[str],
     return None
 
 
-def forward_check(text: str, network: IPv4Network | None,
-                  tx_device: str | None = None) -> Finding:
+def forward_check(text: str, network: IPv4Network | IPv6Network | None,
+                  tx_device: str | None = None, ipv6: bool = False) -> Finding:
     """A FORWARD policy of DROP (Docker sets one) drops pod traffic between hosts unless rules
     accept the pod network both ways, as `weft run --iptables-forward-rules` (WEFT-FWD) or
     flanneld's FLANNEL-FWD do. Only ACCEPT rules with -s/-d covering the network count.
     `tx_device`: weft's tunnel-GSO TX TAP when it exists; the host forwards what enters it
-    (outer packets between PublicIPs), so a rule must accept that too."""
+    (outer packets between PublicIPs), so a rule must accept that too.
+    `ipv6`: `text` is ip6tables-save's and `network` the IPv6Network of a dual-stack config
+    (check "forward_ipv6"), as weft's and flanneld's IPv6 forward rules accept it."""
+    check, tool = ("forward_ipv6", "ip6tables") if ipv6 else ("forward", "iptables")
     table = parse_filter(text)
     policy = table.policies.get("FORWARD", "ACCEPT")
     if policy != "DROP":
-        return Finding("forward", OK, f"filter FORWARD policy {policy}")
+        return Finding(check, OK, f"{tool} filter FORWARD policy {policy}" if ipv6
+                       else f"filter FORWARD policy {policy}")
     if network is None:
-        return Finding("forward", WARN,
+        return Finding(check, WARN,
                        "filter FORWARD policy DROP; the pod network is unknown (no config, no "
                        "subnet file), so its accept rules were not checked")
     accepts_from, accepts_to = [], []
     for rule in _reachable(table, "FORWARD"):
         if rule.target != "ACCEPT":
             continue
-        if rule.source and not rule.source[1] and rule.source[0].supernet_of(network):
+        if _covers(rule.source, network):
             accepts_from.append(rule.text)
-        if rule.dest and not rule.dest[1] and rule.dest[0].supernet_of(network):
+        if _covers(rule.dest, network):
             accepts_to.append(rule.text)
-    fix = (f"run weft with --iptables-forward-rules (the default), or: iptables -A FORWARD -s "
-           f"{network} -j ACCEPT && iptables -A FORWARD -d {network} -j ACCEPT")
+    fix = (f"run weft with --iptables-forward-rules (the default), or: {tool} -A FORWARD -s "
+           f"{network} -j ACCEPT && {tool} -A FORWARD -d {network} -j ACCEPT")
     if accepts_from and accepts_to:
         if tx_device is not None and not any(
                 rule.target == "ACCEPT" and rule.in_iface == tx_device
                 for rule in _reachable(table, "FORWARD")):
-            return Finding("forward", FAIL,
+            return Finding(check, FAIL,
                            f"filter FORWARD policy DROP; {network} is accepted, but not what "
                            f"enters {tx_device}: pod TCP sent as whole tunnel-GSO frames is "
                            "dropped", f"run weft with --iptables-forward-rules (the default), "
-                           f"or: iptables -A FORWARD -i {tx_device} -j ACCEPT")
-        return Finding("forward", OK, f"filter FORWARD policy DROP; {network} accepted both ways "
+                           f"or: {tool} -A FORWARD -i {tx_device} -j ACCEPT")
+        return Finding(check, OK, f"filter FORWARD policy DROP; {network} accepted both ways "
                        f"(`{accepts_from[0]}`, `{accepts_to[0]}`)")
     if not accepts_from and not accepts_to:
-        return Finding("forward", FAIL,
+        return Finding(check, FAIL,
                        f"filter FORWARD policy DROP and no rule accepts the pod network "
                        f"{network}: forwarded pod traffic is dropped", fix)
     way = "from" if accepts_from else "to"
-    return Finding("forward", WARN, f"filter FORWARD policy DROP; only traffic {way} {network} "
+    return Finding(check, WARN, f"filter FORWARD policy DROP; only traffic {way} {network} "
                    "is accepted", fix)
+
+
+def _covers(match: tuple[IPv4Network | IPv6Network, bool] | None,
+            network: IPv4Network | IPv6Network) -> bool:
+    """A -s/-d match (not negated) that takes all of `network`, of the same family."""
+    return (match is not None and not match[1] and match[0].version == network.version
+            and match[0].supernet_of(network))  # type: ignore[arg-type]
 
 
 def _reachable(table: FilterTable, chain: str) -> list[Rule]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from weft.host.iptables import Iptables, IptablesError
+from weft.host.rtnl import RTPROT_RA
 
 PROC_SYS = Path("/proc/sys")
 
@@ -32,10 +33,21 @@ def sysctl(key: str) -> int | None:
         return None
 
 
-def conf_key(device: str, name: str) -> str:
+def conf_key(device: str, name: str, ipv: str = "ipv4") -> str:
     # Device names may hold dots (weft.1, flannel.1); sysctl's dotted form would split them,
-    # so the path is built from parts.
-    return f"net/ipv4/conf/{device}/{name}"
+    # so the path is built from parts. `ipv`: "ipv6" for net.ipv6.conf.<device>.<name>.
+    return f"net/{ipv}/conf/{device}/{name}"
+
+
+def ipv6_default_from_ra() -> bool | None:
+    """Whether the main table's IPv6 default route was learnt from a router advertisement;
+    None when the routes cannot be read."""
+    try:
+        with IPRoute() as ipr:
+            routes = ipr.get_routes(family=socket.AF_INET6, table=254)
+    except OSError:
+        return None
+    return any(r["dst_len"] == 0 and r["proto"] == RTPROT_RA for r in routes)
 
 
 def br_netfilter_present() -> bool:
@@ -63,10 +75,11 @@ def links() -> dict[str, Link]:
     return out
 
 
-def filter_table() -> tuple[str | None, str | None]:
-    """(iptables-save -t filter text, None), or (None, why it could not be read)."""
+def filter_table(version: int = 4) -> tuple[str | None, str | None]:
+    """(iptables-save -t filter text, None), or (None, why it could not be read);
+    `version` 6: ip6tables-save's."""
     try:
-        return Iptables().save("filter"), None
+        return Iptables(version).save("filter"), None
     except IptablesError as exc:
         return None, str(exc)
 

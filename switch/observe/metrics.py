@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder, generate_latest
 
-from weft.status import DaemonStatus
+from weft.status import BackendStatus, DaemonStatus
 
 
 def render_metrics(status: DaemonStatus) -> str:
@@ -89,6 +89,8 @@ def _lease_and_datapath(status: DaemonStatus) -> Iterator[Metric]:
     if lease is not None:
         info.add_metric([lease.subnet, lease.public_ip, lease.backend or ""], 1)
     yield info
+    if lease is not None and lease.ipv6_subnet is not None:  # dual-stack (EnableIPv6) only
+        yield from _ipv6_half(lease.ipv6_subnet, lease.public_ipv6, backend)
     yield _single(GaugeMetricFamily, "weft_ready",
                   "1 when the lease is held and peers are synced.", 1 if status.ready else 0)
     mode = GaugeMetricFamily("weft_datapath_info", "Datapath mode; the value is always 1.",
@@ -96,6 +98,22 @@ def _lease_and_datapath(status: DaemonStatus) -> Iterator[Metric]:
     if backend is not None and backend.datapath is not None:
         mode.add_metric([backend.datapath.mode], 1)
     yield mode
+
+
+def _ipv6_half(subnet: str, public_ipv6: str | None,
+               backend: BackendStatus | None) -> Iterator[Metric]:
+    """Our lease's IPv6 half, and how many peers are routed over IPv6 as well: weft_peers
+    minus weft_peers_ipv6 is how many peers pods reach over IPv4 only. Families of their own,
+    so that an IPv4-only host's weft_lease_info keeps the labels it always had."""
+    info = GaugeMetricFamily("weft_lease_ipv6_info",
+                             "Our lease's IPv6 half (EnableIPv6); the value is always 1.",
+                             labels=["ipv6_subnet", "public_ipv6"])
+    info.add_metric([subnet, public_ipv6 or ""], 1)
+    yield info
+    peers = backend.peers if backend is not None else ()
+    yield _single(GaugeMetricFamily, "weft_peers_ipv6",
+                  "Remote subnets whose IPv6 half is programmed too (dual-stack peers).",
+                  sum(1 for peer in peers if peer.ipv6_subnet is not None))
 
 
 def _store(status: DaemonStatus) -> Iterator[Metric]:

@@ -7,6 +7,8 @@ so the only honest answer is negative: an ICMP port unreachable coming back mean
 listens there; silence means a listener or a filter. The empty datagram is harmless to the
 receiver (weft and the kernel's VXLAN drop it as truncated). When the echo goes unanswered the
 neighbour entry of the next hop tells a dead or absent host (ARP unanswered) from filtered ICMP.
+A dual-stack peer's PublicIPv6 is probed the same way over IPv6 (ICMPv6 echo, neighbour
+discovery for the next hop).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -30,15 +32,21 @@ from weft.packet.checksum import inet_checksum
 TIMEOUT = 1.0  # seconds per probe; all peers are probed at once
 MAX_PEERS = 64  # probed at most; the report says how many were left out
 ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
+ICMPV6_ECHO, ICMPV6_ECHOREPLY = 128, 129
+# (socket family, ICMP protocol, echo request, echo reply) by IP version
+_ICMP = {4: (socket.AF_INET, socket.IPPROTO_ICMP, ICMP_ECHO, ICMP_ECHOREPLY),
+         6: (socket.AF_INET6, socket.IPPROTO_ICMPV6, ICMPV6_ECHO, ICMPV6_ECHOREPLY)}
+Address = IPv4Address | IPv6Address
 PAYLOAD = b"weft doctor probe"
 
 _ident = iter(range(os.getpid() & 0xFF00, (os.getpid() & 0xFF00) + 0x100))
 _ident_lock = threading.Lock()
 
 
-def probe_all(peers: Sequence[tuple[IPv4Network, IPv4Address]], port: int | None,
+def probe_all(peers: Sequence[tuple[IPv4Network | IPv6Network, Address]], port: int | None,
               timeout: float = TIMEOUT) -> list[PeerProbe]:
-    """Probe every (subnet, PublicIP) in parallel; at most MAX_PEERS of them."""
+    """Probe every (subnet, PublicIP) in parallel, (IPv6 subnet, PublicIPv6) as well; at most
+    MAX_PEERS of them."""
     chosen = list(peers)[:MAX_PEERS]
     if not chosen:
         return []
@@ -47,7 +55,7 @@ def probe_all(peers: Sequence[tuple[IPv4Network, IPv4Address]], port: int | None
         return list(pool.map(lambda p: probe(p[0], p[1], port, timeout), chosen))
 
 
-def probe(subnet: IPv4Network, ip: IPv4Address, port: int | None,
+def probe(subnet: IPv4Network | IPv6Network, ip: Address, port: int | None,
           timeout: float = TIMEOUT) -> PeerProbe:
     route, oif, nexthop, error = _route(ip)
     if route is None:
@@ -65,7 +73,7 @@ def probe(subnet: IPv4Network, ip: IPv4Address, port: int | None,
                      port_refused=bool(refused and refused[0]), timeout=timeout)
 
 
-def _route(ip: IPv4Address) -> tuple[str | None, int, IPv4Address, str | None]:
+def _route(ip: Address) -> tuple[str | None, int, Address, str | None]:
     """(description, output ifindex, next hop, error) of the kernel's route to `ip`."""
     try:
         with IPRoute() as ipr:
@@ -76,26 +84,29 @@ def _route(ip: IPv4Address) -> tuple[str | None, int, IPv4Address, str | None]:
         return None, 0, ip, os.strerror(exc.code) if exc.code else str(exc)
     name = links[0].get_attr("IFLA_IFNAME") if links else f"ifindex {oif}"
     gateway = msg.get_attr("RTA_GATEWAY")
-    nexthop = IPv4Address(gateway) if gateway else ip
+    nexthop = ip_address(gateway) if gateway else ip
     return (f"{name} via {gateway}" if gateway else name), oif, nexthop, None
 
 
-def _echo(ip: IPv4Address, timeout: float) -> float | None:
-    """Round trip of one ICMP echo in ms, or None when no reply came within `timeout`."""
+def _echo(ip: Address, timeout: float) -> float | None:
+    """Round trip of one ICMP (ICMPv6) echo in ms, or None when no reply came in `timeout`."""
+    family, proto, request, reply = _ICMP[ip.version]
     try:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        sock = socket.socket(family, socket.SOCK_RAW, proto)
         raw = True
     except PermissionError:
-        try:  # needs net.ipv4.ping_group_range to include our group
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+        try:  # needs net.ipv4.ping_group_range (IPv6 too) to include our group
+            sock = socket.socket(family, socket.SOCK_DGRAM, proto)
         except OSError:
             return None
         raw = False
     with _ident_lock:
         ident = next(_ident, 0x7777)
-    header = struct.pack("!BBHHH", ICMP_ECHO, 0, 0, ident, 1)
-    csum = inet_checksum(header + PAYLOAD)
-    packet = struct.pack("!BBHHH", ICMP_ECHO, 0, csum, ident, 1) + PAYLOAD
+    # ICMPv6's checksum covers a pseudo-header the kernel knows and fills in itself on raw
+    # and ping sockets alike; ICMP's is ours to compute.
+    header = struct.pack("!BBHHH", request, 0, 0, ident, 1)
+    csum = inet_checksum(header + PAYLOAD) if ip.version == 4 else 0
+    packet = struct.pack("!BBHHH", request, 0, csum, ident, 1) + PAYLOAD
     start = time.monotonic()
     deadline = start + timeout
     with sock:
@@ -105,22 +116,23 @@ def _echo(ip: IPv4Address, timeout: float) -> float | None:
             while (left := deadline - time.monotonic()) > 0:
                 sock.settimeout(left)
                 data = sock.recv(2048)
-                if raw:
+                if raw and ip.version == 4:  # raw IPv6 sockets get no IP header
                     data = data[(data[0] & 0x0F) * 4:] if data else b""
                 if len(data) < 8:
                     continue
                 kind, _, _, got_ident, seq = struct.unpack_from("!BBHHH", data)
                 # The ping socket rewrites the identifier; a raw one gets every echo reply.
-                if kind == ICMP_ECHOREPLY and seq == 1 and (got_ident == ident or not raw):
+                if kind == reply and seq == 1 and (got_ident == ident or not raw):
                     return (time.monotonic() - start) * 1000
         except (TimeoutError, OSError):
             return None
     return None
 
 
-def _udp_refused(ip: IPv4Address, port: int, timeout: float) -> bool:
+def _udp_refused(ip: Address, port: int, timeout: float) -> bool:
     """True when an ICMP port unreachable answers an empty datagram to ip:port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         try:
             sock.connect((str(ip), port))
@@ -133,13 +145,14 @@ def _udp_refused(ip: IPv4Address, port: int, timeout: float) -> bool:
     return False
 
 
-def _neighbour_failed(nexthop: IPv4Address, oif: int) -> bool:
-    """Whether ARP for the next hop went unanswered (entry FAILED, or still INCOMPLETE after
-    the echo's timeout)."""
+def _neighbour_failed(nexthop: Address, oif: int) -> bool:
+    """Whether ARP (neighbour discovery) for the next hop went unanswered (entry FAILED, or
+    still INCOMPLETE after the echo's timeout)."""
     if not oif:
         return False
+    family = socket.AF_INET6 if nexthop.version == 6 else socket.AF_INET
     with IPRoute() as ipr:
-        for msg in ipr.get_neighbours(family=socket.AF_INET, ifindex=oif):
+        for msg in ipr.get_neighbours(family=family, ifindex=oif):
             if msg.get_attr("NDA_DST") == str(nexthop):
                 return bool(msg["state"] & (NUD_INCOMPLETE | NUD_FAILED))
     return False

@@ -45,10 +45,13 @@ def _lease_lines(status: DaemonStatus) -> list[str]:
     if lease is None:
         return [f"state:     {state}", "lease:     none"]
     left = format_duration(lease.expires_in) if lease.expires_in is not None else "unknown"
+    ipv6 = ([f"IPv6:      {lease.ipv6_subnet}, public IPv6 {lease.public_ipv6 or '?'}"]
+            if lease.ipv6_subnet is not None else [])
     return [
         f"state:     {state}",
         f"subnet:    {lease.subnet}",
         f"public IP: {lease.public_ip}",
+        *ipv6,
         f"backend:   {lease.backend or '?'}",
         f"expires:   in {left}" if not left.startswith("expired") else f"expires:   {left}",
     ]
@@ -59,9 +62,14 @@ def _peer_lines(backend: BackendStatus | None) -> list[str]:
     lines = [f"peers ({len(peers)}):"]
     if not peers:
         return lines + ["  none"]
+    headers = ["SUBNET", "PUBLIC IP", "VTEP MAC"]
     rows = [[p.subnet, p.public_ip, p.vtep_mac or "-"] for p in peers]
+    if any(p.ipv6_subnet is not None for p in peers):  # dual-stack: each peer's IPv6 half
+        headers += ["IPV6 SUBNET", "PUBLIC IPV6"]
+        for row, p in zip(rows, peers, strict=True):
+            row += [p.ipv6_subnet or "-", p.public_ipv6 or "-"]
     rows.sort(key=_subnet_order)
-    return lines + _table(["SUBNET", "PUBLIC IP", "VTEP MAC"], rows)
+    return lines + _table(headers, rows)
 
 
 def _subnet_order(row: list[str]) -> tuple:

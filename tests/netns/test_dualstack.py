@@ -101,3 +101,40 @@ def test_ipv6_address_found_on_the_interface_is_published() -> None:
         iface = netns.call_in(lab.hosts[0], find_external_interface, "eth0", None, (), None,
                               True, given)
         assert iface.public_ipv6 == given
+
+
+def test_a_deleted_ipv6_host_gw_route_is_put_back_and_shown() -> None:
+    """`ip -6 route del` of a peer's IPv6 route: the repair pass puts it back within its
+    period, counts it as route_ipv6, and `weft status` shows both halves of our lease."""
+    import time
+
+    with Lab(hosts=2, ipv6=True) as lab:
+        cluster = Cluster(lab, backend="host-gw", ipv6_network=IPV6_NETWORK)
+        cluster.start_etcd()
+        cluster.start_weft(0)
+        cluster.start_weft(1)
+        cluster.wait_leases()
+        cluster.wait_synced()
+        peer = cluster.host(1)
+        ns = cluster.host(0).ns
+        route = f"{peer.subnet6} via {lab.host_ips6[1]}"
+        deadline = time.time() + 15
+        while route not in lab.call(ns, ["ip", "-6", "route"], check=True).stdout:
+            assert time.time() < deadline, cluster.host_log(0)[-2000:]
+            time.sleep(0.1)
+        time.sleep(4)  # a few passes over the programmed state: none of them repairs anything
+        assert not (cluster.status(0) or {}).get("repairs"), cluster.status(0)
+
+        lab.call(ns, ["ip", "-6", "route", "del", str(peer.subnet6)], check=True)
+        t0 = time.time()
+        while (cluster.status(0) or {}).get("repairs", {}).get("route_ipv6", 0) < 1:
+            assert time.time() - t0 < 10, (cluster.status(0), cluster.host_log(0)[-2000:])
+            time.sleep(0.05)
+        assert route in lab.call(ns, ["ip", "-6", "route"], check=True).stdout
+        assert cluster.status(0)["repairs"] == {"route_ipv6": 1}  # the IPv4 route untouched
+
+        status = lab.call(ns, [*WEFT, "status", "--control-socket", cluster.socket_path(0)],
+                          check=True).stdout
+        assert f"IPv6:      {cluster.host(0).subnet6}, public IPv6 {lab.host_ips6[0]}" in status
+        assert "route_ipv6=1" in status
+        assert f"{peer.subnet6}" in status and str(lab.host_ips6[1]) in status

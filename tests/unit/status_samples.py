@@ -68,3 +68,18 @@ FULL = DaemonStatus(
 
 # A daemon still waiting for its config: no lease, no backend, nothing but the store.
 WAITING = DaemonStatus(ready=False, lease=None, etcd=ETCD_UP, leases_rejected=NO_REJECTIONS)
+
+# A dual-stack host-gw daemon (EnableIPv6): our lease's IPv6 half, one peer routed over both
+# families and one IPv4-only peer (an older flanneld or weft), an IPv6 route put back once.
+HOSTGW_DUAL = BackendStatus(
+    kind="host-gw",
+    peers=(PeerStatus(subnet="10.1.16.0/24", public_ip="192.0.2.12",
+                      ipv6_subnet="fd10:0:0:10::/64", public_ipv6="fd00::12"),
+           PeerStatus(subnet="10.1.2.0/24", public_ip="192.0.2.13")),
+    datapath=DatapathStatus(mode="kernel routes"),
+    repair=RepairStatus(repairs={"route": 1, "route_ipv6": 2}))
+DUAL = DaemonStatus(
+    ready=True, etcd=ETCD_UP, leases_rejected=NO_REJECTIONS, backend=HOSTGW_DUAL,
+    lease=LeaseStatus(subnet="10.1.15.0/24", public_ip="192.0.2.11", backend="host-gw",
+                      expires_in=86000.0, ipv6_subnet="fd10:0:0:f::/64",
+                      public_ipv6="fd00::11"))

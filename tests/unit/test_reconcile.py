@@ -7,14 +7,19 @@ import struct
 import threading
 import time
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from types import SimpleNamespace
 
 import pytest
+from fakes.netlink import FakeNetlink
 from polling import wait_for
 from status_samples import FULL, VXLAN, WAITING
 
+from weft.backends.hostgw import HostGwBackend
 from weft.control.iface import ExternalInterface
-from weft.host import reconcile
+from weft.control.lease import Lease, LeaseAttrs
+from weft.control.peer_sync import PeerChanges
+from weft.host import netlink, reconcile
 from weft.host.reconcile import (
     Device,
     KernelView,
@@ -141,7 +146,8 @@ class FakeKernel:
         self.calls: list[tuple] = []
         self.refuse_routes: Exception | None = None
 
-    def dump_kernel(self) -> dict:
+    def dump_kernel(self, ipv6: bool = False) -> dict:
+        self.asked_ipv6 = ipv6
         return self.dump
 
     def route_replace(self, dst, *, oif, gateway=None, onlink=False) -> None:
@@ -254,6 +260,84 @@ def test_notifications_that_wake_a_pass():
     data = msg(24, b"x" * 5) + msg(25) + msg(17)
     assert message_types(data) == [24, 25, 17]
     assert message_types(b"\x00" * 8) == []
+
+
+# -- IPv6 (host-gw dual-stack): compared in its own family, counted apart ----------------------
+
+PEER6_NET = IPv6Network("fd10:0:0:8::/64")
+PEER6_GW = IPv6Address("fd00::8")
+
+
+def dual_stack_dump() -> dict:
+    dump = healthy_dump()
+    dump["routes"] += [
+        {"family": 6, "dst": "fd10:0:0:8::/64", "oif": 2, "gateway": "fd00::8", "flags": 0},
+        {"family": 6, "dst": "fd00::/64", "oif": 2, "gateway": None, "flags": 0},
+        {"family": 6, "dst": "::/0", "oif": 2, "gateway": "fe80::1", "flags": 0}]
+    return dump
+
+
+def hostgw_wanted() -> Wanted:
+    return Wanted(ETH0, (Route(PEER_NET, 2, IPv4Address("192.0.2.8")),
+                         Route(PEER6_NET, 2, PEER6_GW)))
+
+
+def test_an_ipv6_route_present_compares_equal_and_a_missing_one_is_missing():
+    dump = dual_stack_dump()
+    dump["routes"][1].update(oif=2, gateway="192.0.2.8", flags=0)
+    assert missing_routes(hostgw_wanted(), KernelView(dump)) == []
+    dump["routes"][3]["gateway"] = "fd00:0:0:0:0:0:0:8"  # another spelling, the same address
+    assert missing_routes(hostgw_wanted(), KernelView(dump)) == []
+    for change in ({"gateway": "fd00::9"}, {"oif": 5}):
+        changed = dual_stack_dump()
+        changed["routes"][1].update(oif=2, gateway="192.0.2.8", flags=0)
+        changed["routes"][3].update(change)
+        assert missing_routes(hostgw_wanted(), KernelView(changed)) == [
+            Route(PEER6_NET, 2, PEER6_GW)], change
+
+
+def test_ipv6_is_dumped_only_for_a_backend_that_programs_some():
+    kernel = FakeKernel(healthy_dump())
+    Reconciler(FakeBackend(kernel), kernel=kernel).run_once()
+    assert kernel.asked_ipv6 is False  # an IPv4-only pass: the dumps it always made
+    assert hostgw_wanted().ipv6 and not vxlan_wanted().ipv6
+    assert Wanted(ETH0, neighbours=(Neighbour(PEER6_GW, PEER_MAC, 5),)).ipv6
+
+
+def _dual_stack_hostgw(kernel: FakeNetlink, monkeypatch) -> HostGwBackend:
+    """host-gw with EnableIPv6 on eth0 (192.0.2.1, fd00::1), one dual-stack peer programmed
+    through the fake kernel."""
+    segments = {2: [IPv4Network("192.0.2.0/24")], 10: [IPv6Network("fd00::/64")]}
+    monkeypatch.setattr(netlink, "connected_networks",
+                        lambda _index, family=2: segments[family])
+    config = SimpleNamespace(network=NETWORK, subnet_len=24, enable_ipv6=True)
+    backend = HostGwBackend(config, ExternalInterface(
+        "eth0", 2, IPv4Address("192.0.2.1"), 1500, IPv4Address("192.0.2.1"),
+        public_ipv6=IPv6Address("fd00::1")))
+    peer = Lease(PEER_NET, LeaseAttrs(IPv4Address("192.0.2.8"), PEER6_GW, "host-gw"),
+                 ipv6_subnet=PEER6_NET)
+    backend.handle(PeerChanges(added=(peer,)))
+    assert kernel.routes == {PEER_NET: (2, IPv4Address("192.0.2.8")), PEER6_NET: (2, PEER6_GW)}
+    return backend
+
+
+def test_hostgw_dual_stack_routes_as_programmed_need_no_repair(monkeypatch):
+    kernel = FakeNetlink().install(monkeypatch)
+    reconciler = Reconciler(_dual_stack_hostgw(kernel, monkeypatch), kernel=kernel)
+    assert reconciler.run_once() == {}
+    assert reconciler.run_once() == {}  # no churn: nothing put back pass after pass
+    assert kernel.repaired == [] and kernel.dumps == [True, True]
+
+
+def test_hostgw_deleted_ipv6_route_is_put_back_and_counted_apart(monkeypatch):
+    kernel = FakeNetlink().install(monkeypatch)
+    reconciler = Reconciler(_dual_stack_hostgw(kernel, monkeypatch), kernel=kernel)
+    del kernel.routes[PEER6_NET]  # ip -6 route del fd10:0:0:8::/64
+    assert reconciler.run_once() == {"route_ipv6": 1}
+    assert kernel.routes[PEER6_NET] == (2, PEER6_GW)
+    del kernel.routes[PEER_NET]
+    assert reconciler.run_once() == {"route": 1}  # the IPv4 half as it always was counted
+    assert reconciler.status().repairs == {"route": 1, "route_ipv6": 1}
 
 
 # -- where repairs show ---------------------------------------------------------------------------
