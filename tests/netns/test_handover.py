@@ -23,7 +23,7 @@ from weft.tools.lab.cluster import Cluster
 from weft.tools.lab.systemd_standin import SystemdStandIn
 from weft.tools.lab.topology import Lab
 
-RELOADS = 10
+RELOADS = 5  # each a full hand-over; `weft bench --restart --count 10` gives the figures
 
 
 @contextmanager

@@ -105,7 +105,8 @@ def test_flushed_nat_table_is_repaired_within_the_resync_period_and_counted(masq
     cluster, outside = masq
     before = cluster.status(0)["iptables"]["resyncs"]
     iptables(cluster, 0, "-t", "nat", "-F")
-    assert "WEFT-POSTRTG" not in iptables(cluster, 0, "-t", "nat", "-S", "POSTROUTING")
+    # (no look at the flushed table here: a resync may already have put the rules back, and
+    # the counter below is what tells a repair happened)
     deadline = time.monotonic() + RESYNC * 10 + 5
     while cluster.status(0)["iptables"]["resyncs"] == before:
         assert time.monotonic() < deadline, cluster.host_log(0)[-2000:]

@@ -319,12 +319,8 @@ def _tunnel_send(a: str, b: str, wire_like: bool, kind: str) -> dict:
     sup[head : head + len(data)] = np.frombuffer(data, np.uint8)
     info = np.zeros(tunnel.INFO_SIZE, np.int64)
     probe_row = np.zeros(BUFSIZE, np.uint8)
-    if vxlan:
-        t = tunnel.encap_super(sup, len(data), probe_row, p.cfg, p.table.present,
-                               p.table.public_ip, p.table.vtep_mac, p.counters, tx.mac, info)
-    else:
-        t = tunnel.encap_super_udp(sup, len(data), probe_row, p.cfg, p.table.present,
-                                   p.table.public_ip, p.counters, tx.mac, info)
+    encap_super = tunnel.encap_super if vxlan else tunnel.encap_super_udp
+    t = encap_super(sup, len(data), probe_row, p.cfg, p.peers, p.counters, tx.mac, info)
     assert t > 0
     ready = multiprocessing.Event()
     peer = netns.spawn_in(b, _peer_side, ready, wire_like, port)
