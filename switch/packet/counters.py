@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from weft.packet.encap import UDP, VXLAN
+from weft.packet.encap import UDP, VXLAN, VXLAN6
 from weft.packet.reasons import Reason
 
 PATH_VXLAN_EGRESS = 0
 PATH_VXLAN_INGRESS = 1
 PATH_UDP_EGRESS = 2
 PATH_UDP_INGRESS = 3
-N_PATHS = 4
+PATH_VXLAN6_EGRESS = 4  # the IPv6 half (weft.packet.fastpath6)
+PATH_VXLAN6_INGRESS = 5
+N_PATHS = 6
 REASON_SLOTS = 64
 SLOT_RX_PACKETS = 64  # inputs seen
 SLOT_RX_BYTES = 65  # input bytes (valid lengths only)
@@ -35,9 +37,10 @@ assert max(Reason) < REASON_SLOTS
 
 # an encapsulation's counters rows (egress, ingress), by its row's code
 ENCAP_PATHS = {VXLAN.code: (PATH_VXLAN_EGRESS, PATH_VXLAN_INGRESS),
-               UDP.code: (PATH_UDP_EGRESS, PATH_UDP_INGRESS)}
+               UDP.code: (PATH_UDP_EGRESS, PATH_UDP_INGRESS),
+               VXLAN6.code: (PATH_VXLAN6_EGRESS, PATH_VXLAN6_INGRESS)}
 
 
 def new_counters() -> np.ndarray:
-    """A zeroed counters array for all four kernels."""
+    """A zeroed counters array for every kernel."""
     return np.zeros((N_PATHS, N_SLOTS), dtype=np.uint64)
