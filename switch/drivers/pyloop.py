@@ -239,7 +239,9 @@ class PyLoop:
             if v == Verdict.FORWARD:
                 off = batch.out_off[i]
                 try:
-                    self.transport.send(batch.bufs[i, off:off + batch.out_len[i]], peers[i])
+                    # as a Python value: an int (IPv4 row), a list of 16 ints (IPv6 row)
+                    self.transport.send(batch.bufs[i, off:off + batch.out_len[i]],
+                                        peers[i].tolist())
                 except OSError as exc:
                     self.errors["send"] += 1
                     log.debug("send to %s failed: %s", peers[i], exc)

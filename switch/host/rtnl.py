@@ -47,6 +47,8 @@ NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
 RT_TABLE_MAIN = 254
 RTPROT_STATIC = 4
 RT_SCOPE_UNIVERSE = 0
+RT_SCOPE_LINK = 253
+IFA_F_NODAD = 0x02  # an address put on without duplicate address detection
 RTN_UNICAST = 1
 RTNH_F_ONLINK = 4
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15

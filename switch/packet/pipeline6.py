@@ -15,14 +15,15 @@ import numpy as np
 from weft.packet import fastpath6
 from weft.packet.batch import Batch
 from weft.packet.counters import (
-    ENCAP_PATHS,
+    PATH_VXLAN6_EGRESS,
+    PATH_VXLAN6_INGRESS,
     SLOT_CSUM_COMPLETED,
     SLOT_RX_BYTES,
     SLOT_RX_PACKETS,
     SLOT_TX_BYTES,
     SLOT_TX_PACKETS,
     SLOT_VERDICT,
-    new_counters,
+    new_counters6,
 )
 from weft.packet.encap import VXLAN6, Encap
 from weft.packet.reasons import Reason, Verdict, reason_name
@@ -42,8 +43,8 @@ class Pipeline6:
         self.mtu = mtu
         self.table = PeerTable6(network, subnet_len)
         self.dpcfg = DatapathConfig6(network, subnet_len, vni=vni, port=port, mtu=mtu)
-        self.counters = new_counters()
-        self.path_egress, self.path_ingress = ENCAP_PATHS[encap.code]
+        self.counters = new_counters6()
+        self.path_egress, self.path_ingress = PATH_VXLAN6_EGRESS, PATH_VXLAN6_INGRESS
         self.peers = fastpath6.peer6_arrays(self.table)
         self.slow_counts: Counter[int] = Counter()
         self._slow_ctx: SlowPath6Context | None = None

@@ -28,6 +28,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from weft.cni.runtime import Runtime
+from weft.host.rtnl import IFA_F_NODAD
 from weft.packet.encap import VXLAN
 from weft.tools.lab import netns
 from weft.tools.lab.etcd import etcd_binary
@@ -39,7 +40,6 @@ FABRIC_NET6 = IPv6Network("fd00:c0:0:2::/64")
 FABRIC_MTU = 1500  # the veths' default
 POD_MTU = FABRIC_MTU - VXLAN.overhead  # what flannel gives a vxlan overlay on this fabric
 DEFAULT_PREFIX = "weft-"
-IFA_F_NODAD = 0x02  # <linux/if_addr.h>: no duplicate address detection
 # Owner markers let cleanup_stale tell a crashed lab from one that another test run still uses.
 MARKER_DIR = "/run/weft-labs"
 
