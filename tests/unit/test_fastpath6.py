@@ -171,3 +171,24 @@ def test_packet_too_big_and_no_route_are_answered_errors_never() -> None:
     error = bytes(answer.writes[0])  # an ICMPv6 error itself is never answered
     assert handle_egress6(error, Reason.NO_ROUTE, ctx).reason == Reason.ICMP_SUPPRESSED
     assert handle_egress6(b"\0" * 20, Reason.NO_ROUTE, ctx).writes == ()
+
+
+@pytest.mark.parametrize("network, subnet_len", [("fd10::/48", 64), ("fd10:8000::/17", 30),
+                                                 ("8000::/1", 20), ("2001:db8::/32", 40)])
+def test_the_kernel_numbers_subnets_as_the_table(network: str, subnet_len: int) -> None:
+    from weft.packet.fastpath6 import _subnet_index6
+    from weft.packet.table6 import DatapathConfig6, PeerTable6
+
+    net = IPv6Network(network)
+    table = PeerTable6(net, subnet_len)
+    cfg = DatapathConfig6(net, subnet_len, vni=1, port=8472, mtu=1430).cfg
+    rng = np.random.default_rng(7)
+    base = int(net.network_address)
+    span = 1 << (128 - net.prefixlen)
+    edges = [base, base + span - 1, base - 1, base + span, 0, (1 << 128) - 1]
+    randoms = [base + int(rng.integers(0, 1 << 62)) * (span >> 62 or 1) % span
+               for _ in range(200)]
+    for address in edges + randoms:
+        address %= 1 << 128
+        row = np.frombuffer(address.to_bytes(16, "big"), dtype=np.uint8)
+        assert _subnet_index6(row, 0, cfg, table.size) == table.index_of(address), hex(address)
