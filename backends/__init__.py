@@ -100,7 +100,7 @@ def check_type(backend_type: str) -> None:
 
 # Backends that carry an IPv6 half (EnableIPv6), as flannel's: vxlan, host-gw (and wireguard).
 # flannel's udp backend is IPv4 only.
-IPV6_BACKENDS = frozenset({"host-gw", "alloc"})
+IPV6_BACKENDS = frozenset({"vxlan", "host-gw", "alloc"})
 
 
 def check_families(config: NetworkConfig) -> None:
@@ -111,8 +111,7 @@ def check_families(config: NetworkConfig) -> None:
     if config.enable_ipv6 and config.backend_type not in IPV6_BACKENDS:
         raise ConfigError(
             f"EnableIPv6: backend {config.backend_type!r} carries IPv4 only in weft (flannel's "
-            f"udp is IPv4 only; weft's vxlan has no IPv6 data path yet); use host-gw for "
-            f"dual-stack, or set EnableIPv6 false")
+            f"udp is IPv4 only); use vxlan or host-gw for dual-stack, or set EnableIPv6 false")
 
 
 def create(config: NetworkConfig, iface: ExternalInterface, options: dict) -> Backend:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from ipaddress import IPv4Network
 
-from weft.backends.overlay import OverlayBackend
+from weft.backends.overlay import DEVICE_QUEUE, OverlayBackend
 from weft.backends.peers import PeerPrograms
 from weft.backends.vtep import random_mac
+from weft.backends.vxlan_v6 import VxlanV6Half
 from weft.control.config import NetworkConfig
 from weft.control.iface import ExternalInterface
 from weft.control.lease import Lease, LeaseAttrs
@@ -24,6 +25,7 @@ from weft.packet.table import PeerTable, parse_mac
 
 class VxlanBackend(OverlayBackend):
     encap = VXLAN
+    v6: VxlanV6Half | None = None  # the IPv6 half (EnableIPv6)
 
     def __init__(self, config: NetworkConfig, iface: ExternalInterface,
                  options: dict | None = None) -> None:
@@ -33,13 +35,36 @@ class VxlanBackend(OverlayBackend):
         else:
             self.mac = random_mac()
             netlink.configure_link(self.index, mtu=self.mtu, mac=self.mac)
+        # EnableIPv6: flannel-v6.<VNI>'s counterpart beside our device
+        self.v6 = (VxlanV6Half(config, iface, vni=self.vni, port=self.port, txqlen=DEVICE_QUEUE)
+                   if config.enable_ipv6 else None)
         # Whole rounds of peers in a few netlink calls: 4,096 peers in well under a second.
         self.peers = PeerPrograms(self.lease_backend_type, self._program_many,
                                   self._unprogram_many)
 
     def lease_attrs(self) -> LeaseAttrs:
-        return LeaseAttrs(self.iface.public_ip, backend_type=VXLAN.backend,
-                          backend_data={"VNI": self.vni, "VtepMAC": self.mac})
+        if self.v6 is None:
+            return LeaseAttrs(self.iface.public_ip, backend_type=VXLAN.backend,
+                              backend_data={"VNI": self.vni, "VtepMAC": self.mac})
+        return LeaseAttrs(self.iface.public_ip, self.iface.public_ipv6,
+                          backend_type=VXLAN.backend,
+                          backend_data={"VNI": self.vni, "VtepMAC": self.mac},
+                          backend_v6_data=self.v6.backend_data())
+
+    def start(self, lease: Lease) -> None:
+        super().start(lease)
+        if self.v6 is not None:
+            self.v6.start(lease)
+
+    def close(self) -> None:
+        if self.v6 is not None:
+            self.v6.close()
+        super().close()
+
+    def detach(self) -> dict[str, int]:
+        if self.v6 is not None:  # not handed over: the successor opens it anew
+            self.v6.close()
+        return super().detach()
 
     def local_mac(self) -> bytes:
         return parse_mac(self.mac)
@@ -66,6 +91,7 @@ class VxlanBackend(OverlayBackend):
         for lease in leases:
             try:
                 mac = peer_vtep_mac(lease, self.vni, self.pipeline.table)
+                mac6 = self.v6.check(lease) if self.v6 is not None else None
             except ValueError as exc:
                 failures[lease.subnet] = str(exc)
                 continue
@@ -73,10 +99,16 @@ class VxlanBackend(OverlayBackend):
             batch.neigh_replace(lease.subnet, neighbour.ip, mac, ifindex=neighbour.ifindex)
             batch.route_replace(lease.subnet, route.dst, oif=route.oif, gateway=route.gateway,
                                 onlink=True)
-            sent.append((lease, mac))
+            if self.v6 is not None and mac6 is not None:
+                self.v6.program(batch, lease, mac6)
+            sent.append((lease, mac, mac6))
         failures.update(batch.commit())
-        self._fill_table([(lease, mac) for lease, mac in sent if lease.subnet not in failures],
-                         failures)
+        took = [entry for entry in sent if entry[0].subnet not in failures]
+        self._fill_table([(lease, mac) for lease, mac, _ in took], failures)
+        if self.v6 is not None:
+            for lease, _, mac6 in took:
+                if mac6 is not None and lease.subnet not in failures:
+                    self.v6.fill(lease, mac6)
         return failures
 
     def _fill_table(self, programmed: list[tuple[Lease, bytes]],
@@ -97,6 +129,8 @@ class VxlanBackend(OverlayBackend):
         for lease in leases:
             self._unprogram(lease)  # the peer table first: no packet goes out half-done
             self._delete_kernel_state(batch, lease)
+            if self.v6 is not None:
+                self.v6.unprogram(batch, lease)
         return batch.commit()
 
     def _delete_kernel_state(self, batch: NetlinkBatch, lease: Lease) -> None:

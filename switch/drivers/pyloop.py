@@ -15,6 +15,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,6 +33,33 @@ _IP_PMTUDISC_DONT = 0
 GSO_POOL = 8  # vxlan: UDP sockets (source ports) the flows are spread over when sending with GSO
 POLL_SECONDS = 0.25  # a safety net only: stop() wakes the threads through a pipe
 
+
+@dataclass(frozen=True)
+class _Family:
+    """How one underlay family's addresses go between sockets and a Batch's rows: the IPv4
+    rows hold them as host-order u32 (src_ip, dst_ip), the IPv6 rows as 16 bytes (src_ip6,
+    dst_ip6). Looked up once by the row's `outer` (weft.packet.encap)."""
+
+    af: int
+    any_address: str
+    v6only: bool  # an IPv6 socket beside the IPv4 one on the same port
+    dst_field: str  # the Batch array an egress kernel names the peer in
+    src_field: str  # the Batch array an ingress kernel reads the sender from
+    peer: Callable[[object], str]  # a row's peer -> the address sendto takes
+    sender: Callable[[str], object]  # recvfrom's address -> a row's sender
+
+
+def _v6_sender(host: str) -> np.ndarray:
+    return np.frombuffer(socket.inet_pton(socket.AF_INET6, host.split("%")[0]), dtype=np.uint8)
+
+
+FAMILIES = {
+    "ipv4": _Family(socket.AF_INET, "0.0.0.0", False, "dst_ip", "src_ip",
+                    lambda ip: socket.inet_ntoa(struct.pack("!I", int(ip))),
+                    lambda host: struct.unpack("!I", socket.inet_aton(host))[0]),
+    "ipv6": _Family(socket.AF_INET6, "::", True, "dst_ip6", "src_ip6",
+                    lambda ip: socket.inet_ntop(socket.AF_INET6, bytes(ip)), _v6_sender),
+}
 
 RECEIVE_BUFFER = 4 << 20  # bytes of datagrams the kernel keeps while we do not read
 SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; Python's socket module does not name it
@@ -59,15 +87,18 @@ class Transport:
         """rx: the bound socket of the previous `weft run` (weft.dev.handover), whose receive
         queue holds what peers sent during the hand-over; else a new one is bound."""
         self.encap = as_encap(kind)  # looked up once; the sockets follow its row
+        self.family = FAMILIES[self.encap.outer]
         self.port = port
         if rx is None:
-            rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            rx = socket.socket(self.family.af, socket.SOCK_DGRAM)
             rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.family.v6only:  # the IPv4 device's socket holds the port for IPv4
+                rx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:  # past net.core.rmem_max (CAP_NET_ADMIN): it holds a hand-over's arrivals
                 rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
             except PermissionError:
                 rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-            rx.bind(("0.0.0.0", port))
+            rx.bind((self.family.any_address, port))
         self.rx = rx
         self.rx.setblocking(False)
         if self.encap.builds_outer:  # the datagram leaves with the outer IPv4 + UDP it has
@@ -96,8 +127,10 @@ class Transport:
             self.pool.append(sock)
         return [sock.fileno() for sock in self.pool]
 
-    def send(self, data, dst_ip: int) -> None:
-        dst = socket.inet_ntoa(struct.pack("!I", dst_ip))
+    def send(self, data, dst_ip) -> None:
+        """dst_ip: the peer as the row's family holds it (IPv4: host-order int; IPv6: 16
+        bytes)."""
+        dst = self.family.peer(dst_ip)
         self.tx.sendto(data, (dst, 0 if self.encap.builds_outer else self.port))
 
     def close(self) -> None:
@@ -200,16 +233,18 @@ class PyLoop:
 
     def _deliver_egress(self, batch: Batch, n: int) -> None:
         verdict = batch.verdict
+        peers = getattr(batch, self.transport.family.dst_field)
         for i in range(n):
             v = verdict[i]
             if v == Verdict.FORWARD:
                 off = batch.out_off[i]
                 try:
+                    # as a Python value: an int (IPv4 row), a list of 16 ints (IPv6 row)
                     self.transport.send(batch.bufs[i, off:off + batch.out_len[i]],
-                                        int(batch.dst_ip[i]))
+                                        peers[i].tolist())
                 except OSError as exc:
                     self.errors["send"] += 1
-                    log.debug("send to %x failed: %s", batch.dst_ip[i], exc)
+                    log.debug("send to %s failed: %s", peers[i], exc)
             elif v == Verdict.SLOW:
                 packet = batch.bufs[i, HEADROOM:HEADROOM + batch.lens[i]].tobytes()
                 for answer in self.pipeline.slow(packet, int(batch.reason[i])).writes:
@@ -222,6 +257,8 @@ class PyLoop:
         batch = Batch(BATCH)
         rows = [batch.bufs[i, HEADROOM:] for i in range(BATCH)]
         rx = self.transport.rx
+        family = self.transport.family
+        senders = getattr(batch, family.src_field)
         while not self.stopping.is_set():
             if not self._readable(rx):
                 continue
@@ -232,7 +269,7 @@ class PyLoop:
                 except BlockingIOError:
                     break
                 batch.lens[n] = size
-                batch.src_ip[n] = struct.unpack("!I", socket.inet_aton(addr[0]))[0]
+                senders[n] = family.sender(addr[0])
                 n += 1
             if n:
                 self.pipeline.ingress(batch, n)

@@ -7,13 +7,13 @@ the host's namespace, and programming happens on lease events only, never per pa
 from __future__ import annotations
 
 import errno
-from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from weft.host import netlink_dump
-from weft.host.rtnl import GONE, NUD_PERMANENT, RTNH_F_ONLINK
+from weft.host.rtnl import GONE, IFA_F_NODAD, NUD_PERMANENT, RT_SCOPE_LINK, RTNH_F_ONLINK
 
 
 def link_index(name: str) -> int | None:
@@ -27,10 +27,10 @@ def link_mac(index: int) -> str:
         return ipr.get_links(index)[0].get_attr("IFLA_ADDRESS")
 
 
-def configure_link(index: int, *, mtu: int, address: IPv4Address | None = None,
+def configure_link(index: int, *, mtu: int, address: IPv4Address | IPv6Address | None = None,
                    mac: str | None = None, txqlen: int | None = None) -> None:
-    """Set MTU (and MAC, transmit queue length), put exactly `address`/32 on the link, bring
-    it up."""
+    """Set MTU (and MAC, transmit queue length), put exactly `address`/32 (an IPv6 one /128,
+    beside the kernel's link-local address) on the link, bring it up."""
     with IPRoute() as ipr:
         changes: dict = {"mtu": mtu}
         if mac:
@@ -39,15 +39,22 @@ def configure_link(index: int, *, mtu: int, address: IPv4Address | None = None,
             changes["txqlen"] = txqlen
         ipr.link("set", index=index, **changes)
         if address is not None:
-            for addr in ipr.get_addr(family=2, index=index):
-                if addr.get_attr("IFA_ADDRESS") != str(address) or addr["prefixlen"] != 32:
+            family, full = (10, 128) if address.version == 6 else (2, 32)
+            for addr in ipr.get_addr(family=family, index=index):
+                if addr["scope"] == RT_SCOPE_LINK and family == 10:
+                    continue  # fe80::/64, the kernel's: flannel-v6.<VNI> keeps it too
+                if addr.get_attr("IFA_ADDRESS") != str(address) or addr["prefixlen"] != full:
                     ipr.addr("del", index=index, address=addr.get_attr("IFA_ADDRESS"),
                              prefixlen=addr["prefixlen"])
-            _ignore_exists(ipr.addr, "add", index=index, address=str(address), prefixlen=32)
+            # IPv6: no duplicate address detection, whose probes nobody on the device answers
+            extra = {"flags": IFA_F_NODAD} if family == 10 else {}
+            _ignore_exists(ipr.addr, "add", index=index, address=str(address), prefixlen=full,
+                           **extra)
         ipr.link("set", index=index, state="up")
 
 
-def route_replace(dst: IPv4Network, *, oif: int, gateway: IPv4Address | None = None,
+def route_replace(dst: IPv4Network | IPv6Network, *, oif: int,
+                  gateway: IPv4Address | IPv6Address | None = None,
                   onlink: bool = False) -> None:
     with IPRoute() as ipr:
         kwargs = {"dst": str(dst), "oif": oif}

@@ -66,6 +66,11 @@ def _attr(kind: int, payload: bytes) -> bytes:
     return RTATTR.pack(size, kind) + payload + b"\0" * (nlmsg_align(size) - size)
 
 
+def _family(addr: IPv4Address | IPv6Address | IPv4Network | IPv6Network) -> int:
+    """The address family of a request: the address's own."""
+    return socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+
+
 def _ip(addr: IPv4Address | IPv6Address) -> bytes:
     return addr.packed
 
@@ -82,13 +87,14 @@ class NetlinkBatch:
     def __len__(self) -> int:
         return len(self._requests)
 
-    def neigh_replace(self, key: Hashable, ip: IPv4Address, mac: bytes, *, ifindex: int) -> None:
-        body = NDMSG.pack(socket.AF_INET, ifindex, NUD_PERMANENT, 0, 0)
+    def neigh_replace(self, key: Hashable, ip: IPv4Address | IPv6Address, mac: bytes, *,
+                      ifindex: int) -> None:
+        body = NDMSG.pack(_family(ip), ifindex, NUD_PERMANENT, 0, 0)
         body += _attr(NDA_DST, _ip(ip)) + _attr(NDA_LLADDR, bytes(mac))
         self._add(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body, key)
 
-    def neigh_delete(self, key: Hashable, ip: IPv4Address, *, ifindex: int) -> None:
-        body = NDMSG.pack(socket.AF_INET, ifindex, 0, 0, 0)
+    def neigh_delete(self, key: Hashable, ip: IPv4Address | IPv6Address, *, ifindex: int) -> None:
+        body = NDMSG.pack(_family(ip), ifindex, 0, 0, 0)
         self._add(RTM_DELNEIGH, 0, body + _attr(NDA_DST, _ip(ip)), key, missing_ok=True)
 
     def route_replace(self, key: Hashable, dst: IPv4Network | IPv6Network, *, oif: int,
@@ -109,8 +115,7 @@ class NetlinkBatch:
 
     @staticmethod
     def _rtmsg(dst: IPv4Network | IPv6Network, kind: int, flags: int) -> bytes:
-        family = socket.AF_INET6 if dst.version == 6 else socket.AF_INET  # the address's own
-        return RTMSG.pack(family, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC,
+        return RTMSG.pack(_family(dst), dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC,
                           RT_SCOPE_UNIVERSE, kind, flags)
 
     def _add(self, kind: int, flags: int, body: bytes, key: Hashable,

@@ -21,6 +21,11 @@ PATH_VXLAN_INGRESS = 1
 PATH_UDP_EGRESS = 2
 PATH_UDP_INGRESS = 3
 N_PATHS = 4
+# The IPv6 half (weft.packet.fastpath6) counts into an array of its own (new_counters6), so the
+# IPv4 layout above stays exactly as it was; same slots.
+PATH_VXLAN6_EGRESS = 0
+PATH_VXLAN6_INGRESS = 1
+N_PATHS6 = 2
 REASON_SLOTS = 64
 SLOT_RX_PACKETS = 64  # inputs seen
 SLOT_RX_BYTES = 65  # input bytes (valid lengths only)
@@ -41,3 +46,8 @@ ENCAP_PATHS = {VXLAN.code: (PATH_VXLAN_EGRESS, PATH_VXLAN_INGRESS),
 def new_counters() -> np.ndarray:
     """A zeroed counters array for all four kernels."""
     return np.zeros((N_PATHS, N_SLOTS), dtype=np.uint64)
+
+
+def new_counters6() -> np.ndarray:
+    """A zeroed counters array for the IPv6 half's two kernels."""
+    return np.zeros((N_PATHS6, N_SLOTS), dtype=np.uint64)

@@ -61,7 +61,7 @@ class Encap:
     # What `weft trace` says the forwarding step does, egress and ingress.
     egress_action: str
     ingress_action: str
-    outer: Literal["ipv4"] = "ipv4"  # the underlay family; an IPv6 underlay is another row
+    outer: Literal["ipv4", "ipv6"] = "ipv4"  # the underlay family; an IPv6 underlay is another row
 
     @property
     def tap(self) -> bool:
@@ -133,8 +133,23 @@ UDP = Encap("udp", code=1, default_port=8285,  # flannel's udp backend
             egress_action="ttl: decrement; the packet is the payload of one UDP datagram",
             ingress_action="ttl: decrement, as flannel's udp does on receive")
 
+# flannel's flannel-v6.<VNI>: IPv6 frames over an IPv6 underlay. The kernel writes the outer
+# IPv6 + UDP (an AF_INET6 UDP socket bound to the port), so the outer UDP checksum is the one
+# the kernel's VXLAN sends over IPv6 (computed; a zero checksum is not allowed there without
+# udp6zerocsumtx/rx on both ends).
+VXLAN6 = Encap("vxlan", code=2, default_port=VXLAN.default_port,
+               overhead=70,  # outer IPv6 40 + UDP 8 + VXLAN 8 + inner Ethernet 14
+               device_kind="tap", device_name_rule="weft-v6.{vni}", has_vni=True,
+               header_len=8, header_name="VXLAN", builds_outer=False,
+               egress_action="encap: push VXLAN (8 bytes); the kernel adds outer IPv6 + UDP",
+               ingress_action="decap: pop VXLAN, inner IPv6 frame to the TAP",
+               outer="ipv6")
+
 # backend type -> its encapsulation: the backends with a userspace pipeline
 ENCAPS: dict[str, Encap] = {encap.backend: encap for encap in (VXLAN, UDP)}
+# backend type -> the encapsulation of its IPv6 half (EnableIPv6): a second device beside the
+# first, as flannel's flannel-v6.<VNI> beside flannel.<VNI>
+ENCAPS_V6: dict[str, Encap] = {VXLAN6.backend: VXLAN6}
 
 
 def as_encap(kind: Encap | str) -> Encap:

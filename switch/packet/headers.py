@@ -37,6 +37,20 @@ IPV4_MAX_LEN = 0xFFFF  # the 16-bit total length
 IP_DF = 0x4000  # don't fragment, in the 16-bit flags/offset field
 IP_MF_OFFSET = 0x3FFF  # more fragments + offset: nonzero in every fragment of a datagram
 
+# ---- IPv6 (RFC 8200), no extension headers read past the fixed header -------------------------
+IPV6_HLEN = 40
+IPV6_VERSION = 6  # the high nibble of the first byte
+IPV6_PLEN_AT = 4  # payload length: what follows the fixed header
+IPV6_NEXT_AT = 6
+IPV6_HOP_LIMIT_AT = 7
+IPV6_SRC_AT = 8
+IPV6_DST_AT = 24
+IPV6_ALEN = 16
+IPV6_MIN_MTU = 1280  # what every IPv6 link carries; ICMPv6 errors fit in it
+IPPROTO_HOPOPTS = 0  # hop-by-hop options (MLD carries a router alert in one)
+IPPROTO_ICMPV6 = 58
+ICMPV6_TYPE_AT = 0
+
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 IPPROTO_SCTP = 132

@@ -45,6 +45,12 @@ class Reason(IntEnum):
     SLOW_PATH_DROP = 26  # reached the slow path and nothing answers it
     PEER_LOOKUP_MISS = 27  # inner destination MAC/peer mismatch on egress
     ICMP_SUPPRESSED = 28  # an ICMP error was due but RFC 1122/1812 forbid sending it
+    # The IPv6 half (weft.packet.fastpath6): what the kernel says on the v6 device about
+    # itself is never carried to peers (no loops), and IPv4 there is not ours to carry.
+    NDP = 29  # neighbour discovery / router solicitation (ICMPv6 133-137)
+    MLD = 30  # multicast listener reports and queries (ICMPv6 130-132, 143)
+    NOT_IPV6 = 31  # not an IPv6 packet where one was expected
+    LINK_LOCAL = 32  # link-local source or destination: never leaves the link
 
 
 # Codes no longer produced, kept reserved so records that carry them still read by name.

@@ -11,6 +11,7 @@ import struct
 from ipaddress import IPv4Address
 
 from fakes.packets import internet_checksum
+from weft.drivers.pyloop import FAMILIES
 from weft.packet.encap import Encap, as_encap
 from weft.packet.headers import IPV4_UDP_HLEN
 
@@ -62,6 +63,7 @@ class LoopbackTransport:
 
     def __init__(self, kind: Encap | str, address: str, port: int) -> None:
         self.encap = as_encap(kind)
+        self.family = FAMILIES[self.encap.outer]  # how rows hold addresses, as Transport
         self.address = address
         self.port = port
         self.rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -179,3 +179,15 @@ def test_the_loops_numbers_are_the_rows():
     assert params(VXLAN) == (0, 28, SUP_HEAD, VX_VIEW, PATH_VXLAN_EGRESS, PATH_VXLAN_INGRESS)
     assert params(UDP) == (9999, 0, SUP_HEAD_UDP, UDP_VIEW, PATH_UDP_EGRESS, PATH_UDP_INGRESS)
     assert len({encap.code for encap in ENCAPS.values()}) == len(ENCAPS)
+
+
+def test_the_ipv6_row_is_flannel_v6s_device_over_an_ipv6_underlay():
+    from weft.packet.encap import ENCAPS_V6, VXLAN6
+
+    settings = VXLAN6.settings(_config("vxlan"), 1500)
+    # 1430: the kernel's default MTU for VXLAN over IPv6, what flanneld's flannel-v6.1 gets
+    assert (settings.vni, settings.port, settings.mtu, settings.device) == (1, 8472, 1430,
+                                                                            "weft-v6.1")
+    assert VXLAN6.outer == "ipv6" and not VXLAN6.builds_outer and VXLAN6.tap
+    assert ENCAPS_V6["vxlan"] is VXLAN6 and VXLAN6 not in ENCAPS.values()
+    assert VXLAN6.vni_of_device("weft-v6.7") == 7 and VXLAN.vni_of_device("weft-v6.7") is None

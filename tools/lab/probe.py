@@ -260,9 +260,14 @@ class SteadyPing:
 _REPORT = struct.Struct("!Q32s")
 
 
+def _family(ip: str) -> int:
+    """The socket family of an address (the TCP probe carries IPv6 too)."""
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
 def listening_socket(ip: str, port: int, timeout: float, backlog: int = 1) -> socket.socket:
     """A TCP socket listening on ip:port whose accept() gives up after `timeout` seconds."""
-    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock = socket.socket(_family(ip), socket.SOCK_STREAM)
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     lsock.bind((ip, port))
     lsock.listen(backlog)
@@ -289,7 +294,7 @@ def _tcp_server(ip: str, port: int, timeout: float) -> dict:
 def _connect(ip: str, port: int, kind: int, timeout: float) -> socket.socket:
     deadline = time.monotonic() + timeout
     while True:
-        sock = socket.socket(socket.AF_INET, kind)
+        sock = socket.socket(_family(ip), kind)
         sock.settimeout(timeout)
         try:
             sock.connect((ip, port))
