@@ -21,12 +21,14 @@ def test_weft_demo_passes_the_first_time_on_a_cold_cache(tmp_path: Path) -> None
     cache = tmp_path / "numba"
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
     weft = [sys.executable, "-c", "import sys; from weft.cli import main; sys.exit(main())"]
-    result = subprocess.run([*weft, "demo"], env=env, capture_output=True, text=True,
-                            timeout=900)
+    # The README's command; two hosts of one pod instead of three of two keep the suite short,
+    # the compile step (what a cold cache changes) is the same.
+    result = subprocess.run([*weft, "demo", "--hosts", "2", "--pods", "1"], env=env,
+                            capture_output=True, text=True, timeout=900)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
     assert "[compile] compiling the data path for this version" in out
-    assert "OK: all 30 pod pairs answered" in out
+    assert "OK: all 2 pod pairs answered" in out
     # The demo compiled before the hosts started: no host had to.
     assert out.index("[compile] done in") < out.index("[lab] fabric")
     assert sorted(p.name.split("-")[2] for p in cache.glob("weft-compiled-*")) == \

@@ -121,6 +121,7 @@ def test_restarts_through_systemds_fd_store_lose_no_ping(cluster: Cluster) -> No
         systemd.close()
 
 
+@pytest.mark.parametrize("cluster", ["vxlan"], indirect=True)  # the check is the backends' one
 def test_a_mismatched_descriptor_is_refused_and_closed(cluster: Cluster) -> None:
     """A descriptor named for our device that is something else (here a UDP socket) is not
     used: the device is opened anew, the pods still talk, and the descriptor is closed."""
