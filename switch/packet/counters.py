@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from weft.packet.encap import UDP, VXLAN
-from weft.packet.reasons import Reason
+from weft.packet.reasons import Reason, Verdict, reason_name
 
 PATH_VXLAN_EGRESS = 0
 PATH_VXLAN_INGRESS = 1
@@ -51,3 +51,34 @@ def new_counters() -> np.ndarray:
 def new_counters6() -> np.ndarray:
     """A zeroed counters array for the IPv6 half's two kernels."""
     return np.zeros((N_PATHS6, N_SLOTS), dtype=np.uint64)
+
+
+# Slow-path outcomes that answered the packet; every other outcome is a drop.
+SLOW_ANSWERED = frozenset({int(Reason.ARP_REPLIED), int(Reason.ICMP_ERROR_SENT)})
+
+
+def direction_summary(counters: np.ndarray, path: int) -> dict[str, int]:
+    """One direction's totals for counter_summary (both pipelines, IPv4 and IPv6)."""
+    return {
+        "packets": int(counters[path, SLOT_RX_PACKETS]),
+        "bytes": int(counters[path, SLOT_RX_BYTES]),
+        "forwarded": int(counters[path, SLOT_TX_PACKETS]),
+        "forwarded_bytes": int(counters[path, SLOT_TX_BYTES]),
+        "slow": int(counters[path, SLOT_VERDICT + int(Verdict.SLOW)]),
+        "dropped": int(counters[path, SLOT_VERDICT + int(Verdict.DROP)]),
+        # inner TCP/UDP checksums a sender left for offload, completed on ingress
+        "checksums_completed": int(counters[path, SLOT_CSUM_COMPLETED]),
+    }
+
+
+def finish_summary(out: dict, drops: dict[str, int], slow_counts: dict[int, int]) -> dict:
+    """Add the slow path's outcomes to a counter_summary: its drops beside the fast path's
+    (`drops`, by reason name), and every outcome by name."""
+    drops = dict(drops)
+    for code, count in slow_counts.items():
+        if code not in SLOW_ANSWERED:
+            name = reason_name(code)
+            drops[name] = drops.get(name, 0) + count
+    out["drops"] = drops
+    out["slow_path"] = {reason_name(code): n for code, n in slow_counts.items()}
+    return out

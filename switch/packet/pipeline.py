@@ -22,17 +22,13 @@ from weft.packet.batch import Batch
 from weft.packet.counters import (
     ENCAP_PATHS,
     REASON_SLOTS,
-    SLOT_CSUM_COMPLETED,
-    SLOT_RX_BYTES,
-    SLOT_RX_PACKETS,
-    SLOT_TX_BYTES,
-    SLOT_TX_PACKETS,
-    SLOT_VERDICT,
+    direction_summary,
+    finish_summary,
     new_counters,
 )
 from weft.packet.encap import DEFAULT_VNI, ENCAPS, VXLAN, Encap
 from weft.packet.pipeline_steps import EGRESS, INGRESS, PipelineState
-from weft.packet.reasons import Reason, Verdict, reason_name
+from weft.packet.reasons import Reason, reason_name
 from weft.packet.table import DatapathConfig, PeerTable
 
 __all__ = ["EGRESS", "INGRESS", "LocalInfo", "Pipeline"]
@@ -136,31 +132,12 @@ class Pipeline:
     # -- counters -------------------------------------------------------------------------------
     def counter_summary(self) -> dict:
         """Packets/bytes per direction, drops and slow-path outcomes by reason name."""
-        c = self.counters
         out: dict = {}
         drops: Counter[str] = Counter()
         for direction, (name, path) in enumerate(
             (("egress", self.path_egress), ("ingress", self.path_ingress))
         ):
-            out[name] = {
-                "packets": int(c[path, SLOT_RX_PACKETS]),
-                "bytes": int(c[path, SLOT_RX_BYTES]),
-                "forwarded": int(c[path, SLOT_TX_PACKETS]),
-                "forwarded_bytes": int(c[path, SLOT_TX_BYTES]),
-                "slow": int(c[path, SLOT_VERDICT + int(Verdict.SLOW)]),
-                "dropped": int(c[path, SLOT_VERDICT + int(Verdict.DROP)]),
-                # inner TCP/UDP checksums a sender left for offload, completed on ingress
-                "checksums_completed": int(c[path, SLOT_CSUM_COMPLETED]),
-            }
+            out[name] = direction_summary(self.counters, path)
             for code in np.flatnonzero(self.drops[direction]):
                 drops[reason_name(int(code))] += int(self.drops[direction][code])
-        for code, count in self.slow_counts.items():
-            if code not in _SLOW_ANSWERED:
-                drops[reason_name(code)] += count
-        out["drops"] = dict(drops)
-        out["slow_path"] = {reason_name(code): n for code, n in self.slow_counts.items()}
-        return out
-
-
-# Slow-path outcomes that answered the packet; every other outcome is a drop.
-_SLOW_ANSWERED = {int(Reason.ARP_REPLIED), int(Reason.ICMP_ERROR_SENT)}
+        return finish_summary(out, drops, self.slow_counts)

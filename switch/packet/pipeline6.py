@@ -17,21 +17,15 @@ from weft.packet.batch import Batch
 from weft.packet.counters import (
     PATH_VXLAN6_EGRESS,
     PATH_VXLAN6_INGRESS,
-    SLOT_CSUM_COMPLETED,
-    SLOT_RX_BYTES,
-    SLOT_RX_PACKETS,
-    SLOT_TX_BYTES,
-    SLOT_TX_PACKETS,
-    SLOT_VERDICT,
+    direction_summary,
+    finish_summary,
     new_counters6,
 )
 from weft.packet.encap import VXLAN6, Encap
-from weft.packet.reasons import Reason, Verdict, reason_name
+from weft.packet.reasons import Reason, reason_name
 from weft.packet.slowpath import SlowResult
 from weft.packet.slowpath6 import SlowPath6Context, handle_egress6
 from weft.packet.table6 import DatapathConfig6, PeerTable6
-
-_SLOW_ANSWERED = {int(Reason.ICMP_ERROR_SENT)}
 
 
 class Pipeline6:
@@ -85,28 +79,14 @@ class Pipeline6:
 
     def counter_summary(self) -> dict:
         """As Pipeline.counter_summary: packets/bytes per direction, drops by reason name."""
-        c = self.counters
         out: dict = {}
         drops: Counter[str] = Counter()
         for name, path in (("egress", self.path_egress), ("ingress", self.path_ingress)):
-            out[name] = {
-                "packets": int(c[path, SLOT_RX_PACKETS]),
-                "bytes": int(c[path, SLOT_RX_BYTES]),
-                "forwarded": int(c[path, SLOT_TX_PACKETS]),
-                "forwarded_bytes": int(c[path, SLOT_TX_BYTES]),
-                "slow": int(c[path, SLOT_VERDICT + int(Verdict.SLOW)]),
-                "dropped": int(c[path, SLOT_VERDICT + int(Verdict.DROP)]),
-                "checksums_completed": int(c[path, SLOT_CSUM_COMPLETED]),
-            }
+            out[name] = direction_summary(self.counters, path)
             # every input is counted under its reason: the drops are the DROP ones
             for code in range(int(Reason.TRUNCATED), 64):
-                count = int(c[path, code])
+                count = int(self.counters[path, code])
                 if count and code not in (int(Reason.FRAG_NEEDED), int(Reason.NO_ROUTE),
                                           int(Reason.OUTSIDE_NETWORK)):
                     drops[reason_name(code)] += count
-        for code, count in self.slow_counts.items():
-            if code not in _SLOW_ANSWERED:
-                drops[reason_name(code)] += count
-        out["drops"] = dict(drops)
-        out["slow_path"] = {reason_name(code): n for code, n in self.slow_counts.items()}
-        return out
+        return finish_summary(out, drops, self.slow_counts)
